@@ -1,0 +1,152 @@
+//! The trait every vendor backend implements. The server is written against this trait only.
+//!
+//! A backend drives all units of one kind (e.g. every VT-d DRHD of a machine). The control
+//! path (attach, block, faults) and the data path (invalidate a gather) are kept apart; page
+//! tables themselves are built by [`crate::pagetable`], never by a backend.
+
+use crate::mem::{FrameAlloc, PhysAddr};
+use crate::pagetable::{Format, Gather, LeafSizes};
+
+/// Index of a unit within one backend (0-based).
+pub type UnitIndex = usize;
+
+/// What a unit can do, read from its capability registers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct UnitInfo {
+    /// Input (IOVA) address width in bits that the page tables are built for.
+    pub addr_width: u32,
+    /// Output (physical) address width in bits.
+    pub phys_width: u32,
+    /// Leaf sizes the unit supports (always including 4 KiB).
+    pub leaf_sizes: LeafSizes,
+    /// The unit may cache non-present entries (VT-d caching mode): maps must be invalidated too.
+    pub caches_not_present: bool,
+    /// The unit allows a live block to be replaced by a table without break-before-make.
+    pub split_live_blocks: bool,
+    /// Table walks snoop CPU caches. When false, table writes need
+    /// [`crate::PhysMem::sync_for_device`].
+    pub coherent_walk: bool,
+    /// Domain tags (VT-d domain ids, ASIDs, ...) usable by the server: tags `1..=max_tag`.
+    pub max_tag: u16,
+}
+
+/// What a device is attached to: a domain's hardware tag and root table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct DomainConfig {
+    /// Hardware domain tag (VT-d DID, SMMU ASID, AMD DomainID, RISC-V PSCID/GSCID), `>= 1`.
+    pub tag: u16,
+    /// Physical address of the root table built by [`crate::pagetable::PageTable`].
+    pub root: PhysAddr,
+    /// Number of levels of that table.
+    pub levels: u8,
+    /// Input address width the table was built for.
+    pub addr_width: u32,
+}
+
+/// What kind of failure a backend met. The server decides on the kind only.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// A bounded wait expired (register handshake, queue completion).
+    Timeout,
+    /// The unit reported an error (e.g. an illegal command) or is in a bad state.
+    Hardware,
+    /// A frame for a unit structure (context table, stream table level) could not be allocated.
+    NoFrame,
+    /// The device id or unit index is outside what the unit supports.
+    BadDevice,
+    /// The unit cannot do what was asked.
+    Unsupported,
+    /// Anything else.
+    Other,
+}
+
+/// A backend error: concrete per backend, mapped to one shared [`ErrorKind`].
+pub trait Error: core::fmt::Debug {
+    /// The kind of this error.
+    fn kind(&self) -> ErrorKind;
+}
+
+/// Why a DMA was refused, as recorded by the unit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum FaultReason {
+    /// No translation for the address (not-present entry, or a blocked device).
+    NotPresent,
+    /// A translation exists but does not allow the access.
+    Permission,
+    /// The address is beyond the domain's address width.
+    AddressSize,
+    /// The device is not attached / blocked by configuration (context or stream entry).
+    Blocked,
+    /// Any other reason; the value is the vendor's raw reason code.
+    Other(u16),
+}
+
+/// One fault record drained from a unit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct FaultRecord {
+    /// The unit that recorded it.
+    pub unit: UnitIndex,
+    /// The requester id / stream id / device id of the faulting device.
+    pub device: u32,
+    /// The faulting IOVA (page-aligned where the unit reports only the page).
+    pub iova: u64,
+    /// Whether the access was a write.
+    pub write: bool,
+    /// Why it faulted.
+    pub reason: FaultReason,
+}
+
+/// A backend driving all units of one vendor kind.
+pub trait Backend {
+    /// The page-table format the units walk.
+    type Format: Format;
+    /// The backend's concrete error.
+    type Error: Error;
+
+    /// How many units this backend drives.
+    fn unit_count(&self) -> usize;
+
+    /// What unit `unit` can do. Panics never; an out-of-range index is a server bug, and the
+    /// backend answers with the first unit's info.
+    fn unit_info(&self, unit: UnitIndex) -> UnitInfo;
+
+    /// Points `device` on `unit` at `domain`'s tables, replacing any previous attachment with a
+    /// single entry update (never a window of passthrough), invalidates the unit's configuration
+    /// caches for the device and waits for that to complete. May allocate unit structures
+    /// (e.g. a VT-d context table for a new bus) from `alloc`.
+    fn attach(
+        &mut self,
+        alloc: &mut dyn FrameAlloc,
+        unit: UnitIndex,
+        device: u32,
+        domain: DomainConfig,
+    ) -> Result<(), Self::Error>;
+
+    /// Blocks `device` on `unit`: its DMA faults from the return of this call on (configuration
+    /// and IOTLB caches invalidated and the invalidation completed).
+    fn block(&mut self, unit: UnitIndex, device: u32) -> Result<(), Self::Error>;
+
+    /// Invalidates everything `gather` recorded for domain `tag` on `unit` (leaf entries and,
+    /// when [`Gather::tables_removed`], paging-structure caches) and waits for completion. An
+    /// empty gather needs no invalidation.
+    fn invalidate(&mut self, unit: UnitIndex, tag: u16, gather: &Gather)
+    -> Result<(), Self::Error>;
+
+    /// Invalidates every cached translation of domain `tag` on `unit` and waits (used when a
+    /// domain is destroyed, before its tables are freed).
+    fn invalidate_all(&mut self, unit: UnitIndex, tag: u16) -> Result<(), Self::Error>;
+
+    /// Drains the unit's pending fault records into `sink`. Returns whether the unit lost
+    /// records (hardware overflow) since the last drain.
+    fn drain_faults(
+        &mut self,
+        unit: UnitIndex,
+        sink: &mut dyn FnMut(FaultRecord),
+    ) -> Result<bool, Self::Error>;
+}

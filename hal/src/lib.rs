@@ -1,0 +1,25 @@
+//! IOMMU hardware abstraction layer.
+//!
+//! What belongs here:
+//! - [`mem`]: the small traits through which all hardware is reached (physical memory, frame
+//!   allocation, register access). Bounded waits use embedded-hal's `DelayNs`.
+//! - [`pagetable`]: one generic radix page-table engine that takes ranges and writes the fewest
+//!   entries the unit allows, with one small `Format` per vendor.
+//! - [`backend`]: the trait every vendor backend implements and the server is written against.
+//! - One module per vendor (`vtd`, `smmuv3`, ...), each with the same inner shape: `regs`
+//!   (register map), `tables` (context / device / stream tables), `queue` (invalidation or
+//!   command queue), `fault`, and `mod` (the backend).
+//!
+//! Nothing here allocates or keeps global state. Unsafe code is confined to the MMIO and
+//! physical-memory edges, which live in `platform`; this crate only defines the traits.
+#![no_std]
+#![cfg_attr(not(test), forbid(unsafe_code))]
+
+#[cfg(test)]
+extern crate std;
+
+pub mod backend;
+pub mod mem;
+pub mod pagetable;
+
+pub use mem::{FrameAlloc, PAGE_SIZE, PhysAddr, PhysMem, RegisterAccess};

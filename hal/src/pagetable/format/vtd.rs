@@ -1,0 +1,5 @@
+//! PLACEHOLDER
+
+/// PLACEHOLDER
+#[derive(Debug, Clone, Copy)]
+pub struct VtdSl;

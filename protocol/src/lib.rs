@@ -1,0 +1,3 @@
+//! PLACEHOLDER: the wire protocol.
+#![no_std]
+#![forbid(unsafe_code)]

@@ -1,0 +1,9 @@
+//! Test harness of iommu-server.
+//!
+//! What belongs here: simulated physical memory and frame allocators with fault injection
+//! ([`sim`]), register-level models of each IOMMU written from the vendors' specifications
+//! independently of `hal` (their own page walkers, their own IOTLBs that keep stale entries until
+//! invalidated), conformance suites run for every format, message-level tests of the server,
+//! benchmarks, and the QEMU runner.
+
+pub mod sim;
