@@ -107,6 +107,9 @@ pub trait Format {
     const LEVEL_BITS: u32 = 9;
     /// The address widths (input bits) this format supports, e.g. `&[39, 48, 57]`.
     const ADDR_WIDTHS: &'static [u32];
+    /// Output (physical) address bits a leaf can express; the engine refuses `phys` ranges
+    /// reaching beyond `2^OA_BITS`. Defaults to 52, the widest the x86 formats allow.
+    const OA_BITS: u32 = 52;
 
     /// The number of levels for an input address width, or `None` if unsupported.
     fn levels_for(addr_width: u32) -> Option<u8>;
