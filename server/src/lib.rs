@@ -12,3 +12,12 @@
 
 #[cfg(test)]
 extern crate std;
+
+pub mod config;
+mod faults;
+mod quota;
+mod server;
+
+pub use config::{ClientConfig, ClientId, Config, ConfigError, DeviceGrant, RegionGrant};
+pub use faults::{NoNotify, Notify};
+pub use server::{Server, Stats};

@@ -1,0 +1,211 @@
+//! The static configuration: who may do what.
+//!
+//! Like Hubris's build-time generated owner tables, the configuration is plain data, built in a
+//! `const` or `static` and handed to [`crate::Server::new`], which validates it once. Nothing in
+//! it changes at run time; the client identity it is compared against comes from the platform
+//! (seL4 badge, Hubris task index), never from a message.
+
+use iommu_hal::backend::UnitIndex;
+use iommu_hal::pagetable::Perms;
+
+/// Who sent a request, as told by the platform (seL4 badge, Hubris task index). Never taken
+/// from a message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct ClientId(pub u32);
+
+/// One device a client owns: a requester / stream id on one unit.
+///
+/// The client names it with a `DeviceHandle` equal to its index in
+/// [`ClientConfig::devices`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct DeviceGrant {
+    /// Index of the unit (within the backend) the device sits behind.
+    pub unit: UnitIndex,
+    /// Requester id (VT-d source id, SMMU stream id, ...) as the unit sees it.
+    pub device: u32,
+}
+
+/// A physical region a client may map, and with which permissions.
+///
+/// Regions of different clients may overlap (shared buffers); devices may not.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct RegionGrant {
+    /// First byte (4 KiB aligned).
+    pub base: u64,
+    /// Length in bytes (a non-zero multiple of 4 KiB; `base + len` may be `2^64` at most).
+    pub len: u64,
+    /// The most a mapping inside the region may allow (at least one of read and write).
+    pub perms: Perms,
+}
+
+impl RegionGrant {
+    /// Whether `[phys, phys + len)` lies wholly inside this region (overflow-safe; `len > 0`).
+    pub const fn contains(&self, phys: u64, len: u64) -> bool {
+        if len == 0 || phys < self.base {
+            return false;
+        }
+        let off = phys - self.base;
+        off < self.len && len <= self.len - off
+    }
+}
+
+/// Everything one client may do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct ClientConfig {
+    /// The platform's identity of the client.
+    pub id: ClientId,
+    /// Devices it owns; a device's handle is its index here.
+    pub devices: &'static [DeviceGrant],
+    /// Physical regions it may map. A mapping must lie wholly within one region.
+    pub regions: &'static [RegionGrant],
+    /// Most domains it may hold at once.
+    pub max_domains: u32,
+    /// Most page-table frames its domains may hold at once (root tables included).
+    pub max_table_frames: u64,
+}
+
+/// The whole static configuration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct Config {
+    /// Every client the server will answer. Requests from any other id get `NotPermitted`.
+    pub clients: &'static [ClientConfig],
+}
+
+/// Why [`crate::Server::new`] refused a configuration or a backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum ConfigError {
+    /// More clients than the server's `CLIENTS` capacity.
+    TooManyClients,
+    /// More devices (over all clients) than the server's `DEVICES` capacity.
+    TooManyDevices,
+    /// Two clients share a [`ClientId`] (index of the second).
+    DuplicateClient(usize),
+    /// A `(unit, device)` pair is granted twice (client index, device index of the second).
+    DeviceOverlap(usize, usize),
+    /// A device names a unit the backend does not drive (client index, device index).
+    NoSuchUnit(usize, usize),
+    /// A region is empty, unaligned, wraps around, or grants no permission
+    /// (client index, region index).
+    BadRegion(usize, usize),
+    /// The backend drives no unit, or more than 64.
+    UnitCount,
+    /// The units report different address widths, or a width the format does not support.
+    AddressWidth,
+    /// The units' common leaf sizes do not include 4 KiB.
+    LeafSizes,
+    /// The units offer no usable domain tag.
+    NoTags,
+    /// Creating the tables or blocking a device failed at start-up (the backend's error kind).
+    Backend(iommu_hal::backend::ErrorKind),
+}
+
+impl Config {
+    /// An empty configuration (no clients): useful as a placeholder.
+    pub const EMPTY: Config = Config { clients: &[] };
+
+    /// Checks what can be checked without the backend. `units` is the backend's unit count.
+    pub fn validate(
+        &self,
+        units: usize,
+        max_clients: usize,
+        max_devices: usize,
+    ) -> Result<usize, ConfigError> {
+        if self.clients.len() > max_clients {
+            return Err(ConfigError::TooManyClients);
+        }
+        let mut total = 0usize;
+        for (ci, c) in self.clients.iter().enumerate() {
+            if self.clients[..ci].iter().any(|o| o.id == c.id) {
+                return Err(ConfigError::DuplicateClient(ci));
+            }
+            for (di, d) in c.devices.iter().enumerate() {
+                if d.unit >= units {
+                    return Err(ConfigError::NoSuchUnit(ci, di));
+                }
+                let dup_here = c.devices[..di].iter().any(|o| o == d);
+                let dup_before = self.clients[..ci]
+                    .iter()
+                    .any(|o| o.devices.iter().any(|od| od == d));
+                if dup_here || dup_before {
+                    return Err(ConfigError::DeviceOverlap(ci, di));
+                }
+            }
+            for (ri, r) in c.regions.iter().enumerate() {
+                let page = iommu_hal::PAGE_SIZE;
+                let ok = r.len != 0
+                    && r.base % page == 0
+                    && r.len % page == 0
+                    && r.base.checked_add(r.len - 1).is_some()
+                    && (r.perms.read || r.perms.write);
+                if !ok {
+                    return Err(ConfigError::BadRegion(ci, ri));
+                }
+            }
+            total += c.devices.len();
+        }
+        if total > max_devices {
+            return Err(ConfigError::TooManyDevices);
+        }
+        Ok(total)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn region_contains_is_overflow_safe() {
+        let r = RegionGrant {
+            base: 0x1000,
+            len: 0x2000,
+            perms: Perms::RW,
+        };
+        assert!(r.contains(0x1000, 0x2000));
+        assert!(r.contains(0x2000, 0x1000));
+        assert!(!r.contains(0x2000, 0x2000));
+        assert!(!r.contains(0x0, 0x1000));
+        assert!(!r.contains(0x1000, 0));
+        assert!(!r.contains(0x2000, u64::MAX));
+        assert!(!r.contains(u64::MAX, 1));
+        let top = RegionGrant {
+            base: u64::MAX - 0xfff,
+            len: 0x1000,
+            perms: Perms::R,
+        };
+        assert!(top.contains(u64::MAX - 0xfff, 0x1000));
+        assert!(!top.contains(u64::MAX - 0xfff, 0x2000));
+    }
+
+    static DEVS_A: [DeviceGrant; 1] = [DeviceGrant { unit: 0, device: 8 }];
+    static DEVS_B: [DeviceGrant; 1] = [DeviceGrant { unit: 0, device: 8 }];
+
+    #[test]
+    fn overlapping_devices_are_refused() {
+        static CLIENTS: [ClientConfig; 2] = [
+            ClientConfig {
+                id: ClientId(1),
+                devices: &DEVS_A,
+                regions: &[],
+                max_domains: 1,
+                max_table_frames: 8,
+            },
+            ClientConfig {
+                id: ClientId(2),
+                devices: &DEVS_B,
+                regions: &[],
+                max_domains: 1,
+                max_table_frames: 8,
+            },
+        ];
+        let c = Config { clients: &CLIENTS };
+        assert_eq!(c.validate(1, 4, 4), Err(ConfigError::DeviceOverlap(1, 0)));
+        assert_eq!(c.validate(1, 1, 4), Err(ConfigError::TooManyClients));
+    }
+}
