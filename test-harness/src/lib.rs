@@ -7,3 +7,4 @@
 //! benchmarks, and the QEMU runner.
 
 pub mod sim;
+pub mod walker;
