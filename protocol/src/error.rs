@@ -1,0 +1,192 @@
+//! Error codes returned by the server, and the client side's transport error.
+//!
+//! See the "Error codes" section of the protocol specification (`protocol/README.md`).
+
+use core::fmt;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// Why the server refused a request.
+///
+/// Every variant has a stable, explicit, nonzero `u16` code ([`Error::code`]); codes are never
+/// renumbered and new variants are only appended. On the wire an `Error` is its code as a
+/// postcard varint `u16`; an unknown code makes the whole message [`Error::BadMessage`].
+///
+/// Unless a variant says otherwise, a request that fails **changed nothing**: tables, handles,
+/// quotas and attachments are exactly as before the request.
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+#[repr(u16)]
+pub enum Error {
+    /// The message did not decode: unknown request tag, a field out of its wire range (e.g.
+    /// unknown [`Perms`](crate::Perms) bits, too many segments), truncated, trailing bytes, or
+    /// longer than [`MAX_MESSAGE`](crate::MAX_MESSAGE). Also returned by the encoders when the
+    /// output buffer is too small. Nothing changed.
+    BadMessage = 1,
+    /// `Hello` asked for a version the server cannot speak (0, or older than the oldest version
+    /// the server supports). Nothing changed; the session keeps its previous version.
+    UnsupportedVersion = 2,
+    /// The domain handle does not name a live domain of the calling client (never created,
+    /// destroyed, or another client's). Nothing changed.
+    NoSuchDomain = 3,
+    /// The device handle does not name a device the calling client may use. Nothing changed.
+    NoSuchDevice = 4,
+    /// The client may not do this: a physical range outside the memory it was granted, or an
+    /// operation its configuration does not allow. Nothing changed.
+    NotPermitted = 5,
+    /// `Map`, `MapSg`: at least one page of the IOVA range is already mapped. Nothing changed.
+    Overlap = 6,
+    /// An address or length is not a multiple of 4 KiB
+    /// ([`PAGE_SIZE`](crate::PAGE_SIZE)). Nothing changed.
+    Misaligned = 7,
+    /// The IOVA range wraps around 2^64 or is not inside one usable range of the domain
+    /// (see [`InfoReply`](crate::InfoReply)), or a physical range wraps or exceeds what the
+    /// hardware can address. Nothing changed.
+    OutOfRange = 8,
+    /// The client's quota (domains, or page-table frames) would be exceeded. Nothing changed.
+    QuotaExceeded = 9,
+    /// The server's shared pool of page-table memory is exhausted (the client is within its
+    /// quota). Nothing changed; retrying later may succeed.
+    OutOfTableMemory = 10,
+    /// `Attach`: the device is attached to another domain (detach it first). Nothing changed.
+    DeviceBusy = 11,
+    /// The server or the hardware does not support this request or these parameters (e.g. a
+    /// permission combination the page-table format cannot express). Nothing changed.
+    Unsupported = 12,
+    /// The IOMMU did not complete an operation (e.g. an invalidation) in the bounded time. The
+    /// server restored its tables, so the mapping state is as before the request; the unit may
+    /// be unusable and later requests may fail the same way.
+    HardwareTimeout = 13,
+    /// The IOMMU reported an error while executing the request. As for
+    /// [`Error::HardwareTimeout`], the server restored its tables.
+    HardwareError = 14,
+    /// `Query`: no page is mapped at this IOVA. Nothing changed.
+    NotMapped = 15,
+    /// `MapAnywhere`: no free IOVA range of the requested length and alignment exists in the
+    /// domain. Nothing changed.
+    NoSpace = 16,
+    /// A value is invalid regardless of state: zero length, empty [`Perms`](crate::Perms),
+    /// an empty segment list, an alignment that is not a power of two. Nothing changed.
+    InvalidArgument = 17,
+    /// `DestroyDomain`: devices are still attached to the domain (detach them first). Nothing
+    /// changed.
+    DomainBusy = 18,
+}
+
+impl Error {
+    /// Every error, in code order.
+    pub const ALL: [Error; 18] = [
+        Error::BadMessage,
+        Error::UnsupportedVersion,
+        Error::NoSuchDomain,
+        Error::NoSuchDevice,
+        Error::NotPermitted,
+        Error::Overlap,
+        Error::Misaligned,
+        Error::OutOfRange,
+        Error::QuotaExceeded,
+        Error::OutOfTableMemory,
+        Error::DeviceBusy,
+        Error::Unsupported,
+        Error::HardwareTimeout,
+        Error::HardwareError,
+        Error::NotMapped,
+        Error::NoSpace,
+        Error::InvalidArgument,
+        Error::DomainBusy,
+    ];
+
+    /// The stable wire code of this error (never 0).
+    pub const fn code(self) -> u16 {
+        self as u16
+    }
+
+    /// The error with this wire code, or `None` for 0 and unknown codes.
+    pub const fn from_code(code: u16) -> Option<Error> {
+        if code == 0 || code as usize > Self::ALL.len() {
+            return None;
+        }
+        Some(Self::ALL[code as usize - 1])
+    }
+
+    /// A short human-readable description.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Error::BadMessage => "malformed message",
+            Error::UnsupportedVersion => "unsupported protocol version",
+            Error::NoSuchDomain => "no such domain",
+            Error::NoSuchDevice => "no such device",
+            Error::NotPermitted => "not permitted",
+            Error::Overlap => "range overlaps an existing mapping",
+            Error::Misaligned => "address or length not 4 KiB aligned",
+            Error::OutOfRange => "address range out of range",
+            Error::QuotaExceeded => "quota exceeded",
+            Error::OutOfTableMemory => "out of page-table memory",
+            Error::DeviceBusy => "device attached to another domain",
+            Error::Unsupported => "unsupported",
+            Error::HardwareTimeout => "IOMMU timed out",
+            Error::HardwareError => "IOMMU reported an error",
+            Error::NotMapped => "not mapped",
+            Error::NoSpace => "no free IOVA range",
+            Error::InvalidArgument => "invalid argument",
+            Error::DomainBusy => "domain has attached devices",
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl core::error::Error for Error {}
+
+impl Serialize for Error {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_u16(self.code())
+    }
+}
+
+impl<'de> Deserialize<'de> for Error {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let code = u16::deserialize(deserializer)?;
+        Error::from_code(code).ok_or_else(|| {
+            serde::de::Error::invalid_value(
+                serde::de::Unexpected::Unsigned(code.into()),
+                &"an iommu-protocol error code",
+            )
+        })
+    }
+}
+
+/// A failure of the IPC mechanism underneath a [`Client`](crate::client::Client), reported by
+/// a [`Transport`](crate::client::Transport). Never on the wire.
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub enum TransportError {
+    /// The server is gone (exited, restarted, or the endpoint was revoked). Whether the request
+    /// was executed is unknown.
+    Disconnected,
+    /// The request was larger than the transport can carry; it was not sent.
+    RequestTooLarge,
+    /// The reply did not fit in the reply buffer.
+    ReplyTooLarge,
+    /// No reply arrived in time. Whether the request was executed is unknown.
+    Timeout,
+    /// Any other failure of the transport.
+    Other,
+}
+
+impl fmt::Display for TransportError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            TransportError::Disconnected => "server disconnected",
+            TransportError::RequestTooLarge => "request too large for the transport",
+            TransportError::ReplyTooLarge => "reply too large for the buffer",
+            TransportError::Timeout => "transport timed out",
+            TransportError::Other => "transport failure",
+        })
+    }
+}
+
+impl core::error::Error for TransportError {}
