@@ -8,6 +8,7 @@
 #[cfg(test)]
 extern crate std;
 
+pub mod client;
 mod codec;
 mod error;
 mod message;
