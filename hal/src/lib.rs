@@ -21,5 +21,6 @@ extern crate std;
 pub mod backend;
 pub mod mem;
 pub mod pagetable;
+pub mod vtd;
 
 pub use mem::{FrameAlloc, PAGE_SIZE, PhysAddr, PhysMem, RegisterAccess};
