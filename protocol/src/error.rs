@@ -190,3 +190,54 @@ impl fmt::Display for TransportError {
 }
 
 impl core::error::Error for TransportError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_stable_and_round_trip() {
+        // The table of record: never renumber, only append.
+        let expected: [(Error, u16); 18] = [
+            (Error::BadMessage, 1),
+            (Error::UnsupportedVersion, 2),
+            (Error::NoSuchDomain, 3),
+            (Error::NoSuchDevice, 4),
+            (Error::NotPermitted, 5),
+            (Error::Overlap, 6),
+            (Error::Misaligned, 7),
+            (Error::OutOfRange, 8),
+            (Error::QuotaExceeded, 9),
+            (Error::OutOfTableMemory, 10),
+            (Error::DeviceBusy, 11),
+            (Error::Unsupported, 12),
+            (Error::HardwareTimeout, 13),
+            (Error::HardwareError, 14),
+            (Error::NotMapped, 15),
+            (Error::NoSpace, 16),
+            (Error::InvalidArgument, 17),
+            (Error::DomainBusy, 18),
+        ];
+        for (error, code) in expected {
+            assert_eq!(error.code(), code);
+            assert_eq!(Error::from_code(code), Some(error));
+        }
+        assert_eq!(Error::ALL.map(|e| e.code()), expected.map(|(_, c)| c));
+    }
+
+    #[test]
+    fn unknown_codes_are_none() {
+        assert_eq!(Error::from_code(0), None);
+        for code in 19..=u16::MAX {
+            assert_eq!(Error::from_code(code), None);
+        }
+    }
+
+    #[test]
+    fn display_is_nonempty() {
+        use std::string::ToString;
+        for e in Error::ALL {
+            assert!(!e.to_string().is_empty());
+        }
+    }
+}

@@ -188,3 +188,31 @@ pub struct Limits {
     /// [`MAX_FAULTS_PER_REPLY`](crate::MAX_FAULTS_PER_REPLY)).
     pub max_faults_per_reply: u16,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn perms_bits() {
+        assert_eq!(Perms::READ.bits(), 1);
+        assert_eq!(Perms::WRITE.bits(), 2);
+        assert_eq!(Perms::RW, Perms::READ | Perms::WRITE);
+        assert!(Perms::RW.read() && Perms::RW.write());
+        assert!(Perms::READ.read() && !Perms::READ.write());
+        assert!(!Perms::WRITE.read() && Perms::WRITE.write());
+        assert!(Perms::NONE.is_empty() && !Perms::READ.is_empty());
+        assert!(Perms::RW.contains(Perms::READ) && !Perms::READ.contains(Perms::RW));
+    }
+
+    #[test]
+    fn perms_from_bits_rejects_unknown_bits() {
+        for bits in 0..=u8::MAX {
+            let ok = bits < 4;
+            assert_eq!(Perms::from_bits(bits).is_some(), ok, "{bits}");
+            assert_eq!(Perms::try_from(bits).is_ok(), ok, "{bits}");
+        }
+        assert_eq!(Perms::try_from(4), Err(Error::BadMessage));
+        assert_eq!(u8::from(Perms::RW), 3);
+    }
+}
