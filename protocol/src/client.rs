@@ -9,8 +9,7 @@ use core::fmt;
 
 use crate::{
     DeviceHandle, DomainHandle, Error, FaultRecord, InfoReply, MAX_FAULTS_PER_REPLY, MAX_MESSAGE,
-    PROTOCOL_VERSION, Perms, Reply, Request, Segment, TransportError, decode_reply,
-    encode_request,
+    PROTOCOL_VERSION, Perms, Reply, Request, Segment, TransportError, decode_reply, encode_request,
 };
 
 /// Carries one encoded request to the server and its encoded reply back.
@@ -137,7 +136,11 @@ impl<T: Transport> Client<T> {
     }
 
     /// Attaches `device` to `domain`.
-    pub fn attach(&mut self, domain: DomainHandle, device: DeviceHandle) -> Result<(), ClientError> {
+    pub fn attach(
+        &mut self,
+        domain: DomainHandle,
+        device: DeviceHandle,
+    ) -> Result<(), ClientError> {
         self.done(&Request::Attach { domain, device })
     }
 

@@ -9,6 +9,7 @@ use iommu_protocol::{
 };
 
 /// What the loopback answers with.
+#[allow(clippy::large_enum_variant)] // test-only, a few values
 enum Canned {
     Reply(Reply),
     Bytes(Vec<u8>),

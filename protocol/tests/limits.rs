@@ -3,9 +3,9 @@
 //! `Map`/`Unmap` encodes in at most 32 bytes.
 
 use iommu_protocol::{
-    DeviceHandle, DomainHandle, DomainKind, Error, FaultReason, FaultRecord, InfoReply,
-    IovaRange, Limits, MAX_DOMAIN_KINDS, MAX_FAULTS_PER_REPLY, MAX_IOVA_RANGES, MAX_MESSAGE,
-    MAX_SG_SEGMENTS, Perms, Reply, Request, Segment, encode_reply, encode_request,
+    DeviceHandle, DomainHandle, DomainKind, Error, FaultReason, FaultRecord, InfoReply, IovaRange,
+    Limits, MAX_DOMAIN_KINDS, MAX_FAULTS_PER_REPLY, MAX_IOVA_RANGES, MAX_MESSAGE, MAX_SG_SEGMENTS,
+    Perms, Reply, Request, Segment, encode_reply, encode_request,
 };
 use serde::Serialize;
 
@@ -94,7 +94,11 @@ fn worst_map_sg_fits_and_one_more_segment_does_not() {
     let n = encode_request(&worst, &mut buf).unwrap();
     assert_eq!(mirror(MAX_SG_SEGMENTS), &buf[..n]);
     let bigger = mirror(MAX_SG_SEGMENTS + 1);
-    assert!(bigger.len() > MAX_MESSAGE, "{} segments would fit", MAX_SG_SEGMENTS + 1);
+    assert!(
+        bigger.len() > MAX_MESSAGE,
+        "{} segments would fit",
+        MAX_SG_SEGMENTS + 1
+    );
 }
 
 #[test]
@@ -112,7 +116,11 @@ fn worst_faults_reply_fits_and_one_more_record_does_not() {
     let n = encode_reply(&worst, &mut buf).unwrap();
     assert_eq!(mirror(MAX_FAULTS_PER_REPLY), &buf[..n]);
     let bigger = mirror(MAX_FAULTS_PER_REPLY + 1);
-    assert!(bigger.len() > MAX_MESSAGE, "{} records would fit", MAX_FAULTS_PER_REPLY + 1);
+    assert!(
+        bigger.len() > MAX_MESSAGE,
+        "{} records would fit",
+        MAX_FAULTS_PER_REPLY + 1
+    );
 }
 
 #[test]
@@ -214,6 +222,12 @@ fn map_and_unmap_fit_the_fastpath() {
 #[test]
 fn encoders_report_a_short_buffer() {
     let mut small = [0u8; 8];
-    assert_eq!(encode_request(&worst_map_sg(), &mut small), Err(Error::BadMessage));
-    assert_eq!(encode_reply(&worst_faults(), &mut small), Err(Error::BadMessage));
+    assert_eq!(
+        encode_request(&worst_map_sg(), &mut small),
+        Err(Error::BadMessage)
+    );
+    assert_eq!(
+        encode_reply(&worst_faults(), &mut small),
+        Err(Error::BadMessage)
+    );
 }
