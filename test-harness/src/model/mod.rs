@@ -1,0 +1,5 @@
+//! Register-level models of IOMMUs, written from the vendors' specifications independently of
+//! `iommu_hal`, with their own table walkers and caches that keep stale entries until the right
+//! invalidation. Each sits behind [`iommu_hal::RegisterAccess`] so a driver can run on it.
+
+pub mod vtd;
