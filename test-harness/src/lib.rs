@@ -8,3 +8,4 @@
 
 pub mod sim;
 pub mod walker;
+pub mod model;
