@@ -7,6 +7,7 @@
 
 use iommu_hal::backend::UnitIndex;
 use iommu_hal::pagetable::Perms;
+use iommu_protocol::IovaRange;
 
 /// Who sent a request, as told by the platform (seL4 badge, Hubris task index). Never taken
 /// from a message.
@@ -65,7 +66,7 @@ pub struct ClientConfig {
     /// Most domains it may hold at once.
     pub max_domains: u32,
     /// Most page-table frames its domains may hold at once (root tables included).
-    pub max_table_frames: u64,
+    pub max_table_frames: u32,
 }
 
 /// The whole static configuration.
@@ -74,6 +75,11 @@ pub struct ClientConfig {
 pub struct Config {
     /// Every client the server will answer. Requests from any other id get `NotPermitted`.
     pub clients: &'static [ClientConfig],
+    /// IOVA windows no domain may map, ascending and disjoint, 4 KiB granular (e.g. the x86
+    /// interrupt window `0xFEE0_0000..=0xFEEF_FFFF`, which VT-d never translates). The usable
+    /// ranges `Info` reports are the domain's address space minus these; at most
+    /// [`iommu_protocol::MAX_IOVA_RANGES`] ranges may result.
+    pub reserved: &'static [IovaRange],
 }
 
 /// Why [`crate::Server::new`] refused a configuration or a backend.
@@ -101,13 +107,19 @@ pub enum ConfigError {
     LeafSizes,
     /// The units offer no usable domain tag.
     NoTags,
+    /// A reserved IOVA window is unaligned, unsorted or overlapping, or leaves no usable range
+    /// or more ranges than the protocol can report.
+    Reserved,
     /// Creating the tables or blocking a device failed at start-up (the backend's error kind).
     Backend(iommu_hal::backend::ErrorKind),
 }
 
 impl Config {
     /// An empty configuration (no clients): useful as a placeholder.
-    pub const EMPTY: Config = Config { clients: &[] };
+    pub const EMPTY: Config = Config {
+        clients: &[],
+        reserved: &[],
+    };
 
     /// Checks what can be checked without the backend. `units` is the backend's unit count.
     pub fn validate(
@@ -156,6 +168,44 @@ impl Config {
     }
 }
 
+/// The usable IOVA ranges of `[0, last]` minus `reserved`, or `None` if a window is
+/// malformed or the result does not fit the protocol's limit.
+pub fn usable_ranges(
+    last: u64,
+    reserved: &[IovaRange],
+) -> Option<heapless::Vec<IovaRange, { iommu_protocol::MAX_IOVA_RANGES }>> {
+    let page = iommu_hal::PAGE_SIZE;
+    let mut out = heapless::Vec::new();
+    let mut next = Some(0u64);
+    for (i, r) in reserved.iter().enumerate() {
+        let ok = r.first <= r.last
+            && r.first % page == 0
+            && r.last % page == page - 1
+            && (i == 0 || reserved[i - 1].last < r.first);
+        if !ok {
+            return None;
+        }
+        let Some(first) = next else { break };
+        if r.first > last {
+            break;
+        }
+        if r.first > first {
+            out.push(IovaRange {
+                first,
+                last: r.first - 1,
+            })
+            .ok()?;
+        }
+        next = r.last.checked_add(1);
+    }
+    if let Some(first) = next
+        && first <= last
+    {
+        out.push(IovaRange { first, last }).ok()?;
+    }
+    if out.is_empty() { None } else { Some(out) }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -183,6 +233,39 @@ mod tests {
         assert!(!top.contains(u64::MAX - 0xfff, 0x2000));
     }
 
+    #[test]
+    fn usable_ranges_subtract_windows() {
+        let msi = IovaRange {
+            first: 0xfee0_0000,
+            last: 0xfeef_ffff,
+        };
+        let r = usable_ranges((1 << 39) - 1, &[msi]).unwrap();
+        assert_eq!(
+            r.as_slice(),
+            &[
+                IovaRange {
+                    first: 0,
+                    last: 0xfedf_ffff
+                },
+                IovaRange {
+                    first: 0xfef0_0000,
+                    last: (1 << 39) - 1
+                }
+            ]
+        );
+        assert_eq!(usable_ranges(0xfff, &[]).unwrap().len(), 1);
+        let all = IovaRange {
+            first: 0,
+            last: 0xfff,
+        };
+        assert!(usable_ranges(0xfff, &[all]).is_none());
+        let bad = IovaRange {
+            first: 0x800,
+            last: 0xfff,
+        };
+        assert!(usable_ranges(0xffff, &[bad]).is_none());
+    }
+
     static DEVS_A: [DeviceGrant; 1] = [DeviceGrant { unit: 0, device: 8 }];
     static DEVS_B: [DeviceGrant; 1] = [DeviceGrant { unit: 0, device: 8 }];
 
@@ -204,7 +287,10 @@ mod tests {
                 max_table_frames: 8,
             },
         ];
-        let c = Config { clients: &CLIENTS };
+        let c = Config {
+            clients: &CLIENTS,
+            reserved: &[],
+        };
         assert_eq!(c.validate(1, 4, 4), Err(ConfigError::DeviceOverlap(1, 0)));
         assert_eq!(c.validate(1, 1, 4), Err(ConfigError::TooManyClients));
     }

@@ -65,9 +65,4 @@ impl<const Q: usize> FaultQueue<Q> {
             }
         }
     }
-
-    pub(crate) fn clear(&mut self) {
-        self.queue.clear();
-        self.lost = 0;
-    }
 }

@@ -14,6 +14,7 @@
 extern crate std;
 
 pub mod config;
+mod dispatch;
 mod faults;
 mod quota;
 mod server;

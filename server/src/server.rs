@@ -9,64 +9,36 @@ use iommu_hal::pagetable::{
 };
 use iommu_hal::{FrameAlloc, PAGE_SIZE, PhysMem};
 
-use crate::config::{ClientId, Config, ConfigError};
+use crate::config::{ClientId, Config, ConfigError, usable_ranges};
 use crate::faults::{FaultQueue, Notify, QueuedFault};
 use crate::quota::Counting;
+use iommu_protocol::{IovaRange, MAX_IOVA_RANGES};
 
-/// Why an operation was refused. Mapped one-to-one onto the protocol's error codes in
-/// [`crate::dispatch`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Fail {
-    /// The client may not do this (unknown client, memory outside its grants, perms beyond
-    /// the grant).
-    NotPermitted,
-    /// No domain with this handle in the client's handle space.
-    NoSuchDomain,
-    /// No device with this handle in the client's device list.
-    NoSuchDevice,
-    /// Domain count or page-table frame quota reached.
-    QuotaExceeded,
-    /// The global frame pool (or the domain tag space) is exhausted.
-    OutOfTableMemory,
-    /// An address, length or alignment is not a multiple of 4 KiB / not a power of two.
-    Misaligned,
-    /// A zero length, empty permissions, or an otherwise malformed argument.
-    InvalidArgument,
-    /// The range wraps or lies beyond the domain's IOVA space.
-    OutOfRange,
-    /// Part of the range is already mapped.
-    Overlap,
-    /// No free IOVA range of that size and alignment.
-    NoSpace,
-    /// The hardware or format cannot do this.
-    Unsupported,
-    /// A bounded hardware wait expired.
-    HardwareTimeout,
-    /// The hardware reported an error.
-    HardwareError,
+/// Why an operation was refused: the protocol's error codes.
+pub(crate) use iommu_protocol::Error as Fail;
+
+/// The protocol error for a backend failure kind.
+fn backend_fail(kind: ErrorKind) -> Fail {
+    match kind {
+        ErrorKind::Timeout => Fail::HardwareTimeout,
+        ErrorKind::NoFrame => Fail::OutOfTableMemory,
+        ErrorKind::Unsupported => Fail::Unsupported,
+        _ => Fail::HardwareError,
+    }
 }
 
-impl Fail {
-    fn from_backend(kind: ErrorKind) -> Fail {
-        match kind {
-            ErrorKind::Timeout => Fail::HardwareTimeout,
-            ErrorKind::NoFrame => Fail::OutOfTableMemory,
-            ErrorKind::Unsupported => Fail::Unsupported,
-            _ => Fail::HardwareError,
-        }
-    }
-
-    fn from_pt(e: PtError, quota_refused: bool) -> Fail {
-        match e {
-            PtError::Misaligned => Fail::Misaligned,
-            PtError::ZeroLength => Fail::InvalidArgument,
-            PtError::OutOfRange => Fail::OutOfRange,
-            PtError::Overlap => Fail::Overlap,
-            PtError::NoFrame if quota_refused => Fail::QuotaExceeded,
-            PtError::NoFrame => Fail::OutOfTableMemory,
-            PtError::SplitForbidden | PtError::PermsUnsupported | PtError::BadConfig => {
-                Fail::Unsupported
-            }
+/// The protocol error for a page-table failure; `quota_refused` says whether the client's
+/// quota (rather than the global pool) refused the frame.
+fn pt_fail(e: PtError, quota_refused: bool) -> Fail {
+    match e {
+        PtError::Misaligned => Fail::Misaligned,
+        PtError::ZeroLength => Fail::InvalidArgument,
+        PtError::OutOfRange => Fail::OutOfRange,
+        PtError::Overlap => Fail::Overlap,
+        PtError::NoFrame if quota_refused => Fail::QuotaExceeded,
+        PtError::NoFrame => Fail::OutOfTableMemory,
+        PtError::SplitForbidden | PtError::PermsUnsupported | PtError::BadConfig => {
+            Fail::Unsupported
         }
     }
 }
@@ -164,6 +136,8 @@ pub struct Server<
     pub(crate) cnp_units: u64,
     /// Domain slots usable (`DOMAINS` capped by the smallest tag space).
     pub(crate) usable_slots: usize,
+    /// The usable IOVA ranges of every domain (address space minus reserved windows).
+    pub(crate) ranges: heapless::Vec<IovaRange, MAX_IOVA_RANGES>,
     /// Index of each client's first device in `attached`.
     pub(crate) dev_base: [usize; CLIENTS],
     /// Slot of the domain each configured device is attached to.
@@ -244,6 +218,12 @@ impl<
         if usable_slots == 0 {
             return Err(ConfigError::NoTags);
         }
+        let last_iova = if first.addr_width >= 64 {
+            u64::MAX
+        } else {
+            (1u64 << first.addr_width) - 1
+        };
+        let ranges = usable_ranges(last_iova, config.reserved).ok_or(ConfigError::Reserved)?;
         let table_config = TableConfig {
             addr_width: first.addr_width,
             leaf_sizes: leaf,
@@ -279,6 +259,7 @@ impl<
             units,
             cnp_units,
             usable_slots,
+            ranges,
             dev_base,
             attached: [None; DEVICES],
             domains: core::array::from_fn(|_| Slot::Free),
@@ -391,7 +372,7 @@ impl<
     }
 
     fn counting(&mut self, ci: usize) -> Counting<'_, A> {
-        let limit = self.config.clients[ci].max_table_frames;
+        let limit = u64::from(self.config.clients[ci].max_table_frames);
         Counting::new(&mut self.alloc, self.clients[ci].frames, limit)
     }
 
@@ -409,11 +390,11 @@ impl<
             self.stats.invalidations += 1;
             self.backend
                 .invalidate_all(u, tag)
-                .map_err(|e| Fail::from_backend(e.kind()))?;
+                .map_err(|e| backend_fail(e.kind()))?;
             d.stale &= !(1 << u);
         }
         let ci = d.owner;
-        let limit = self.config.clients[ci].max_table_frames;
+        let limit = u64::from(self.config.clients[ci].max_table_frames);
         let mut c = Counting::new(&mut self.alloc, self.clients[ci].frames, limit);
         d.pending.release(&mut self.mem, &mut c);
         self.clients[ci].frames = c.held_now();
@@ -439,7 +420,7 @@ impl<
                 if let Err(e) = self.backend.invalidate(u, tag, &gather) {
                     // This unit and every one not yet reached may still cache the change.
                     d.stale |= mask & !((1u64 << u) - 1);
-                    failed = Some(Fail::from_backend(e.kind()));
+                    failed = Some(backend_fail(e.kind()));
                     break;
                 }
             }
@@ -449,7 +430,7 @@ impl<
             self.block_domain_devices(slot);
             return Err(f);
         }
-        let limit = self.config.clients[ci].max_table_frames;
+        let limit = u64::from(self.config.clients[ci].max_table_frames);
         let mut c = Counting::new(&mut self.alloc, self.clients[ci].frames, limit);
         gather.release(&mut self.mem, &mut c);
         self.clients[ci].frames = c.held_now();
@@ -498,10 +479,11 @@ impl<
         Ok(())
     }
 
-    /// The last usable IOVA of a domain.
-    pub(crate) fn iova_last(&self) -> u64 {
-        let w = self.table_config.addr_width;
-        if w >= 64 { u64::MAX } else { (1u64 << w) - 1 }
+    /// Whether `[iova, last]` lies within one usable range.
+    fn usable(&self, iova: u64, last: u64) -> bool {
+        self.ranges
+            .iter()
+            .any(|r| r.first <= iova && last <= r.last)
     }
 
     // ---- operations --------------------------------------------------------------------
@@ -519,7 +501,7 @@ impl<
         let mut c = self.counting(ci);
         let table = match PageTable::<B::Format>::new(table_config, &mut c) {
             Ok(t) => t,
-            Err(e) => return Err(Fail::from_pt(e, c.quota_refused)),
+            Err(e) => return Err(pt_fail(e, c.quota_refused)),
         };
         let held = c.held_now();
         // A handle not in use by this client (handles are per client, never global indices).
@@ -541,21 +523,26 @@ impl<
         Ok(h)
     }
 
-    /// Tears a domain down: blocks its devices, invalidates every unit that may cache it, then
-    /// frees its tables. On failure the domain stays (with the devices blocked so far
-    /// detached) and the request can be retried.
+    /// Destroys a domain with no device attached (`DomainBusy` otherwise): invalidates every
+    /// unit that may cache it, then frees its tables and returns its quota.
     pub(crate) fn op_destroy(&mut self, ci: usize, handle: u32) -> Result<(), Fail> {
         let slot = self.find(ci, handle)?;
+        if self.attached.contains(&Some(slot as u16)) {
+            return Err(Fail::DomainBusy);
+        }
         self.teardown(slot)
     }
 
+    /// Blocks the domain's devices, invalidates every unit that may cache it, frees its
+    /// tables. On failure the domain stays (devices blocked so far are detached) and the
+    /// teardown can be retried.
     fn teardown(&mut self, slot: usize) -> Result<(), Fail> {
         for g in 0..self.device_count() {
             if self.attached[g] == Some(slot as u16) {
                 let (unit, dev) = self.device_addr(g);
                 self.backend
                     .block(unit, dev)
-                    .map_err(|e| Fail::from_backend(e.kind()))?;
+                    .map_err(|e| backend_fail(e.kind()))?;
                 self.attached[g] = None;
             }
         }
@@ -567,7 +554,7 @@ impl<
             self.stats.invalidations += 1;
             self.backend
                 .invalidate_all(u, tag)
-                .map_err(|e| Fail::from_backend(e.kind()))?;
+                .map_err(|e| backend_fail(e.kind()))?;
             d.dirty &= !(1 << u);
             d.stale &= !(1 << u);
         }
@@ -575,7 +562,7 @@ impl<
             unreachable!()
         };
         let ci = d.owner;
-        let limit = self.config.clients[ci].max_table_frames;
+        let limit = u64::from(self.config.clients[ci].max_table_frames);
         let mut c = Counting::new(&mut self.alloc, self.clients[ci].frames, limit);
         d.pending.release(&mut self.mem, &mut c);
         d.table.destroy(&mut self.mem, &mut c);
@@ -584,35 +571,31 @@ impl<
         Ok(())
     }
 
-    /// Attaches client `ci`'s device to its domain. Attaching a device that is attached to
-    /// another of the client's domains moves it (one entry update in the backend, never a
-    /// blocked or passthrough window); the old domain's translations are then invalidated on
-    /// that unit if no other device of it remains there. Attaching to the domain it is
-    /// already attached to succeeds and does nothing.
+    /// Attaches client `ci`'s device to its domain. A device attached to another domain is
+    /// refused with `DeviceBusy` (detach it first); attaching it again to the domain it is
+    /// attached to succeeds and does nothing.
     pub(crate) fn op_attach(&mut self, ci: usize, dev: u32, handle: u32) -> Result<(), Fail> {
         let slot = self.find(ci, handle)?;
         let g = self.device(ci, dev)?;
-        self.ensure_clean(slot)?;
-        let old = self.attached[g];
-        if old == Some(slot as u16) {
-            return Ok(());
+        match self.attached[g] {
+            Some(s) if s as usize == slot => return Ok(()),
+            Some(_) => return Err(Fail::DeviceBusy),
+            None => {}
         }
+        self.ensure_clean(slot)?;
         let (unit, rid) = self.device_addr(g);
-        let d = self.live(slot);
+        let table = self.table(slot);
         let cfg = DomainConfig {
             tag: tag_of(slot),
-            root: d.table.root(),
-            levels: d.table.levels(),
-            addr_width: d.table.config().addr_width,
+            root: table.root(),
+            levels: table.levels(),
+            addr_width: table.config().addr_width,
         };
         self.backend
             .attach(&mut self.alloc, unit, rid, cfg)
-            .map_err(|e| Fail::from_backend(e.kind()))?;
+            .map_err(|e| backend_fail(e.kind()))?;
         self.attached[g] = Some(slot as u16);
         self.live(slot).dirty |= 1 << unit;
-        if let Some(old) = old {
-            self.forget_unit(old as usize, unit, g);
-        }
         Ok(())
     }
 
@@ -642,7 +625,7 @@ impl<
         let (unit, rid) = self.device_addr(g);
         self.backend
             .block(unit, rid)
-            .map_err(|e| Fail::from_backend(e.kind()))?;
+            .map_err(|e| backend_fail(e.kind()))?;
         self.attached[g] = None;
         self.forget_unit(old as usize, unit, g);
         Ok(())
@@ -659,6 +642,9 @@ impl<
     ) -> Result<(), Fail> {
         let slot = self.find(ci, handle)?;
         Self::check_range(iova, phys, len, perms)?;
+        if !self.usable(iova, iova + (len - 1)) {
+            return Err(Fail::OutOfRange);
+        }
         self.check_grant(ci, phys, len, perms)?;
         self.ensure_clean(slot)?;
         self.map_into(slot, ci, iova, phys, len, perms)
@@ -675,7 +661,7 @@ impl<
         perms: Perms,
     ) -> Result<(), Fail> {
         let mut gather = Gather::new();
-        let limit = self.config.clients[ci].max_table_frames;
+        let limit = u64::from(self.config.clients[ci].max_table_frames);
         let mut c = Counting::new(&mut self.alloc, self.clients[ci].frames, limit);
         let Slot::Live(d) = &mut self.domains[slot] else {
             return Err(Fail::NoSuchDomain);
@@ -686,7 +672,7 @@ impl<
         let refused = c.quota_refused;
         self.clients[ci].frames = c.held_now();
         if let Err(e) = r {
-            return Err(Fail::from_pt(e, refused));
+            return Err(pt_fail(e, refused));
         }
         self.flush_map(slot, ci, gather, &[(iova, len)])
     }
@@ -712,12 +698,12 @@ impl<
             for u in units_in(mask) {
                 self.stats.invalidations += 1;
                 if let Err(e) = self.backend.invalidate(u, tag, &gather) {
-                    failed = Some(Fail::from_backend(e.kind()));
+                    failed = Some(backend_fail(e.kind()));
                     break;
                 }
             }
         }
-        let limit = self.config.clients[ci].max_table_frames;
+        let limit = u64::from(self.config.clients[ci].max_table_frames);
         let mut c = Counting::new(&mut self.alloc, self.clients[ci].frames, limit);
         let Some(f) = failed else {
             // A map frees nothing; the release keeps the accounting honest if it ever does.
@@ -754,7 +740,8 @@ impl<
             Self::check_range(at, phys, len, perms)?;
             total = total.checked_add(len).ok_or(Fail::OutOfRange)?;
         }
-        if iova.checked_add(total - 1).is_none() {
+        let last = iova.checked_add(total - 1).ok_or(Fail::OutOfRange)?;
+        if !self.usable(iova, last) {
             return Err(Fail::OutOfRange);
         }
         for &(phys, len) in segments {
@@ -762,21 +749,17 @@ impl<
         }
         self.ensure_clean(slot)?;
         // The whole IOVA range must be free before anything is written.
-        let last = iova + (total - 1);
-        if last > self.iova_last() {
-            return Err(Fail::OutOfRange);
-        }
         match self
             .table(slot)
             .find_free(&self.mem, total, PAGE_SIZE, iova, last)
         {
             Ok(Some(at)) if at == iova => {}
             Ok(_) => return Err(Fail::Overlap),
-            Err(e) => return Err(Fail::from_pt(e, false)),
+            Err(e) => return Err(pt_fail(e, false)),
         }
 
         let mut gather = Gather::new();
-        let limit = self.config.clients[ci].max_table_frames;
+        let limit = u64::from(self.config.clients[ci].max_table_frames);
         let mut c = Counting::new(&mut self.alloc, self.clients[ci].frames, limit);
         let Slot::Live(d) = &mut self.domains[slot] else {
             return Err(Fail::NoSuchDomain);
@@ -789,7 +772,7 @@ impl<
                 .table
                 .map(&mut self.mem, &mut c, at, phys, len, perms, &mut gather)
             {
-                failure = Some(Fail::from_pt(e, c.quota_refused));
+                failure = Some(pt_fail(e, c.quota_refused));
                 break;
             }
             at += len;
@@ -821,19 +804,29 @@ impl<
         perms: Perms,
     ) -> Result<u64, Fail> {
         let slot = self.find(ci, handle)?;
-        if !align.is_power_of_two() || align < PAGE_SIZE {
-            return Err(Fail::Misaligned);
+        // 0 or a power of two; below 4 KiB means 4 KiB (protocol `MapAnywhere`).
+        if align != 0 && !align.is_power_of_two() {
+            return Err(Fail::InvalidArgument);
         }
+        let align = align.max(PAGE_SIZE);
         Self::check_range(0, phys, len, perms)?;
         self.check_grant(ci, phys, len, perms)?;
         self.ensure_clean(slot)?;
-        let last = self.iova_last();
-        let iova = match self.table(slot).find_free(&self.mem, len, align, 0, last) {
-            Ok(Some(iova)) => iova,
-            Ok(None) => return Err(Fail::NoSpace),
-            Err(PtError::OutOfRange) => return Err(Fail::NoSpace),
-            Err(e) => return Err(Fail::from_pt(e, false)),
-        };
+        let mut found = None;
+        for r in &self.ranges {
+            match self
+                .table(slot)
+                .find_free(&self.mem, len, align, r.first, r.last)
+            {
+                Ok(Some(iova)) => {
+                    found = Some(iova);
+                    break;
+                }
+                Ok(None) | Err(PtError::OutOfRange) => {}
+                Err(e) => return Err(pt_fail(e, false)),
+            }
+        }
+        let iova = found.ok_or(Fail::NoSpace)?;
         self.map_into(slot, ci, iova, phys, len, perms)?;
         Ok(iova)
     }
@@ -860,7 +853,7 @@ impl<
         }
         self.ensure_clean(slot)?;
         let mut gather = Gather::new();
-        let limit = self.config.clients[ci].max_table_frames;
+        let limit = u64::from(self.config.clients[ci].max_table_frames);
         let mut c = Counting::new(&mut self.alloc, self.clients[ci].frames, limit);
         let Slot::Live(d) = &mut self.domains[slot] else {
             return Err(Fail::NoSuchDomain);
@@ -868,7 +861,7 @@ impl<
         let r = d.table.unmap(&mut self.mem, &mut c, iova, len, &mut gather);
         let refused = c.quota_refused;
         self.clients[ci].frames = c.held_now();
-        let bytes = r.map_err(|e| Fail::from_pt(e, refused))?;
+        let bytes = r.map_err(|e| pt_fail(e, refused))?;
         self.flush(slot, gather, false)?;
         Ok(bytes)
     }
