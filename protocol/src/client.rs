@@ -4,6 +4,38 @@
 //! [`Transport`] (seL4 IPC, a Hubris `sys_send`, a channel in tests) and decodes the reply.
 //! Transport failures ([`ClientError::Transport`]) and the server's refusals
 //! ([`ClientError::Server`]) stay apart.
+//!
+//! ```
+//! use iommu_protocol::client::{Client, ClientError, Transport};
+//! use iommu_protocol::{
+//!     DeviceHandle, DomainHandle, Error, Perms, Reply, Request, TransportError, decode_request,
+//!     encode_reply,
+//! };
+//!
+//! /// A stand-in for the IPC call: answers like a server would.
+//! struct Fake;
+//!
+//! impl Transport for Fake {
+//!     fn call(&mut self, request: &[u8], reply: &mut [u8]) -> Result<usize, TransportError> {
+//!         let answer = match decode_request(request) {
+//!             Ok(Request::CreateDomain) => Reply::DomainCreated { domain: DomainHandle(1) },
+//!             Ok(Request::Unmap { len, .. }) => Reply::Unmapped { bytes: len },
+//!             Ok(Request::Query { .. }) => Reply::Error(Error::NotMapped),
+//!             Ok(_) => Reply::Done,
+//!             Err(e) => Reply::Error(e),
+//!         };
+//!         encode_reply(&answer, reply).map_err(|_| TransportError::ReplyTooLarge)
+//!     }
+//! }
+//!
+//! let mut iommu = Client::new(Fake);
+//! let d = iommu.create_domain()?;
+//! iommu.attach(d, DeviceHandle(0))?;
+//! iommu.map(d, 0x10_0000, 0x8000_0000, 0x4_0000, Perms::RW)?;
+//! assert_eq!(iommu.unmap(d, 0x10_0000, 0x4_0000)?, 0x4_0000);
+//! assert_eq!(iommu.query(d, 0x10_0000), Err(ClientError::Server(Error::NotMapped)));
+//! # Ok::<(), ClientError>(())
+//! ```
 
 use core::fmt;
 

@@ -65,7 +65,8 @@ pub enum Error {
     /// domain. Nothing changed.
     NoSpace = 16,
     /// A value is invalid regardless of state: zero length, empty [`Perms`](crate::Perms),
-    /// an empty segment list, an alignment that is not a power of two. Nothing changed.
+    /// an empty segment list or one longer than the client's `max_sg_segments`, an alignment
+    /// that is not 0 or a power of two. Nothing changed.
     InvalidArgument = 17,
     /// `DestroyDomain`: devices are still attached to the domain (detach them first). Nothing
     /// changed.

@@ -1,7 +1,4 @@
-//! Wire protocol between iommu-server and its driver clients.
-//!
-//! The full specification (every field, wire types, errors, versioning, semantics) is in
-//! `protocol/README.md`.
+#![doc = include_str!("../README.md")]
 #![no_std]
 #![forbid(unsafe_code)]
 

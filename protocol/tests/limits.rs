@@ -82,6 +82,7 @@ fn worst_map_sg_fits_and_one_more_segment_does_not() {
     let worst = worst_map_sg();
     let n = req_len(&worst);
     assert!(n <= MAX_MESSAGE, "{n}");
+    assert_eq!(n, 238, "documented in README.md");
 
     // A mirror of the MapSg wire layout (tag, domain, iova, perms, segments) with room for one
     // more segment. Check it reproduces the real encoding, then grow it by one.
@@ -106,6 +107,7 @@ fn worst_faults_reply_fits_and_one_more_record_does_not() {
     let worst = worst_faults();
     let n = rep_len(&worst);
     assert!(n <= MAX_MESSAGE, "{n}");
+    assert_eq!(n, 245, "documented in README.md");
 
     let mirror = |count: usize| {
         let recs: heapless::Vec<FaultRecord, { MAX_FAULTS_PER_REPLY + 1 }> =
@@ -129,6 +131,7 @@ fn worst_info_reply_fits() {
     assert_eq!(info.domain_kinds.len(), MAX_DOMAIN_KINDS);
     let n = rep_len(&Reply::Info(info));
     assert!(n <= MAX_MESSAGE, "{n}");
+    assert_eq!(n, 219, "documented in README.md");
 }
 
 #[test]
@@ -208,6 +211,7 @@ fn map_and_unmap_fit_the_fastpath() {
     let (m, u) = (req_len(&map), req_len(&unmap));
     assert!(m <= 32, "Map: {m} bytes");
     assert!(u <= 32, "Unmap: {u} bytes");
+    assert_eq!((m, u), (27, 19), "documented in README.md");
     // Varints grow with the value: past the band (2^49 needs 50 bits) the message grows.
     let wider = Request::Map {
         domain: D,
