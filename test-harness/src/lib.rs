@@ -9,3 +9,4 @@
 pub mod sim;
 pub mod walker;
 pub mod model;
+pub mod conformance;

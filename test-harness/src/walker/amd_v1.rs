@@ -71,7 +71,11 @@ impl RefWalker for AmdV1Walker {
             0 => {
                 let size = level_span(level);
                 if addr & (size - 1) != 0 {
-                    return Err(bad(level, entry, "AMD 2.2.3: large page address not aligned"));
+                    return Err(bad(
+                        level,
+                        entry,
+                        "AMD 2.2.3: large page address not aligned",
+                    ));
                 }
                 Ok(Step::Leaf {
                     base: addr,
@@ -84,7 +88,11 @@ impl RefWalker for AmdV1Walker {
                 let ones = (addr >> 12).trailing_ones();
                 let size_shift = 13 + ones;
                 if size_shift >= 64 {
-                    return Err(bad(level, entry, "AMD 2.2.3: NextLevel=7 size out of range"));
+                    return Err(bad(
+                        level,
+                        entry,
+                        "AMD 2.2.3: NextLevel=7 size out of range",
+                    ));
                 }
                 let size = 1u64 << size_shift;
                 if size <= level_span(level) || size >= level_span(level + 1) {
@@ -130,24 +138,38 @@ mod tests {
         // 4 levels (48-bit). Root (AMD L4) entry 0 skips to an AMD level-1 table at 0x3000.
         m.write(0x1000, pde(0x3000, 1));
         m.write(0x3000 + 2 * 8, 0x9000 | PR | IR);
-        let w = translate::<AmdV1Walker>(&m, 0x1000, 48, 0x2010).unwrap().unwrap();
+        let w = translate::<AmdV1Walker>(&m, 0x1000, 48, 0x2010)
+            .unwrap()
+            .unwrap();
         assert_eq!((w.phys, w.read, w.write), (0x9010, true, false));
         // The skipped levels' bits must be zero.
-        assert_eq!(translate::<AmdV1Walker>(&m, 0x1000, 48, 0x20_2000), Ok(None));
+        assert_eq!(
+            translate::<AmdV1Walker>(&m, 0x1000, 48, 0x20_2000),
+            Ok(None)
+        );
         let a = enumerate::<AmdV1Walker>(&m, 0x1000, 48).unwrap();
         assert_eq!(a.leaves.len(), 1);
-        assert_eq!(a.tables, vec![0x1000, 0x3000]);
+        assert_eq!(a.tables, vec![(0x1000, 3), (0x3000, 0)]);
         // Root entry 1 -> AMD L3 table; its entry 0 is a 1 GiB page (NextLevel 0).
         m.write(0x1000 + 8, pde(0x4000, 3));
         m.write(0x4000, 0x4000_0000 | PR | IR | IW);
-        let w = translate::<AmdV1Walker>(&m, 0x1000, 48, (1 << 39) + 0x1234).unwrap().unwrap();
+        let w = translate::<AmdV1Walker>(&m, 0x1000, 48, (1 << 39) + 0x1234)
+            .unwrap()
+            .unwrap();
         assert_eq!((w.phys, w.leaf_size), (0x4000_1234, 1 << 30));
         // PDE without IW removes write.
         m.write(0x1000 + 8, (pde(0x4000, 3)) & !IW);
-        assert!(!translate::<AmdV1Walker>(&m, 0x1000, 48, 1 << 39).unwrap().unwrap().write);
+        assert!(
+            !translate::<AmdV1Walker>(&m, 0x1000, 48, 1 << 39)
+                .unwrap()
+                .unwrap()
+                .write
+        );
         // NextLevel 7, 16 KiB page at AMD level 1.
         m.write(0x3000 + 4 * 8, 0x8000 | 0x1000 | (7 << NL_SHIFT) | PR | IR);
-        let w = translate::<AmdV1Walker>(&m, 0x1000, 48, 0x4008).unwrap().unwrap();
+        let w = translate::<AmdV1Walker>(&m, 0x1000, 48, 0x4008)
+            .unwrap()
+            .unwrap();
         assert_eq!((w.phys, w.leaf_size), (0x8008, 16384));
         // NextLevel not descending.
         m.write(0x1000 + 16, pde(0x5000, 4));

@@ -15,6 +15,7 @@
 //!   makes everything below read-only;
 //! - RES0 bits: output-address bits 51:48 (no FEAT_LPA), the low output-address bits of a
 //!   block; the Contiguous hint (bit 52) is rejected too (the engine's leaf sizes never use it).
+//!
 //! AP[1] (unprivileged access) and APTable[0] are not checked: they depend on how the SMMU
 //! presents the stream's privilege (STE.PRIVCFG).
 
@@ -63,7 +64,11 @@ impl RefWalker for ArmS1Walker {
             return Ok(Step::NotPresent);
         }
         if entry & OA_HIGH_RES0 != 0 {
-            return Err(bad(level, entry, "D8.3: OA bits 51:48 are RES0 without FEAT_LPA"));
+            return Err(bad(
+                level,
+                entry,
+                "D8.3: OA bits 51:48 are RES0 without FEAT_LPA",
+            ));
         }
         let addr = entry & OA;
         let is_table_bit = entry & TABLE_OR_PAGE != 0;
@@ -80,10 +85,18 @@ impl RefWalker for ArmS1Walker {
         }
         // Block (levels 1, 2) or page (level 0).
         if level == 0 && !is_table_bit {
-            return Err(bad(level, entry, "D8.3: descriptor 0b01 at level 3 is reserved"));
+            return Err(bad(
+                level,
+                entry,
+                "D8.3: descriptor 0b01 at level 3 is reserved",
+            ));
         }
         if level >= 3 {
-            return Err(bad(level, entry, "D8.3: no level-0 block with a 4K granule"));
+            return Err(bad(
+                level,
+                entry,
+                "D8.3: no level-0 block with a 4K granule",
+            ));
         }
         if entry & AF == 0 {
             return Err(bad(level, entry, "D8.4: AF = 0 (Access flag fault)"));
@@ -93,7 +106,11 @@ impl RefWalker for ArmS1Walker {
         }
         let size = level_span(level);
         if addr & (size - 1) != 0 {
-            return Err(bad(level, entry, "D8.3: low output-address bits of a block are RES0"));
+            return Err(bad(
+                level,
+                entry,
+                "D8.3: low output-address bits of a block are RES0",
+            ));
         }
         Ok(Step::Leaf {
             base: addr,
@@ -120,21 +137,34 @@ mod tests {
         m.write(0x2000, 0x3000 | 0b11);
         m.write(0x2000 + 8, 0x4020_0000 | AF | 0b01);
         m.write(0x3000 + 8, 0x5000 | AF | AP2 | 0b11);
-        let w = translate::<ArmS1Walker>(&m, 0x1000, 39, 0x1004).unwrap().unwrap();
+        let w = translate::<ArmS1Walker>(&m, 0x1000, 39, 0x1004)
+            .unwrap()
+            .unwrap();
         assert_eq!((w.phys, w.read, w.write), (0x5004, true, false));
-        let w = translate::<ArmS1Walker>(&m, 0x1000, 39, 0x20_0008).unwrap().unwrap();
+        let w = translate::<ArmS1Walker>(&m, 0x1000, 39, 0x20_0008)
+            .unwrap()
+            .unwrap();
         assert_eq!((w.phys, w.write, w.leaf_size), (0x4020_0008, true, 1 << 21));
         // L1 block (walker level 2) is fine; AF clear is not.
         m.write(0x1000 + 8, 0x8000_0000 | 0b01);
         assert!(translate::<ArmS1Walker>(&m, 0x1000, 39, 1 << 30).is_err());
         m.write(0x1000 + 8, 0x8000_0000 | AF | 0b01);
-        assert!(translate::<ArmS1Walker>(&m, 0x1000, 39, 1 << 30).unwrap().is_some());
+        assert!(
+            translate::<ArmS1Walker>(&m, 0x1000, 39, 1 << 30)
+                .unwrap()
+                .is_some()
+        );
         // 0b01 at level 3 is reserved.
         m.write(0x3000 + 16, 0x6000 | AF | 0b01);
         assert!(translate::<ArmS1Walker>(&m, 0x1000, 39, 0x2000).is_err());
         // APTable[1] makes the subtree read-only.
         m.write(0x1000, 0x2000 | APTABLE_RO | 0b11);
-        assert!(!translate::<ArmS1Walker>(&m, 0x1000, 39, 0x20_0000).unwrap().unwrap().write);
+        assert!(
+            !translate::<ArmS1Walker>(&m, 0x1000, 39, 0x20_0000)
+                .unwrap()
+                .unwrap()
+                .write
+        );
         // Level-0 block (48 bits).
         let mut m = SimMemory::new();
         m.write(0x1000, AF | 0b01);

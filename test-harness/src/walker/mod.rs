@@ -260,8 +260,8 @@ pub struct LeafEntry {
 /// Everything reachable from a root.
 #[derive(Clone, Debug, Default)]
 pub struct Audit {
-    /// Every table frame reachable from the root, root included.
-    pub tables: Vec<u64>,
+    /// Every table frame reachable from the root, root included, with its walker level.
+    pub tables: Vec<(u64, u32)>,
     /// Every leaf with at least one right, in IOVA order.
     pub leaves: Vec<LeafEntry>,
     /// Leaves whose effective rights are empty (the device can reach nothing through them).
@@ -302,7 +302,7 @@ pub fn enumerate<W: RefWalker>(
     let mut audit = Audit::default();
     let mut seen = BTreeSet::new();
     seen.insert(root);
-    audit.tables.push(root);
+    audit.tables.push((root, top));
     let last = W::last_iova(addr_width);
     walk_table::<W>(
         mem,
@@ -381,18 +381,9 @@ fn walk_table<W: RefWalker>(
                 if !seen.insert(addr) {
                     return Err(AuditError::SharedTable(addr));
                 }
-                audit.tables.push(addr);
+                audit.tables.push((addr, next_level));
                 walk_table::<W>(
-                    mem,
-                    addr,
-                    next_level,
-                    top,
-                    addr_width,
-                    iova,
-                    access,
-                    last,
-                    audit,
-                    seen,
+                    mem, addr, next_level, top, addr_width, iova, access, last, audit, seen,
                 )?;
             }
             Step::Leaf { base, size, access } => {

@@ -80,7 +80,11 @@ impl RefWalker for RiscvWalker {
             return Err(bad(level, entry, "4.3.2 step 3: reserved bits 60:54 set"));
         }
         if entry & PBMT != 0 {
-            return Err(bad(level, entry, "4.3.2 step 3: PBMT set (Svpbmt not assumed)"));
+            return Err(bad(
+                level,
+                entry,
+                "4.3.2 step 3: PBMT set (Svpbmt not assumed)",
+            ));
         }
         if entry & N != 0 {
             return Err(bad(level, entry, "4.3.2 step 3: N set (Svnapot not used)"));
@@ -101,7 +105,11 @@ impl RefWalker for RiscvWalker {
             });
         }
         if entry & U == 0 {
-            return Err(bad(level, entry, "IOMMU 2.3: U=0 leaf faults for U-mode DMA"));
+            return Err(bad(
+                level,
+                entry,
+                "IOMMU 2.3: U=0 leaf faults for U-mode DMA",
+            ));
         }
         let size = level_span(level);
         if addr & (size - 1) != 0 {
@@ -144,9 +152,13 @@ mod tests {
         m.write(0x2000, ptr(0x3000));
         m.write(0x2000 + 8, leaf(0x4000_0000, R | W | D));
         m.write(0x3000 + 3 * 8, leaf(0x9000, R));
-        let w = translate::<RiscvWalker>(&m, 0x1000, 39, 0x3abc).unwrap().unwrap();
+        let w = translate::<RiscvWalker>(&m, 0x1000, 39, 0x3abc)
+            .unwrap()
+            .unwrap();
         assert_eq!((w.phys, w.read, w.write), (0x9abc, true, false));
-        let w = translate::<RiscvWalker>(&m, 0x1000, 39, 0x20_0010).unwrap().unwrap();
+        let w = translate::<RiscvWalker>(&m, 0x1000, 39, 0x20_0010)
+            .unwrap()
+            .unwrap();
         assert_eq!((w.phys, w.write, w.leaf_size), (0x4000_0010, true, 1 << 21));
         // Misaligned superpage.
         m.write(0x2000 + 8, leaf(0x4000_1000, R | W | D));

@@ -24,11 +24,12 @@ const W: u64 = 1 << 1;
 const PS: u64 = 1 << 7;
 /// Bit 11: reserved (snoop behaviour only with ECAP.SC; QEMU faults on it).
 const BIT11: u64 = 1 << 11;
-/// Host address width the walker assumes (address bits 51:HAW are reserved).
-pub const HAW: u32 = 52;
+/// Host address width the walker assumes (address bits 51:HAW are reserved): 48, as QEMU's
+/// `intel-iommu,aw-bits=48`.
+pub const HAW: u32 = 48;
 /// Address field: bits HAW-1:12.
 const ADDR: u64 = ((1u64 << HAW) - 1) & !0xfff;
-/// Bits 51:HAW are reserved (empty when HAW = 52); bits 63:52 are ignored.
+/// Bits 51:HAW are reserved; bits 63:52 are ignored.
 const RSVD_HIGH: u64 = ((1u64 << 52) - 1) & !((1u64 << HAW) - 1);
 
 /// The VT-d second-level walker.
@@ -58,10 +59,18 @@ impl RefWalker for VtdWalker {
             return Ok(Step::NotPresent);
         }
         if entry & RSVD_HIGH != 0 {
-            return Err(bad(level, entry, "VT-d 9.8: address bits above HAW are reserved"));
+            return Err(bad(
+                level,
+                entry,
+                "VT-d 9.8: address bits above HAW are reserved",
+            ));
         }
         if entry & BIT11 != 0 {
-            return Err(bad(level, entry, "VT-d 9.8: bit 11 reserved (QEMU intel_iommu)"));
+            return Err(bad(
+                level,
+                entry,
+                "VT-d 9.8: bit 11 reserved (QEMU intel_iommu)",
+            ));
         }
         let access = acc.and(Access {
             read: entry & R != 0,
@@ -91,7 +100,11 @@ impl RefWalker for VtdWalker {
             }
             _ => {
                 if entry & PS != 0 {
-                    return Err(bad(level, entry, "VT-d 9.8: PS is reserved at SL-PML4E/PML5E"));
+                    return Err(bad(
+                        level,
+                        entry,
+                        "VT-d 9.8: PS is reserved at SL-PML4E/PML5E",
+                    ));
                 }
                 Ok(Step::Table {
                     addr,
@@ -118,15 +131,24 @@ mod tests {
         m.write(0x2000 + 8, 0x4000_0000 | PS | R);
         m.write(0x2000, 0x3000 | R | W);
         m.write(0x3000 + 5 * 8, 0x7000 | R | W);
-        let w = translate::<VtdWalker>(&m, 0x1000, 39, 0x20_0123).unwrap().unwrap();
-        assert_eq!((w.phys, w.read, w.write, w.leaf_size), (0x4000_0123, true, false, 1 << 21));
-        let w = translate::<VtdWalker>(&m, 0x1000, 39, 0x5fff).unwrap().unwrap();
+        let w = translate::<VtdWalker>(&m, 0x1000, 39, 0x20_0123)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (w.phys, w.read, w.write, w.leaf_size),
+            (0x4000_0123, true, false, 1 << 21)
+        );
+        let w = translate::<VtdWalker>(&m, 0x1000, 39, 0x5fff)
+            .unwrap()
+            .unwrap();
         assert_eq!((w.phys, w.write, w.leaf_size), (0x7fff, true, 4096));
         assert_eq!(translate::<VtdWalker>(&m, 0x1000, 39, 0x6000), Ok(None));
         assert_eq!(translate::<VtdWalker>(&m, 0x1000, 39, 1 << 39), Ok(None));
         // Read-only PDPE removes write below it.
         m.write(0x1000, 0x2000 | R);
-        let w = translate::<VtdWalker>(&m, 0x1000, 39, 0x5000).unwrap().unwrap();
+        let w = translate::<VtdWalker>(&m, 0x1000, 39, 0x5000)
+            .unwrap()
+            .unwrap();
         assert!(!w.write);
         // Misaligned 2 MiB page.
         m.write(0x2000 + 8, 0x4000_1000 | PS | R);

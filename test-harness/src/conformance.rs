@@ -1,0 +1,1475 @@
+//! The page-table conformance suite, generic over a [`Format`] and an independent
+//! [`RefWalker`] written from the same specification.
+//!
+//! A [`Rig`] owns simulated memory, a frame allocator, the engine's [`PageTable`] and a shadow
+//! model (a map of non-overlapping IOVA ranges to output ranges and permissions, equivalent to
+//! a page-by-page `BTreeMap<page, (phys page, perms)>` but cheap for 1 GiB ranges). Every
+//! operation goes through the rig, which checks, after the call:
+//! - the reference walker's view of the whole table (every leaf, coalesced into runs) equals
+//!   the model, no entry is malformed, no table is reachable twice, every table frame is one
+//!   the allocator handed out, and the allocator's in-use count is exactly the reachable
+//!   tables plus the frames waiting in the gather (no leak, no early free);
+//! - at sample points (every model range's first and last page and their outer neighbours, the
+//!   call's boundaries), walker, engine `query()` and model agree, leaf size included;
+//! - every leaf has a size the unit allows;
+//! - a successful map wrote exactly the minimal number of leaves; an unmap wrote at most one
+//!   clear per leaf it removed;
+//! - the gather covers every page whose translation went away, stays inside the request, and
+//!   its leaf-size bounds cover every removed leaf; unlinked tables are reported and are
+//!   non-present throughout while they wait for the invalidation;
+//! - during the call, after *every* single entry write, watched pages outside the request keep
+//!   their translation and pages inside it show only the old or the new one (no window where a
+//!   page that stays mapped disappears, no transiently wrong output address);
+//! - a failed call left memory, the allocator and the model exactly as before.
+//!
+//! The scenario functions (`random_ops`, `fault_injection_*`, ...) are instantiated for every
+//! format and address width by [`pagetable_conformance!`](crate::pagetable_conformance).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::format;
+use std::marker::PhantomData;
+use std::string::String;
+use std::vec::Vec;
+
+use iommu_hal::pagetable::{Format, Gather, LeafSizes, PageTable, Perms, PtError, TableConfig};
+use iommu_hal::{PhysAddr, PhysMem};
+use proptest::prelude::*;
+use proptest::test_runner::{Config as PtConfig, TestRunner};
+
+use crate::sim::{SharedMem, SimAlloc};
+use crate::walker::{
+    Access, Audit, RefWalker, Run, Step, coalesce, enumerate, level_span, translate,
+};
+
+/// 4 KiB.
+pub const K4: u64 = 1 << 12;
+/// 2 MiB.
+pub const M2: u64 = 1 << 21;
+/// 1 GiB.
+pub const G1: u64 = 1 << 30;
+/// Where the table-frame pool starts.
+pub const POOL_BASE: u64 = 1 << 40;
+/// Frames in the pool.
+pub const POOL_FRAMES: u64 = 8192;
+/// Base of the output addresses used by the scenarios (leaf targets are never read).
+pub const PHYS_BASE: u64 = 64 * G1;
+
+/// The configuration most scenarios use: 4K/2M/1G leaves, live splits allowed, coherent.
+pub fn standard_config(addr_width: u32) -> TableConfig {
+    TableConfig {
+        addr_width,
+        leaf_sizes: LeafSizes::STANDARD,
+        split_live_blocks: true,
+        coherent: true,
+    }
+}
+
+fn access(p: Perms) -> Access {
+    Access {
+        read: p.read,
+        write: p.write,
+    }
+}
+
+/// Inclusive last byte of `[iova, iova + len)` (`len > 0`).
+fn last_of(iova: u64, len: u64) -> u64 {
+    iova + (len - 1)
+}
+
+/// The shadow model: non-overlapping ranges `start -> (len, phys, perms)`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Model {
+    ranges: BTreeMap<u64, (u64, u64, Perms)>,
+}
+
+impl Model {
+    /// Whether any page of `[iova, last]` is mapped.
+    pub fn overlaps(&self, iova: u64, last: u64) -> bool {
+        if let Some((&s, &(l, _, _))) = self.ranges.range(..=iova).next_back()
+            && last_of(s, l) >= iova
+        {
+            return true;
+        }
+        self.ranges.range(iova..=last).next().is_some()
+    }
+
+    /// Adds a mapping (the caller checked there is no overlap).
+    pub fn insert(&mut self, iova: u64, len: u64, phys: u64, perms: Perms) {
+        self.ranges.insert(iova, (len, phys, perms));
+    }
+
+    /// Removes every page of `[iova, last]`; returns the bytes that were mapped.
+    pub fn remove(&mut self, iova: u64, last: u64) -> u64 {
+        let mut removed = 0;
+        let keys: Vec<u64> = {
+            let mut k: Vec<u64> = self.ranges.range(iova..=last).map(|(&s, _)| s).collect();
+            if let Some((&s, &(l, _, _))) = self.ranges.range(..iova).next_back()
+                && last_of(s, l) >= iova
+            {
+                k.insert(0, s);
+            }
+            k
+        };
+        for s in keys {
+            let (l, p, perms) = self.ranges.remove(&s).expect("key");
+            let e = last_of(s, l);
+            let cut_s = s.max(iova);
+            let cut_e = e.min(last);
+            removed += cut_e - cut_s + 1;
+            if s < cut_s {
+                self.ranges.insert(s, (cut_s - s, p, perms));
+            }
+            if e > cut_e {
+                let ns = cut_e + 1;
+                self.ranges.insert(ns, (e - ns + 1, p + (ns - s), perms));
+            }
+        }
+        removed
+    }
+
+    /// Output address and permissions of `iova`.
+    pub fn lookup(&self, iova: u64) -> Option<(u64, Perms)> {
+        let (&s, &(l, p, perms)) = self.ranges.range(..=iova).next_back()?;
+        (last_of(s, l) >= iova).then_some((p + (iova - s), perms))
+    }
+
+    /// Mapped sub-ranges of `[iova, last]`, as `(first, last)` inclusive.
+    pub fn mapped_within(&self, iova: u64, last: u64) -> Vec<(u64, u64)> {
+        let mut out = Vec::new();
+        for (&s, &(l, _, _)) in &self.ranges {
+            let e = last_of(s, l);
+            if e < iova || s > last {
+                continue;
+            }
+            out.push((s.max(iova), e.min(last)));
+        }
+        out
+    }
+
+    /// Whether nothing is mapped.
+    pub fn is_empty(&self) -> bool {
+        self.ranges.is_empty()
+    }
+
+    /// The model as coalesced runs, comparable with [`Audit::runs`].
+    pub fn runs(&self) -> Vec<Run> {
+        coalesce(self.ranges.iter().map(|(&s, &(l, p, perms))| Run {
+            iova: s,
+            len: l,
+            phys: p,
+            access: access(perms),
+        }))
+    }
+
+    /// Raw ranges `(iova, len)`.
+    pub fn ranges(&self) -> Vec<(u64, u64)> {
+        self.ranges.iter().map(|(&s, &(l, _, _))| (s, l)).collect()
+    }
+}
+
+/// The fewest leaves that map `[iova, iova + len)` to `phys` with leaf sizes `sizes` (bit mask):
+/// at each step the largest allowed size that divides both addresses and fits.
+pub fn min_leaves(mut iova: u64, mut phys: u64, mut len: u64, sizes: u64) -> u64 {
+    let mut n = 0;
+    while len > 0 {
+        let mut s = K4;
+        for k in (12..64).rev() {
+            let size = 1u64 << k;
+            if sizes & size != 0 && iova % size == 0 && phys % size == 0 && size <= len {
+                s = size;
+                break;
+            }
+        }
+        iova = iova.wrapping_add(s);
+        phys = phys.wrapping_add(s);
+        len -= s;
+        n += 1;
+    }
+    n
+}
+
+/// Memory and allocator state, for "nothing changed" comparisons. Words of frames on the
+/// allocator's free list are left out (their contents are garbage by definition).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct State {
+    /// Non-zero words outside free frames.
+    pub words: Vec<(u64, u64)>,
+    /// The free list, in order.
+    pub free: Vec<u64>,
+    /// Frames in use.
+    pub in_use: u64,
+}
+
+impl State {
+    /// Equality ignoring the free list's order.
+    pub fn same_up_to_free_order(&self, other: &State) -> bool {
+        let mut a = self.free.clone();
+        let mut b = other.free.clone();
+        a.sort_unstable();
+        b.sort_unstable();
+        self.words == other.words && self.in_use == other.in_use && a == b
+    }
+}
+
+/// Which translations a watched page may show during an operation: `None` = not mapped.
+type Allowed = [Option<(u64, bool, bool)>; 2];
+
+/// A [`PhysMem`] wrapper that re-walks watched pages after every entry write.
+struct Watched<'a, W: RefWalker> {
+    mem: SharedMem,
+    root: u64,
+    width: u32,
+    watch: &'a [(u64, Allowed)],
+    violation: Option<String>,
+    writes: u64,
+    _w: PhantomData<W>,
+}
+
+impl<W: RefWalker> PhysMem for Watched<'_, W> {
+    fn read_u64(&self, pa: PhysAddr) -> u64 {
+        self.mem.read_u64(pa)
+    }
+    fn write_u64(&mut self, pa: PhysAddr, value: u64) {
+        self.mem.write_u64(pa, value);
+        self.writes += 1;
+        if self.violation.is_some() {
+            return;
+        }
+        let m = self.mem.borrow();
+        for &(iova, allowed) in self.watch {
+            match translate::<W>(&m, self.root, self.width, iova) {
+                Err(e) => {
+                    self.violation = Some(format!(
+                        "after write #{} ({value:#x} to {pa:#x}) the walker sees a malformed \
+                         entry for iova {iova:#x}: {e}",
+                        self.writes
+                    ));
+                    return;
+                }
+                Ok(t) => {
+                    let got = t.map(|w| (w.phys, w.read, w.write));
+                    if !allowed.contains(&got) {
+                        self.violation = Some(format!(
+                            "after write #{} ({value:#x} to {pa:#x}) iova {iova:#x} translates \
+                             to {got:x?}; allowed only {allowed:x?} (transient window)",
+                            self.writes
+                        ));
+                        return;
+                    }
+                }
+            }
+        }
+    }
+    fn sync_for_device(&mut self, pa: PhysAddr, len: u64) {
+        self.mem.sync_for_device(pa, len)
+    }
+}
+
+/// Simulated memory, allocator, engine table and shadow model, checked after every call.
+pub struct Rig<F: Format, W: RefWalker> {
+    /// Simulated physical memory.
+    pub mem: SharedMem,
+    /// The table-frame allocator.
+    pub alloc: SimAlloc,
+    /// The engine's table (`None` after `destroy`).
+    pub pt: Option<PageTable<F>>,
+    /// The shadow model.
+    pub model: Model,
+    /// Input address width.
+    pub width: u32,
+    /// Walker levels.
+    pub levels: u32,
+    /// Leaf sizes the unit, the specification and the format all allow.
+    pub allowed: u64,
+    /// Whether to re-walk watched pages after every entry write.
+    pub watch: bool,
+    /// A label for failure messages.
+    pub label: String,
+    _w: PhantomData<W>,
+}
+
+impl<F: Format, W: RefWalker> Rig<F, W> {
+    /// A rig with a fresh table built with `config`.
+    pub fn new(config: TableConfig) -> Self {
+        let mem = SharedMem::new();
+        let mut alloc = SimAlloc::new(mem.clone(), POOL_BASE, POOL_FRAMES);
+        let width = config.addr_width;
+        let levels = W::levels(width).expect("walker supports the width");
+        let pt = PageTable::<F>::new(config, &mut alloc)
+            .unwrap_or_else(|e| panic!("{}/{width}: PageTable::new: {e:?}", F::NAME));
+        assert_eq!(
+            pt.levels() as u32,
+            levels,
+            "{}/{width}: engine level count differs from the specification",
+            F::NAME
+        );
+        assert_eq!(alloc.in_use, 1, "new() must allocate exactly the root");
+        let spec = W::spec_leaf_sizes(levels);
+        let mut format_sizes = 0;
+        for l in 0..levels {
+            if F::leaf_allowed(l as u8) {
+                format_sizes |= level_span(l);
+            }
+        }
+        assert_eq!(
+            format_sizes & !spec,
+            0,
+            "{}: format allows leaves at levels the specification forbids",
+            F::NAME
+        );
+        let allowed = config.leaf_sizes.0 & spec & format_sizes;
+        let rig = Rig {
+            mem,
+            alloc,
+            pt: Some(pt),
+            model: Model::default(),
+            width,
+            levels,
+            allowed,
+            watch: true,
+            label: format!("{}/{width}", F::NAME),
+            _w: PhantomData,
+        };
+        rig.check(&[]);
+        rig
+    }
+
+    /// The engine's table.
+    pub fn pt(&self) -> &PageTable<F> {
+        self.pt.as_ref().expect("table destroyed")
+    }
+
+    /// Highest IOVA a device reaches (inclusive).
+    pub fn last_iova(&self) -> u64 {
+        W::last_iova(self.width)
+    }
+
+    /// The walker's view of the whole table (panics on a malformed table).
+    pub fn audit(&self) -> Audit {
+        let root = self.pt().root();
+        enumerate::<W>(&self.mem.borrow(), root, self.width)
+            .unwrap_or_else(|e| panic!("{}: table audit failed: {e}", self.label))
+    }
+
+    /// Memory and allocator state.
+    pub fn state(&self) -> State {
+        let free: BTreeSet<u64> = self.alloc.free_list().iter().copied().collect();
+        let words = self
+            .mem
+            .borrow()
+            .snapshot()
+            .into_iter()
+            .filter(|(pa, _)| !free.contains(&(pa & !(K4 - 1))))
+            .collect();
+        State {
+            words,
+            free: self.alloc.free_list().to_vec(),
+            in_use: self.alloc.in_use,
+        }
+    }
+
+    fn release(&mut self, g: &mut Gather) {
+        let mut m = self.mem.clone();
+        g.release(&mut m, &mut self.alloc);
+    }
+
+    fn watch_points(&self, iova: u64, last: u64) -> Vec<u64> {
+        let top = self.last_iova();
+        let mut pts = BTreeSet::new();
+        let page = |a: u64| a & !(K4 - 1);
+        for a in [iova, last] {
+            for size in [M2, G1] {
+                let lo = a & !(size - 1);
+                pts.insert(lo);
+                pts.insert(page(lo.saturating_add(size - 1).min(top)));
+            }
+            pts.insert(page(a));
+        }
+        if iova >= K4 {
+            pts.insert(iova - K4);
+        }
+        if last < top {
+            pts.insert(last + 1);
+        }
+        for (s, l) in self.model.ranges().into_iter().take(4) {
+            pts.insert(s);
+            pts.insert(page(last_of(s, l)));
+        }
+        pts.into_iter().take(16).collect()
+    }
+
+    fn allowed_during(&self, p: u64, iova: u64, last: u64, new: Option<(u64, Perms)>) -> Allowed {
+        let old = self.model.lookup(p).map(|(ph, pr)| (ph, pr.read, pr.write));
+        if p < iova || p > last {
+            return [old, old];
+        }
+        let new = new.map(|(phys, pr)| (phys.wrapping_add(p - iova), pr.read, pr.write));
+        [old, new]
+    }
+
+    fn run_watched<R>(
+        &mut self,
+        watch: &[(u64, Allowed)],
+        f: impl FnOnce(&mut PageTable<F>, &mut Watched<'_, W>, &mut SimAlloc) -> R,
+    ) -> R {
+        let root = self.pt().root();
+        let mut wm = Watched::<W> {
+            mem: self.mem.clone(),
+            root,
+            width: self.width,
+            watch: if self.watch { watch } else { &[] },
+            violation: None,
+            writes: 0,
+            _w: PhantomData,
+        };
+        let pt = self.pt.as_mut().expect("table destroyed");
+        let r = f(pt, &mut wm, &mut self.alloc);
+        if let Some(v) = wm.violation {
+            panic!("{}: {v}", self.label);
+        }
+        r
+    }
+
+    /// Maps through the engine and checks everything; returns the engine's result.
+    pub fn map(&mut self, iova: u64, phys: u64, len: u64, perms: Perms) -> Result<(), PtError> {
+        let ctx = format!(
+            "{}: map({iova:#x}, {phys:#x}, {len:#x}, {perms:?})",
+            self.label
+        );
+        let before = self.state();
+        let pre = self.audit();
+        let c0 = self.pt().counters();
+        let last = if len == 0 {
+            iova
+        } else {
+            iova.wrapping_add(len - 1)
+        };
+        let watch: Vec<(u64, Allowed)> = self
+            .watch_points(iova, last)
+            .into_iter()
+            .map(|p| (p, self.allowed_during(p, iova, last, Some((phys, perms)))))
+            .collect();
+        let mut g = Gather::new();
+        let r = self.run_watched(&watch, |pt, m, a| {
+            pt.map(m, a, iova, phys, len, perms, &mut g)
+        });
+        let c1 = self.pt().counters();
+        match r {
+            Ok(()) => {
+                assert!(len > 0 && last >= iova, "{ctx}: accepted a bad range");
+                assert!(
+                    !self.model.overlaps(iova, last),
+                    "{ctx}: succeeded over an existing mapping"
+                );
+                self.model.insert(iova, len, phys, perms);
+                if let Some((s, l)) = g.span() {
+                    assert!(
+                        s >= iova && l <= last,
+                        "{ctx}: gather span {s:#x}..={l:#x} outside"
+                    );
+                }
+                let want = min_leaves(iova, phys, len, self.allowed);
+                assert_eq!(
+                    c1.leaf_writes - c0.leaf_writes,
+                    want,
+                    "{ctx}: leaf entries written vs the minimal decomposition (sizes {:#x})",
+                    self.allowed
+                );
+                self.after_success(&pre, &g, &ctx);
+                self.release(&mut g);
+                self.check(&[iova, last]);
+            }
+            Err(e) => {
+                self.release(&mut g);
+                let after = self.state();
+                assert!(
+                    after.same_up_to_free_order(&before),
+                    "{ctx}: failed with {e:?} but changed memory or the allocator"
+                );
+                self.check(&[iova, last]);
+            }
+        }
+        r
+    }
+
+    fn after_success(&self, pre: &Audit, g: &Gather, ctx: &str) {
+        let post = self.audit();
+        let post_tables: BTreeSet<u64> = post.tables.iter().map(|t| t.0).collect();
+        let removed: Vec<(u64, u32)> = pre
+            .tables
+            .iter()
+            .copied()
+            .filter(|t| !post_tables.contains(&t.0))
+            .collect();
+        if !removed.is_empty() {
+            assert!(
+                g.tables_removed(),
+                "{ctx}: unlinked tables but tables_removed() is false"
+            );
+        }
+        let free: BTreeSet<u64> = self.alloc.free_list().iter().copied().collect();
+        let m = self.mem.borrow();
+        for &(t, level) in &removed {
+            assert!(
+                !free.contains(&t),
+                "{ctx}: table {t:#x} freed before the invalidation (not deferred in the gather)"
+            );
+            for i in 0..512u64 {
+                let e = m.read(t + i * 8);
+                let top = self.levels - 1;
+                let ok = matches!(W::step(e, level, top, Access::ALL), Ok(Step::NotPresent));
+                assert!(
+                    ok,
+                    "{ctx}: unlinked table {t:#x} entry {i} = {e:#x} still present while a \
+                     stale walker may read it"
+                );
+            }
+        }
+        assert_eq!(
+            self.alloc.in_use,
+            post.tables.len() as u64 + g.frames_pending(),
+            "{ctx}: frames in use != reachable tables + frames pending in the gather"
+        );
+    }
+
+    /// Unmaps through the engine and checks everything; returns the engine's result.
+    pub fn unmap(&mut self, iova: u64, len: u64) -> Result<u64, PtError> {
+        let ctx = format!("{}: unmap({iova:#x}, {len:#x})", self.label);
+        let before = self.state();
+        let pre = self.audit();
+        let c0 = self.pt().counters();
+        let last = if len == 0 {
+            iova
+        } else {
+            iova.wrapping_add(len - 1)
+        };
+        let valid = len > 0 && last >= iova;
+        let touched: Vec<_> = if valid {
+            pre.leaves
+                .iter()
+                .filter(|l| l.iova <= last && last_of(l.iova, l.span) >= iova)
+                .copied()
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let needs_split = touched
+            .iter()
+            .any(|l| l.iova < iova || last_of(l.iova, l.span) > last);
+        let watch: Vec<(u64, Allowed)> = self
+            .watch_points(iova, last)
+            .into_iter()
+            .map(|p| (p, self.allowed_during(p, iova, last, None)))
+            .collect();
+        let mut g = Gather::new();
+        let r = self.run_watched(&watch, |pt, m, a| pt.unmap(m, a, iova, len, &mut g));
+        let c1 = self.pt().counters();
+        match r {
+            Ok(bytes) => {
+                assert!(valid, "{ctx}: accepted a bad range");
+                let mapped = self.model.mapped_within(iova, last);
+                let want: u64 = mapped.iter().map(|(s, e)| e - s + 1).sum();
+                assert_eq!(
+                    bytes, want,
+                    "{ctx}: returned bytes vs bytes that were mapped"
+                );
+                if !self.pt().config().split_live_blocks {
+                    assert!(!needs_split, "{ctx}: split a live block although forbidden");
+                }
+                self.model.remove(iova, last);
+                match g.span() {
+                    None => assert!(
+                        mapped.is_empty(),
+                        "{ctx}: pages went away but the gather has no span"
+                    ),
+                    Some((s, l)) => {
+                        assert!(
+                            !mapped.is_empty(),
+                            "{ctx}: nothing was mapped, yet the gather asks for an invalidation"
+                        );
+                        let first = mapped[0].0;
+                        let end = mapped[mapped.len() - 1].1;
+                        assert!(
+                            s <= first && l >= end,
+                            "{ctx}: gather span {s:#x}..={l:#x} misses unmapped pages \
+                             {first:#x}..={end:#x}"
+                        );
+                        assert!(
+                            s >= iova && l <= last,
+                            "{ctx}: gather span {s:#x}..={l:#x} beyond the request"
+                        );
+                        let min = touched.iter().map(|t| t.size).min().unwrap_or(0);
+                        let max = touched.iter().map(|t| t.size).max().unwrap_or(0);
+                        assert!(
+                            g.min_leaf() <= min && g.max_leaf() >= max,
+                            "{ctx}: gather leaf sizes {:#x}..{:#x} do not cover removed leaves \
+                             {min:#x}..{max:#x}",
+                            g.min_leaf(),
+                            g.max_leaf()
+                        );
+                    }
+                }
+                if !needs_split {
+                    assert!(
+                        c1.leaf_writes - c0.leaf_writes <= touched.len() as u64,
+                        "{ctx}: {} leaf writes to remove {} leaves",
+                        c1.leaf_writes - c0.leaf_writes,
+                        touched.len()
+                    );
+                }
+                self.after_success(&pre, &g, &ctx);
+                self.release(&mut g);
+                self.check(&[iova, last]);
+            }
+            Err(e) => {
+                if e == PtError::SplitForbidden {
+                    assert!(
+                        !self.pt().config().split_live_blocks && needs_split,
+                        "{ctx}: SplitForbidden without a block to split (or splits allowed)"
+                    );
+                }
+                self.release(&mut g);
+                let after = self.state();
+                assert!(
+                    after.same_up_to_free_order(&before),
+                    "{ctx}: failed with {e:?} but changed memory or the allocator"
+                );
+                self.check(&[iova, last]);
+            }
+        }
+        r
+    }
+
+    /// Full consistency check of walker, engine and model (see the module docs).
+    pub fn check(&self, extra: &[u64]) {
+        let audit = self.audit();
+        let got = audit.runs();
+        let want = self.model.runs();
+        if got != want {
+            let i = got.iter().zip(&want).take_while(|(a, b)| a == b).count();
+            panic!(
+                "{}: walker and model disagree at run {i}: walker {:x?}, model {:x?}",
+                self.label,
+                got.get(i),
+                want.get(i)
+            );
+        }
+        assert_eq!(
+            audit.dead_leaves, 0,
+            "{}: leaves without any right",
+            self.label
+        );
+        for l in &audit.leaves {
+            assert!(
+                self.allowed & l.size != 0,
+                "{}: leaf of {:#x} bytes at {:#x} not allowed (allowed {:#x})",
+                self.label,
+                l.size,
+                l.iova,
+                self.allowed
+            );
+        }
+        let free: BTreeSet<u64> = self.alloc.free_list().iter().copied().collect();
+        for &(t, _) in &audit.tables {
+            assert!(
+                (POOL_BASE..POOL_BASE + POOL_FRAMES * K4).contains(&t) && !free.contains(&t),
+                "{}: table frame {t:#x} is not an allocated frame",
+                self.label
+            );
+        }
+        assert_eq!(
+            audit.tables.len() as u64,
+            self.alloc.in_use,
+            "{}: frames in use != reachable tables (leak or early free)",
+            self.label
+        );
+        let top = self.last_iova();
+        let mut pts: BTreeSet<u64> = extra.iter().map(|a| a & !(K4 - 1)).collect();
+        for (s, l) in self.model.ranges().into_iter().take(64) {
+            let e = last_of(s, l) & !(K4 - 1);
+            pts.insert(s);
+            pts.insert(e);
+            if s >= K4 {
+                pts.insert(s - K4);
+            }
+            if e < (top & !(K4 - 1)) {
+                pts.insert(e + K4);
+            }
+        }
+        for p in pts {
+            if p <= top {
+                self.check_point(p);
+            }
+        }
+    }
+
+    /// Walker, engine `query()` and model agree on `page` (and on an offset inside it).
+    pub fn check_point(&self, page: u64) {
+        let root = self.pt().root();
+        let want = self.model.lookup(page);
+        let walk = translate::<W>(&self.mem.borrow(), root, self.width, page)
+            .unwrap_or_else(|e| panic!("{}: {e}", self.label));
+        let got = walk.map(|w| {
+            (
+                w.phys,
+                Perms {
+                    read: w.read,
+                    write: w.write,
+                },
+            )
+        });
+        assert_eq!(got, want, "{}: walker vs model at {page:#x}", self.label);
+        let q = self.pt().query(&self.mem, page + 0x238);
+        let qg = q.map(|t| (t.phys - 0x238, t.perms));
+        assert_eq!(
+            qg,
+            want,
+            "{}: query() vs model at {:#x}",
+            self.label,
+            page + 0x238
+        );
+        if let (Some(t), Some(w)) = (q, walk) {
+            assert_eq!(
+                t.leaf_size, w.leaf_size,
+                "{}: query() leaf size vs walker at {page:#x}",
+                self.label
+            );
+        }
+    }
+
+    /// Unmaps everything a device can reach, releases, and checks only the root is left.
+    pub fn unmap_everything(&mut self) {
+        let top = self.last_iova();
+        if top == u64::MAX {
+            self.unmap(0, 1 << 63).expect("unmap lower half");
+            self.unmap(1 << 63, 1 << 63).expect("unmap upper half");
+        } else {
+            self.unmap(0, top + 1).expect("unmap everything");
+        }
+        assert!(self.model.is_empty());
+        let audit = self.audit();
+        assert_eq!(audit.empty_tables, 0, "{}: empty tables left", self.label);
+        assert_eq!(
+            self.alloc.in_use, 1,
+            "{}: only the root may stay in use",
+            self.label
+        );
+    }
+
+    /// Destroys the table; every frame goes back.
+    pub fn destroy(&mut self) {
+        let pt = self.pt.take().expect("table destroyed");
+        let mut m = self.mem.clone();
+        pt.destroy(&mut m, &mut self.alloc);
+        assert_eq!(
+            self.alloc.in_use, 0,
+            "{}: destroy() leaked frames",
+            self.label
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Scenarios.
+// ---------------------------------------------------------------------------------------
+
+/// One random operation, before being placed in a concrete address space.
+#[derive(Clone, Debug)]
+pub struct OpSeed {
+    map: bool,
+    top: bool,
+    unit: u8,
+    k: u64,
+    delta: u8,
+    len_kind: u8,
+    lk: u64,
+    congruent: bool,
+    phys_k: u64,
+    perms: u8,
+}
+
+fn op_seed() -> impl Strategy<Value = OpSeed> {
+    (
+        (
+            prop::bool::weighted(0.6),
+            prop::bool::weighted(0.3),
+            0u8..3,
+            0u64..4,
+            0u8..4,
+        ),
+        (0u8..7, 1u64..5, prop::bool::weighted(0.8), 0u64..8, 0u8..3),
+    )
+        .prop_map(
+            |((map, top, unit, k, delta), (len_kind, lk, congruent, phys_k, perms))| OpSeed {
+                map,
+                top,
+                unit,
+                k,
+                delta,
+                len_kind,
+                lk,
+                congruent,
+                phys_k,
+                perms,
+            },
+        )
+}
+
+/// A concrete operation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// `map(iova, phys, len, perms)`.
+    Map(u64, u64, u64, Perms),
+    /// `unmap(iova, len)`.
+    Unmap(u64, u64),
+}
+
+/// Places a seed in an address space whose last reachable IOVA is `top`: ranges live in a
+/// 4 GiB arena at the bottom or at the very top of the space.
+pub fn place(seed: &OpSeed, top: u64, write_only: bool) -> Op {
+    const ARENA: u64 = 4 * G1;
+    let base = if seed.top { top - (ARENA - 1) } else { 0 };
+    let unit = [K4, M2, G1][seed.unit as usize];
+    let mut off = (seed.k * unit) % ARENA;
+    off = match seed.delta {
+        1 => off + K4,
+        2 if off >= K4 => off - K4,
+        3 => off + M2,
+        _ => off,
+    } % ARENA;
+    let mut len = match seed.len_kind {
+        0 => seed.lk * K4,
+        1 => seed.lk * M2,
+        2 => seed.lk * M2 + K4,
+        3 => G1,
+        4 => G1 + M2 + K4,
+        5 => 16 * K4,
+        _ => seed.lk * G1,
+    };
+    if off + len > ARENA {
+        len = ARENA - off;
+    }
+    let iova = base + off;
+    if !seed.map {
+        return Op::Unmap(iova, len);
+    }
+    let phys = if seed.congruent || len > 16 * M2 {
+        PHYS_BASE + seed.phys_k * G1 + (iova % G1)
+    } else {
+        PHYS_BASE + seed.phys_k * G1 + ((seed.k * 37 + seed.lk * 11) % 512) * K4
+    };
+    let perms = match seed.perms {
+        0 => Perms::R,
+        2 if write_only => Perms::W,
+        _ => Perms::RW,
+    };
+    Op::Map(iova, phys, len, perms)
+}
+
+fn runner(cases: u32) -> TestRunner {
+    TestRunner::new(PtConfig {
+        cases,
+        failure_persistence: None,
+        max_shrink_iters: 256,
+        ..PtConfig::default()
+    })
+}
+
+/// Applies `op` through the rig, asserting the expected outcome for well-formed input.
+pub fn apply<F: Format, W: RefWalker>(rig: &mut Rig<F, W>, op: Op) {
+    match op {
+        Op::Map(iova, phys, len, perms) => {
+            let overlap = rig.model.overlaps(iova, last_of(iova, len));
+            let r = rig.map(iova, phys, len, perms);
+            let want = if overlap {
+                Err(PtError::Overlap)
+            } else {
+                Ok(())
+            };
+            assert_eq!(r, want, "{}: {op:x?}", rig.label);
+        }
+        Op::Unmap(iova, len) => {
+            let r = rig.unmap(iova, len);
+            assert!(r.is_ok(), "{}: {op:x?} -> {r:?}", rig.label);
+        }
+    }
+}
+
+/// Random sequences of maps and unmaps (all leaf sizes, splits, holes, the top of the space),
+/// then an unmap of everything; `cases` sequences.
+pub fn random_ops<F: Format, W: RefWalker>(width: u32, cases: u32) {
+    let mut runner = runner(cases);
+    let strategy = prop::collection::vec(op_seed(), 1..10);
+    runner
+        .run(&strategy, |seeds| {
+            let mut rig = Rig::<F, W>::new(standard_config(width));
+            rig.watch = true;
+            let top = rig.last_iova();
+            for s in &seeds {
+                apply(&mut rig, place(s, top, W::WRITE_ONLY));
+            }
+            rig.unmap_everything();
+            rig.destroy();
+            Ok(())
+        })
+        .unwrap();
+}
+
+/// Deterministic coverage of every split kind and the top of the space.
+pub fn splits_and_holes<F: Format, W: RefWalker>(width: u32) {
+    let mut rig = Rig::<F, W>::new(standard_config(width));
+    let g = 4 * G1;
+    // A 1 GiB leaf, a run of 2 MiB leaves, unaligned 4 KiB edges.
+    rig.map(g, PHYS_BASE, G1, Perms::RW).unwrap();
+    rig.map(
+        g + G1 + M2 - 2 * K4,
+        PHYS_BASE + G1 + M2 - 2 * K4,
+        4 * M2 + 4 * K4,
+        Perms::R,
+    )
+    .unwrap();
+    // 4K out of a 1G leaf (two splits), then out of a 2M leaf.
+    assert_eq!(rig.unmap(g + 5 * M2 + 7 * K4, K4), Ok(K4));
+    assert_eq!(rig.unmap(g + G1 + 2 * M2 + 3 * K4, K4), Ok(K4));
+    // A range crossing leaf boundaries, partly over holes.
+    assert_eq!(rig.unmap(g + 5 * M2, 3 * M2), Ok(3 * M2 - K4));
+    assert_eq!(
+        rig.unmap(g + G1 - M2 - K4, 2 * M2 + 2 * K4).map(|b| b > 0),
+        Ok(true)
+    );
+    // Remap into the holes with different permissions.
+    rig.map(g + 5 * M2, PHYS_BASE + 99 * G1, M2, Perms::R)
+        .unwrap();
+    // The last page and the last 2 MiB of the reachable space.
+    let top = rig.last_iova();
+    rig.map(top - (K4 - 1), PHYS_BASE, K4, Perms::RW).unwrap();
+    rig.map(top - (M2 - 1) - M2, PHYS_BASE + M2, M2, Perms::R)
+        .unwrap();
+    assert_eq!(rig.unmap(top - (4 * M2 - 1), 4 * M2), Ok(M2 + K4));
+    // 1 GiB at the top, split at its last page.
+    rig.map(top - (G1 - 1), PHYS_BASE + 3 * G1, G1, Perms::RW)
+        .unwrap();
+    assert_eq!(rig.unmap(top - (K4 - 1), K4), Ok(K4));
+    rig.unmap_everything();
+    rig.destroy();
+}
+
+/// The fewest-entries property on random ranges, for the standard sizes and subsets.
+pub fn fewest_entries<F: Format, W: RefWalker>(width: u32, cases: u32) {
+    let subsets = [
+        LeafSizes::STANDARD,
+        LeafSizes::SZ_4K.union(LeafSizes::SZ_2M),
+        LeafSizes::SZ_4K,
+        LeafSizes(!0xfff),
+    ];
+    for sizes in subsets {
+        let mut runner = runner(cases);
+        let strat = (0u64..2048, 0u64..4, 0u64..2048, 1u64..1536, prop::bool::ANY);
+        runner
+            .run(&strat, |(ipage, ig, ppage, lpages, congruent)| {
+                let mut cfg = standard_config(width);
+                cfg.leaf_sizes = sizes;
+                let mut rig = Rig::<F, W>::new(cfg);
+                rig.watch = false;
+                let iova = ig * G1 + ipage * K4 + if ipage % 3 == 0 { M2 } else { 0 };
+                let phys = if congruent {
+                    PHYS_BASE + (iova % G1)
+                } else {
+                    PHYS_BASE + ppage * K4
+                };
+                let len = if congruent {
+                    lpages * M2 / 4
+                } else {
+                    lpages * K4
+                };
+                let c0 = rig.pt().counters();
+                rig.map(iova, phys, len, Perms::RW).unwrap();
+                let audit = rig.audit();
+                let want = min_leaves(iova, phys, len, rig.allowed);
+                assert_eq!(audit.leaves.len() as u64, want, "leaf count");
+                assert_eq!(rig.pt().counters().leaf_writes - c0.leaf_writes, want);
+                for l in &audit.leaves {
+                    assert!(
+                        sizes.contains(l.size),
+                        "leaf size {:#x} not in {sizes:?}",
+                        l.size
+                    );
+                }
+                rig.unmap_everything();
+                Ok(())
+            })
+            .unwrap();
+    }
+    // 1 GiB-aligned 1 GiB with 1 GiB-aligned phys: one entry.
+    let mut rig = Rig::<F, W>::new(standard_config(width));
+    if rig.allowed & G1 != 0 {
+        let c0 = rig.pt().counters();
+        rig.map(3 * G1, PHYS_BASE + 5 * G1, G1, Perms::RW).unwrap();
+        assert_eq!(rig.pt().counters().leaf_writes - c0.leaf_writes, 1);
+    }
+}
+
+/// Builds a fresh rig and replays `setup`.
+fn fresh<F: Format, W: RefWalker>(config: TableConfig, setup: &[Op]) -> Rig<F, W> {
+    let mut rig = Rig::<F, W>::new(config);
+    rig.watch = false;
+    for &op in setup {
+        apply(&mut rig, op);
+    }
+    rig
+}
+
+/// Runs `op` once to count its allocations K, then for every N < K fails the Nth allocation
+/// on a fresh copy of the setup and checks NoFrame with everything exactly as before.
+pub fn fault_injection<F: Format, W: RefWalker>(config: TableConfig, setup: &[Op], op: Op) {
+    let mut rig = fresh::<F, W>(config, setup);
+    let a0 = rig.alloc.attempts;
+    apply(&mut rig, op);
+    let k = rig.alloc.attempts - a0;
+    assert!(
+        k > 0,
+        "{}: {op:x?} allocated nothing; the scenario is wrong",
+        rig.label
+    );
+    for n in 0..k {
+        let mut rig = fresh::<F, W>(config, setup);
+        rig.watch = true;
+        let before = rig.state();
+        let model = rig.model.clone();
+        rig.alloc.fail_in(n);
+        let r = match op {
+            Op::Map(i, p, l, pr) => rig.map(i, p, l, pr).map(|_| 0),
+            Op::Unmap(i, l) => rig.unmap(i, l),
+        };
+        assert_eq!(
+            r,
+            Err(PtError::NoFrame),
+            "{}: {op:x?} with allocation {n} of {k} failing",
+            rig.label
+        );
+        let after = rig.state();
+        assert_eq!(
+            after, before,
+            "{}: {op:x?} failing at allocation {n}/{k}: memory or allocator changed (exact)",
+            rig.label
+        );
+        assert_eq!(rig.model, model);
+        rig.alloc.no_failures();
+        // The table is still usable: the same operation now succeeds.
+        apply(&mut rig, op);
+    }
+}
+
+/// Fault-injection scenarios: a map needing a new path on both sides of a root-entry
+/// boundary, a 1G->2M->4K split, a double split on both edges of one unmap.
+pub fn fault_injection_all<F: Format, W: RefWalker>(width: u32) {
+    let cfg = standard_config(width);
+    let levels = W::levels(width).unwrap();
+    let b = level_span(levels - 1); // second root entry
+    let top = W::last_iova(width);
+    // Map across a root-entry boundary (only if the boundary is reachable).
+    if b <= top - 2 * M2 {
+        let setup = [Op::Map(b - M2, PHYS_BASE + 3 * K4, K4, Perms::R)];
+        fault_injection::<F, W>(
+            cfg,
+            &setup,
+            Op::Map(b - 2 * K4, PHYS_BASE + K4, 4 * K4 + M2, Perms::RW),
+        );
+    }
+    // Fresh tables all the way down.
+    fault_injection::<F, W>(
+        cfg,
+        &[],
+        Op::Map(G1 + M2 + K4, PHYS_BASE + K4, 3 * K4, Perms::RW),
+    );
+    // 1G leaf split down to 4K.
+    let setup = [Op::Map(2 * G1, PHYS_BASE + G1, G1, Perms::RW)];
+    fault_injection::<F, W>(cfg, &setup, Op::Unmap(2 * G1 + 7 * M2 + 5 * K4, K4));
+    // Two 1G leaves, unmap straddling their boundary: splits on both edges.
+    let setup = [Op::Map(2 * G1, PHYS_BASE, 2 * G1, Perms::R)];
+    fault_injection::<F, W>(cfg, &setup, Op::Unmap(3 * G1 - K4, 2 * K4));
+    // A 2M leaf split while mapping nothing else.
+    let setup = [Op::Map(8 * G1 + M2, PHYS_BASE + M2, M2, Perms::RW)];
+    fault_injection::<F, W>(cfg, &setup, Op::Unmap(8 * G1 + M2 + 9 * K4, 2 * K4));
+    // new() itself.
+    let mem = SharedMem::new();
+    let mut alloc = SimAlloc::new(mem, POOL_BASE, 4);
+    alloc.fail_in(0);
+    assert_eq!(
+        PageTable::<F>::new(cfg, &mut alloc).err(),
+        Some(PtError::NoFrame)
+    );
+    assert_eq!(alloc.in_use, 0);
+}
+
+/// Every kind of bad input gets its specific error and changes nothing.
+pub fn bad_input<F: Format, W: RefWalker>(width: u32) {
+    let mut rig = Rig::<F, W>::new(standard_config(width));
+    rig.map(2 * G1, PHYS_BASE, M2 + 3 * K4, Perms::RW).unwrap();
+    rig.map(4 * G1, PHYS_BASE + G1, G1, Perms::R).unwrap();
+    let top = rig.last_iova();
+    let expect_map = |rig: &mut Rig<F, W>, i: u64, p: u64, l: u64, pr: Perms, e: PtError| {
+        let before = rig.state();
+        let r = rig.map(i, p, l, pr);
+        assert_eq!(
+            r,
+            Err(e),
+            "{}: map({i:#x}, {p:#x}, {l:#x}, {pr:?})",
+            rig.label
+        );
+        assert_eq!(rig.state(), before, "{}: bad map changed state", rig.label);
+    };
+    let rw = Perms::RW;
+    expect_map(&mut rig, G1 + 0x800, PHYS_BASE, K4, rw, PtError::Misaligned);
+    expect_map(&mut rig, G1, PHYS_BASE + 8, K4, rw, PtError::Misaligned);
+    expect_map(&mut rig, G1, PHYS_BASE, K4 + 512, rw, PtError::Misaligned);
+    expect_map(&mut rig, G1, PHYS_BASE, 0, rw, PtError::ZeroLength);
+    expect_map(
+        &mut rig,
+        !(K4 - 1),
+        PHYS_BASE,
+        2 * K4,
+        rw,
+        PtError::OutOfRange,
+    );
+    expect_map(&mut rig, G1, !(K4 - 1), 2 * K4, rw, PtError::OutOfRange);
+    expect_map(&mut rig, G1, 1 << 60, K4, rw, PtError::OutOfRange);
+    let none = Perms {
+        read: false,
+        write: false,
+    };
+    expect_map(&mut rig, G1, PHYS_BASE, K4, none, PtError::PermsUnsupported);
+    if !W::WRITE_ONLY {
+        expect_map(
+            &mut rig,
+            G1,
+            PHYS_BASE,
+            K4,
+            Perms::W,
+            PtError::PermsUnsupported,
+        );
+    }
+    // Overlap: the first pages are free, a later one is taken: nothing may be written.
+    expect_map(
+        &mut rig,
+        2 * G1 - M2,
+        PHYS_BASE,
+        M2 + K4,
+        rw,
+        PtError::Overlap,
+    );
+    expect_map(
+        &mut rig,
+        4 * G1 + G1 - K4,
+        PHYS_BASE,
+        2 * K4,
+        rw,
+        PtError::Overlap,
+    );
+    let expect_unmap = |rig: &mut Rig<F, W>, i: u64, l: u64, e: PtError| {
+        let before = rig.state();
+        let r = rig.unmap(i, l);
+        assert_eq!(r, Err(e), "{}: unmap({i:#x}, {l:#x})", rig.label);
+        assert_eq!(
+            rig.state(),
+            before,
+            "{}: bad unmap changed state",
+            rig.label
+        );
+    };
+    expect_unmap(&mut rig, 2 * G1 + 0x10, K4, PtError::Misaligned);
+    expect_unmap(&mut rig, 2 * G1, K4 - 1, PtError::Misaligned);
+    expect_unmap(&mut rig, 2 * G1, 0, PtError::ZeroLength);
+    expect_unmap(&mut rig, !(K4 - 1), 2 * K4, PtError::OutOfRange);
+    let _ = top;
+    // Bad configurations.
+    let mem = SharedMem::new();
+    let mut alloc = SimAlloc::new(mem, POOL_BASE, 4);
+    let mut cfg = standard_config(width);
+    cfg.addr_width = 40;
+    assert_eq!(
+        PageTable::<F>::new(cfg, &mut alloc).err(),
+        Some(PtError::BadConfig)
+    );
+    let mut cfg = standard_config(width);
+    cfg.leaf_sizes = LeafSizes::SZ_2M;
+    assert_eq!(
+        PageTable::<F>::new(cfg, &mut alloc).err(),
+        Some(PtError::BadConfig)
+    );
+    assert_eq!(alloc.in_use, 0);
+    assert_eq!(alloc.attempts, 0, "a bad configuration must not allocate");
+}
+
+/// Ranges beyond what a device can reach get OutOfRange and change nothing; the last page is
+/// mappable.
+pub fn beyond_width<F: Format, W: RefWalker>(width: u32) {
+    let mut rig = Rig::<F, W>::new(standard_config(width));
+    let top = rig.last_iova();
+    rig.map(top - (K4 - 1), PHYS_BASE, K4, Perms::R).unwrap();
+    if top < u64::MAX {
+        let before = rig.state();
+        let cases = [
+            (top + 1, K4),
+            (top - (K4 - 1), 2 * K4),
+            (top + 1 - M2, 2 * M2),
+        ];
+        for (i, l) in cases {
+            let r = rig.map(i, PHYS_BASE + M2, l, Perms::RW);
+            assert_eq!(
+                r,
+                Err(PtError::OutOfRange),
+                "{}: map({i:#x}, {l:#x})",
+                rig.label
+            );
+            let r = rig.unmap(i, l);
+            assert_eq!(
+                r,
+                Err(PtError::OutOfRange),
+                "{}: unmap({i:#x}, {l:#x})",
+                rig.label
+            );
+            assert_eq!(rig.state(), before);
+        }
+    }
+    rig.unmap_everything();
+}
+
+/// With `split_live_blocks = false`, a partial unmap of a block is refused and changes
+/// nothing; whole blocks and pages in tables still unmap.
+pub fn split_forbidden<F: Format, W: RefWalker>(width: u32) {
+    let mut cfg = standard_config(width);
+    cfg.split_live_blocks = false;
+    let mut rig = Rig::<F, W>::new(cfg);
+    let g = 2 * G1;
+    rig.map(g, PHYS_BASE, G1, Perms::RW).unwrap();
+    rig.map(g + G1, PHYS_BASE + G1, 2 * M2, Perms::R).unwrap();
+    rig.map(g + 2 * G1, PHYS_BASE + 5 * K4, 4 * K4, Perms::R)
+        .unwrap();
+    let before = rig.state();
+    for (i, l) in [
+        (g + K4, K4),
+        (g + G1 - K4, 2 * K4),
+        (g + G1, M2 + K4),
+        (g, G1 + K4),
+    ] {
+        assert_eq!(
+            rig.unmap(i, l),
+            Err(PtError::SplitForbidden),
+            "{}: unmap({i:#x}, {l:#x})",
+            rig.label
+        );
+        assert_eq!(rig.state(), before);
+    }
+    assert_eq!(rig.unmap(g + 2 * G1 + K4, K4), Ok(K4));
+    assert_eq!(rig.unmap(g + G1, M2), Ok(M2));
+    assert_eq!(rig.unmap(g, G1), Ok(G1));
+    assert_eq!(rig.unmap(g + G1 - M2, 2 * M2 + M2), Ok(M2));
+    rig.unmap_everything();
+}
+
+/// One unmap over many tables yields one gather with the exact span, the smallest leaf and
+/// tables_removed; nothing to invalidate after an unmap of nothing.
+pub fn gather_semantics<F: Format, W: RefWalker>(width: u32) {
+    let mut rig = Rig::<F, W>::new(standard_config(width));
+    let iova = 3 * G1 - 2 * M2 - 2 * K4;
+    let len = 4 * M2 + 4 * K4;
+    rig.map(iova, PHYS_BASE + (iova % G1), len, Perms::RW)
+        .unwrap();
+    let pre = rig.audit();
+    let mut g = Gather::new();
+    let mut m = rig.mem.clone();
+    let pt = rig.pt.as_mut().unwrap();
+    let r = pt.unmap(&mut m, &mut rig.alloc, iova, len, &mut g);
+    assert_eq!(r, Ok(len));
+    assert_eq!(
+        g.span(),
+        Some((iova, iova + len - 1)),
+        "{}: span",
+        rig.label
+    );
+    assert_eq!(g.min_leaf(), K4, "{}: min_leaf", rig.label);
+    assert_eq!(g.max_leaf(), M2, "{}: max_leaf", rig.label);
+    assert!(g.tables_removed(), "{}: tables_removed", rig.label);
+    let removed = pre.tables.len() as u64 - 1;
+    assert_eq!(
+        g.frames_pending(),
+        removed,
+        "{}: every emptied table deferred",
+        rig.label
+    );
+    assert_eq!(
+        rig.alloc.in_use,
+        1 + removed,
+        "{}: freed before invalidation",
+        rig.label
+    );
+    rig.release(&mut g);
+    rig.model.remove(iova, iova + len - 1);
+    rig.check(&[]);
+    assert_eq!(rig.alloc.in_use, 1);
+    // Nothing mapped: nothing to invalidate.
+    let mut g = Gather::new();
+    let pt = rig.pt.as_mut().unwrap();
+    assert_eq!(pt.unmap(&mut m, &mut rig.alloc, G1, G1, &mut g), Ok(0));
+    assert!(g.is_empty(), "{}: empty unmap produced a gather", rig.label);
+    // A split: the span covers the page, max_leaf covers the 1G leaf.
+    if rig.allowed & G1 != 0 {
+        rig.map(5 * G1, PHYS_BASE, G1, Perms::R).unwrap();
+        let mut g = Gather::new();
+        let pt = rig.pt.as_mut().unwrap();
+        assert_eq!(
+            pt.unmap(&mut m, &mut rig.alloc, 5 * G1 + 9 * M2, K4, &mut g),
+            Ok(K4)
+        );
+        let (s, l) = g.span().unwrap();
+        assert!(s <= 5 * G1 + 9 * M2 && l >= 5 * G1 + 9 * M2 + K4 - 1);
+        assert!(
+            g.max_leaf() >= G1,
+            "{}: max_leaf {:#x} after splitting a 1G leaf",
+            rig.label,
+            g.max_leaf()
+        );
+        rig.release(&mut g);
+        rig.model.remove(5 * G1 + 9 * M2, 5 * G1 + 9 * M2 + K4 - 1);
+        rig.check(&[]);
+    }
+    rig.unmap_everything();
+}
+
+/// After unmapping everything and releasing, only the root is in use; destroy frees it;
+/// destroy of a populated table frees everything.
+pub fn no_leaks<F: Format, W: RefWalker>(width: u32) {
+    let mut rig = Rig::<F, W>::new(standard_config(width));
+    rig.map(G1 - 3 * K4, PHYS_BASE, 2 * M2 + 6 * K4, Perms::RW)
+        .unwrap();
+    rig.map(7 * G1, PHYS_BASE + G1, G1, Perms::R).unwrap();
+    rig.unmap(7 * G1 + K4, K4).unwrap();
+    rig.unmap_everything();
+    rig.destroy();
+    let mut rig = Rig::<F, W>::new(standard_config(width));
+    rig.map(G1 - 3 * K4, PHYS_BASE, 2 * M2 + 6 * K4, Perms::RW)
+        .unwrap();
+    let top = rig.last_iova();
+    rig.map(top - (K4 - 1), PHYS_BASE, K4, Perms::RW).unwrap();
+    rig.destroy();
+}
+
+/// With a non-coherent walker every table write is made visible (synced) by the time the
+/// call returns: the device's view of the reachable tables equals the CPU's.
+pub fn noncoherent_sync<F: Format, W: RefWalker>(width: u32) {
+    let mut cfg = standard_config(width);
+    cfg.coherent = false;
+    let mem = SharedMem::new();
+    let mut alloc = SimAlloc::new(mem.clone(), POOL_BASE, POOL_FRAMES);
+    let mut pt = PageTable::<F>::new(cfg, &mut alloc).unwrap();
+    let mut dev = DeviceView {
+        cpu: mem.clone(),
+        device: crate::sim::SimMemory::new(),
+    };
+    // A fresh root reads as zero on both sides.
+    let ops = [
+        Op::Map(G1 - 2 * K4, PHYS_BASE, M2 + 4 * K4, Perms::RW),
+        Op::Map(3 * G1, PHYS_BASE, G1, Perms::R),
+        Op::Unmap(3 * G1 + M2 + K4, K4),
+        Op::Unmap(G1 - 2 * K4, K4),
+        Op::Unmap(0, 8 * G1),
+    ];
+    for op in ops {
+        let mut g = Gather::new();
+        match op {
+            Op::Map(i, p, l, pr) => pt.map(&mut dev, &mut alloc, i, p, l, pr, &mut g).unwrap(),
+            Op::Unmap(i, l) => {
+                pt.unmap(&mut dev, &mut alloc, i, l, &mut g).unwrap();
+            }
+        }
+        let cpu = enumerate::<W>(&mem.borrow(), pt.root(), width).unwrap();
+        let seen = enumerate::<W>(&dev.device, pt.root(), width)
+            .unwrap_or_else(|e| panic!("{}: device view malformed after {op:x?}: {e}", F::NAME));
+        assert_eq!(
+            seen.runs(),
+            cpu.runs(),
+            "{}/{width}: after {op:x?} the non-coherent walker sees stale tables",
+            F::NAME
+        );
+        g.release(&mut dev, &mut alloc);
+    }
+}
+
+/// CPU-side memory plus what a non-snooping device sees (updated only by sync_for_device).
+struct DeviceView {
+    cpu: SharedMem,
+    device: crate::sim::SimMemory,
+}
+
+impl PhysMem for DeviceView {
+    fn read_u64(&self, pa: PhysAddr) -> u64 {
+        self.cpu.read_u64(pa)
+    }
+    fn write_u64(&mut self, pa: PhysAddr, value: u64) {
+        self.cpu.write_u64(pa, value)
+    }
+    fn sync_for_device(&mut self, pa: PhysAddr, len: u64) {
+        let start = pa & !7;
+        let end = pa.saturating_add(len);
+        let mut a = start;
+        let cpu = self.cpu.borrow();
+        while a < end {
+            self.device.write(a, cpu.read(a));
+            a += 8;
+        }
+    }
+}
+
+/// Instantiates the conformance suite for one format, walker and address width as a module
+/// of `#[test]`s.
+#[macro_export]
+macro_rules! pagetable_conformance {
+    ($name:ident, $fmt:ty, $walker:ty, $width:expr) => {
+        mod $name {
+            use super::*;
+            use $crate::conformance as c;
+
+            #[test]
+            fn random_ops() {
+                c::random_ops::<$fmt, $walker>($width, 12);
+            }
+            #[test]
+            fn splits_and_holes() {
+                c::splits_and_holes::<$fmt, $walker>($width);
+            }
+            #[test]
+            fn fewest_entries() {
+                c::fewest_entries::<$fmt, $walker>($width, 12);
+            }
+            #[test]
+            fn fault_injection() {
+                c::fault_injection_all::<$fmt, $walker>($width);
+            }
+            #[test]
+            fn bad_input() {
+                c::bad_input::<$fmt, $walker>($width);
+            }
+            #[test]
+            fn beyond_width() {
+                c::beyond_width::<$fmt, $walker>($width);
+            }
+            #[test]
+            fn split_forbidden() {
+                c::split_forbidden::<$fmt, $walker>($width);
+            }
+            #[test]
+            fn gather_semantics() {
+                c::gather_semantics::<$fmt, $walker>($width);
+            }
+            #[test]
+            fn no_leaks() {
+                c::no_leaks::<$fmt, $walker>($width);
+            }
+            #[test]
+            fn noncoherent_sync() {
+                c::noncoherent_sync::<$fmt, $walker>($width);
+            }
+        }
+    };
+}
