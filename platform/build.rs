@@ -1,0 +1,20 @@
+//! Linker setup for the bare-metal images. Host builds get nothing.
+use std::env;
+
+fn main() {
+    println!("cargo:rerun-if-changed=build.rs");
+    let os = env::var("CARGO_CFG_TARGET_OS").unwrap_or_default();
+    let arch = env::var("CARGO_CFG_TARGET_ARCH").unwrap_or_default();
+    if os != "none" {
+        return;
+    }
+    let dir = env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR");
+    if arch == "x86_64" {
+        // PVH image linked at 1 MiB. `-C relocation-model=static` comes from
+        // .cargo/config.toml: the 32-bit boot code needs absolute 32-bit relocations.
+        println!("cargo:rerun-if-changed=link-x86_64.ld");
+        println!("cargo:rustc-link-arg-bins=-T{dir}/link-x86_64.ld");
+        // defmt's interned-string section (the file comes with the defmt crate).
+        println!("cargo:rustc-link-arg-bins=-Tdefmt.x");
+    }
+}

@@ -1,0 +1,311 @@
+//! The hardware-access traits of `iommu_hal::mem`, implemented for an identity-mapped machine:
+//! MMIO register blocks, physical memory, and a frame allocator over a static region.
+//!
+//! Identity mapping means a physical address is also the CPU's virtual address. Both bare-metal
+//! runtimes map memory that way, so the same code serves x86_64 and aarch64.
+
+use iommu_hal::mem::{FrameAlloc, PAGE_SIZE, PhysAddr, PhysMem, RegisterAccess};
+
+/// One memory-mapped register block, reached with volatile accesses at `base + offset`.
+#[derive(Debug)]
+pub struct Mmio {
+    base: usize,
+}
+
+impl Mmio {
+    /// A register block at `base`.
+    ///
+    /// # Safety
+    /// `base` must be the identity-mapped address of a register block that this value alone
+    /// drives, large enough for every offset it will be given, and mapped as device memory
+    /// (or memory whose accesses the platform does not reorder or merge).
+    pub const unsafe fn new(base: usize) -> Self {
+        Mmio { base }
+    }
+
+    /// The block's base address.
+    pub const fn base(&self) -> usize {
+        self.base
+    }
+}
+
+impl RegisterAccess for Mmio {
+    fn read32(&mut self, offset: usize) -> u32 {
+        // SAFETY: `new`'s contract: `base + offset` is a register of the block this value owns.
+        unsafe { core::ptr::read_volatile((self.base + offset) as *const u32) }
+    }
+    fn write32(&mut self, offset: usize, value: u32) {
+        // SAFETY: as in `read32`.
+        unsafe { core::ptr::write_volatile((self.base + offset) as *mut u32, value) }
+    }
+    fn read64(&mut self, offset: usize) -> u64 {
+        // SAFETY: as in `read32`.
+        unsafe { core::ptr::read_volatile((self.base + offset) as *const u64) }
+    }
+    fn write64(&mut self, offset: usize, value: u64) {
+        // SAFETY: as in `read32`.
+        unsafe { core::ptr::write_volatile((self.base + offset) as *mut u64, value) }
+    }
+}
+
+/// Physical memory read and written in place through the identity mapping.
+///
+/// The IOMMU table walker reads what the CPU wrote: on x86 and on QEMU's models the walk is
+/// coherent, so [`PhysMem::sync_for_device`] keeps its default (nothing to do).
+#[derive(Debug)]
+pub struct IdentityMem {
+    _private: (),
+}
+
+impl IdentityMem {
+    /// Access to all physical memory.
+    ///
+    /// # Safety
+    /// Memory must be identity mapped, and every address later given to this value must be
+    /// memory that its user owns (page-table frames from the frame allocator, unit structures):
+    /// never memory that Rust code holds references to.
+    pub const unsafe fn new() -> Self {
+        IdentityMem { _private: () }
+    }
+}
+
+impl PhysMem for IdentityMem {
+    fn read_u64(&self, pa: PhysAddr) -> u64 {
+        // SAFETY: `new`'s contract: `pa` is identity-mapped memory owned by the user; the hal
+        // traits promise naturally aligned addresses.
+        unsafe { core::ptr::read_volatile(pa as usize as *const u64) }
+    }
+    fn write_u64(&mut self, pa: PhysAddr, value: u64) {
+        // SAFETY: as in `read_u64`. An aligned 64-bit store is single-copy atomic.
+        unsafe { core::ptr::write_volatile(pa as usize as *mut u64, value) }
+    }
+}
+
+/// One 4 KiB frame of a static frame region.
+#[repr(C, align(4096))]
+pub struct Frame(pub [u8; PAGE_SIZE as usize]);
+
+impl Frame {
+    /// A zeroed frame, for `static` arrays.
+    pub const ZERO: Frame = Frame([0; PAGE_SIZE as usize]);
+}
+
+/// The most frames a [`FramePool`] can hold: 4096 (16 MiB).
+pub const MAX_POOL_FRAMES: usize = 4096;
+
+/// A frame allocator over one contiguous region of identity-mapped memory, with a bitmap of
+/// frames in use. Frames come back zeroed. A frame freed twice, or an address that is not a
+/// frame of the pool, is ignored and counted in [`FramePool::bad_frees`].
+pub struct FramePool {
+    base: usize,
+    frames: usize,
+    bitmap: [u64; MAX_POOL_FRAMES / 64],
+    in_use: usize,
+    peak: usize,
+    next: usize,
+    bad_frees: usize,
+}
+
+impl FramePool {
+    /// A pool over `region`, which it owns from now on (at most [`MAX_POOL_FRAMES`] frames are
+    /// used).
+    pub fn new(region: &'static mut [Frame]) -> Self {
+        let frames = region.len().min(MAX_POOL_FRAMES);
+        FramePool {
+            base: region.as_mut_ptr() as usize,
+            frames,
+            bitmap: [0; MAX_POOL_FRAMES / 64],
+            in_use: 0,
+            peak: 0,
+            next: 0,
+            bad_frees: 0,
+        }
+    }
+
+    /// Frames currently allocated.
+    pub const fn in_use(&self) -> usize {
+        self.in_use
+    }
+    /// The most frames that were allocated at once.
+    pub const fn peak(&self) -> usize {
+        self.peak
+    }
+    /// Frames in the pool.
+    pub const fn capacity(&self) -> usize {
+        self.frames
+    }
+    /// Frees of addresses that were not allocated frames of this pool.
+    pub const fn bad_frees(&self) -> usize {
+        self.bad_frees
+    }
+
+    fn is_set(&self, i: usize) -> bool {
+        self.bitmap[i / 64] & (1 << (i % 64)) != 0
+    }
+}
+
+impl FrameAlloc for FramePool {
+    fn alloc_frame(&mut self) -> Option<PhysAddr> {
+        if self.in_use == self.frames {
+            return None;
+        }
+        // First free frame at or after the hint, wrapping once.
+        let i = (0..self.frames)
+            .map(|k| (self.next + k) % self.frames)
+            .find(|&i| !self.is_set(i))?;
+        self.bitmap[i / 64] |= 1 << (i % 64);
+        self.in_use += 1;
+        self.peak = self.peak.max(self.in_use);
+        self.next = (i + 1) % self.frames;
+        let addr = self.base + i * PAGE_SIZE as usize;
+        // SAFETY: frame `i` lies inside the region `new` was given exclusively, and nobody holds
+        // it (its bit was clear).
+        unsafe { core::ptr::write_bytes(addr as *mut u8, 0, PAGE_SIZE as usize) };
+        Some(addr as PhysAddr)
+    }
+
+    fn free_frame(&mut self, pa: PhysAddr) {
+        let Some(off) = (pa as usize).checked_sub(self.base) else {
+            self.bad_frees += 1;
+            return;
+        };
+        let i = off / PAGE_SIZE as usize;
+        if off % PAGE_SIZE as usize != 0 || i >= self.frames || !self.is_set(i) {
+            self.bad_frees += 1;
+            return;
+        }
+        self.bitmap[i / 64] &= !(1 << (i % 64));
+        self.in_use -= 1;
+    }
+}
+
+/// Memory that devices read and write by DMA, reached only with volatile accesses (the
+/// compiler cannot see a device's writes).
+#[derive(Debug)]
+pub struct DmaRegion {
+    base: usize,
+    len: usize,
+}
+
+impl DmaRegion {
+    /// The region `[base, base + len)`.
+    ///
+    /// # Safety
+    /// The memory must be identity mapped, valid for `len` bytes, and used by nothing but this
+    /// value and the devices it is handed to (no Rust references to it).
+    pub unsafe fn new(base: *mut u8, len: usize) -> Self {
+        DmaRegion {
+            base: base as usize,
+            len,
+        }
+    }
+
+    /// Physical address of byte `offset` (the region is identity mapped).
+    pub const fn phys(&self, offset: usize) -> PhysAddr {
+        (self.base + offset) as PhysAddr
+    }
+
+    /// Length in bytes.
+    pub const fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the region is empty.
+    pub const fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Reads the byte at `offset` (`None` outside the region).
+    pub fn read(&self, offset: usize) -> Option<u8> {
+        // SAFETY: `new`'s contract, and `offset` is inside the region.
+        (offset < self.len)
+            .then(|| unsafe { core::ptr::read_volatile((self.base + offset) as *const u8) })
+    }
+
+    /// Writes the byte at `offset`; ignored outside the region.
+    pub fn write(&mut self, offset: usize, value: u8) {
+        if offset < self.len {
+            // SAFETY: `new`'s contract, and `offset` is inside the region.
+            unsafe { core::ptr::write_volatile((self.base + offset) as *mut u8, value) }
+        }
+    }
+
+    /// Sets `len` bytes from `offset` to `f(i)` for `i` in `0..len` (clipped to the region).
+    pub fn fill(&mut self, offset: usize, len: usize, f: impl Fn(usize) -> u8) {
+        for i in 0..len {
+            self.write(offset + i, f(i));
+        }
+    }
+
+    /// The first index `i < len` where byte `offset + i` differs from `f(i)`, with the byte
+    /// found (a byte outside the region counts as a mismatch reading 0).
+    pub fn first_mismatch(
+        &self,
+        offset: usize,
+        len: usize,
+        f: impl Fn(usize) -> u8,
+    ) -> Option<(usize, u8)> {
+        (0..len).find_map(|i| {
+            let got = self.read(offset + i);
+            (got != Some(f(i))).then_some((i, got.unwrap_or(0)))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::boxed::Box;
+    use std::vec::Vec;
+
+    fn pool(n: usize) -> FramePool {
+        let region: &'static mut [Frame] = Box::leak((0..n).map(|_| Frame::ZERO).collect());
+        FramePool::new(region)
+    }
+
+    #[test]
+    fn frames_are_aligned_distinct_zeroed_and_reused() {
+        let mut p = pool(4);
+        let a: Vec<_> = (0..4).map(|_| p.alloc_frame().unwrap()).collect();
+        assert!(a.iter().all(|&f| f % PAGE_SIZE == 0));
+        assert_eq!(p.alloc_frame(), None);
+        assert_eq!(p.in_use(), 4);
+        // Dirty a frame, free it, get it back zeroed.
+        // SAFETY: the test only touches frames of its own leaked pool.
+        let mut mem = unsafe { IdentityMem::new() };
+        mem.write_u64(a[2] + 8, 0xdead_beef);
+        p.free_frame(a[2]);
+        let again = p.alloc_frame().unwrap();
+        assert_eq!(again, a[2]);
+        assert_eq!(mem.read_u64(again + 8), 0);
+        assert_eq!(p.peak(), 4);
+    }
+
+    #[test]
+    fn dma_region_reads_writes_and_compares_within_bounds() {
+        let mem: &'static mut [u8] = Box::leak(std::vec![0u8; 64].into_boxed_slice());
+        let base = mem.as_mut_ptr();
+        // SAFETY: the leaked buffer is used by nothing else.
+        let mut r = unsafe { DmaRegion::new(base, 64) };
+        r.fill(8, 16, |i| i as u8 + 1);
+        assert_eq!(r.first_mismatch(8, 16, |i| i as u8 + 1), None);
+        assert_eq!(r.first_mismatch(8, 17, |i| i as u8 + 1), Some((16, 0)));
+        assert_eq!(r.read(64), None);
+        r.write(64, 1); // ignored
+        assert_eq!(r.first_mismatch(60, 8, |_| 0), Some((4, 0)));
+        assert_eq!(r.phys(3), base as u64 + 3);
+    }
+
+    #[test]
+    fn bad_frees_are_ignored() {
+        let mut p = pool(2);
+        let f = p.alloc_frame().unwrap();
+        p.free_frame(f + 8);
+        p.free_frame(f + 2 * PAGE_SIZE);
+        p.free_frame(0);
+        p.free_frame(f);
+        p.free_frame(f);
+        assert_eq!(p.bad_frees(), 4);
+        assert_eq!(p.in_use(), 0);
+    }
+}

@@ -1,0 +1,85 @@
+//! ACPI discovery: RSDP (from the PVH start info, or the BIOS area) -> XSDT/RSDT -> DMAR,
+//! with the `acpi` crate reading and checksumming the tables through the identity mapping.
+
+use core::ptr::NonNull;
+
+use acpi::sdt::{SdtHeader, Signature};
+use acpi::{AcpiHandler, AcpiTable, AcpiTables, PhysicalMapping};
+
+use crate::dmar::{self, Dmar, DmarError};
+
+/// Maps ACPI tables by identity: physical address = virtual address.
+#[derive(Clone, Copy, Debug)]
+struct Identity;
+
+impl AcpiHandler for Identity {
+    unsafe fn map_physical_region<T>(&self, pa: usize, size: usize) -> PhysicalMapping<Self, T> {
+        // The acpi crate only asks for addresses it read from validated tables (or the one the
+        // caller vouched for); physical 0 would be a corrupt table.
+        let ptr = NonNull::new(pa as *mut T).expect("ACPI table at physical address 0");
+        // SAFETY: the low 4 GiB, where firmware places ACPI tables, are identity mapped.
+        unsafe { PhysicalMapping::new(pa, ptr, size, size, *self) }
+    }
+
+    fn unmap_physical_region<T>(_region: &PhysicalMapping<Self, T>) {}
+}
+
+/// The fixed part of the DMAR table (VT-d 3.4, section 8.1).
+#[repr(C, packed)]
+struct DmarHeader {
+    header: SdtHeader,
+    host_address_width: u8,
+    flags: u8,
+    reserved: [u8; 10],
+}
+
+// SAFETY: DmarHeader starts with the SDT header, and its signature is DMAR.
+unsafe impl AcpiTable for DmarHeader {
+    const SIGNATURE: Signature = Signature::DMAR;
+    fn header(&self) -> &SdtHeader {
+        &self.header
+    }
+}
+
+/// Why the DMAR table could not be had.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, defmt::Format)]
+pub enum AcpiError {
+    /// No valid RSDP (at the given address, or in the BIOS area).
+    NoRsdp,
+    /// The RSDT/XSDT could not be read.
+    BadRootTable,
+    /// There is no (valid) DMAR table.
+    NoDmar,
+    /// The DMAR table is malformed.
+    Dmar(DmarError),
+}
+
+/// Finds and parses the DMAR table. `rsdp` is the RSDP's physical address from the boot
+/// protocol, if it gave one; otherwise the BIOS area is searched.
+pub fn find_dmar(rsdp: Option<u64>) -> Result<Dmar, AcpiError> {
+    let tables = match rsdp {
+        // SAFETY: the boot protocol's RSDP address, in identity-mapped low memory.
+        Some(pa) if pa != 0 => unsafe { AcpiTables::from_rsdp(Identity, pa as usize) },
+        // SAFETY: the BIOS area (EBDA, 0xe0000..0x100000) is identity mapped.
+        _ => unsafe { AcpiTables::search_for_rsdp_bios(Identity) },
+    }
+    .map_err(|e| match e {
+        acpi::AcpiError::NoValidRsdp
+        | acpi::AcpiError::RsdpIncorrectSignature
+        | acpi::AcpiError::RsdpInvalidOemId
+        | acpi::AcpiError::RsdpInvalidChecksum => AcpiError::NoRsdp,
+        _ => AcpiError::BadRootTable,
+    })?;
+    let mapping = tables
+        .find_table::<DmarHeader>()
+        .map_err(|_| AcpiError::NoDmar)?;
+    // SAFETY: `find_table` validated the table, so `region_length` (its length field) bytes at
+    // its identity-mapped address are the table; firmware tables are never written.
+    let bytes = unsafe {
+        core::slice::from_raw_parts(
+            mapping.virtual_start().as_ptr() as *const u8,
+            mapping.region_length(),
+        )
+    };
+    dmar::parse(bytes).map_err(AcpiError::Dmar)
+}

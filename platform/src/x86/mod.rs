@@ -1,0 +1,125 @@
+//! The x86_64 bare-metal runtime for QEMU q35 (PVH boot).
+//!
+//! What it provides to an image: boot to 64-bit Rust ([`boot`]), an IDT that turns every fault
+//! into a report and a failing exit ([`idt`]), the console on COM1 and the defmt logger on COM2
+//! ([`serial`], [`logger`]), the exit device ([`exit`]), a calibrated TSC delay ([`time`]), PCI
+//! configuration through ports ([`pci`]), and ACPI/DMAR discovery ([`acpi`]).
+//!
+//! An image is a `#![no_std] #![no_main]` binary that names its main function with
+//! [`crate::entry!`]; main receives a [`BootInfo`] and never returns.
+//!
+//! Exit codes: QEMU's `isa-debug-exit` device (port 0xf4) ends QEMU with status
+//! `(value << 1) | 1`. [`EXIT_SUCCESS`] (0x10) gives status 33, the only status the runner
+//! counts as a pass; [`EXIT_FAILURE`] (0x11) gives 35. A triple fault ends QEMU with status 0
+//! under `-no-reboot`, also a failure.
+
+pub mod acpi;
+mod boot;
+mod idt;
+pub mod io;
+mod logger;
+pub mod pci;
+pub mod serial;
+pub mod time;
+
+use serial::Uart;
+
+/// Value written to the exit device for success (QEMU exit status 33).
+pub const EXIT_SUCCESS: u32 = 0x10;
+/// Value written to the exit device for failure (QEMU exit status 35).
+pub const EXIT_FAILURE: u32 = 0x11;
+/// The `isa-debug-exit` port (QEMU `-device isa-debug-exit,iobase=0xf4,iosize=0x04`).
+const EXIT_PORT: u16 = 0xf4;
+
+/// Ends the machine: QEMU exits with status `(code << 1) | 1`. Without the exit device the CPU
+/// halts forever (the runner's time limit ends it).
+pub fn exit(code: u32) -> ! {
+    // SAFETY: port 0xf4 is the exit device; the write ends QEMU.
+    unsafe { io::outl(EXIT_PORT, code) };
+    loop {
+        // SAFETY: halting with interrupts off stops the CPU; nothing to preserve.
+        unsafe { core::arch::asm!("cli", "hlt", options(nomem, nostack)) };
+    }
+}
+
+/// Ends the machine with [`EXIT_SUCCESS`].
+pub fn exit_success() -> ! {
+    exit(EXIT_SUCCESS)
+}
+
+/// Ends the machine with [`EXIT_FAILURE`].
+pub fn exit_failure() -> ! {
+    exit(EXIT_FAILURE)
+}
+
+/// What the boot protocol told the image.
+#[derive(Clone, Copy, Debug, defmt::Format)]
+pub struct BootInfo {
+    /// Physical address of the `hvm_start_info` structure.
+    pub start_info: u64,
+    /// Physical address of the ACPI RSDP, when the start info carries one.
+    pub rsdp: Option<u64>,
+    /// TSC ticks per microsecond, when the calibration against the PIT worked.
+    pub tsc_per_us: Option<u64>,
+}
+
+/// Magic value of `hvm_start_info` (Xen public header `arch-x86/hvm/start_info.h`).
+const HVM_START_MAGIC: u32 = 0x336e_c578;
+/// Offset of `rsdp_paddr` in `hvm_start_info`.
+const HVM_RSDP_OFFSET: u64 = 0x20;
+
+unsafe extern "Rust" {
+    /// The image's main function, defined by [`crate::entry!`].
+    fn __iommu_platform_main(boot: BootInfo) -> !;
+}
+
+/// Called by the boot assembly in 64-bit mode with the `hvm_start_info` address.
+extern "C" fn rust_start(start_info: u32) -> ! {
+    Uart::COM1.init();
+    Uart::COM2.init();
+    idt::init();
+    let tsc_per_us = time::calibrate();
+    let start_info = u64::from(start_info);
+    let rsdp = if start_info != 0 {
+        // SAFETY: the boot protocol passes the start info in identity-mapped low memory; the
+        // fields read are the 32-bit magic and the 64-bit `rsdp_paddr` at 0x20.
+        let (magic, rsdp) = unsafe {
+            (
+                core::ptr::read_volatile(start_info as *const u32),
+                core::ptr::read_volatile((start_info + HVM_RSDP_OFFSET) as *const u64),
+            )
+        };
+        (magic == HVM_START_MAGIC && rsdp != 0).then_some(rsdp)
+    } else {
+        None
+    };
+    let boot = BootInfo {
+        start_info,
+        rsdp,
+        tsc_per_us,
+    };
+    crate::console!(
+        "iommu-platform x86_64: booted (PVH), start info {:#x}",
+        start_info
+    );
+    // SAFETY: `entry!` defines the function with exactly this signature.
+    unsafe { __iommu_platform_main(boot) }
+}
+
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo) -> ! {
+    crate::console!("PANIC: {}", info);
+    exit_failure()
+}
+
+/// Names the image's main function: `entry!(main)` with `fn main(boot: BootInfo) -> !`.
+#[macro_export]
+macro_rules! entry {
+    ($main:path) => {
+        #[unsafe(export_name = "__iommu_platform_main")]
+        fn __iommu_platform_entry(boot: $crate::x86::BootInfo) -> ! {
+            let main: fn($crate::x86::BootInfo) -> ! = $main;
+            main(boot)
+        }
+    };
+}
