@@ -359,12 +359,7 @@ impl VtdModel {
                 }
             }
             R64::FrcdHi(n) => {
-                let other = value & mask & !FRCD_F;
-                if other != 0 {
-                    self.violation(format!(
-                        "write of {other:#x} to read-only bits of fault recording register {n}"
-                    ));
-                }
+                // Only F is writable (RW1C); software may write back the whole value it read.
                 if value & mask & FRCD_F != 0 {
                     self.clear_fault_record(n);
                 }

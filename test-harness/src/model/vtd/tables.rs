@@ -227,8 +227,8 @@ impl VtdModel {
             if !(if write { w } else { r }) {
                 return Err(WalkFault::Fault(FaultReason::permission(write)));
             }
-            let addr = pte & self.haw_mask() & !((1u64 << shift) - 1);
             if leaf {
+                let addr = pte & self.haw_mask() & !((1u64 << shift) - 1);
                 return Ok(Leaf {
                     shift: shift as u8,
                     phys: addr,
@@ -236,6 +236,7 @@ impl VtdModel {
                     w,
                 });
             }
+            let addr = pte & self.haw_mask() & !0xfff;
             nonleaf.push((level, iova >> shift, PscEntry { table: addr, r, w }));
             table = addr;
             level -= 1;
