@@ -654,18 +654,26 @@ impl<R: RegisterAccess> VtdUnit<R> {
     /// The single IOTLB request covering `gather` for domain `tag`: page-selective with the
     /// smallest aligned mask holding the span when CAP.PSI and CAP.MAMV allow, else
     /// domain-selective. The invalidation hint (keep paging-structure caches) is set only when
-    /// no table was removed.
+    /// no table was removed and the unit is not in caching mode.
     pub fn iotlb_request(&self, tag: u16, gather: &Gather) -> Inv {
+        // VT-d spec 6.5.2.3: a page-selective invalidation must cover a large page entirely
+        // (e.g. AM >= 9 for a 2 MiB page), so the span is widened to the largest leaf touched.
+        let leaf = gather.max_leaf().max(PAGE_SIZE);
         let psi = gather
             .span()
-            .filter(|_| self.cap.psi())
-            .and_then(|(s, l)| queue::psi_for_span(s, l, self.cap.mamv()));
+            .filter(|_| self.cap.psi() && leaf.is_power_of_two())
+            .and_then(|(s, l)| {
+                queue::psi_for_span(s & !(leaf - 1), l | (leaf - 1), self.cap.mamv())
+            });
         match psi {
             Some((addr, am)) => Inv::IotlbPages {
                 did: tag,
                 addr,
                 am,
-                ih: !gather.tables_removed(),
+                // IH = 1 keeps paging-structure caches: only when no non-leaf entry was
+                // removed, and never under caching mode, where a map that added tables
+                // changed non-leaf entries that may be cached as not present (VT-d spec 6.1).
+                ih: !gather.tables_removed() && !self.cap.cm(),
             },
             None => Inv::IotlbDomain { did: tag },
         }
