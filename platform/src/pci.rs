@@ -5,7 +5,6 @@
 
 /// A PCI function's bus, device and function numbers (segment 0).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-#[cfg_attr(target_os = "none", derive(defmt::Format))]
 pub struct Bdf {
     /// Bus number.
     pub bus: u8,
@@ -35,6 +34,20 @@ impl Bdf {
     /// The function with requester id `rid`.
     pub const fn from_rid(rid: u16) -> Self {
         Bdf::new((rid >> 8) as u8, (rid >> 3) as u8, rid as u8)
+    }
+}
+
+/// Shown as `bb:dd.f` in hex, as `lspci` does.
+#[cfg(target_os = "none")]
+impl defmt::Format for Bdf {
+    fn format(&self, f: defmt::Formatter) {
+        defmt::write!(
+            f,
+            "{=u8:02x}:{=u8:02x}.{=u8}",
+            self.bus,
+            self.dev,
+            self.func
+        )
     }
 }
 
@@ -184,12 +197,19 @@ pub fn find(cfg: &mut impl ConfigSpace, vendor: u16, device: u16) -> Option<Bdf>
 
 /// A memory BAR as firmware (or the guest) programmed it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[cfg_attr(target_os = "none", derive(defmt::Format))]
 pub struct MemBar {
     /// Base address (low 4 flag bits removed).
     pub addr: u64,
     /// Whether the BAR is a 64-bit BAR (it then uses the next BAR register too).
     pub is_64: bool,
+}
+
+#[cfg(target_os = "none")]
+impl defmt::Format for MemBar {
+    fn format(&self, f: defmt::Formatter) {
+        let width = if self.is_64 { "64" } else { "32" };
+        defmt::write!(f, "{=u64:#x} ({=str}-bit)", self.addr, width)
+    }
 }
 
 /// Reads memory BAR `index` (0..6) of a type 0 function. `None` for an I/O BAR, an

@@ -1,0 +1,68 @@
+//! The table of QEMU images the runner knows: how to build each and how to boot it.
+
+/// How an image's two output channels (plain-text console, defmt frames) leave QEMU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Channels {
+    /// Two UARTs: the first is the console, the second carries only defmt frames. Each is
+    /// given to QEMU as `-serial file:<path>`.
+    TwoSerials,
+}
+
+/// One bootable image.
+#[derive(Clone, Copy, Debug)]
+pub struct Target {
+    /// Name given on the command line (`qemu -- <name>`).
+    pub name: &'static str,
+    /// One line saying what the image checks.
+    pub about: &'static str,
+    /// Rust target triple the image is built for.
+    pub rust_target: &'static str,
+    /// Cargo package holding the image's binary.
+    pub package: &'static str,
+    /// The image's binary.
+    pub bin: &'static str,
+    /// The QEMU system emulator.
+    pub qemu: &'static str,
+    /// QEMU arguments before the output channels and `-kernel <elf>`.
+    pub qemu_args: &'static [&'static str],
+    /// How the console and the defmt stream leave QEMU.
+    pub channels: Channels,
+    /// QEMU's exit status when the image reports success.
+    pub success_status: i32,
+}
+
+/// Every image the runner can boot.
+pub const TARGETS: &[Target] = &[Target {
+    name: "vtd",
+    about: "x86_64 q35 + intel-iommu (VT-d) + edu: protocol client, server and VT-d backend",
+    rust_target: "x86_64-unknown-none",
+    package: "iommu-platform",
+    bin: "vtd",
+    qemu: "qemu-system-x86_64",
+    qemu_args: &[
+        "-machine",
+        "q35",
+        "-device",
+        "intel-iommu,intremap=off",
+        "-device",
+        "edu",
+        "-device",
+        "isa-debug-exit,iobase=0xf4,iosize=0x04",
+        "-m",
+        "256M",
+        "-display",
+        "none",
+        "-nodefaults",
+        // A triple fault then ends QEMU (status 0, a failure) instead of rebooting forever.
+        "-no-reboot",
+    ],
+    channels: Channels::TwoSerials,
+    // isa-debug-exit: status = (value << 1) | 1; the image writes 0x10 for success
+    // (iommu_platform::x86::EXIT_SUCCESS).
+    success_status: 33,
+}];
+
+/// The target named `name`.
+pub fn find(name: &str) -> Option<&'static Target> {
+    TARGETS.iter().find(|t| t.name == name)
+}
