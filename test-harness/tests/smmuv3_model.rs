@@ -792,3 +792,45 @@ fn event_queue_registers_live_in_page_1() {
     q.regs.write32(0xa8, 5);
     assert_eq!(q.regs.read32(regs::EVENTQ_PROD), 5);
 }
+
+#[test]
+fn invalidation_completes_only_at_cmd_sync() {
+    let mut r = rig();
+    r.stream(8);
+    let root = r.root;
+    r.map(root, 0x3000, 3, DATA | RW_PAGE);
+    assert_eq!(r.smmu.translate(8, 0x3000, Access::Read), Ok(DATA));
+    r.map(root, 0x3000, 3, 0);
+    // Consumed (CONS passed it) but not complete without a CMD_SYNC (4.3.8).
+    r.tlbi_va(1, 0x3000, true);
+    let prod = r.regs.read32(regs::CMDQ_PROD);
+    assert_eq!(r.regs.read32(regs::CMDQ_CONS) & 0xfffff, prod);
+    assert_eq!(r.smmu.borrow().pending_invalidations(), 1);
+    assert_eq!(r.smmu.translate(8, 0x3000, Access::Read), Ok(DATA));
+    r.sync();
+    assert!(r.smmu.translate(8, 0x3000, Access::Read).is_err());
+    // QEMU-like immediate completion when the knob is off.
+    let mut q = Rig::new(SmmuConfig {
+        complete_invalidation_at_sync: false,
+        ..SmmuConfig::default()
+    });
+    q.enable_linear();
+    q.stream(8);
+    let root = q.root;
+    q.map(root, 0x3000, 3, DATA | RW_PAGE);
+    assert!(q.smmu.translate(8, 0x3000, Access::Read).is_ok());
+    q.map(root, 0x3000, 3, 0);
+    q.tlbi_va(1, 0x3000, true);
+    assert!(q.smmu.translate(8, 0x3000, Access::Read).is_err());
+}
+
+#[test]
+fn config_error_records_carry_only_stream_ids() {
+    let mut r = rig();
+    assert!(r.smmu.translate(33, 0xabc000, Access::Read).is_err());
+    let evs = r.take_events(4);
+    assert_eq!(evs.len(), 1);
+    assert_eq!(ev_type(&evs[0]), 0x04);
+    assert_eq!(ev_sid(&evs[0]), 33);
+    assert_eq!((evs[0][1], evs[0][2], evs[0][3]), (0, 0, 0));
+}

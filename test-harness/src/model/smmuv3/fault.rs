@@ -96,12 +96,12 @@ pub enum FaultClass {
 
 /// One 32-byte event record (7.3), decoded.
 ///
-/// Layout: dword0 = type[7:0], SSV[11], SubstreamID[31:12], StreamID[63:32];
-/// dword1 = STAG[15:0], Stall[31], PnU[33], InD[34], RnW[35], S2[39], CLASS[41:40];
-/// dword2 = InputAddr[63:0]; dword3 = IPA / fetch address (bits [55:0]).
+/// Layout: dword0 = type \[7:0\], SSV \[11\], SubstreamID \[31:12\], StreamID \[63:32\];
+/// dword1 = STAG \[15:0\], Stall \[31\], PnU \[33\], InD \[34\], RnW \[35\], S2 \[39\], CLASS \[41:40\];
+/// dword2 = InputAddr \[63:0\]; dword3 = IPA / fetch address (bits \[55:0\]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Event {
-    /// Event number (type[7:0]).
+    /// Event number (type \[7:0\]).
     pub code: u8,
     /// StreamID of the transaction.
     pub sid: u32,
@@ -201,9 +201,9 @@ pub enum RecordOutcome {
 pub struct EventQueue {
     /// SMMU_EVENTQ_BASE as written.
     pub base: u64,
-    /// SMMU_EVENTQ_PROD: WR (index and wrap) and OVFLG[31].
+    /// SMMU_EVENTQ_PROD: WR (index and wrap) and OVFLG \[31\].
     pub prod: u32,
-    /// SMMU_EVENTQ_CONS: RD (index and wrap) and OVACKFLG[31].
+    /// SMMU_EVENTQ_CONS: RD (index and wrap) and OVACKFLG \[31\].
     pub cons: u32,
 }
 

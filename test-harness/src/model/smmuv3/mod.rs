@@ -15,7 +15,9 @@
 //!   global entries survive TLBI by ASID. A driver that invalidates too narrowly sees stale
 //!   translations ([`SmmuStats::stale_hits`] counts hits that disagree with memory);
 //! - the Command queue (processed on CMDQ_PROD writes, CERROR_ILL stops it until GERRORN
-//!   acknowledges) and the Event queue (overflow flag).
+//!   acknowledges; by default invalidations take effect only when a later CMD_SYNC is
+//!   consumed, as 4.3.8 allows, see [`SmmuConfig::complete_invalidation_at_sync`]) and the
+//!   Event queue (overflow flag).
 //!
 //! Behaviour when SMMUEN == 0: transactions bypass untranslated unless GBPA.ABORT == 1
 //! (QEMU resets ABORT to 0; [`SmmuConfig::gbpa_abort_at_reset`] changes that).
@@ -198,6 +200,7 @@ pub struct SmmuModel {
     cmdq: CommandQueue,
     eventq: EventQueue,
     cons_reads_left: Option<u32>,
+    pending_invalidations: Vec<Command>,
     misc: BTreeMap<usize, u32>,
     l1std_cache: HashMap<u32, u64>,
     ste_cache: HashMap<u32, Ste>,
@@ -208,8 +211,9 @@ pub struct SmmuModel {
     pub stats: SmmuStats,
     /// Every event the SMMU tried to record, whether or not it reached the queue.
     pub event_log: Vec<Event>,
-    /// Driver mistakes the model noticed (writes to guarded registers while enabled, wrong
-    /// access widths, Reserved offsets, GBPA writes without Update, ...), in order.
+    /// Driver mistakes the model noticed, in order: writes to guarded registers while enabled,
+    /// wrong access widths, Reserved offsets, GBPA writes without Update, and the reason for
+    /// every C_BAD_STE / C_BAD_CD.
     pub misuse: Vec<String>,
 }
 
@@ -238,6 +242,7 @@ impl SmmuModel {
             cmdq: CommandQueue::default(),
             eventq: EventQueue::default(),
             cons_reads_left: None,
+            pending_invalidations: Vec::new(),
             misc: BTreeMap::new(),
             l1std_cache: HashMap::new(),
             ste_cache: HashMap::new(),
@@ -651,6 +656,27 @@ impl SmmuModel {
 
     fn execute(&mut self, cmd: Command) {
         match cmd {
+            Command::Sync { .. } => {
+                // 4.3.8: a CMD_SYNC is consumed only once all prior invalidations completed.
+                for c in std::mem::take(&mut self.pending_invalidations) {
+                    self.apply(c);
+                }
+                self.apply(cmd);
+            }
+            Command::Prefetch | Command::StallControl => {}
+            _ if self.cfg.complete_invalidation_at_sync => self.pending_invalidations.push(cmd),
+            _ => self.apply(cmd),
+        }
+    }
+
+    /// Number of consumed invalidation commands still waiting for a CMD_SYNC to take effect
+    /// (with [`SmmuConfig::complete_invalidation_at_sync`]).
+    pub fn pending_invalidations(&self) -> usize {
+        self.pending_invalidations.len()
+    }
+
+    fn apply(&mut self, cmd: Command) {
+        match cmd {
             Command::Prefetch | Command::StallControl | Command::TlbiEl2 | Command::TlbiS2Ipa => {}
             Command::CfgiSte { sid, leaf } => {
                 self.ste_cache.remove(&sid);
@@ -780,11 +806,10 @@ impl SmmuModel {
         }
     }
 
-    fn config_error(&mut self, kind: EventType, sid: u32, iova: u64, access: Access) -> SmmuFault {
-        let mut ev = Event::new(kind, sid);
-        ev.input_addr = iova;
-        ev.rnw = access == Access::Read;
-        let recorded = self.record(ev);
+    fn config_error(&mut self, kind: EventType, sid: u32) -> SmmuFault {
+        // C_BAD_STREAMID/C_BAD_STE/C_BAD_CD carry only StreamID and SubstreamID (7.3.3-7.3.11);
+        // the rest of the record is RES0.
+        let recorded = self.record(Event::new(kind, sid));
         SmmuFault::Terminated {
             event: kind,
             recorded,
@@ -869,7 +894,7 @@ impl SmmuModel {
             Ok(s) => s,
             Err(EventType::CBadStreamId) => {
                 if self.cr2 & CR2_RECINVSID != 0 {
-                    return Err(self.config_error(EventType::CBadStreamId, sid, iova, access));
+                    return Err(self.config_error(EventType::CBadStreamId, sid));
                 }
                 return Err(SmmuFault::Terminated {
                     event: EventType::CBadStreamId,
@@ -877,10 +902,10 @@ impl SmmuModel {
                     abort: true,
                 });
             }
-            Err(e) => return Err(self.config_error(e, sid, iova, access)),
+            Err(e) => return Err(self.config_error(e, sid)),
         };
         if !ste.valid() {
-            return Err(self.config_error(EventType::CBadSte, sid, iova, access));
+            return Err(self.config_error(EventType::CBadSte, sid));
         }
         match ste.config() {
             SteConfig::Abort => return Err(SmmuFault::SteAbort),
@@ -904,7 +929,7 @@ impl SmmuModel {
                 self.note(format!(
                     "STE {sid} enables stage 2, which this model does not walk"
                 ));
-                return Err(self.config_error(EventType::CBadSte, sid, iova, access));
+                return Err(self.config_error(EventType::CBadSte, sid));
             }
             SteConfig::S1Translate => {}
         }
@@ -912,7 +937,7 @@ impl SmmuModel {
             Ok(v) => v,
             Err(why) => {
                 self.note(format!("C_BAD_STE for StreamID {sid}: {why}"));
-                return Err(self.config_error(EventType::CBadSte, sid, iova, access));
+                return Err(self.config_error(EventType::CBadSte, sid));
             }
         };
         let cd = self.lookup_cd(sid, &ste);
@@ -920,7 +945,7 @@ impl SmmuModel {
             Ok(c) => c,
             Err(why) => {
                 self.note(format!("C_BAD_CD for StreamID {sid}: {why}"));
-                return Err(self.config_error(EventType::CBadCd, sid, iova, access));
+                return Err(self.config_error(EventType::CBadCd, sid));
             }
         };
         self.translate_s1(sid, &ctx, iova, access)

@@ -73,7 +73,7 @@ pub enum CmdError {
 /// Address-range parameters of TLBI-by-address commands (4.4.1.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TlbiRange {
-    /// Address[63:12] (bits [11:0] zero).
+    /// Address \[63:12\] (bits \[11:0\] zero).
     pub addr: u64,
     /// Leaf: only last-level entries need be invalidated; walk caches may be kept.
     pub leaf: bool,
@@ -177,7 +177,7 @@ pub enum Command {
     Sync {
         /// ComplSignal: 0 none, 1 IRQ, 2 SEV.
         cs: u8,
-        /// MSIAddress[55:2].
+        /// MSIAddress \[55:2\].
         msi_addr: u64,
         /// MSIData.
         msi_data: u32,
@@ -335,7 +335,7 @@ pub fn decode(c: &SmmuConfig, raw: [u64; 2]) -> Result<Command, CmdError> {
 }
 
 /// The Command queue registers: CMDQ_BASE, CMDQ_PROD (software-owned), CMDQ_CONS (SMMU-owned,
-/// with ERR[30:24]).
+/// with ERR \[30:24\]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CommandQueue {
     /// SMMU_CMDQ_BASE as written.

@@ -91,8 +91,8 @@ pub const CR2_RECINVSID: u32 = 1 << 1;
 pub const GBPA_UPDATE: u32 = 1 << 31;
 /// GBPA.ABORT, bit 20: abort all incoming transactions while SMMUEN == 0.
 pub const GBPA_ABORT: u32 = 1 << 20;
-/// GBPA fields other than Update and the RES0 bits: ABORT[20], INSTCFG[19:18], PRIVCFG[17:16],
-/// SHCFG[13:12], ALLOCCFG[11:8], MTCFG[4], MemAttr[3:0].
+/// GBPA fields other than Update and the RES0 bits: ABORT \[20\], INSTCFG \[19:18\], PRIVCFG \[17:16\],
+/// SHCFG \[13:12\], ALLOCCFG \[11:8\], MTCFG \[4\], MemAttr \[3:0\].
 pub const GBPA_FIELDS: u32 = 0x001f_3f1f;
 /// GBPA value at reset apart from ABORT: SHCFG = 0b01 (use incoming), as QEMU resets it.
 pub const GBPA_RESET: u32 = 0x0000_1000;
@@ -111,20 +111,20 @@ pub const IRQ_CTRL_GERROR_IRQEN: u32 = 1 << 0;
 /// IRQ_CTRL.EVENTQ_IRQEN, bit 2.
 pub const IRQ_CTRL_EVENTQ_IRQEN: u32 = 1 << 2;
 
-/// STRTAB_BASE.ADDR, bits [55:6] (6.3.24).
+/// STRTAB_BASE.ADDR, bits \[55:6\] (6.3.24).
 pub const STRTAB_BASE_ADDR_MASK: u64 = ((1u64 << 56) - 1) & !0x3f;
-/// STRTAB_BASE_CFG.FMT, bits [17:16]: 0b00 linear, 0b01 2-level (6.3.25).
+/// STRTAB_BASE_CFG.FMT, bits \[17:16\]: 0b00 linear, 0b01 2-level (6.3.25).
 pub const STRTAB_CFG_FMT_SHIFT: u32 = 16;
-/// STRTAB_BASE_CFG.SPLIT, bits [10:6].
+/// STRTAB_BASE_CFG.SPLIT, bits \[10:6\].
 pub const STRTAB_CFG_SPLIT_SHIFT: u32 = 6;
-/// STRTAB_BASE_CFG.LOG2SIZE, bits [5:0].
+/// STRTAB_BASE_CFG.LOG2SIZE, bits \[5:0\].
 pub const STRTAB_CFG_LOG2SIZE_MASK: u32 = 0x3f;
 
-/// {CMDQ,EVENTQ}_BASE.ADDR, bits [55:5] (6.3.26, 6.3.29).
+/// {CMDQ,EVENTQ}_BASE.ADDR, bits \[55:5\] (6.3.26, 6.3.29).
 pub const Q_BASE_ADDR_MASK: u64 = ((1u64 << 56) - 1) & !0x1f;
-/// {CMDQ,EVENTQ}_BASE.LOG2SIZE, bits [4:0].
+/// {CMDQ,EVENTQ}_BASE.LOG2SIZE, bits \[4:0\].
 pub const Q_BASE_LOG2SIZE_MASK: u64 = 0x1f;
-/// CMDQ_CONS.ERR, bits [30:24] (6.3.28).
+/// CMDQ_CONS.ERR, bits \[30:24\] (6.3.28).
 pub const CMDQ_CONS_ERR_SHIFT: u32 = 24;
 /// EVENTQ_PROD.OVFLG / EVENTQ_CONS.OVACKFLG, bit 31 (6.3.95, 6.3.96).
 pub const EVENTQ_OVFLG: u32 = 1 << 31;
@@ -133,7 +133,8 @@ pub const EVENTQ_OVFLG: u32 = 1 << 31;
 ///
 /// `Default` gives QEMU 10.0's `virt,iommu=smmuv3` (IDR0 = 0x0d44101b, IDR1 SIDSIZE 16,
 /// CMDQS = EVENTQS = 19, IDR3 HAD + RIL + BBML2, IDR5 OAS 44 bits with 4K/16K/64K granules,
-/// AIDR = SMMUv3.1) and immediate acknowledgement of every update.
+/// AIDR = SMMUv3.1) and immediate acknowledgement of every update; the strictness knobs
+/// (`complete_invalidation_at_sync`, `cache_invalid_structures`) are on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SmmuConfig {
     /// IDR0.S1P: stage 1 translation implemented.
@@ -193,6 +194,11 @@ pub struct SmmuConfig {
     pub cons_delay_reads: u32,
     /// Never consume commands (a hung SMMU), for testing timeouts.
     pub cmdq_hung: bool,
+    /// Consumed CFGI/TLBI commands take effect only when a later CMD_SYNC is consumed
+    /// (4.3.8: "the consumption of structure and TLB invalidation commands does not guarantee
+    /// invalidation completion"). Catches drivers that poll CONS instead of issuing CMD_SYNC.
+    /// QEMU applies them at once (false).
+    pub complete_invalidation_at_sync: bool,
     /// Page 1 aliases page 0 as in QEMU: EVENTQ_PROD/CONS also answer at 0xA8/0xAC. When false
     /// (real hardware), 0xA8/0xAC in page 0 are Reserved (RAZ/WI, counted as misuse).
     pub page1_alias: bool,
@@ -233,6 +239,7 @@ impl Default for SmmuConfig {
             ack_delay_reads: 0,
             cons_delay_reads: 0,
             cmdq_hung: false,
+            complete_invalidation_at_sync: true,
             page1_alias: true,
             incoming_privileged: false,
             cache_invalid_structures: true,
@@ -241,9 +248,9 @@ impl Default for SmmuConfig {
 }
 
 impl SmmuConfig {
-    /// SMMU_IDR0 (6.3.1): S2P[0], S1P[1], TTF[3:2] = 0b10 (AArch64), COHACC[4], HYP[9],
-    /// ASID16[12], MSI[13], SEV[14], VMID16[18], TTENDIAN[22:21] = 0b10 (little endian),
-    /// STALL_MODEL[25:24], TERM_MODEL[26], ST_LEVEL[28:27].
+    /// SMMU_IDR0 (6.3.1): S2P \[0\], S1P \[1\], TTF \[3:2\] = 0b10 (AArch64), COHACC \[4\], HYP \[9\],
+    /// ASID16 \[12\], MSI \[13\], SEV \[14\], VMID16 \[18\], TTENDIAN \[22:21\] = 0b10 (little endian),
+    /// STALL_MODEL \[25:24\], TERM_MODEL \[26\], ST_LEVEL \[28:27\].
     pub fn idr0(&self) -> u32 {
         (self.s2p as u32)
             | (self.s1p as u32) << 1
@@ -259,18 +266,18 @@ impl SmmuConfig {
             | (self.term_model as u32) << 26
             | (self.st_level_2 as u32) << 27
     }
-    /// SMMU_IDR1 (6.3.2): SIDSIZE[5:0], SSIDSIZE[10:6] = 0, PRIQS[15:11] = 0,
-    /// EVENTQS[20:16], CMDQS[25:21].
+    /// SMMU_IDR1 (6.3.2): SIDSIZE \[5:0\], SSIDSIZE \[10:6\] = 0, PRIQS \[15:11\] = 0,
+    /// EVENTQS \[20:16\], CMDQS \[25:21\].
     pub fn idr1(&self) -> u32 {
         (self.sidsize as u32 & 0x3f)
             | (self.eventqs as u32 & 0x1f) << 16
             | (self.cmdqs as u32 & 0x1f) << 21
     }
-    /// SMMU_IDR3 (6.3.4): HAD[2], RIL[10], BBML[12:11].
+    /// SMMU_IDR3 (6.3.4): HAD \[2\], RIL \[10\], BBML \[12:11\].
     pub fn idr3(&self) -> u32 {
         (self.had as u32) << 2 | (self.ril as u32) << 10 | (self.bbml as u32 & 3) << 11
     }
-    /// SMMU_IDR5 (6.3.6): OAS[2:0], GRAN4K[4], GRAN16K[5], GRAN64K[6], VAX[11:10] = 0 (48 bit).
+    /// SMMU_IDR5 (6.3.6): OAS \[2:0\], GRAN4K \[4\], GRAN16K \[5\], GRAN64K \[6\], VAX \[11:10\] = 0 (48 bit).
     pub fn idr5(&self) -> u32 {
         (self.oas as u32 & 7)
             | (self.gran4k as u32) << 4

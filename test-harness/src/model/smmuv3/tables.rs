@@ -1,8 +1,8 @@
 //! Configuration structures (Stream table, STE, CD: IHI 0070 chapter 5) and the stage-1
 //! translation table walk (VMSAv8-64, 4 KiB granule, as referenced by 3.3 and 5.4).
 //!
-//! Level numbering is the Arm one: the walk starts at level 0 (VA[47:39]), 1 (VA[38:30]),
-//! 2 (VA[29:21]) or 3 (VA[20:12]) depending on T0SZ; blocks exist at levels 1 (1 GiB) and
+//! Level numbering is the Arm one: the walk starts at level 0 (VA \[47:39\]), 1 (VA \[38:30\]),
+//! 2 (VA \[29:21\]) or 3 (VA \[20:12\]) depending on T0SZ; blocks exist at levels 1 (1 GiB) and
 //! 2 (2 MiB), pages at level 3 (4 KiB).
 
 use crate::sim::SharedMem;
@@ -10,7 +10,7 @@ use crate::sim::SharedMem;
 use super::fault::EventType;
 use super::regs::{SmmuConfig, bit, bits, ips_bits};
 
-/// STE.Config (5.2, bits [3:1]).
+/// STE.Config (5.2, bits \[3:1\]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SteConfig {
     /// 0b000 (and the Reserved 0b0xx): abort, no event recorded.
@@ -34,7 +34,7 @@ impl Ste {
     pub fn valid(&self) -> bool {
         bit(self.0[0], 0)
     }
-    /// Config, bits [3:1].
+    /// Config, bits \[3:1\].
     pub fn config(&self) -> SteConfig {
         match bits(self.0[0], 3, 1) {
             0b100 => SteConfig::Bypass,
@@ -44,15 +44,15 @@ impl Ste {
             _ => SteConfig::Abort,
         }
     }
-    /// S1Fmt, bits [5:4].
+    /// S1Fmt, bits \[5:4\].
     pub fn s1fmt(&self) -> u64 {
         bits(self.0[0], 5, 4)
     }
-    /// S1ContextPtr, bits [55:6] (a PA when stage 2 bypasses).
+    /// S1ContextPtr, bits \[55:6\] (a PA when stage 2 bypasses).
     pub fn s1_context_ptr(&self) -> u64 {
         self.0[0] & (((1u64 << 56) - 1) & !0x3f)
     }
-    /// S1CDMax, bits [63:59].
+    /// S1CDMax, bits \[63:59\].
     pub fn s1cdmax(&self) -> u64 {
         bits(self.0[0], 63, 59)
     }
@@ -60,19 +60,19 @@ impl Ste {
     pub fn s1stalld(&self) -> bool {
         bit(self.0[1], 27)
     }
-    /// EATS, bits [93:92].
+    /// EATS, bits \[93:92\].
     pub fn eats(&self) -> u64 {
         bits(self.0[1], 29, 28)
     }
-    /// STRW, bits [95:94]: 0b00 NS-EL1, 0b10 EL2 / EL2-E2H.
+    /// STRW, bits \[95:94\]: 0b00 NS-EL1, 0b10 EL2 / EL2-E2H.
     pub fn strw(&self) -> u64 {
         bits(self.0[1], 31, 30)
     }
-    /// PRIVCFG, bits [113:112]: 0b0x use incoming, 0b10 unprivileged, 0b11 privileged.
+    /// PRIVCFG, bits \[113:112\]: 0b0x use incoming, 0b10 unprivileged, 0b11 privileged.
     pub fn privcfg(&self) -> u64 {
         bits(self.0[1], 49, 48)
     }
-    /// S2VMID, bits [143:128].
+    /// S2VMID, bits \[143:128\].
     pub fn s2vmid(&self) -> u16 {
         bits(self.0[2], 15, 0) as u16
     }
@@ -83,11 +83,11 @@ impl Ste {
 pub struct Cd(pub [u64; 8]);
 
 impl Cd {
-    /// T0SZ, bits [5:0].
+    /// T0SZ, bits \[5:0\].
     pub fn t0sz(&self) -> u32 {
         bits(self.0[0], 5, 0) as u32
     }
-    /// TG0, bits [7:6]: 0b00 4 KiB, 0b01 64 KiB, 0b10 16 KiB.
+    /// TG0, bits \[7:6\]: 0b00 4 KiB, 0b01 64 KiB, 0b10 16 KiB.
     pub fn tg0(&self) -> u64 {
         bits(self.0[0], 7, 6)
     }
@@ -99,11 +99,11 @@ impl Cd {
     pub fn endi(&self) -> bool {
         bit(self.0[0], 15)
     }
-    /// T1SZ, bits [21:16].
+    /// T1SZ, bits \[21:16\].
     pub fn t1sz(&self) -> u32 {
         bits(self.0[0], 21, 16) as u32
     }
-    /// TG1, bits [23:22]: 0b01 16 KiB, 0b10 4 KiB, 0b11 64 KiB.
+    /// TG1, bits \[23:22\]: 0b01 16 KiB, 0b10 4 KiB, 0b11 64 KiB.
     pub fn tg1(&self) -> u64 {
         bits(self.0[0], 23, 22)
     }
@@ -115,7 +115,7 @@ impl Cd {
     pub fn valid(&self) -> bool {
         bit(self.0[0], 31)
     }
-    /// IPS, bits [34:32].
+    /// IPS, bits \[34:32\].
     pub fn ips(&self) -> u64 {
         bits(self.0[0], 34, 32)
     }
@@ -163,7 +163,7 @@ impl Cd {
     pub fn aset(&self) -> bool {
         bit(self.0[0], 47)
     }
-    /// ASID, bits [63:48].
+    /// ASID, bits \[63:48\].
     pub fn asid(&self) -> u16 {
         bits(self.0[0], 63, 48) as u16
     }
@@ -171,7 +171,7 @@ impl Cd {
     pub fn had0(&self) -> bool {
         bit(self.0[1], 1)
     }
-    /// TTB0, bits [119:68]: the table address bits [51:4].
+    /// TTB0, bits \[119:68\]: the table address bits \[51:4\].
     pub fn ttb0(&self) -> u64 {
         self.0[1] & (((1u64 << 52) - 1) & !0xf)
     }
@@ -179,11 +179,11 @@ impl Cd {
     pub fn had1(&self) -> bool {
         bit(self.0[2], 1)
     }
-    /// TTB1, bits [183:132].
+    /// TTB1, bits \[183:132\].
     pub fn ttb1(&self) -> u64 {
         self.0[2] & (((1u64 << 52) - 1) & !0xf)
     }
-    /// MAIR0/MAIR1, bits [255:192].
+    /// MAIR0/MAIR1, bits \[255:192\].
     pub fn mair(&self) -> u64 {
         self.0[3]
     }
@@ -255,8 +255,8 @@ impl StreamTable {
         let base = self.base & super::regs::STRTAB_BASE_ADDR_MASK & !((1u64 << align_log2) - 1);
         base + 64 * sid as u64
     }
-    /// Address of the STE for `sid` under the L1STD `l1std` (5.1): Span in [4:0], L2Ptr in
-    /// [55:6]; the level-2 table holds 2^(Span-1) STEs and is aligned to its size.
+    /// Address of the STE for `sid` under the L1STD `l1std` (5.1): Span in \[4:0\], L2Ptr in
+    /// \[55:6\]; the level-2 table holds 2^(Span-1) STEs and is aligned to its size.
     pub fn l2_ste_addr(&self, l1std: u64, sid: u32) -> Result<u64, StreamTableError> {
         let span = bits(l1std, 4, 0) as u32;
         if span == 0 || span > self.split() + 1 || span > 11 {
@@ -419,9 +419,9 @@ pub fn start_level(ia_bits: u32) -> u32 {
 /// APTable restrictions accumulated from table descriptors (bits 62:61).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
 pub struct ApTable {
-    /// APTable[0] (bit 61) seen: no unprivileged access below.
+    /// APTable \[0\] (bit 61) seen: no unprivileged access below.
     pub no_el0: bool,
-    /// APTable[1] (bit 62) seen: no write access below.
+    /// APTable \[1\] (bit 62) seen: no write access below.
     pub no_write: bool,
 }
 
@@ -447,7 +447,7 @@ impl Leaf {
     pub fn non_global(&self) -> bool {
         bit(self.desc, 11)
     }
-    /// AP[2:1], bits [7:6].
+    /// AP \[2:1\], bits \[7:6\].
     pub fn ap(&self) -> u64 {
         bits(self.desc, 7, 6)
     }
@@ -480,7 +480,7 @@ impl WalkCache for NoWalkCache {
     fn insert(&mut self, _level: u32, _va: u64, _table: u64, _ap: ApTable) {}
 }
 
-/// Output address bits of a descriptor for the 4 KiB granule: [47:12] plus [51:48], which are
+/// Output address bits of a descriptor for the 4 KiB granule: \[47:12\] plus \[51:48\], which are
 /// RES0 without 52-bit support and so produce an Address Size fault when set.
 fn desc_oa(desc: u64) -> u64 {
     desc & 0x000f_ffff_ffff_f000
@@ -597,7 +597,7 @@ pub fn select_half(ctx: &S1Context, va: u64) -> Option<usize> {
 }
 
 /// Permission check for a data access through a leaf (AArch64 stage 1, EL1&0 regime):
-/// AP[2] = read-only, AP[1] = unprivileged access allowed, APTable and PAN applied.
+/// AP \[2\] = read-only, AP \[1\] = unprivileged access allowed, APTable and PAN applied.
 pub fn permits(ctx: &S1Context, leaf_ap: u64, ap_table: ApTable, write: bool) -> bool {
     let ro = leaf_ap & 0b10 != 0 || ap_table.no_write;
     let el0 = leaf_ap & 0b01 != 0 && !ap_table.no_el0;
