@@ -8,5 +8,7 @@
 
 pub mod sim;
 pub mod walker;
+pub mod mock;
 pub mod model;
 pub mod conformance;
+pub mod server_suite;

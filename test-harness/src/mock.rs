@@ -1,0 +1,625 @@
+//! A mock IOMMU backend for message-level tests of the server.
+//!
+//! The tables are the hal engine's (the server builds them); everything the hardware does is
+//! modelled here on its own, independently of hal:
+//! - its own page walk, using the reference walkers of [`crate::walker`] entry by entry;
+//! - an IOTLB that keeps every translation it loaded (per tag, per page, with the leaf size)
+//!   until an invalidation covers it, a paging-structure cache that keeps the pointer to the
+//!   last-level table it walked through until an invalidation with `tables_removed` (or a
+//!   domain-wide one) drops it, and, when the unit caches not-present entries, a negative
+//!   cache of faulting pages: a missing or too-narrow invalidation lets a stale DMA succeed;
+//! - a context table (device -> blocked / domain) with its own context cache, filled on a DMA
+//!   miss and dropped by `attach`/`block` as the [`Backend`] contract promises;
+//! - fault records for every faulting access, in a bounded per-unit log with an overflow flag.
+//!
+//! It is configurable ([`MockSpec`]) and takes injected failures ([`Inject`]) to drive the
+//! server's error paths.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::marker::PhantomData;
+use std::vec::Vec;
+
+use iommu_hal::backend::{
+    Backend, DomainConfig, Error as BackendError, ErrorKind, FaultReason, FaultRecord, UnitIndex,
+    UnitInfo,
+};
+use iommu_hal::pagetable::{Format, Gather, LeafSizes};
+use iommu_hal::{FrameAlloc, PhysMem};
+
+use crate::sim::SharedMem;
+use crate::walker::{Access, Malformed, RefWalker, Step};
+
+/// What the mock's units look like.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MockSpec {
+    /// Number of units.
+    pub units: usize,
+    /// Input address width of every unit.
+    pub addr_width: u32,
+    /// Leaf sizes every unit reports.
+    pub leaf_sizes: LeafSizes,
+    /// Units that cache not-present entries (bit `u` = unit `u`).
+    pub caches_not_present: u64,
+    /// Whether live blocks may be split in place.
+    pub split_live_blocks: bool,
+    /// Highest usable domain tag.
+    pub max_tag: u16,
+    /// Fault records a unit holds before it overflows.
+    pub fault_slots: usize,
+}
+
+impl Default for MockSpec {
+    fn default() -> Self {
+        MockSpec {
+            units: 1,
+            addr_width: 48,
+            leaf_sizes: LeafSizes::STANDARD,
+            caches_not_present: 0,
+            split_live_blocks: true,
+            max_tag: 255,
+            fault_slots: 8,
+        }
+    }
+}
+
+/// Failures to inject. Each `Option<u64>` counts down: `Some(0)` fails the next call (then
+/// becomes `None`), `Some(n)` lets `n` calls pass first. The `*_always` flags fail every call.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Inject {
+    /// Fail an `invalidate` / `invalidate_all` call (with a timeout).
+    pub invalidate: Option<u64>,
+    /// Fail every `invalidate` / `invalidate_all` call (with a timeout).
+    pub invalidate_always: bool,
+    /// Fail an `attach` call (hardware error).
+    pub attach: Option<u64>,
+    /// Fail every `block` call (timeout).
+    pub block_always: bool,
+}
+
+fn countdown(c: &mut Option<u64>) -> bool {
+    match c {
+        Some(0) => {
+            *c = None;
+            true
+        }
+        Some(n) => {
+            *n -= 1;
+            false
+        }
+        None => false,
+    }
+}
+
+/// The mock's error.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MockError {
+    /// Injected: a wait timed out.
+    Timeout,
+    /// Injected: the unit reported an error.
+    Hardware,
+    /// The unit index or device id is out of range.
+    BadDevice,
+}
+
+impl BackendError for MockError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            MockError::Timeout => ErrorKind::Timeout,
+            MockError::Hardware => ErrorKind::Hardware,
+            MockError::BadDevice => ErrorKind::BadDevice,
+        }
+    }
+}
+
+/// A context entry as the mock's "hardware" sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Context {
+    /// DMA of the device faults.
+    Blocked,
+    /// DMA of the device is translated through a domain.
+    Domain(DomainConfig),
+}
+
+/// One invalidation as the mock received it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Invalidation {
+    /// `invalidate`: a gather's span and whether tables were removed.
+    Range {
+        /// Unit.
+        unit: UnitIndex,
+        /// Domain tag.
+        tag: u16,
+        /// Inclusive IOVA span, if any leaf changed.
+        span: Option<(u64, u64)>,
+        /// Whether paging-structure caches were invalidated too.
+        tables: bool,
+    },
+    /// `invalidate_all`.
+    All {
+        /// Unit.
+        unit: UnitIndex,
+        /// Domain tag.
+        tag: u16,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct TlbEntry {
+    size: u64,
+    phys: u64,
+    read: bool,
+    write: bool,
+}
+
+#[derive(Debug, Default)]
+struct Unit {
+    /// The configured context entries (absent = blocked, as after reset with translation on).
+    context: BTreeMap<u32, Context>,
+    /// Cached context entries, used by DMA.
+    context_cache: BTreeMap<u32, Context>,
+    /// (tag, page base) -> translation of a page of `size`.
+    iotlb: BTreeMap<(u16, u64), TlbEntry>,
+    /// (tag, 4 KiB page) known not present (only on units caching not-present entries).
+    negative: BTreeSet<(u16, u64)>,
+    /// (tag, iova >> 21) -> (last-level table, rights above it).
+    walk_cache: BTreeMap<(u16, u64), (u64, Access)>,
+    faults: VecDeque<FaultRecord>,
+    overflowed: bool,
+    invalidations: u64,
+}
+
+/// A mock backend of `spec.units` units walking tables of format `F`, checked by the
+/// reference walker `W`.
+pub struct MockBackend<F: Format, W: RefWalker> {
+    mem: SharedMem,
+    spec: MockSpec,
+    units: Vec<Unit>,
+    /// Failures to inject.
+    pub inject: Inject,
+    /// Every invalidation received, in order.
+    pub log: Vec<Invalidation>,
+    /// Malformed entries met by walks (an engine bug; tests assert this stays empty).
+    pub malformed: Vec<Malformed>,
+    _f: PhantomData<(F, W)>,
+}
+
+impl<F: Format, W: RefWalker> MockBackend<F, W> {
+    /// A mock over `mem` (the memory the server builds its tables in).
+    pub fn new(mem: SharedMem, spec: MockSpec) -> Self {
+        MockBackend {
+            mem,
+            spec,
+            units: (0..spec.units).map(|_| Unit::default()).collect(),
+            inject: Inject::default(),
+            log: Vec::new(),
+            malformed: Vec::new(),
+            _f: PhantomData,
+        }
+    }
+
+    /// The spec the mock was built with.
+    pub fn spec(&self) -> MockSpec {
+        self.spec
+    }
+
+    /// Invalidation calls received by `unit` so far.
+    pub fn invalidations(&self, unit: UnitIndex) -> u64 {
+        self.units[unit].invalidations
+    }
+
+    /// Invalidation calls received by all units so far.
+    pub fn total_invalidations(&self) -> u64 {
+        self.units.iter().map(|u| u.invalidations).sum()
+    }
+
+    /// The context entry of `device` on `unit` (`Blocked` if never written).
+    pub fn context(&self, unit: UnitIndex, device: u32) -> Context {
+        self.units[unit]
+            .context
+            .get(&device)
+            .copied()
+            .unwrap_or(Context::Blocked)
+    }
+
+    /// Translations the IOTLB of `unit` holds.
+    pub fn iotlb_len(&self, unit: UnitIndex) -> usize {
+        self.units[unit].iotlb.len()
+    }
+
+    /// Records a fault as the unit would (for routing tests).
+    pub fn raise_fault(&mut self, rec: FaultRecord) {
+        let slots = self.spec.fault_slots;
+        let u = &mut self.units[rec.unit];
+        if u.faults.len() >= slots {
+            u.overflowed = true;
+        } else {
+            u.faults.push_back(rec);
+        }
+    }
+
+    /// One DMA of `len` bytes at `iova` by `device` behind `unit`: every 4 KiB page touched is
+    /// translated (through the caches); the first faulting page records a fault and ends it.
+    pub fn dma(
+        &mut self,
+        unit: UnitIndex,
+        device: u32,
+        iova: u64,
+        len: u64,
+        write: bool,
+    ) -> Result<(), FaultReason> {
+        if len == 0 {
+            return Ok(());
+        }
+        let last = iova.checked_add(len - 1).ok_or(FaultReason::AddressSize)?;
+        let mut page = iova & !0xfff;
+        loop {
+            self.translate(unit, device, page.max(iova), write)?;
+            match page.checked_add(0x1000) {
+                Some(p) if p <= last => page = p,
+                _ => return Ok(()),
+            }
+        }
+    }
+
+    /// Translates one access as the unit would: context cache, IOTLB, walk. A fault is
+    /// recorded in the unit's fault log and returned.
+    pub fn translate(
+        &mut self,
+        unit: UnitIndex,
+        device: u32,
+        iova: u64,
+        write: bool,
+    ) -> Result<u64, FaultReason> {
+        let r = self.translate_inner(unit, device, iova, write);
+        if let Err(reason) = r {
+            self.raise_fault(FaultRecord {
+                unit,
+                device,
+                iova: iova & !0xfff,
+                write,
+                reason,
+            });
+        }
+        r
+    }
+
+    fn translate_inner(
+        &mut self,
+        unit: UnitIndex,
+        device: u32,
+        iova: u64,
+        write: bool,
+    ) -> Result<u64, FaultReason> {
+        let mem = self.mem.clone();
+        let cnp = self.spec.caches_not_present & (1 << unit) != 0;
+        let u = &mut self.units[unit];
+        let ctx = match u.context_cache.get(&device) {
+            Some(c) => *c,
+            None => {
+                let c = u.context.get(&device).copied().unwrap_or(Context::Blocked);
+                u.context_cache.insert(device, c);
+                c
+            }
+        };
+        let Context::Domain(dom) = ctx else {
+            return Err(FaultReason::Blocked);
+        };
+        let tag = dom.tag;
+        let allow = |e: &TlbEntry| -> Result<u64, FaultReason> {
+            if (write && !e.write) || (!write && !e.read) {
+                Err(FaultReason::Permission)
+            } else {
+                Ok(e.phys + (iova & (e.size - 1)))
+            }
+        };
+        for size in [1u64 << 12, 1 << 21, 1 << 30, 1 << 39] {
+            if let Some(e) = u.iotlb.get(&(tag, iova & !(size - 1)))
+                && e.size == size
+            {
+                return allow(e);
+            }
+        }
+        let page = iova & !0xfff;
+        if cnp && u.negative.contains(&(tag, page)) {
+            return Err(FaultReason::NotPresent);
+        }
+        if dom.addr_width < 64 && iova >> dom.addr_width != 0 {
+            return Err(FaultReason::AddressSize);
+        }
+        let walked = {
+            let m = mem.borrow();
+            walk::<W>(
+                &m,
+                &dom,
+                iova,
+                u.walk_cache.get(&(tag, iova >> 21)).copied(),
+            )
+        };
+        match walked {
+            Err(m) => {
+                self.malformed.push(m);
+                Err(FaultReason::Other(0xffff))
+            }
+            Ok((None, _)) => {
+                if cnp {
+                    u.negative.insert((tag, page));
+                }
+                Err(FaultReason::NotPresent)
+            }
+            Ok((Some(e), pt)) => {
+                if let Some(pt) = pt {
+                    u.walk_cache.insert((tag, iova >> 21), pt);
+                }
+                u.iotlb.insert((tag, iova & !(e.size - 1)), e);
+                allow(&e)
+            }
+        }
+    }
+}
+
+/// Walks `dom`'s table for `iova`, starting from the cached last-level table if given.
+/// Returns the leaf (if present) and the last-level table pointer walked through.
+#[allow(clippy::type_complexity)]
+fn walk<W: RefWalker>(
+    mem: &crate::sim::SimMemory,
+    dom: &DomainConfig,
+    iova: u64,
+    cached: Option<(u64, Access)>,
+) -> Result<(Option<TlbEntry>, Option<(u64, Access)>), Malformed> {
+    let levels = W::levels(dom.addr_width).expect("mock: unsupported address width");
+    let top = levels - 1;
+    let (mut level, mut table, mut acc) = match cached {
+        Some((pt, acc)) => (0, pt, acc),
+        None => (top, dom.root, Access::ALL),
+    };
+    let mut pt = cached;
+    loop {
+        let shift = 12 + 9 * level;
+        let bits = if level == top {
+            dom.addr_width - shift
+        } else {
+            9
+        };
+        let idx = (iova >> shift) & ((1u64 << bits) - 1);
+        let entry = mem.read(table + idx * 8);
+        match W::step(entry, level, top, acc)? {
+            Step::NotPresent => return Ok((None, pt)),
+            Step::Table {
+                addr,
+                next_level,
+                access,
+            } => {
+                if next_level >= level {
+                    return Ok((None, pt));
+                }
+                table = addr;
+                level = next_level;
+                acc = access;
+                if level == 0 {
+                    pt = Some((table, acc));
+                }
+            }
+            Step::Leaf { base, size, access } => {
+                if !access.read && !access.write {
+                    return Ok((None, pt));
+                }
+                return Ok((
+                    Some(TlbEntry {
+                        size,
+                        phys: base,
+                        read: access.read,
+                        write: access.write,
+                    }),
+                    pt,
+                ));
+            }
+        }
+    }
+}
+
+impl<F: Format, W: RefWalker> Backend for MockBackend<F, W> {
+    type Format = F;
+    type Error = MockError;
+
+    fn unit_count(&self) -> usize {
+        self.units.len()
+    }
+
+    fn unit_info(&self, unit: UnitIndex) -> UnitInfo {
+        let unit = if unit < self.units.len() { unit } else { 0 };
+        UnitInfo {
+            addr_width: self.spec.addr_width,
+            phys_width: 52,
+            leaf_sizes: self.spec.leaf_sizes,
+            caches_not_present: self.spec.caches_not_present & (1 << unit) != 0,
+            split_live_blocks: self.spec.split_live_blocks,
+            coherent_walk: true,
+            max_tag: self.spec.max_tag,
+        }
+    }
+
+    fn attach(
+        &mut self,
+        _alloc: &mut dyn FrameAlloc,
+        unit: UnitIndex,
+        device: u32,
+        domain: DomainConfig,
+    ) -> Result<(), MockError> {
+        if unit >= self.units.len() || device > 0xffff || domain.tag == 0 {
+            return Err(MockError::BadDevice);
+        }
+        if countdown(&mut self.inject.attach) {
+            return Err(MockError::Hardware);
+        }
+        let u = &mut self.units[unit];
+        u.context.insert(device, Context::Domain(domain));
+        u.context_cache.remove(&device);
+        Ok(())
+    }
+
+    fn block(&mut self, unit: UnitIndex, device: u32) -> Result<(), MockError> {
+        if unit >= self.units.len() || device > 0xffff {
+            return Err(MockError::BadDevice);
+        }
+        if self.inject.block_always {
+            return Err(MockError::Timeout);
+        }
+        let u = &mut self.units[unit];
+        u.context.insert(device, Context::Blocked);
+        u.context_cache.remove(&device);
+        Ok(())
+    }
+
+    fn invalidate(&mut self, unit: UnitIndex, tag: u16, gather: &Gather) -> Result<(), MockError> {
+        if unit >= self.units.len() {
+            return Err(MockError::BadDevice);
+        }
+        self.units[unit].invalidations += 1;
+        if self.inject.invalidate_always || countdown(&mut self.inject.invalidate) {
+            return Err(MockError::Timeout);
+        }
+        let span = gather.span();
+        let tables = gather.tables_removed();
+        self.log.push(Invalidation::Range {
+            unit,
+            tag,
+            span,
+            tables,
+        });
+        let u = &mut self.units[unit];
+        if let Some((s, l)) = span {
+            u.iotlb
+                .retain(|&(t, base), e| t != tag || base > l || base + (e.size - 1) < s);
+            u.negative
+                .retain(|&(t, page)| t != tag || page > l || page + 0xfff < s);
+            if tables {
+                u.walk_cache.retain(|&(t, region), _| {
+                    let base = region << 21;
+                    t != tag || base > l || base + ((1 << 21) - 1) < s
+                });
+            }
+        } else if tables {
+            u.walk_cache.retain(|&(t, _), _| t != tag);
+        }
+        Ok(())
+    }
+
+    fn invalidate_all(&mut self, unit: UnitIndex, tag: u16) -> Result<(), MockError> {
+        if unit >= self.units.len() {
+            return Err(MockError::BadDevice);
+        }
+        self.units[unit].invalidations += 1;
+        if self.inject.invalidate_always || countdown(&mut self.inject.invalidate) {
+            return Err(MockError::Timeout);
+        }
+        self.log.push(Invalidation::All { unit, tag });
+        let u = &mut self.units[unit];
+        u.iotlb.retain(|&(t, _), _| t != tag);
+        u.negative.retain(|&(t, _)| t != tag);
+        u.walk_cache.retain(|&(t, _), _| t != tag);
+        Ok(())
+    }
+
+    fn drain_faults(
+        &mut self,
+        unit: UnitIndex,
+        sink: &mut dyn FnMut(FaultRecord),
+    ) -> Result<bool, MockError> {
+        if unit >= self.units.len() {
+            return Err(MockError::BadDevice);
+        }
+        let u = &mut self.units[unit];
+        while let Some(f) = u.faults.pop_front() {
+            sink(f);
+        }
+        Ok(core::mem::take(&mut u.overflowed))
+    }
+}
+
+/// A mock whose PhysMem is the shared simulated memory (for symmetry with the server's `M`).
+impl<F: Format, W: RefWalker> MockBackend<F, W> {
+    /// The memory the mock walks.
+    pub fn mem(&self) -> &SharedMem {
+        &self.mem
+    }
+    /// Reads one 64-bit word as the walker would.
+    pub fn read_u64(&self, pa: u64) -> u64 {
+        self.mem.read_u64(pa)
+    }
+}
+
+/// The mock over the VT-d second-level format, checked by the VT-d reference walker.
+pub type VtdMock = MockBackend<iommu_hal::pagetable::format::VtdSl, crate::walker::VtdWalker>;
+
+/// The [`crate::server_suite`] fixture on the mock backend: two units, 48-bit, standard leaf
+/// sizes, a server over [`crate::server_suite::config`].
+pub struct MockFixture {
+    /// The server under test.
+    pub server: crate::server_suite::SuiteServer<VtdMock>,
+}
+
+impl MockFixture {
+    /// A fixture with a given mock spec (units forced to 2, `caches_not_present` from `setup`).
+    pub fn with_spec(
+        setup: &crate::server_suite::Setup,
+        notify: crate::server_suite::Recorder,
+        spec: MockSpec,
+    ) -> Self {
+        let mem = SharedMem::new();
+        let spec = MockSpec {
+            units: 2,
+            caches_not_present: setup.caches_not_present,
+            ..spec
+        };
+        let backend = VtdMock::new(mem.clone(), spec);
+        let alloc = crate::sim::SimAlloc::new(
+            mem.clone(),
+            crate::server_suite::POOL_BASE,
+            setup.pool_frames,
+        );
+        let server =
+            iommu_server::Server::new(backend, mem, alloc, notify, crate::server_suite::config())
+                .expect("suite configuration is valid");
+        MockFixture { server }
+    }
+}
+
+impl crate::server_suite::Fixture for MockFixture {
+    type Backend = VtdMock;
+
+    fn build(setup: &crate::server_suite::Setup, notify: crate::server_suite::Recorder) -> Self {
+        Self::with_spec(setup, notify, MockSpec::default())
+    }
+    fn server(&mut self) -> &mut crate::server_suite::SuiteServer<VtdMock> {
+        &mut self.server
+    }
+    fn server_ref(&self) -> &crate::server_suite::SuiteServer<VtdMock> {
+        &self.server
+    }
+    fn dma(
+        &mut self,
+        unit: usize,
+        rid: u32,
+        iova: u64,
+        write: bool,
+    ) -> Result<u64, crate::server_suite::Faulted> {
+        let b = self.server.backend_mut();
+        let r = b
+            .translate(unit, rid, iova, write)
+            .map_err(|_| crate::server_suite::Faulted);
+        assert!(
+            b.malformed.is_empty(),
+            "malformed entries: {:?}",
+            b.malformed
+        );
+        r
+    }
+    fn fail_invalidations(&mut self, on: bool) -> bool {
+        self.server.backend_mut().inject.invalidate_always = on;
+        true
+    }
+    fn fail_next_attach(&mut self) -> bool {
+        self.server.backend_mut().inject.attach = Some(0);
+        true
+    }
+}

@@ -1,0 +1,1926 @@
+//! The message-level suite of the server, generic over a [`Fixture`] (backend + memory + a way
+//! to issue DMA), so the same tests run on the mock backend ([`crate::mock`]) and on a
+//! register-level model behind a real hal backend.
+//!
+//! Every request is encoded with the protocol crate, handed to [`Server::handle`] as bytes, and
+//! the reply decoded. What a device can reach is checked by DMA through the fixture's
+//! hardware (its own walk and stale-keeping IOTLB), never by asking the server.
+//!
+//! Run all of it for a fixture with [`server_suite_tests!`](crate::server_suite_tests).
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::vec::Vec;
+
+use iommu_hal::backend::Backend;
+use iommu_protocol::{
+    DeviceHandle, DomainHandle, Error, FaultReason, IovaRange, MAX_MESSAGE, Perms, Reply, Request,
+    Segment, decode_reply, encode_request,
+};
+use iommu_server::{ClientConfig, ClientId, Config, DeviceGrant, Notify, RegionGrant, Server};
+
+use crate::sim::{SharedMem, SimAlloc};
+
+/// The server type every fixture builds: simulated memory, the simulated frame allocator, a
+/// recording notification hook; 4 clients, 16 domains, 16 devices, 8 queued faults per client.
+pub type SuiteServer<B> = Server<B, SharedMem, SimAlloc, Recorder, 4, 16, 16, 8>;
+
+/// Queued faults per client in [`SuiteServer`].
+pub const QUEUE: usize = 8;
+
+/// A [`Notify`] hook that records which clients were notified.
+#[derive(Clone, Debug, Default)]
+pub struct Recorder(pub Rc<RefCell<Vec<ClientId>>>);
+
+impl Notify for Recorder {
+    fn notify(&mut self, client: ClientId) {
+        self.0.borrow_mut().push(client);
+    }
+}
+
+impl Recorder {
+    /// Takes the recorded notifications.
+    pub fn take(&self) -> Vec<ClientId> {
+        core::mem::take(&mut *self.0.borrow_mut())
+    }
+}
+
+/// What a fixture must build.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Setup {
+    /// Units (of the two) that cache not-present entries (bit `u` = unit `u`).
+    pub caches_not_present: u64,
+    /// Frames in the page-table pool.
+    pub pool_frames: u64,
+}
+
+impl Default for Setup {
+    fn default() -> Self {
+        Setup {
+            caches_not_present: 0,
+            pool_frames: 4096,
+        }
+    }
+}
+
+/// First frame of the page-table pool (far from every client region).
+pub const POOL_BASE: u64 = 0x1_0000_0000;
+
+/// A DMA access faulted (the hardware recorded a fault).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Faulted;
+
+/// A domain's pages in the model: IOVA page -> (physical page, writable).
+pub type PageMap = BTreeMap<u64, (u64, bool)>;
+
+/// A backend plus its hardware, as the suite needs them.
+pub trait Fixture: Sized {
+    /// The backend the server drives.
+    type Backend: Backend;
+    /// Builds two units per `setup`, the table pool (`SimAlloc` over `POOL_BASE`, shared
+    /// memory), and a server over [`config()`] with `notify` as its hook.
+    fn build(setup: &Setup, notify: Recorder) -> Self;
+    /// The server.
+    fn server(&mut self) -> &mut SuiteServer<Self::Backend>;
+    /// The server, shared.
+    fn server_ref(&self) -> &SuiteServer<Self::Backend>;
+    /// One access by device `rid` behind `unit` to `iova`, through the hardware's caches:
+    /// the physical address reached, or `Err` if it faulted (the hardware records the fault).
+    fn dma(&mut self, unit: usize, rid: u32, iova: u64, write: bool) -> Result<u64, Faulted>;
+    /// Makes every invalidation fail (with a timeout) while `on`. Returns false if the fixture
+    /// cannot inject this (the test is then skipped).
+    fn fail_invalidations(&mut self, on: bool) -> bool;
+    /// Makes the next attach fail. Returns false if unsupported.
+    fn fail_next_attach(&mut self) -> bool;
+}
+
+/// Client A: three devices (two on unit 0, one on unit 1), three regions.
+pub const A: ClientId = ClientId(10);
+/// Client B: one device on unit 0, one region.
+pub const B: ClientId = ClientId(20);
+/// Client C: one device on unit 1, a large region, tiny quotas.
+pub const C: ClientId = ClientId(30);
+/// An id the configuration does not know.
+pub const STRANGER: ClientId = ClientId(99);
+/// A device on unit 0 no client owns.
+pub const UNOWNED: (usize, u32) = (0, 0x99);
+
+/// A's devices, as (unit, requester id); handle = index.
+pub static A_DEVICES: [DeviceGrant; 3] = [
+    DeviceGrant {
+        unit: 0,
+        device: 0x10,
+    },
+    DeviceGrant {
+        unit: 0,
+        device: 0x11,
+    },
+    DeviceGrant {
+        unit: 1,
+        device: 0x20,
+    },
+];
+/// A's memory: 64 MiB read-write, then 2 MiB read-only and an adjacent 2 MiB read-write.
+pub static A_REGIONS: [RegionGrant; 3] = [
+    RegionGrant {
+        base: 0x1000_0000,
+        len: 0x400_0000,
+        perms: iommu_hal::pagetable::Perms::RW,
+    },
+    RegionGrant {
+        base: 0x1800_0000,
+        len: 0x20_0000,
+        perms: iommu_hal::pagetable::Perms::R,
+    },
+    RegionGrant {
+        base: 0x1820_0000,
+        len: 0x20_0000,
+        perms: iommu_hal::pagetable::Perms::RW,
+    },
+];
+static B_DEVICES: [DeviceGrant; 1] = [DeviceGrant {
+    unit: 0,
+    device: 0x30,
+}];
+static B_REGIONS: [RegionGrant; 1] = [RegionGrant {
+    base: 0x4000_0000,
+    len: 0x400_0000,
+    perms: iommu_hal::pagetable::Perms::RW,
+}];
+static C_DEVICES: [DeviceGrant; 1] = [DeviceGrant {
+    unit: 1,
+    device: 0x40,
+}];
+static C_REGIONS: [RegionGrant; 1] = [RegionGrant {
+    base: 0x8000_0000,
+    len: 0x4000_0000,
+    perms: iommu_hal::pagetable::Perms::RW,
+}];
+/// A's limits.
+pub const A_MAX_DOMAINS: u32 = 4;
+/// A's frame quota.
+pub const A_MAX_FRAMES: u32 = 64;
+/// C's frame quota: a root and a few tables.
+pub const C_MAX_FRAMES: u32 = 6;
+
+static CLIENTS: [ClientConfig; 3] = [
+    ClientConfig {
+        id: A,
+        devices: &A_DEVICES,
+        regions: &A_REGIONS,
+        max_domains: A_MAX_DOMAINS,
+        max_table_frames: A_MAX_FRAMES,
+    },
+    ClientConfig {
+        id: B,
+        devices: &B_DEVICES,
+        regions: &B_REGIONS,
+        max_domains: 2,
+        max_table_frames: 64,
+    },
+    ClientConfig {
+        id: C,
+        devices: &C_DEVICES,
+        regions: &C_REGIONS,
+        max_domains: 1,
+        max_table_frames: C_MAX_FRAMES,
+    },
+];
+
+/// The x86 interrupt window, reserved in every domain.
+pub const MSI: IovaRange = IovaRange {
+    first: 0xfee0_0000,
+    last: 0xfeef_ffff,
+};
+static RESERVED: [IovaRange; 1] = [MSI];
+
+/// The configuration every fixture serves.
+pub fn config() -> Config {
+    Config {
+        clients: &CLIENTS,
+        reserved: &RESERVED,
+    }
+}
+
+/// `(unit, rid)` of client `c`'s device `h`.
+pub fn dev_of(c: ClientId, h: u32) -> (usize, u32) {
+    let cfg = CLIENTS.iter().find(|x| x.id == c).expect("known client");
+    let d = cfg.devices[h as usize];
+    (d.unit, d.device)
+}
+
+// ---- request helpers ----------------------------------------------------------------------
+
+/// Sends `req` from `client` as bytes and decodes the reply (which must decode).
+pub fn call<F: Fixture>(f: &mut F, client: ClientId, req: &Request) -> Reply {
+    let mut buf = [0u8; MAX_MESSAGE];
+    let n = encode_request(req, &mut buf).expect("request encodes");
+    let mut rep = [0u8; MAX_MESSAGE];
+    let m = f.server().handle(client, &buf[..n], &mut rep);
+    decode_reply(&rep[..m]).expect("the server always writes a valid reply")
+}
+
+/// Like [`call`], expecting an error reply.
+pub fn err<F: Fixture>(f: &mut F, client: ClientId, req: &Request) -> Error {
+    match call(f, client, req) {
+        Reply::Error(e) => e,
+        r => panic!("expected an error for {req:?}, got {r:?}"),
+    }
+}
+
+/// Like [`call`], expecting `Done`.
+pub fn done<F: Fixture>(f: &mut F, client: ClientId, req: &Request) {
+    match call(f, client, req) {
+        Reply::Done => {}
+        r => panic!("expected Done for {req:?}, got {r:?}"),
+    }
+}
+
+/// Creates a domain.
+pub fn create<F: Fixture>(f: &mut F, client: ClientId) -> DomainHandle {
+    match call(f, client, &Request::CreateDomain) {
+        Reply::DomainCreated { domain } => domain,
+        r => panic!("CreateDomain: {r:?}"),
+    }
+}
+
+/// A `Map` request.
+pub fn map_req(domain: DomainHandle, iova: u64, phys: u64, len: u64, perms: Perms) -> Request {
+    Request::Map {
+        domain,
+        iova,
+        phys,
+        len,
+        perms,
+    }
+}
+
+/// Maps, expecting success.
+pub fn map<F: Fixture>(
+    f: &mut F,
+    client: ClientId,
+    domain: DomainHandle,
+    iova: u64,
+    phys: u64,
+    len: u64,
+    perms: Perms,
+) {
+    done(f, client, &map_req(domain, iova, phys, len, perms));
+}
+
+/// Unmaps, expecting success; returns the bytes unmapped.
+pub fn unmap<F: Fixture>(
+    f: &mut F,
+    client: ClientId,
+    domain: DomainHandle,
+    iova: u64,
+    len: u64,
+) -> u64 {
+    match call(f, client, &Request::Unmap { domain, iova, len }) {
+        Reply::Unmapped { bytes } => bytes,
+        r => panic!("Unmap: {r:?}"),
+    }
+}
+
+/// Attaches, expecting success.
+pub fn attach<F: Fixture>(f: &mut F, client: ClientId, domain: DomainHandle, device: u32) {
+    done(
+        f,
+        client,
+        &Request::Attach {
+            domain,
+            device: DeviceHandle(device),
+        },
+    );
+}
+
+/// Queries: `Some((phys, perms))` or `None` for `NotMapped`.
+pub fn query<F: Fixture>(
+    f: &mut F,
+    client: ClientId,
+    domain: DomainHandle,
+    iova: u64,
+) -> Option<(u64, Perms)> {
+    match call(f, client, &Request::Query { domain, iova }) {
+        Reply::Translation { phys, perms } => Some((phys, perms)),
+        Reply::Error(Error::NotMapped) => None,
+        r => panic!("Query: {r:?}"),
+    }
+}
+
+/// DMA by client `c`'s device `h`.
+pub fn dma<F: Fixture>(
+    f: &mut F,
+    c: ClientId,
+    h: u32,
+    iova: u64,
+    write: bool,
+) -> Result<u64, Faulted> {
+    let (unit, rid) = dev_of(c, h);
+    f.dma(unit, rid, iova, write)
+}
+
+/// Fetches faults of `client`.
+pub fn faults<F: Fixture>(f: &mut F, client: ClientId) -> (Vec<iommu_protocol::FaultRecord>, u32) {
+    match call(f, client, &Request::Faults) {
+        Reply::Faults { records, lost } => (records.into_iter().collect(), lost),
+        r => panic!("Faults: {r:?}"),
+    }
+}
+
+/// Everything observable about the server's state for "nothing changed" checks: each
+/// client's usage, the pool's free list, and the DMA/Query view at `probes` of `domains`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Observed {
+    usage: Vec<Option<(u32, u64)>>,
+    /// Length and a hash of the pool's set of free frames.
+    free: (usize, u64),
+    in_use: u64,
+    views: Vec<Option<(u64, Perms)>>,
+    dmas: Vec<Result<u64, Faulted>>,
+}
+
+/// Observes the state: usage, pool, and for each `(client, domain)` the Query answer at every
+/// probe, and for each `(client, device)` the DMA result at every probe.
+pub fn observe<F: Fixture>(
+    f: &mut F,
+    domains: &[(ClientId, DomainHandle)],
+    devices: &[(ClientId, u32)],
+    probes: &[u64],
+) -> Observed {
+    let usage = [A, B, C].iter().map(|c| f.server_ref().usage(*c)).collect();
+    let mut list = f.server_ref().alloc().free_list().to_vec();
+    list.sort_unstable();
+    let free = (
+        list.len(),
+        list.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, x| {
+            (h ^ x).wrapping_mul(0x100_0000_01b3)
+        }),
+    );
+    let in_use = f.server_ref().alloc().in_use;
+    let mut views = Vec::new();
+    for &(c, d) in domains {
+        for &p in probes {
+            views.push(query(f, c, d, p));
+        }
+    }
+    let mut dmas = Vec::new();
+    for &(c, h) in devices {
+        for &p in probes {
+            dmas.push(dma(f, c, h, p, false));
+        }
+    }
+    // The probes' own faults are not state of interest.
+    f.server().service_faults();
+    for c in [A, B, C] {
+        let _ = faults(f, c);
+    }
+    Observed {
+        usage,
+        free,
+        in_use,
+        views,
+        dmas,
+    }
+}
+
+const RW: Perms = Perms::RW;
+const R: Perms = Perms::READ;
+const MB2: u64 = 0x20_0000;
+const PG: u64 = 0x1000;
+
+fn fresh<F: Fixture>() -> (F, Recorder) {
+    let rec = Recorder::default();
+    (F::build(&Setup::default(), rec.clone()), rec)
+}
+
+// ---- the tests ----------------------------------------------------------------------------
+
+/// `Hello` and `Info`: version negotiation and honest limits.
+pub fn hello_and_info<F: Fixture>() {
+    let (mut f, _) = fresh::<F>();
+    assert_eq!(
+        call(&mut f, A, &Request::Hello { version: 1 }),
+        Reply::Hello { version: 1 }
+    );
+    assert_eq!(
+        call(&mut f, A, &Request::Hello { version: 9 }),
+        Reply::Hello { version: 1 }
+    );
+    assert_eq!(
+        err(&mut f, A, &Request::Hello { version: 0 }),
+        Error::UnsupportedVersion
+    );
+    let Reply::Info(info) = call(&mut f, A, &Request::Info) else {
+        panic!("Info")
+    };
+    assert_eq!(info.units, 2);
+    assert_ne!(info.page_sizes & PG, 0);
+    assert_eq!(info.page_sizes & !(PG | MB2 | (1 << 30)), 0);
+    assert_eq!(info.domain_kinds.len(), 1);
+    let kind = &info.domain_kinds[0];
+    let tc = f.server_ref().table_config();
+    assert_eq!(u32::from(kind.address_width), tc.addr_width);
+    let last = (1u64 << tc.addr_width) - 1;
+    assert_eq!(
+        kind.ranges.as_slice(),
+        &[
+            IovaRange {
+                first: 0,
+                last: MSI.first - 1
+            },
+            IovaRange {
+                first: MSI.last + 1,
+                last
+            }
+        ]
+    );
+    assert_eq!(info.limits.max_domains, A_MAX_DOMAINS);
+    assert_eq!(info.limits.max_table_frames, A_MAX_FRAMES);
+    assert_eq!(
+        usize::from(info.limits.max_sg_segments),
+        iommu_protocol::MAX_SG_SEGMENTS
+    );
+    assert!(usize::from(info.limits.max_faults_per_reply) <= QUEUE);
+    // Every configured device starts blocked.
+    for (c, n) in [(A, 3), (B, 1), (C, 1)] {
+        for h in 0..n {
+            assert_eq!(dma(&mut f, c, h, 0, false), Err(Faulted));
+        }
+    }
+}
+
+/// A client the configuration does not know gets `NotPermitted` for everything, and undecodable
+/// bytes get `BadMessage`; neither changes anything.
+pub fn strangers_and_garbage<F: Fixture>() {
+    let (mut f, _) = fresh::<F>();
+    let d = create(&mut f, A);
+    map(&mut f, A, d, 0, 0x1000_0000, PG, RW);
+    let before = observe(&mut f, &[(A, d)], &[(A, 0)], &[0, PG]);
+    for req in [
+        Request::Hello { version: 1 },
+        Request::Info,
+        Request::CreateDomain,
+        Request::Faults,
+        Request::DestroyDomain { domain: d },
+        map_req(d, PG, 0x1000_0000, PG, RW),
+    ] {
+        assert_eq!(err(&mut f, STRANGER, &req), Error::NotPermitted);
+    }
+    let mut rep = [0u8; MAX_MESSAGE];
+    for bytes in [
+        &[][..],
+        &[0xff][..],
+        &[6, 1][..],
+        &[0; MAX_MESSAGE + 1][..],
+        &[2, 0][..],
+    ] {
+        let n = f.server().handle(A, bytes, &mut rep);
+        assert_eq!(decode_reply(&rep[..n]), Ok(Reply::Error(Error::BadMessage)));
+    }
+    // A reply buffer too small for the reply: never a panic, never a bogus reply.
+    let mut tiny = [0u8; 1];
+    let mut req = [0u8; MAX_MESSAGE];
+    let n = encode_request(&Request::Info, &mut req).unwrap();
+    let m = f.server().handle(A, &req[..n], &mut tiny);
+    assert!(m <= 1);
+    assert_eq!(observe(&mut f, &[(A, d)], &[(A, 0)], &[0, PG]), before);
+}
+
+/// Domains: creation up to the quota, destruction, handles per client, quota restored.
+pub fn domains_and_quota<F: Fixture>() {
+    let (mut f, _) = fresh::<F>();
+    let in_use = f.server_ref().alloc().in_use;
+    let hs: Vec<_> = (0..A_MAX_DOMAINS).map(|_| create(&mut f, A)).collect();
+    let mut sorted = hs.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(sorted.len(), hs.len(), "handles are distinct");
+    let before = observe(&mut f, &[], &[], &[]);
+    assert_eq!(err(&mut f, A, &Request::CreateDomain), Error::QuotaExceeded);
+    assert_eq!(observe(&mut f, &[], &[], &[]), before);
+    done(&mut f, A, &Request::DestroyDomain { domain: hs[1] });
+    assert_eq!(
+        err(&mut f, A, &Request::DestroyDomain { domain: hs[1] }),
+        Error::NoSuchDomain
+    );
+    assert_eq!(
+        err(
+            &mut f,
+            A,
+            &Request::Query {
+                domain: hs[1],
+                iova: 0
+            }
+        ),
+        Error::NoSuchDomain
+    );
+    let again = create(&mut f, A);
+    assert!(!hs[..1].contains(&again) && !hs[2..].contains(&again));
+    for h in hs.iter().chain([&again]) {
+        if *h != hs[1] {
+            done(&mut f, A, &Request::DestroyDomain { domain: *h });
+        }
+    }
+    assert_eq!(f.server_ref().usage(A), Some((0, 0)));
+    assert_eq!(f.server_ref().alloc().in_use, in_use);
+    // Handles are per client: B's first domain may carry the same number as A's, but is B's.
+    let a = create(&mut f, A);
+    let b = create(&mut f, B);
+    map(&mut f, B, b, 0, 0x4000_0000, PG, RW);
+    assert_eq!(query(&mut f, A, a, 0), None);
+    assert_eq!(query(&mut f, B, b, 0), Some((0x4000_0000, RW)));
+}
+
+/// Map / Query / DMA / Unmap round trip, large pages, and strict invalidation: after `Unmap`
+/// returns, DMA that had loaded the IOTLB faults.
+pub fn map_unmap_dma<F: Fixture>() {
+    let (mut f, _) = fresh::<F>();
+    let d = create(&mut f, A);
+    attach(&mut f, A, d, 0);
+    // 4 KiB, a 2 MiB-aligned 4 MiB range (large pages where allowed), read-only region.
+    map(&mut f, A, d, 0x10_0000, 0x1000_0000, 3 * PG, RW);
+    map(&mut f, A, d, 0x4000_0000, 0x1020_0000, 2 * MB2, RW);
+    map(&mut f, A, d, 0x5000_0000, 0x1800_0000, MB2, R);
+    assert_eq!(query(&mut f, A, d, 0x10_1234), Some((0x1000_1234, RW)));
+    assert_eq!(
+        query(&mut f, A, d, 0x4000_0000 + MB2 + 5),
+        Some((0x1040_0005, RW))
+    );
+    assert_eq!(query(&mut f, A, d, 0x5000_0000), Some((0x1800_0000, R)));
+    assert_eq!(query(&mut f, A, d, 0x10_3000), None);
+    assert_eq!(dma(&mut f, A, 0, 0x10_1000, true), Ok(0x1000_1000));
+    assert_eq!(dma(&mut f, A, 0, 0x4000_0000 + MB2, true), Ok(0x1040_0000));
+    assert_eq!(
+        dma(&mut f, A, 0, 0x4000_0000 + 0x1000, false),
+        Ok(0x1020_1000)
+    );
+    assert_eq!(dma(&mut f, A, 0, 0x5000_0000, false), Ok(0x1800_0000));
+    assert_eq!(
+        dma(&mut f, A, 0, 0x5000_0000, true),
+        Err(Faulted),
+        "read-only"
+    );
+    // The device not attached faults, even at mapped addresses.
+    assert_eq!(dma(&mut f, A, 1, 0x10_1000, false), Err(Faulted));
+    // Unmap exactly a middle page of the 4 MiB range (split) and the 4 KiB pages.
+    assert_eq!(unmap(&mut f, A, d, 0x4000_0000 + MB2, PG), PG);
+    assert_eq!(
+        dma(&mut f, A, 0, 0x4000_0000 + MB2, true),
+        Err(Faulted),
+        "stale after unmap"
+    );
+    assert_eq!(
+        dma(&mut f, A, 0, 0x4000_0000 + MB2 + PG, true),
+        Ok(0x1040_1000)
+    );
+    assert_eq!(
+        dma(&mut f, A, 0, 0x4000_0000 + 0x1000, false),
+        Ok(0x1020_1000)
+    );
+    assert_eq!(unmap(&mut f, A, d, 0x10_0000, 0x10_0000), 3 * PG);
+    assert_eq!(
+        dma(&mut f, A, 0, 0x10_1000, true),
+        Err(Faulted),
+        "stale after unmap"
+    );
+    assert_eq!(unmap(&mut f, A, d, 0x10_0000, 0x10_0000), 0);
+    assert_eq!(unmap(&mut f, A, d, 0, 1 << 40), 2 * MB2 - PG + MB2);
+    assert_eq!(dma(&mut f, A, 0, 0x4000_0000 + 0x1000, false), Err(Faulted));
+    assert_eq!(dma(&mut f, A, 0, 0x5000_0000, false), Err(Faulted));
+    assert_eq!(query(&mut f, A, d, 0x4000_0000), None);
+    // Everything freed but the root.
+    assert_eq!(f.server_ref().usage(A), Some((1, 1)));
+}
+
+/// Every argument error of the map requests, and that none changes anything.
+pub fn map_errors<F: Fixture>() {
+    let (mut f, _) = fresh::<F>();
+    let d = create(&mut f, A);
+    attach(&mut f, A, d, 0);
+    map(&mut f, A, d, 0x20_0000, 0x1000_0000, PG, RW);
+    let probes = [0x20_0000, 0x20_1000, 0];
+    let before = observe(&mut f, &[(A, d)], &[(A, 0)], &probes);
+    let bad = DomainHandle(d.0.wrapping_add(1000));
+    let last = (1u64 << f.server_ref().table_config().addr_width) - 1;
+    let cases: Vec<(Request, Error)> = vec![
+        (
+            map_req(d, 0x30_0800, 0x1000_0000, PG, RW),
+            Error::Misaligned,
+        ),
+        (
+            map_req(d, 0x30_0000, 0x1000_0800, PG, RW),
+            Error::Misaligned,
+        ),
+        (
+            map_req(d, 0x30_0000, 0x1000_0000, 0x800, RW),
+            Error::Misaligned,
+        ),
+        (
+            map_req(d, 0x30_0000, 0x1000_0000, 0, RW),
+            Error::InvalidArgument,
+        ),
+        (
+            map_req(d, 0x30_0000, 0x1000_0000, PG, Perms::NONE),
+            Error::InvalidArgument,
+        ),
+        (
+            map_req(d, u64::MAX - 0xfff, 0x1000_0000, 2 * PG, RW),
+            Error::OutOfRange,
+        ),
+        (
+            map_req(d, 0x30_0000, u64::MAX - 0xfff, 2 * PG, RW),
+            Error::OutOfRange,
+        ),
+        (
+            map_req(d, 0x30_0000, 0x1000_0000, u64::MAX - 0xfff, RW),
+            Error::OutOfRange,
+        ),
+        (map_req(d, last + 1, 0x1000_0000, PG, RW), Error::OutOfRange),
+        (
+            map_req(d, last - 0xfff, 0x1000_0000, 2 * PG, RW),
+            Error::OutOfRange,
+        ),
+        (
+            map_req(d, MSI.first, 0x1000_0000, PG, RW),
+            Error::OutOfRange,
+        ),
+        (
+            map_req(d, MSI.first - PG, 0x1000_0000, 2 * PG, RW),
+            Error::OutOfRange,
+        ),
+        (
+            map_req(d, 0x1f_f000, 0x1000_0000, 2 * PG, RW),
+            Error::Overlap,
+        ),
+        (map_req(d, 0x20_0000, 0x1100_0000, PG, R), Error::Overlap),
+        (
+            map_req(d, 0x30_0000, 0x0fff_f000, 2 * PG, RW),
+            Error::NotPermitted,
+        ),
+        (
+            map_req(d, 0x30_0000, 0x1400_0000, PG, RW),
+            Error::NotPermitted,
+        ),
+        (
+            map_req(d, 0x30_0000, 0x1800_0000, PG, RW),
+            Error::NotPermitted,
+        ),
+        (
+            map_req(d, 0x30_0000, 0x1800_0000, PG, Perms::WRITE),
+            Error::NotPermitted,
+        ),
+        // Two adjacent grants: a range must lie within one.
+        (
+            map_req(d, 0x40_0000, 0x181f_f000, 2 * PG, R),
+            Error::NotPermitted,
+        ),
+        (
+            map_req(d, 0x30_0000, 0x4000_0000, PG, RW),
+            Error::NotPermitted,
+        ),
+        (
+            map_req(bad, 0x30_0000, 0x1000_0000, PG, RW),
+            Error::NoSuchDomain,
+        ),
+        (
+            Request::Unmap {
+                domain: d,
+                iova: 0x800,
+                len: PG,
+            },
+            Error::Misaligned,
+        ),
+        (
+            Request::Unmap {
+                domain: d,
+                iova: 0,
+                len: 0,
+            },
+            Error::InvalidArgument,
+        ),
+        (
+            Request::Unmap {
+                domain: d,
+                iova: u64::MAX - 0xfff,
+                len: 2 * PG,
+            },
+            Error::OutOfRange,
+        ),
+        (
+            Request::Unmap {
+                domain: d,
+                iova: last + 1,
+                len: PG,
+            },
+            Error::OutOfRange,
+        ),
+        (
+            Request::Unmap {
+                domain: bad,
+                iova: 0,
+                len: PG,
+            },
+            Error::NoSuchDomain,
+        ),
+        (
+            Request::Query {
+                domain: bad,
+                iova: 0,
+            },
+            Error::NoSuchDomain,
+        ),
+        (
+            Request::Query {
+                domain: d,
+                iova: 0x30_0000,
+            },
+            Error::NotMapped,
+        ),
+        (
+            Request::Query {
+                domain: d,
+                iova: u64::MAX,
+            },
+            Error::NotMapped,
+        ),
+        (
+            Request::MapSg {
+                domain: d,
+                iova: 0x30_0000,
+                perms: RW,
+                segments: Default::default(),
+            },
+            Error::InvalidArgument,
+        ),
+        (
+            Request::MapAnywhere {
+                domain: d,
+                phys: 0x1000_0000,
+                len: PG,
+                perms: RW,
+                align: 3 * PG,
+            },
+            Error::InvalidArgument,
+        ),
+        (
+            Request::MapAnywhere {
+                domain: d,
+                phys: 0x1000_0000,
+                len: 0,
+                perms: RW,
+                align: 0,
+            },
+            Error::InvalidArgument,
+        ),
+        (
+            Request::MapAnywhere {
+                domain: d,
+                phys: 0x4000_0000,
+                len: PG,
+                perms: RW,
+                align: 0,
+            },
+            Error::NotPermitted,
+        ),
+        (
+            Request::Attach {
+                domain: d,
+                device: DeviceHandle(3),
+            },
+            Error::NoSuchDevice,
+        ),
+        (
+            Request::Detach {
+                device: DeviceHandle(u32::MAX),
+            },
+            Error::NoSuchDevice,
+        ),
+    ];
+    for (req, want) in &cases {
+        assert_eq!(err(&mut f, A, req), *want, "{req:?}");
+    }
+    assert_eq!(observe(&mut f, &[(A, d)], &[(A, 0)], &probes), before);
+    let codes: Vec<u16> = cases.iter().map(|(_, e)| e.code()).collect();
+    for (i, n) in f.server_ref().stats().errors.iter().enumerate() {
+        let want = codes.iter().filter(|c| usize::from(**c) == i).count() as u64;
+        assert!(*n >= want, "error code {i} counted {n} < {want}");
+    }
+}
+
+/// Capability attacks: another client's memory, devices and handles (every u32 near them).
+pub fn capability_attacks<F: Fixture>() {
+    let (mut f, _) = fresh::<F>();
+    let a1 = create(&mut f, A);
+    let a2 = create(&mut f, A);
+    attach(&mut f, A, a1, 0);
+    map(&mut f, A, a1, 0x10_0000, 0x1000_0000, PG, RW);
+    let probes = [0x10_0000, 0x66_6000];
+    let a_before = observe(&mut f, &[(A, a1), (A, a2)], &[(A, 0)], &probes);
+    // B has no domain yet: every handle is NoSuchDomain, for every request.
+    let mut guesses: Vec<u32> = (0..64).collect();
+    for h in [a1.0, a2.0] {
+        guesses.extend(h.saturating_sub(32)..h.saturating_add(32));
+    }
+    guesses.extend([u32::MAX, u32::MAX - 1, 1 << 31, 1 << 16]);
+    for &g in &guesses {
+        let d = DomainHandle(g);
+        for req in [
+            map_req(d, 0x66_6000, 0x4000_0000, PG, RW),
+            Request::Unmap {
+                domain: d,
+                iova: 0,
+                len: 1 << 30,
+            },
+            Request::Query {
+                domain: d,
+                iova: 0x10_0000,
+            },
+            Request::DestroyDomain { domain: d },
+            Request::Attach {
+                domain: d,
+                device: DeviceHandle(0),
+            },
+        ] {
+            assert_eq!(err(&mut f, B, &req), Error::NoSuchDomain, "{req:?}");
+        }
+    }
+    // B with its own domain: B's handles are B's; mapping A's memory is refused.
+    let b = create(&mut f, B);
+    assert_eq!(
+        err(&mut f, B, &map_req(b, 0x66_6000, 0x1000_0000, PG, RW)),
+        Error::NotPermitted
+    );
+    for g in 0..64u32 {
+        assert_eq!(
+            err(
+                &mut f,
+                B,
+                &Request::Attach {
+                    domain: b,
+                    device: DeviceHandle(g + 1)
+                }
+            ),
+            Error::NoSuchDevice
+        );
+    }
+    assert_eq!(
+        err(
+            &mut f,
+            B,
+            &Request::Detach {
+                device: DeviceHandle(1)
+            }
+        ),
+        Error::NoSuchDevice
+    );
+    for &g in &guesses {
+        let d = DomainHandle(g);
+        let r = call(&mut f, B, &map_req(d, 0x66_6000, 0x4000_0000, PG, RW));
+        if d == b {
+            assert_eq!(r, Reply::Done);
+            assert_eq!(unmap(&mut f, B, b, 0x66_6000, PG), PG);
+        } else {
+            assert_eq!(r, Reply::Error(Error::NoSuchDomain));
+        }
+    }
+    // Ranges that wrap or overflow.
+    for (iova, phys, len) in [
+        (u64::MAX - 0xfff, 0x4000_0000, 0x2000),
+        (0, u64::MAX - 0xfff, 0x2000),
+        (0x1000, 0x4000_0000, u64::MAX - 0xfff),
+        (0x1000, 0x4000_0000, 1 << 63),
+    ] {
+        let e = err(&mut f, B, &map_req(b, iova, phys, len, RW));
+        assert!(
+            matches!(e, Error::OutOfRange | Error::NotPermitted),
+            "{e:?}"
+        );
+    }
+    done(&mut f, B, &Request::DestroyDomain { domain: b });
+    assert_eq!(
+        observe(&mut f, &[(A, a1), (A, a2)], &[(A, 0)], &probes),
+        a_before
+    );
+}
+
+/// Attach / Detach / DestroyDomain semantics: idempotence, DeviceBusy, DomainBusy, a device
+/// moved by detach + attach, and a failing attach leaving the device blocked.
+pub fn attach_detach<F: Fixture>() {
+    let (mut f, _) = fresh::<F>();
+    let d1 = create(&mut f, A);
+    let d2 = create(&mut f, A);
+    map(&mut f, A, d1, 0, 0x1000_0000, PG, RW);
+    map(&mut f, A, d2, 0, 0x1000_1000, PG, RW);
+    attach(&mut f, A, d1, 0);
+    attach(&mut f, A, d1, 0);
+    assert_eq!(dma(&mut f, A, 0, 0, false), Ok(0x1000_0000));
+    assert_eq!(
+        err(
+            &mut f,
+            A,
+            &Request::Attach {
+                domain: d2,
+                device: DeviceHandle(0)
+            }
+        ),
+        Error::DeviceBusy
+    );
+    assert_eq!(dma(&mut f, A, 0, 0, false), Ok(0x1000_0000));
+    assert_eq!(
+        err(&mut f, A, &Request::DestroyDomain { domain: d1 }),
+        Error::DomainBusy
+    );
+    done(
+        &mut f,
+        A,
+        &Request::Detach {
+            device: DeviceHandle(0),
+        },
+    );
+    done(
+        &mut f,
+        A,
+        &Request::Detach {
+            device: DeviceHandle(0),
+        },
+    );
+    assert_eq!(
+        dma(&mut f, A, 0, 0, false),
+        Err(Faulted),
+        "detached devices are blocked"
+    );
+    attach(&mut f, A, d2, 0);
+    assert_eq!(dma(&mut f, A, 0, 0, false), Ok(0x1000_1000));
+    // A domain spanning two units.
+    attach(&mut f, A, d2, 2);
+    assert_eq!(dma(&mut f, A, 2, 0, false), Ok(0x1000_1000));
+    done(&mut f, A, &Request::DestroyDomain { domain: d1 });
+    if f.fail_next_attach() {
+        let d3 = create(&mut f, A);
+        map(&mut f, A, d3, 0, 0x1000_2000, PG, RW);
+        let e = err(
+            &mut f,
+            A,
+            &Request::Attach {
+                domain: d3,
+                device: DeviceHandle(1),
+            },
+        );
+        assert!(
+            matches!(e, Error::HardwareError | Error::HardwareTimeout),
+            "{e:?}"
+        );
+        assert_eq!(dma(&mut f, A, 1, 0, false), Err(Faulted));
+        // Not recorded as attached: destroy is allowed, and attach works afterwards.
+        attach(&mut f, A, d3, 1);
+        assert_eq!(dma(&mut f, A, 1, 0, false), Ok(0x1000_2000));
+    }
+}
+
+/// A client's exit: its devices blocked, its domains and quota released, faults dropped,
+/// other clients unaffected.
+pub fn client_exit<F: Fixture>() {
+    let (mut f, _) = fresh::<F>();
+    let in_use = f.server_ref().alloc().in_use;
+    let b = create(&mut f, B);
+    attach(&mut f, B, b, 0);
+    map(&mut f, B, b, 0x10_0000, 0x4000_0000, MB2, RW);
+    let b_before = observe(&mut f, &[(B, b)], &[(B, 0)], &[0x10_0000, 0x20_0000]);
+    let b_in_use = f.server_ref().alloc().in_use;
+    let mut ds = Vec::new();
+    for (i, dev) in [0u32, 2].into_iter().enumerate() {
+        let d = create(&mut f, A);
+        attach(&mut f, A, d, dev);
+        map(
+            &mut f,
+            A,
+            d,
+            0x10_0000,
+            0x1000_0000 + i as u64 * MB2,
+            MB2 * 2,
+            RW,
+        );
+        ds.push(d);
+    }
+    assert!(dma(&mut f, A, 0, 0x10_0000, true).is_ok());
+    assert!(dma(&mut f, A, 2, 0x10_0000, true).is_ok());
+    // A queued fault, dropped by the exit.
+    assert!(dma(&mut f, A, 0, 0x9000_0000, true).is_err());
+    f.server().service_faults();
+    f.server().client_exited(A);
+    assert_eq!(f.server_ref().usage(A), Some((0, 0)));
+    assert_eq!(f.server_ref().alloc().in_use, b_in_use);
+    assert_eq!(dma(&mut f, A, 0, 0x10_0000, false), Err(Faulted));
+    assert_eq!(dma(&mut f, A, 2, 0x10_0000, false), Err(Faulted));
+    f.server().service_faults();
+    let (recs, lost) = faults(&mut f, A);
+    assert_eq!(lost, 0);
+    assert!(
+        recs.iter().all(|r| r.iova == 0x10_0000),
+        "old faults dropped: {recs:?}"
+    );
+    for d in &ds {
+        assert_eq!(
+            err(
+                &mut f,
+                A,
+                &Request::Query {
+                    domain: *d,
+                    iova: 0
+                }
+            ),
+            Error::NoSuchDomain
+        );
+    }
+    assert_eq!(
+        observe(&mut f, &[(B, b)], &[(B, 0)], &[0x10_0000, 0x20_0000]),
+        b_before
+    );
+    // The new instance of A starts afresh, with its whole quota.
+    for _ in 0..A_MAX_DOMAINS {
+        create(&mut f, A);
+    }
+    f.server().client_exited(A);
+    f.server().client_exited(B);
+    f.server().client_exited(STRANGER);
+    assert_eq!(f.server_ref().alloc().in_use, in_use);
+}
+
+/// Strict invalidation and its cost: one invalidation per request per unit holding a device of
+/// the domain, never one per page; none for maps on units that do not cache non-present
+/// entries; maps invalidated on units that do.
+pub fn invalidation_per_request<F: Fixture>() {
+    for cnp in [0u64, 0b10] {
+        let rec = Recorder::default();
+        let mut f = F::build(
+            &Setup {
+                caches_not_present: cnp,
+                ..Setup::default()
+            },
+            rec,
+        );
+        let d = create(&mut f, A);
+        let inv = |f: &mut F| f.server_ref().stats().invalidations;
+        // No device attached: nothing to invalidate.
+        let n0 = inv(&mut f);
+        map(&mut f, A, d, 0, 0x1000_0000, 16 * PG, RW);
+        assert_eq!(unmap(&mut f, A, d, 0, 16 * PG), 16 * PG);
+        assert_eq!(inv(&mut f), n0);
+        attach(&mut f, A, d, 0);
+        attach(&mut f, A, d, 1);
+        attach(&mut f, A, d, 2);
+        let n0 = inv(&mut f);
+        map(&mut f, A, d, 0, 0x1000_0000, 0x40_0000, RW);
+        let per_map = inv(&mut f) - n0;
+        assert_eq!(
+            per_map,
+            cnp.count_ones() as u64,
+            "map invalidates only caching units"
+        );
+        for dev in [0, 1, 2] {
+            for p in (0..0x40_0000).step_by(0x8_0000) {
+                assert!(dma(&mut f, A, dev, p, true).is_ok());
+            }
+        }
+        let n1 = inv(&mut f);
+        assert_eq!(unmap(&mut f, A, d, 0, 0x40_0000), 0x40_0000);
+        assert_eq!(inv(&mut f) - n1, 2, "one invalidation per unit (two units)");
+        for dev in [0, 1, 2] {
+            for p in (0..0x40_0000).step_by(0x8_0000) {
+                assert_eq!(
+                    dma(&mut f, A, dev, p, false),
+                    Err(Faulted),
+                    "stale IOTLB at {p:#x}"
+                );
+            }
+        }
+        // Scattered 4 KiB maps, one Unmap of all of them: still one per unit.
+        for i in 0..32u64 {
+            map(&mut f, A, d, i * 0x10_0000, 0x1000_0000 + i * PG, PG, RW);
+        }
+        for i in 0..32u64 {
+            assert!(dma(&mut f, A, 2, i * 0x10_0000, false).is_ok());
+        }
+        let n2 = inv(&mut f);
+        assert_eq!(unmap(&mut f, A, d, 0, 32 * 0x10_0000), 32 * PG);
+        assert_eq!(inv(&mut f) - n2, 2);
+        for i in 0..32u64 {
+            assert_eq!(dma(&mut f, A, 2, i * 0x10_0000, false), Err(Faulted));
+        }
+        // With caching of non-present entries: a map after a faulting access is visible.
+        assert_eq!(dma(&mut f, A, 2, 0x70_0000, false), Err(Faulted));
+        map(&mut f, A, d, 0x70_0000, 0x1000_0000, PG, RW);
+        assert_eq!(dma(&mut f, A, 2, 0x70_0000, false), Ok(0x1000_0000));
+    }
+}
+
+/// MapSg: all or nothing.
+pub fn map_sg<F: Fixture>() {
+    let (mut f, _) = fresh::<F>();
+    let d = create(&mut f, A);
+    attach(&mut f, A, d, 0);
+    let seg = |phys, len| Segment { phys, len };
+    let sg = |iova, segs: &[Segment]| Request::MapSg {
+        domain: d,
+        iova,
+        perms: R,
+        segments: segs.iter().copied().collect(),
+    };
+    map(&mut f, A, d, 0x60_5000, 0x1000_0000, PG, RW);
+    let probes: Vec<u64> = (0x40_0000..0x70_0000).step_by(0x1000).collect();
+    let before = observe(&mut f, &[(A, d)], &[(A, 0)], &probes);
+    let good = [
+        seg(0x1010_0000, MB2),
+        seg(0x1800_0000, 4 * PG),
+        seg(0x1001_0000, PG),
+    ];
+    // Third segment outside the grants; second beyond its grant's perms (write); overlap at
+    // the end; misaligned; wrap.
+    for (req, want) in [
+        (
+            sg(0x40_0000, &[good[0], good[1], seg(0x4000_0000, PG)]),
+            Error::NotPermitted,
+        ),
+        (
+            sg(
+                0x40_0000,
+                &[good[0], good[1], good[2], seg(0x1000_0000, 0x20_3000)],
+            ),
+            Error::Overlap,
+        ),
+        (
+            sg(0x40_0000, &[good[0], seg(0x1000_0800, PG)]),
+            Error::Misaligned,
+        ),
+        (
+            sg(0x40_0000, &[good[0], seg(0x1000_0000, 0)]),
+            Error::InvalidArgument,
+        ),
+        (
+            sg(u64::MAX - MB2 + 1, &[good[0], good[1]]),
+            Error::OutOfRange,
+        ),
+        (sg(MSI.first - MB2, &[good[0], good[1]]), Error::OutOfRange),
+    ] {
+        assert_eq!(err(&mut f, A, &req), want, "{req:?}");
+    }
+    let mut rw_req = sg(0x40_0000, &good);
+    if let Request::MapSg { perms, .. } = &mut rw_req {
+        *perms = RW;
+    }
+    assert_eq!(err(&mut f, A, &rw_req), Error::NotPermitted);
+    assert_eq!(observe(&mut f, &[(A, d)], &[(A, 0)], &probes), before);
+    // Success: back to back.
+    done(&mut f, A, &sg(0x40_0000, &good));
+    assert_eq!(query(&mut f, A, d, 0x40_0000), Some((0x1010_0000, R)));
+    assert_eq!(query(&mut f, A, d, 0x60_0000), Some((0x1800_0000, R)));
+    assert_eq!(query(&mut f, A, d, 0x60_2000), Some((0x1800_2000, R)));
+    assert_eq!(query(&mut f, A, d, 0x60_4000), Some((0x1001_0000, R)));
+    assert_eq!(query(&mut f, A, d, 0x60_5000), Some((0x1000_0000, RW)));
+    assert_eq!(dma(&mut f, A, 0, 0x60_1000, false), Ok(0x1800_1000));
+    assert_eq!(dma(&mut f, A, 0, 0x60_2000, true), Err(Faulted));
+    assert_eq!(unmap(&mut f, A, d, 0x40_0000, MB2 + 5 * PG), MB2 + 5 * PG);
+}
+
+/// MapAnywhere: free, aligned, within a usable range; NoSpace when nothing fits.
+pub fn map_anywhere<F: Fixture>() {
+    let (mut f, _) = fresh::<F>();
+    let d = create(&mut f, A);
+    map(&mut f, A, d, 0, 0x1000_0000, 3 * PG, RW);
+    let any = |phys, len, align| Request::MapAnywhere {
+        domain: d,
+        phys,
+        len,
+        perms: RW,
+        align,
+    };
+    let mut got: Vec<(u64, u64)> = vec![(0, 3 * PG)];
+    for (len, align) in [
+        (PG, 0),
+        (2 * PG, PG),
+        (MB2, MB2),
+        (PG, 1),
+        (3 * PG, 0x1_0000),
+        (MB2, 0),
+    ] {
+        let Reply::Mapped { iova } = call(&mut f, A, &any(0x1020_0000, len, align)) else {
+            panic!("MapAnywhere")
+        };
+        assert_eq!(iova % align.max(PG), 0);
+        assert!(iova + len - 1 < MSI.first || iova > MSI.last);
+        for &(s, l) in &got {
+            assert!(
+                iova + len <= s || s + l <= iova,
+                "{iova:#x} overlaps {s:#x}"
+            );
+        }
+        assert_eq!(query(&mut f, A, d, iova), Some((0x1020_0000, RW)));
+        got.push((iova, len));
+    }
+    // Only two positions for 1 GiB at 2^(width-1) alignment: then NoSpace.
+    let half = 1u64 << (f.server_ref().table_config().addr_width - 1);
+    let mut n = 0;
+    loop {
+        match call(&mut f, A, &any(0x1000_0000, MB2, half)) {
+            Reply::Mapped { iova } => {
+                assert_eq!(iova % half, 0);
+                n += 1;
+            }
+            Reply::Error(e) => {
+                assert_eq!(e, Error::NoSpace);
+                break;
+            }
+            r => panic!("{r:?}"),
+        }
+        assert!(n <= 2);
+    }
+    assert_eq!(n, 1, "0 is taken, only 2^(w-1) is free");
+}
+
+/// Faults: routed to the owner as its device handle, isolation, overflow reported as lost,
+/// unowned devices dropped, notification per client.
+pub fn fault_routing<F: Fixture>() {
+    let (mut f, rec) = fresh::<F>();
+    let a = create(&mut f, A);
+    attach(&mut f, A, a, 2);
+    let b = create(&mut f, B);
+    attach(&mut f, B, b, 0);
+    assert!(dma(&mut f, A, 2, 0x5000, true).is_err());
+    assert!(dma(&mut f, A, 1, 0x6000, false).is_err()); // blocked device
+    f.server().service_faults();
+    assert_eq!(rec.take(), vec![A]);
+    assert_eq!(faults(&mut f, B), (vec![], 0));
+    let (recs, lost) = faults(&mut f, A);
+    assert_eq!(lost, 0);
+    assert!(
+        recs.iter()
+            .any(|r| r.device == DeviceHandle(2) && r.iova == 0x5000 && r.write)
+    );
+    assert!(
+        recs.iter()
+            .any(|r| r.device == DeviceHandle(1) && r.iova == 0x6000 && !r.write)
+    );
+    assert!(recs.iter().all(|r| r.device.0 < 3));
+    assert!(
+        recs.iter()
+            .any(|r| matches!(r.reason, FaultReason::NotPresent | FaultReason::Blocked))
+    );
+    assert_eq!(faults(&mut f, A), (vec![], 0));
+    // B's faults go to B only.
+    assert!(dma(&mut f, B, 0, 0x7000, false).is_err());
+    f.server().service_faults();
+    assert_eq!(rec.take(), vec![B]);
+    assert_eq!(faults(&mut f, A), (vec![], 0));
+    let (recs, _) = faults(&mut f, B);
+    assert!(!recs.is_empty() && recs.iter().all(|r| r.device == DeviceHandle(0)));
+    // Unowned device: counted and dropped.
+    let unowned = f.server_ref().stats().faults_unowned;
+    assert!(f.dma(UNOWNED.0, UNOWNED.1, 0, false).is_err());
+    f.server().service_faults();
+    assert!(f.server_ref().stats().faults_unowned > unowned);
+    assert!(rec.take().is_empty());
+    // Overflow of A's queue: drain often so the hardware log does not overflow first.
+    let total = QUEUE as u64 + 5;
+    for i in 0..total {
+        assert!(dma(&mut f, A, 2, 0x10_0000 + i * PG, false).is_err());
+        f.server().service_faults();
+    }
+    let mut seen = 0u64;
+    let (recs, lost) = faults(&mut f, A);
+    seen += recs.len() as u64;
+    assert!(lost >= 1, "overflow reported");
+    assert!(seen + u64::from(lost) >= total);
+    assert_eq!(faults(&mut f, A).1, 0, "lost is reported once");
+}
+
+/// Frame quota (QuotaExceeded) versus an exhausted pool (OutOfTableMemory), nothing changed.
+pub fn frame_quota<F: Fixture>() {
+    let (mut f, _) = fresh::<F>();
+    let c = create(&mut f, C);
+    let probes: Vec<u64> = (0..16).map(|i| i << 30).collect();
+    let mut i = 0u64;
+    let failed = loop {
+        let r = call(
+            &mut f,
+            C,
+            &map_req(c, i << 30, 0x8000_0000 + i * PG, PG, RW),
+        );
+        match r {
+            Reply::Done => i += 1,
+            Reply::Error(e) => break e,
+            r => panic!("{r:?}"),
+        }
+        assert!(i < 16);
+    };
+    assert_eq!(failed, Error::QuotaExceeded);
+    assert!(f.server_ref().usage(C).unwrap().1 <= u64::from(C_MAX_FRAMES));
+    let before = observe(&mut f, &[(C, c)], &[], &probes);
+    assert_eq!(
+        err(&mut f, C, &map_req(c, i << 30, 0x8000_0000, PG, RW)),
+        Error::QuotaExceeded
+    );
+    assert_eq!(observe(&mut f, &[(C, c)], &[], &probes), before);
+    // Unmapping frees tables back to the quota.
+    assert_eq!(unmap(&mut f, C, c, 0, 1 << 30), PG);
+    map(&mut f, C, c, i << 30, 0x8000_0000, PG, RW);
+    // The global pool runs out: OutOfTableMemory, nothing changed.
+    let a = create(&mut f, A);
+    let before = observe(&mut f, &[(A, a)], &[], &probes);
+    f.server().alloc_mut().fail_in(0);
+    f.server().alloc_mut().fail_after = true;
+    assert_eq!(
+        err(&mut f, A, &map_req(a, 5 << 30, 0x1000_0000, PG, RW)),
+        Error::OutOfTableMemory
+    );
+    assert_eq!(
+        err(&mut f, A, &Request::CreateDomain),
+        Error::OutOfTableMemory
+    );
+    f.server().alloc_mut().no_failures();
+    f.server().alloc_mut().fail_after = false;
+    assert_eq!(observe(&mut f, &[(A, a)], &[], &probes), before);
+}
+
+/// Fails every frame allocation in turn for Map, MapSg and Unmap (a split) and CreateDomain:
+/// each failing attempt changes nothing (Query and DMA view, usage, pool).
+pub fn fail_nth_allocation<F: Fixture>() {
+    let (mut f, _) = fresh::<F>();
+    let d = create(&mut f, A);
+    attach(&mut f, A, d, 0);
+    map(&mut f, A, d, 0x4000_0000, 0x1000_0000, 2 * MB2, RW);
+    let probes: Vec<u64> = [
+        0x4000_0000u64,
+        0x4020_0000,
+        0x4020_1000,
+        0x1_0000_0000,
+        0x1_0020_0000,
+        0x80_0000_0000,
+    ]
+    .into_iter()
+    .chain((0..8).map(|i| 0x200_0000_0000 + i * PG))
+    .collect();
+    let seg = |phys, len| Segment { phys, len };
+    let requests = [
+        map_req(d, 0x80_0000_0000, 0x1000_0000, PG, RW),
+        Request::MapSg {
+            domain: d,
+            iova: 0x1_0000_0000,
+            perms: RW,
+            segments: [
+                seg(0x1000_0000, MB2),
+                seg(0x1100_0000, PG),
+                seg(0x1120_0000, MB2),
+            ]
+            .into_iter()
+            .collect(),
+        },
+        // Unmap one page out of a 2 MiB leaf: the split needs a table.
+        Request::Unmap {
+            domain: d,
+            iova: 0x4020_1000,
+            len: PG,
+        },
+        Request::MapSg {
+            domain: d,
+            iova: 0x200_0000_0000,
+            perms: R,
+            segments: [seg(0x1000_0000, PG), seg(0x1800_0000, 7 * PG)]
+                .into_iter()
+                .collect(),
+        },
+        Request::CreateDomain,
+    ];
+    for req in &requests {
+        let mut n = 0;
+        loop {
+            let before = observe(&mut f, &[(A, d)], &[(A, 0)], &probes);
+            f.server().alloc_mut().fail_in(n);
+            let r = call(&mut f, A, req);
+            f.server().alloc_mut().no_failures();
+            match r {
+                Reply::Error(e) => {
+                    assert_eq!(e, Error::OutOfTableMemory, "{req:?} failing allocation {n}");
+                    assert_eq!(
+                        observe(&mut f, &[(A, d)], &[(A, 0)], &probes),
+                        before,
+                        "{req:?} failing allocation {n} changed something"
+                    );
+                }
+                _ => break,
+            }
+            n += 1;
+            assert!(n < 64);
+        }
+    }
+    assert_eq!(query(&mut f, A, d, 0x4020_1000), None);
+    assert_eq!(query(&mut f, A, d, 0x4020_2000), Some((0x1020_2000, RW)));
+    assert_eq!(dma(&mut f, A, 0, 0x4020_0000, false), Ok(0x1020_0000));
+    assert_eq!(dma(&mut f, A, 0, 0x4020_1000, false), Err(Faulted));
+}
+
+/// A failing invalidation: the error is reported, the domain's devices are blocked, the tables
+/// are restored for a failed map, and the failed invalidation is retried before the domain's
+/// next operation.
+pub fn invalidation_failure<F: Fixture>() {
+    let (mut f, _) = fresh::<F>();
+    let d = create(&mut f, A);
+    attach(&mut f, A, d, 0);
+    map(&mut f, A, d, 0, 0x1000_0000, 4 * PG, RW);
+    assert!(dma(&mut f, A, 0, PG, true).is_ok());
+    if !f.fail_invalidations(true) {
+        return;
+    }
+    let e = err(
+        &mut f,
+        A,
+        &Request::Unmap {
+            domain: d,
+            iova: 0,
+            len: 2 * PG,
+        },
+    );
+    assert_eq!(e, Error::HardwareTimeout);
+    // The device may not keep using what the unit may still cache.
+    assert_eq!(dma(&mut f, A, 0, PG, true), Err(Faulted));
+    assert_eq!(dma(&mut f, A, 0, 3 * PG, true), Err(Faulted));
+    // While the unit does not answer, the domain's requests fail without changing anything.
+    assert_eq!(
+        err(&mut f, A, &map_req(d, 0x10_0000, 0x1000_0000, PG, RW)),
+        Error::HardwareTimeout
+    );
+    assert_eq!(query(&mut f, A, d, 0x10_0000), None);
+    f.fail_invalidations(false);
+    // Recovered: re-attach, the rest of the mapping is intact.
+    attach(&mut f, A, d, 0);
+    assert_eq!(query(&mut f, A, d, 0), None);
+    assert_eq!(dma(&mut f, A, 0, 0, false), Err(Faulted));
+    assert_eq!(dma(&mut f, A, 0, 3 * PG, true), Ok(0x1000_3000));
+    map(&mut f, A, d, 0x10_0000, 0x1000_0000, PG, RW);
+    // A failed teardown at client exit (device still attached): quarantined, quota restored.
+    f.fail_invalidations(true);
+    f.server().client_exited(A);
+    f.fail_invalidations(false);
+    assert_eq!(f.server_ref().usage(A), Some((0, 0)));
+    assert_eq!(f.server_ref().stats().quarantined_domains, 1);
+    assert_eq!(dma(&mut f, A, 0, 3 * PG, false), Err(Faulted));
+}
+
+/// Random bytes never panic, always get a decodable reply, and never change state.
+pub fn random_bytes<F: Fixture>(seed: u64, count: usize) {
+    let (mut f, _) = fresh::<F>();
+    let d = create(&mut f, A);
+    attach(&mut f, A, d, 0);
+    map(&mut f, A, d, 0, 0x1000_0000, PG, RW);
+    let probes = [0, PG];
+    let before = observe(&mut f, &[(A, d)], &[(A, 0)], &probes);
+    let mut x = seed | 1;
+    let mut next = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let mut rep = [0u8; MAX_MESSAGE];
+    let mut changed = 0;
+    for _ in 0..count {
+        let len = (next() % 40) as usize;
+        let mut bytes: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+        // Mostly requests that mutate nothing on success or fail: keep mutating tags away.
+        if let Some(b) = bytes.first_mut() {
+            *b %= 16;
+        }
+        let n = f.server().handle(A, &bytes, &mut rep);
+        let reply = decode_reply(&rep[..n]).expect("valid reply");
+        if !matches!(reply, Reply::Error(_)) {
+            // A random request that happened to be valid and succeed (e.g. `Info`, a `Map`
+            // into A's region): only read-only successes are expected to leave state alone.
+            match iommu_protocol::decode_request(&bytes) {
+                Ok(
+                    Request::Info | Request::Hello { .. } | Request::Faults | Request::Query { .. },
+                ) => {}
+                Ok(Request::Detach { .. }) => {
+                    changed += 1;
+                    attach(&mut f, A, d, 0);
+                }
+                Ok(other) => {
+                    changed += 1;
+                    undo(&mut f, d, &other, &reply);
+                }
+                Err(_) => panic!("undecodable request succeeded"),
+            }
+        }
+    }
+    let _ = changed;
+    assert_eq!(observe(&mut f, &[(A, d)], &[(A, 0)], &probes), before);
+}
+
+fn undo<F: Fixture>(f: &mut F, d: DomainHandle, req: &Request, reply: &Reply) {
+    match (req, reply) {
+        (Request::CreateDomain, Reply::DomainCreated { domain }) => {
+            done(f, A, &Request::DestroyDomain { domain: *domain })
+        }
+        (
+            Request::Map {
+                domain, iova, len, ..
+            },
+            _,
+        ) => {
+            unmap(f, A, *domain, *iova, *len);
+        }
+        (
+            Request::MapSg {
+                domain,
+                iova,
+                segments,
+                ..
+            },
+            _,
+        ) => {
+            let len: u64 = segments.iter().map(|s| s.len).sum();
+            unmap(f, A, *domain, *iova, len);
+        }
+        (Request::MapAnywhere { domain, len, .. }, Reply::Mapped { iova }) => {
+            unmap(f, A, *domain, *iova, *len);
+        }
+        (Request::Unmap { .. }, _) => {
+            // Only the page at 0 of `d` is mapped: restore it.
+            let _ = call(f, A, &map_req(d, 0, 0x1000_0000, PG, RW));
+        }
+        (Request::Attach { device, .. }, _) => {
+            done(f, A, &Request::Detach { device: *device });
+            if device.0 == 0 {
+                attach(f, A, d, 0);
+            }
+        }
+        (Request::DestroyDomain { .. }, _) => {}
+        (r, rep) => panic!("unexpected success {r:?} -> {rep:?}"),
+    }
+}
+
+// ---- randomized request streams against a model -------------------------------------------
+
+/// One step of a random stream.
+#[derive(Clone, Debug)]
+pub enum Op {
+    /// CreateDomain.
+    Create,
+    /// DestroyDomain of the client's `n`th domain (or a bogus handle).
+    Destroy(usize),
+    /// Attach device `dev` to the `n`th domain.
+    Attach(usize, u32),
+    /// Detach device.
+    Detach(u32),
+    /// Map `pages` at page `iova` from page `phys` of the client's first region (or elsewhere
+    /// when `foreign`).
+    Map {
+        /// Domain index.
+        dom: usize,
+        /// IOVA page number.
+        iova: u64,
+        /// Physical page offset into the region.
+        phys: u64,
+        /// Pages.
+        pages: u64,
+        /// Read-only.
+        ro: bool,
+        /// Use another client's memory (must fail).
+        foreign: bool,
+    },
+    /// MapSg of two segments.
+    MapSg {
+        /// Domain index.
+        dom: usize,
+        /// IOVA page number.
+        iova: u64,
+        /// Segments as (phys page offset, pages).
+        segs: [(u64, u64); 2],
+    },
+    /// Unmap `pages` at page `iova`.
+    Unmap {
+        /// Domain index.
+        dom: usize,
+        /// IOVA page number.
+        iova: u64,
+        /// Pages.
+        pages: u64,
+    },
+    /// Client exit.
+    Exit,
+}
+
+/// The model of one client: domains (handle -> page map) and attachments.
+#[derive(Clone, Debug, Default)]
+pub struct ClientModel {
+    /// Live domains in creation order: handle and page -> (phys page, writable).
+    pub domains: Vec<(DomainHandle, PageMap)>,
+    /// Device handle -> domain handle.
+    pub attached: BTreeMap<u32, DomainHandle>,
+}
+
+const CLIENT_SET: [(ClientId, u64, u32, usize); 2] = [
+    (A, 0x1000_0000, 3, A_MAX_DOMAINS as usize),
+    (B, 0x4000_0000, 1, 2),
+];
+
+/// Runs `ops` (each tagged with a client index 0 = A, 1 = B) and checks after every step that
+/// the DMA view of every device equals the model, and that failed requests changed nothing.
+pub fn run_stream<F: Fixture>(ops: &[(usize, Op)]) {
+    let (mut f, _) = fresh::<F>();
+    let mut model = [ClientModel::default(), ClientModel::default()];
+    let window = 1024u64; // IOVA pages used: [0, 4 MiB)
+    for (ci, op) in ops {
+        let (client, base, ndev, maxd) = CLIENT_SET[*ci];
+        let m = &mut model[*ci];
+        let handle = |m: &ClientModel, n: usize| {
+            m.domains
+                .get(n)
+                .map(|(h, _)| *h)
+                .unwrap_or(DomainHandle(0xdead_0000 + n as u32))
+        };
+        match op {
+            Op::Create => {
+                let r = call(&mut f, client, &Request::CreateDomain);
+                match r {
+                    Reply::DomainCreated { domain } => {
+                        assert!(m.domains.len() < maxd);
+                        m.domains.push((domain, BTreeMap::new()));
+                    }
+                    Reply::Error(Error::QuotaExceeded) => assert_eq!(m.domains.len(), maxd),
+                    r => panic!("{r:?}"),
+                }
+            }
+            Op::Destroy(n) => {
+                let h = handle(m, *n);
+                let r = call(&mut f, client, &Request::DestroyDomain { domain: h });
+                let busy = m.attached.values().any(|x| *x == h);
+                match r {
+                    Reply::Done => {
+                        assert!(!busy);
+                        m.domains.remove(*n);
+                    }
+                    Reply::Error(Error::DomainBusy) => assert!(busy),
+                    Reply::Error(Error::NoSuchDomain) => assert!(*n >= m.domains.len()),
+                    r => panic!("{r:?}"),
+                }
+            }
+            Op::Attach(n, dev) => {
+                let h = handle(m, *n);
+                let r = call(
+                    &mut f,
+                    client,
+                    &Request::Attach {
+                        domain: h,
+                        device: DeviceHandle(*dev),
+                    },
+                );
+                let want = if *n >= m.domains.len() {
+                    Err(Error::NoSuchDomain)
+                } else if *dev >= ndev {
+                    Err(Error::NoSuchDevice)
+                } else {
+                    match m.attached.get(dev) {
+                        Some(x) if *x != h => Err(Error::DeviceBusy),
+                        _ => Ok(()),
+                    }
+                };
+                match (r, want) {
+                    (Reply::Done, Ok(())) => {
+                        m.attached.insert(*dev, h);
+                    }
+                    (Reply::Error(e), Err(w)) => assert_eq!(e, w),
+                    (r, w) => panic!("{op:?}: {r:?} want {w:?}"),
+                }
+            }
+            Op::Detach(dev) => {
+                let r = call(
+                    &mut f,
+                    client,
+                    &Request::Detach {
+                        device: DeviceHandle(*dev),
+                    },
+                );
+                if *dev < ndev {
+                    assert_eq!(r, Reply::Done);
+                    m.attached.remove(dev);
+                } else {
+                    assert_eq!(r, Reply::Error(Error::NoSuchDevice));
+                }
+            }
+            Op::Map {
+                dom,
+                iova,
+                phys,
+                pages,
+                ro,
+                foreign,
+            } => {
+                let h = handle(m, *dom);
+                let pbase = if *foreign { 0x7000_0000 } else { base };
+                let perms = if *ro { R } else { RW };
+                let req = map_req(h, iova * PG, pbase + phys * PG, pages * PG, perms);
+                let r = call(&mut f, client, &req);
+                let want = if *dom >= m.domains.len() {
+                    Err(Error::NoSuchDomain)
+                } else if *pages == 0 {
+                    Err(Error::InvalidArgument)
+                } else if *foreign {
+                    Err(Error::NotPermitted)
+                } else if (*iova..iova + pages).any(|p| m.domains[*dom].1.contains_key(&p)) {
+                    Err(Error::Overlap)
+                } else {
+                    Ok(())
+                };
+                match (r, want) {
+                    (Reply::Done, Ok(())) => {
+                        for i in 0..*pages {
+                            m.domains[*dom]
+                                .1
+                                .insert(iova + i, ((base >> 12) + phys + i, !ro));
+                        }
+                    }
+                    (Reply::Error(e), Err(w)) => assert_eq!(e, w, "{op:?}"),
+                    (r, w) => panic!("{op:?}: {r:?} want {w:?}"),
+                }
+            }
+            Op::MapSg { dom, iova, segs } => {
+                let h = handle(m, *dom);
+                let segments = segs
+                    .iter()
+                    .map(|&(p, n)| Segment {
+                        phys: base + p * PG,
+                        len: n * PG,
+                    })
+                    .collect();
+                let r = call(
+                    &mut f,
+                    client,
+                    &Request::MapSg {
+                        domain: h,
+                        iova: iova * PG,
+                        perms: RW,
+                        segments,
+                    },
+                );
+                let total: u64 = segs.iter().map(|s| s.1).sum();
+                let want = if *dom >= m.domains.len() {
+                    Err(Error::NoSuchDomain)
+                } else if segs.iter().any(|s| s.1 == 0) {
+                    Err(Error::InvalidArgument)
+                } else if (*iova..iova + total).any(|p| m.domains[*dom].1.contains_key(&p)) {
+                    Err(Error::Overlap)
+                } else {
+                    Ok(())
+                };
+                match (r, want) {
+                    (Reply::Done, Ok(())) => {
+                        let mut at = *iova;
+                        for &(p, n) in segs {
+                            for i in 0..n {
+                                m.domains[*dom]
+                                    .1
+                                    .insert(at + i, ((base >> 12) + p + i, true));
+                            }
+                            at += n;
+                        }
+                    }
+                    (Reply::Error(e), Err(w)) => assert_eq!(e, w, "{op:?}"),
+                    (r, w) => panic!("{op:?}: {r:?} want {w:?}"),
+                }
+            }
+            Op::Unmap { dom, iova, pages } => {
+                let h = handle(m, *dom);
+                let r = call(
+                    &mut f,
+                    client,
+                    &Request::Unmap {
+                        domain: h,
+                        iova: iova * PG,
+                        len: pages * PG,
+                    },
+                );
+                if *dom >= m.domains.len() {
+                    assert_eq!(r, Reply::Error(Error::NoSuchDomain));
+                } else if *pages == 0 {
+                    assert_eq!(r, Reply::Error(Error::InvalidArgument));
+                } else {
+                    let map = &mut m.domains[*dom].1;
+                    let gone: Vec<u64> = map.range(*iova..iova + pages).map(|(k, _)| *k).collect();
+                    for k in &gone {
+                        map.remove(k);
+                    }
+                    assert_eq!(
+                        r,
+                        Reply::Unmapped {
+                            bytes: gone.len() as u64 * PG
+                        }
+                    );
+                }
+            }
+            Op::Exit => {
+                f.server().client_exited(client);
+                *m = ClientModel::default();
+            }
+        }
+        // The DMA view of every device of both clients equals the model.
+        for (ci, (client, _, ndev, _)) in CLIENT_SET.iter().enumerate() {
+            for dev in 0..*ndev {
+                let dom = model[ci].attached.get(&dev).map(|h| {
+                    &model[ci]
+                        .domains
+                        .iter()
+                        .find(|(x, _)| x == h)
+                        .expect("attached to a live domain")
+                        .1
+                });
+                for p in (0..window).step_by(61).chain([1, 2, 511, 512, 513]) {
+                    let want = dom.and_then(|d| d.get(&p)).copied();
+                    for write in [false, true] {
+                        let got = dma(&mut f, *client, dev, p * PG, write);
+                        let exp = match want {
+                            Some((ph, w)) if !write || w => Ok(ph * PG),
+                            _ => Err(Faulted),
+                        };
+                        assert_eq!(
+                            got, exp,
+                            "client {client:?} dev {dev} page {p} write {write}"
+                        );
+                    }
+                }
+            }
+        }
+        f.server().service_faults();
+    }
+}
+
+/// Instantiates every suite test as a `#[test]` for a fixture type.
+#[macro_export]
+macro_rules! server_suite_tests {
+    ($fixture:ty) => {
+        #[test]
+        fn hello_and_info() {
+            $crate::server_suite::hello_and_info::<$fixture>();
+        }
+        #[test]
+        fn strangers_and_garbage() {
+            $crate::server_suite::strangers_and_garbage::<$fixture>();
+        }
+        #[test]
+        fn domains_and_quota() {
+            $crate::server_suite::domains_and_quota::<$fixture>();
+        }
+        #[test]
+        fn map_unmap_dma() {
+            $crate::server_suite::map_unmap_dma::<$fixture>();
+        }
+        #[test]
+        fn map_errors() {
+            $crate::server_suite::map_errors::<$fixture>();
+        }
+        #[test]
+        fn capability_attacks() {
+            $crate::server_suite::capability_attacks::<$fixture>();
+        }
+        #[test]
+        fn attach_detach() {
+            $crate::server_suite::attach_detach::<$fixture>();
+        }
+        #[test]
+        fn client_exit() {
+            $crate::server_suite::client_exit::<$fixture>();
+        }
+        #[test]
+        fn invalidation_per_request() {
+            $crate::server_suite::invalidation_per_request::<$fixture>();
+        }
+        #[test]
+        fn map_sg() {
+            $crate::server_suite::map_sg::<$fixture>();
+        }
+        #[test]
+        fn map_anywhere() {
+            $crate::server_suite::map_anywhere::<$fixture>();
+        }
+        #[test]
+        fn fault_routing() {
+            $crate::server_suite::fault_routing::<$fixture>();
+        }
+        #[test]
+        fn frame_quota() {
+            $crate::server_suite::frame_quota::<$fixture>();
+        }
+        #[test]
+        fn fail_nth_allocation() {
+            $crate::server_suite::fail_nth_allocation::<$fixture>();
+        }
+        #[test]
+        fn invalidation_failure() {
+            $crate::server_suite::invalidation_failure::<$fixture>();
+        }
+        #[test]
+        fn random_bytes() {
+            $crate::server_suite::random_bytes::<$fixture>(0x5eed, 3000);
+        }
+    };
+}
