@@ -21,6 +21,7 @@ extern crate std;
 pub mod backend;
 pub mod mem;
 pub mod pagetable;
+pub mod smmuv3;
 pub mod vtd;
 
 pub use mem::{FrameAlloc, PAGE_SIZE, PhysAddr, PhysMem, RegisterAccess};

@@ -1,0 +1,224 @@
+//! The Event queue and event records (SMMUv3 3.5 Queues, 7.2 Event queue recorded faults
+//! and events, 7.3 Event records).
+//!
+//! The SMMU writes 32-byte records at EVENTQ_PROD and advances it; software reads records
+//! from EVENTQ_CONS and advances CONS. When the queue was full and a record had to be
+//! dropped, the SMMU toggles EVENTQ_PROD.OVFLG; software acknowledges by writing
+//! EVENTQ_CONS.OVACKFLG equal to it (7.4 Event queue overflow).
+
+use super::regs::queue;
+use crate::backend::{FaultReason, FaultRecord, UnitIndex};
+use crate::mem::{PhysAddr, PhysMem, RegisterAccess};
+
+/// Size of one event record in bytes (7.3).
+pub const EVENT_SIZE: u64 = 32;
+/// log2 of the records one 4 KiB frame holds.
+pub const MAX_LOG2_ENTRIES: u32 = 7;
+
+/// Event type codes (7.3, bits 7:0 of the first doubleword).
+pub mod event {
+    /// F_UUT: unsupported upstream transaction.
+    pub const F_UUT: u8 = 0x01;
+    /// C_BAD_STREAMID: StreamID out of range of the stream table (or its level-1 entry
+    /// invalid).
+    pub const C_BAD_STREAMID: u8 = 0x02;
+    /// F_STE_FETCH: abort fetching an STE.
+    pub const F_STE_FETCH: u8 = 0x03;
+    /// C_BAD_STE: an invalid or ILLEGAL STE.
+    pub const C_BAD_STE: u8 = 0x04;
+    /// F_STREAM_DISABLED: stream table not in use for this traffic.
+    pub const F_STREAM_DISABLED: u8 = 0x06;
+    /// F_TRANSL_FORBIDDEN: translated transaction refused.
+    pub const F_TRANSL_FORBIDDEN: u8 = 0x07;
+    /// C_BAD_SUBSTREAMID.
+    pub const C_BAD_SUBSTREAMID: u8 = 0x08;
+    /// F_CD_FETCH: abort fetching a CD.
+    pub const F_CD_FETCH: u8 = 0x09;
+    /// C_BAD_CD: an invalid or ILLEGAL CD.
+    pub const C_BAD_CD: u8 = 0x0a;
+    /// F_WALK_EABT: external abort during a table walk.
+    pub const F_WALK_EABT: u8 = 0x0b;
+    /// F_TRANSLATION: no valid translation (invalid descriptor, or input beyond T0SZ).
+    pub const F_TRANSLATION: u8 = 0x10;
+    /// F_ADDR_SIZE: output address beyond the configured size.
+    pub const F_ADDR_SIZE: u8 = 0x11;
+    /// F_ACCESS: access flag fault (AF = 0 in a leaf).
+    pub const F_ACCESS: u8 = 0x12;
+    /// F_PERMISSION: the leaf does not allow the access.
+    pub const F_PERMISSION: u8 = 0x13;
+}
+
+/// Bit 35 of the second doubleword (event bit 99): RnW, 1 = read (7.3.x, records carrying
+/// an access).
+const RNW: u64 = 1 << 35;
+
+/// Decodes one record (`d` = its four doublewords) from `unit` into a [`FaultRecord`]:
+/// StreamID (bits 63:32) is the device, InputAddr (third doubleword) the IOVA; RnW gives the
+/// direction for records that describe an access (translation-class faults, F_UUT,
+/// F_TRANSL_FORBIDDEN, F_WALK_EABT), others report `write: false`.
+pub fn decode(unit: UnitIndex, d: [u64; 4]) -> FaultRecord {
+    let ty = d[0] as u8;
+    let carries_access = matches!(
+        ty,
+        event::F_UUT
+            | event::F_TRANSL_FORBIDDEN
+            | event::F_WALK_EABT
+            | event::F_TRANSLATION
+            | event::F_ADDR_SIZE
+            | event::F_ACCESS
+            | event::F_PERMISSION
+    );
+    let reason = match ty {
+        event::F_TRANSLATION => FaultReason::NotPresent,
+        event::F_PERMISSION => FaultReason::Permission,
+        event::F_ADDR_SIZE => FaultReason::AddressSize,
+        event::C_BAD_STREAMID
+        | event::C_BAD_STE
+        | event::F_STREAM_DISABLED
+        | event::F_TRANSL_FORBIDDEN => FaultReason::Blocked,
+        // F_ACCESS cannot come from tables this server built (every leaf has AF = 1): it is
+        // reported raw, as are configuration errors the driver never provokes.
+        other => FaultReason::Other(other as u16),
+    };
+    FaultRecord {
+        unit,
+        device: (d[0] >> 32) as u32,
+        iova: d[2],
+        write: carries_access && d[1] & RNW == 0,
+        reason,
+    }
+}
+
+/// The Event queue of one unit: one 4 KiB frame of up to 128 records.
+#[derive(Debug)]
+pub struct EventQueue {
+    base: PhysAddr,
+    log2: u32,
+    /// Software's CONS (index and wrap bit).
+    cons: u32,
+    /// The overflow flag last acknowledged.
+    ovack: u32,
+    prod_off: usize,
+    cons_off: usize,
+}
+
+impl EventQueue {
+    /// A queue in the all-zero frame `base` with `2^log2` records (`log2` <= 7), whose
+    /// PROD/CONS registers live at `page1 + 0xA8` / `page1 + 0xAC`.
+    pub fn new(base: PhysAddr, log2: u32, page1: usize) -> Self {
+        EventQueue {
+            base,
+            log2: log2.min(MAX_LOG2_ENTRIES),
+            cons: 0,
+            ovack: 0,
+            prod_off: page1 + super::regs::EVENTQ_PROD_PAGE1,
+            cons_off: page1 + super::regs::EVENTQ_CONS_PAGE1,
+        }
+    }
+
+    /// The queue frame.
+    pub fn base(&self) -> PhysAddr {
+        self.base
+    }
+
+    /// log2 of the number of records.
+    pub fn log2_entries(&self) -> u32 {
+        self.log2
+    }
+
+    /// The SMMU_EVENTQ_BASE value (6.3.29).
+    pub fn base_reg(&self) -> u64 {
+        queue::base(self.base, self.log2)
+    }
+
+    /// Offset of EVENTQ_PROD.
+    pub fn prod_reg(&self) -> usize {
+        self.prod_off
+    }
+
+    /// Offset of EVENTQ_CONS.
+    pub fn cons_reg(&self) -> usize {
+        self.cons_off
+    }
+
+    /// Resets the software CONS and overflow state (the unit's PROD/CONS are written 0).
+    pub fn reset(&mut self) {
+        self.cons = 0;
+        self.ovack = 0;
+    }
+
+    fn ptr_mask(&self) -> u32 {
+        (2u32 << self.log2) - 1
+    }
+
+    /// Reads every record between CONS and PROD into `sink`, returns the consumed slots to
+    /// the SMMU by writing CONS (with OVACKFLG acknowledging any overflow), and returns the
+    /// overflow flag and the number of records delivered. At most one queue's worth of
+    /// records is read per call, whatever PROD says.
+    pub fn drain<R, M>(
+        &mut self,
+        regs: &mut R,
+        mem: &M,
+        unit: UnitIndex,
+        sink: &mut dyn FnMut(FaultRecord),
+    ) -> (bool, u64)
+    where
+        R: RegisterAccess + ?Sized,
+        M: PhysMem + ?Sized,
+    {
+        let raw = regs.read32(self.prod_off);
+        let prod = raw & self.ptr_mask();
+        let ovflg = raw & queue::OVFLG;
+        let entries = 1u32 << self.log2;
+        let avail = prod.wrapping_sub(self.cons) & self.ptr_mask();
+        let n = avail.min(entries);
+        for _ in 0..n {
+            let pa = self.base + (self.cons & (entries - 1)) as u64 * EVENT_SIZE;
+            let d = [
+                mem.read_u64(pa),
+                mem.read_u64(pa + 8),
+                mem.read_u64(pa + 16),
+                mem.read_u64(pa + 24),
+            ];
+            sink(decode(unit, d));
+            self.cons = (self.cons + 1) & self.ptr_mask();
+        }
+        let overflow = ovflg != self.ovack;
+        self.ovack = ovflg;
+        if n > 0 || overflow {
+            regs.write32(self.cons_off, self.cons | self.ovack);
+        }
+        (overflow, n as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decode_events() {
+        let rec = |ty: u64, sid: u64, rnw: bool, addr: u64| {
+            decode(2, [ty | (sid << 32), if rnw { RNW } else { 0 }, addr, 0])
+        };
+        let r = rec(0x10, 8, false, 0x1234_5678);
+        assert_eq!(
+            r,
+            FaultRecord {
+                unit: 2,
+                device: 8,
+                iova: 0x1234_5678,
+                write: true,
+                reason: FaultReason::NotPresent
+            }
+        );
+        assert!(!rec(0x10, 8, true, 0).write);
+        assert_eq!(rec(0x13, 1, false, 0).reason, FaultReason::Permission);
+        assert_eq!(rec(0x11, 1, false, 0).reason, FaultReason::AddressSize);
+        assert_eq!(rec(0x12, 1, false, 0).reason, FaultReason::Other(0x12));
+        assert_eq!(rec(0x04, 1, false, 0).reason, FaultReason::Blocked);
+        assert_eq!(rec(0x02, 0xffff, false, 0).reason, FaultReason::Blocked);
+        assert!(!rec(0x04, 1, false, 0).write, "no access in config errors");
+        assert_eq!(rec(0x0a, 1, false, 0).reason, FaultReason::Other(0x0a));
+    }
+}
