@@ -6,8 +6,9 @@
 //! hosted runtime. This is where the unsafe code that touches hardware lives, each block with a
 //! `// SAFETY:` comment.
 //!
-//! Architecture-independent pieces ([`mem`], [`pci`], [`dmar`], [`dma`], [`edu`]) build and are
-//! tested on the host too; the runtimes (`x86`) exist only on bare-metal targets.
+//! Architecture-independent pieces ([`mem`], [`pci`], [`dmar`], [`dma`], [`edu`], [`local`])
+//! build and are tested on the host too; the runtimes (`x86`) and the client scenario the
+//! images run (`scenario`, which logs with defmt) exist only on bare-metal targets.
 #![no_std]
 
 #[cfg(test)]
@@ -16,8 +17,11 @@ extern crate std;
 pub mod dma;
 pub mod dmar;
 pub mod edu;
+pub mod local;
 pub mod mem;
 pub mod pci;
+#[cfg(target_os = "none")]
+pub mod scenario;
 
 #[cfg(all(target_arch = "x86_64", target_os = "none"))]
 pub mod x86;

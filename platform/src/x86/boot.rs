@@ -67,8 +67,9 @@ _pvh_start:
     mov edi, offset __bss_start
     mov ecx, offset __bss_end
     sub ecx, edi
+    shr ecx, 2                  /* both ends are 16-byte aligned */
     xor eax, eax
-    rep stosb
+    rep stosd
 
     /* PML4[0] -> PDPT; PDPT[0..4] -> four page directories. */
     mov eax, offset boot_pdpt

@@ -10,7 +10,7 @@ pub mod log;
 pub mod targets;
 
 use std::fs::File;
-use std::io::Read;
+use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -105,11 +105,19 @@ pub fn boot(target: &Target, elf: &Path, dir: &Path, limit: Duration) -> Result<
         }
     }
     cmd.arg("-kernel").arg(elf);
-    cmd.stdin(Stdio::null());
+    cmd.stdin(Stdio::null()).stderr(Stdio::piped());
     println!("qemu| {}", render(&cmd));
     let mut child = cmd
         .spawn()
         .map_err(|e| format!("cannot start {}: {e}", target.qemu))?;
+    // QEMU's own messages (e.g. VT-d translation faults it logs), marked as such.
+    let stderr = child.stderr.take().map(|err| {
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                println!("qemu!| {line}");
+            }
+        })
+    });
 
     let start = Instant::now();
     let mut pump = |summary: &mut LogSummary| {
@@ -132,6 +140,9 @@ pub fn boot(target: &Target, elf: &Path, dir: &Path, limit: Duration) -> Result<
         }
     };
     pump(&mut summary);
+    if let Some(t) = stderr {
+        let _ = t.join();
+    }
     console.finish(&mut summary);
     defmt.finish(&mut summary);
     println!(
