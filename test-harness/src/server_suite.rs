@@ -1469,12 +1469,6 @@ pub fn invalidation_failure<F: Fixture>() {
 
 /// Random bytes never panic, always get a decodable reply, and never change state.
 pub fn random_bytes<F: Fixture>(seed: u64, count: usize) {
-    let (mut f, _) = fresh::<F>();
-    let d = create(&mut f, A);
-    attach(&mut f, A, d, 0);
-    map(&mut f, A, d, 0, 0x1000_0000, PG, RW);
-    let probes = [0, PG];
-    let before = observe(&mut f, &[(A, d)], &[(A, 0)], &probes);
     let mut x = seed | 1;
     let mut next = || {
         x ^= x << 13;
@@ -1482,37 +1476,48 @@ pub fn random_bytes<F: Fixture>(seed: u64, count: usize) {
         x ^= x << 17;
         x
     };
-    let mut rep = [0u8; MAX_MESSAGE];
-    let mut changed = 0;
-    for _ in 0..count {
-        let len = (next() % 40) as usize;
-        let mut bytes: Vec<u8> = (0..len).map(|_| next() as u8).collect();
-        // Mostly requests that mutate nothing on success or fail: keep mutating tags away.
-        if let Some(b) = bytes.first_mut() {
-            *b %= 16;
-        }
-        let n = f.server().handle(A, &bytes, &mut rep);
-        let reply = decode_reply(&rep[..n]).expect("valid reply");
-        if !matches!(reply, Reply::Error(_)) {
-            // A random request that happened to be valid and succeed (e.g. `Info`, a `Map`
-            // into A's region): only read-only successes are expected to leave state alone.
-            match iommu_protocol::decode_request(&bytes) {
-                Ok(
-                    Request::Info | Request::Hello { .. } | Request::Faults | Request::Query { .. },
-                ) => {}
-                Ok(Request::Detach { .. }) => {
-                    changed += 1;
-                    attach(&mut f, A, d, 0);
-                }
-                Ok(other) => {
-                    changed += 1;
-                    undo(&mut f, d, &other, &reply);
-                }
-                Err(_) => panic!("undecodable request succeeded"),
+    let inputs: Vec<Vec<u8>> = (0..count)
+        .map(|_| {
+            let len = (next() % 40) as usize;
+            let mut bytes: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+            // Mostly valid tags, so the decoder's field checks are exercised too.
+            if let Some(b) = bytes.first_mut() {
+                *b %= 16;
             }
+            bytes
+        })
+        .collect();
+    garbage::<F>(&inputs);
+}
+
+/// Sends each input as a request of client A: never a panic, always a decodable reply, and
+/// any request that happens to decode and succeed is undone, so the state afterwards equals
+/// the state before (DMA and Query views, quotas, pool).
+pub fn garbage<F: Fixture>(inputs: &[Vec<u8>]) {
+    let (mut f, _) = fresh::<F>();
+    let d = create(&mut f, A);
+    attach(&mut f, A, d, 0);
+    map(&mut f, A, d, 0, 0x1000_0000, PG, RW);
+    let probes = [0, PG];
+    let before = observe(&mut f, &[(A, d)], &[(A, 0)], &probes);
+    let mut rep = [0u8; MAX_MESSAGE];
+    for bytes in inputs {
+        let n = f.server().handle(A, bytes, &mut rep);
+        let reply = decode_reply(&rep[..n]).expect("valid reply");
+        let decoded = iommu_protocol::decode_request(bytes);
+        if decoded.is_err() {
+            assert_eq!(reply, Reply::Error(Error::BadMessage));
+            continue;
+        }
+        if matches!(reply, Reply::Error(_)) {
+            continue;
+        }
+        match decoded.unwrap() {
+            Request::Info | Request::Hello { .. } | Request::Faults | Request::Query { .. } => {}
+            Request::Detach { .. } => attach(&mut f, A, d, 0),
+            other => undo(&mut f, d, &other, &reply),
         }
     }
-    let _ = changed;
     assert_eq!(observe(&mut f, &[(A, d)], &[(A, 0)], &probes), before);
 }
 
@@ -1626,11 +1631,24 @@ const CLIENT_SET: [(ClientId, u64, u32, usize); 2] = [
 
 /// Runs `ops` (each tagged with a client index 0 = A, 1 = B) and checks after every step that
 /// the DMA view of every device equals the model, and that failed requests changed nothing.
+///
+/// The stream is preceded by a prelude that gives each client two domains with devices
+/// attached, so random operations mostly meet live state.
 pub fn run_stream<F: Fixture>(ops: &[(usize, Op)]) {
     let (mut f, _) = fresh::<F>();
     let mut model = [ClientModel::default(), ClientModel::default()];
     let window = 1024u64; // IOVA pages used: [0, 4 MiB)
-    for (ci, op) in ops {
+    let prelude = [
+        (0, Op::Create),
+        (0, Op::Create),
+        (0, Op::Attach(0, 0)),
+        (0, Op::Attach(1, 1)),
+        (0, Op::Attach(1, 2)),
+        (1, Op::Create),
+        (1, Op::Create),
+        (1, Op::Attach(1, 0)),
+    ];
+    for (ci, op) in prelude.iter().chain(ops) {
         let (client, base, ndev, maxd) = CLIENT_SET[*ci];
         let m = &mut model[*ci];
         let handle = |m: &ClientModel, n: usize| {
