@@ -7,6 +7,66 @@
 //!
 //! The server knows the [`iommu_hal::backend::Backend`] trait, never a vendor module, and
 //! contains no unsafe code.
+//!
+//! # Using it
+//!
+//! The platform builds a [`Config`] (plain `static` data, like Hubris's generated tables),
+//! then [`Server::new`]`(backend, mem, alloc, notify, config)`, and from its receive loop calls
+//! [`Server::handle`]`(client, request_bytes, reply_buf)` with the client identity its IPC
+//! gives (seL4 badge, Hubris task index), [`Server::client_exited`] when a client is gone, and
+//! [`Server::service_faults`] when a unit raises its fault interrupt.
+//!
+//! # Semantics decided here
+//!
+//! - **Units.** One backend drives every unit. All units must report the same address width;
+//!   every domain is built once for that width with the intersection of the units' leaf
+//!   sizes (and `split_live_blocks` / `coherent_walk` only if every unit has them), so any
+//!   domain can hold devices behind any unit. Domain tags are `slot + 1`, capped by the
+//!   smallest unit's tag space.
+//! - **Handles** are per client: domain handles come from the client's own counter, device
+//!   handles are indices into the client's configured device list. Another client's handle is
+//!   `NoSuchDomain` / `NoSuchDevice`; nothing tells whether it exists elsewhere. A client
+//!   unknown to the configuration gets `NotPermitted` for every request.
+//! - **Grants.** A physical range must lie wholly within one granted region (two adjacent
+//!   grants do not combine), checked overflow-safely, with permissions within that region's.
+//!   Argument errors (zero length, empty perms: `InvalidArgument`; alignment: `Misaligned`;
+//!   wrap-around or outside a usable IOVA range: `OutOfRange`) are reported before grants.
+//! - **Reserved IOVA windows** ([`Config::reserved`], e.g. the x86 MSI window) are not usable:
+//!   `Map`/`MapSg` there is `OutOfRange`, `MapAnywhere` never picks them, `Info` reports the
+//!   usable ranges.
+//! - **Blocking.** Every configured device is blocked at [`Server::new`]; `Detach` blocks; an
+//!   unattached device is never passthrough. `Attach` of a device attached to another domain
+//!   is `DeviceBusy` (detach first); attaching it again to its own domain is `Done`. `Detach`
+//!   of an unattached device is `Done`. `DestroyDomain` with devices attached is `DomainBusy`.
+//! - **Quotas.** `CreateDomain` beyond `max_domains` is `QuotaExceeded`. Page-table frames
+//!   (roots included) are charged per request through a counting wrapper around the global
+//!   allocator: refused by the quota is `QuotaExceeded`, by the pool `OutOfTableMemory`.
+//!   Frames come back to the quota when freed (after the invalidation). Unit structures that
+//!   a backend allocates in `attach` (e.g. VT-d context tables) come from the global pool and
+//!   are not charged: they are shared and never freed.
+//! - **Strict invalidation.** An `Unmap` replies only after `Backend::invalidate` returned Ok
+//!   on every unit where a device of the domain is, or was since the last domain-wide
+//!   invalidation there, attached; freed table frames go back to the pool only after that.
+//!   One invalidation per request per unit ([`Stats::invalidations`]). Maps are invalidated on
+//!   units that cache non-present entries only. `MapSg` maps into one gather after checking
+//!   every segment's grant and that the whole IOVA range is free; a failure mid-way unmaps what
+//!   the request mapped and invalidates, so nothing changed.
+//! - **Failed invalidation** (`HardwareTimeout` / `HardwareError`): the domain's devices are
+//!   blocked (best effort), the failed units are marked stale and the frames the change
+//!   freed wait in the domain; every later request on the domain first retries a domain-wide
+//!   invalidation of those units and fails the same way while the unit does not answer. A
+//!   failed `Map`/`MapSg` is undone in the tables. A failed `Unmap` stays unmapped in the
+//!   tables (the removed translations cannot be rebuilt), so for `Unmap` the protocol's
+//!   "tables restored" does not hold: the range must be treated as possibly still reachable
+//!   until a later request on the domain succeeds, and the devices must be re-attached.
+//! - **Client exit** tears down every domain of the client (devices blocked, domain-wide
+//!   invalidation, tables freed), drops its queued faults and restarts its handle numbering.
+//!   A domain whose invalidation fails then is quarantined: its tag and frames stay reserved
+//!   for good ([`Stats::quarantined_domains`]); the client's quota is restored regardless.
+//! - **Faults** are routed to the owner of `(unit, requester id)` as its device handle, into a
+//!   bounded queue per client; overflow is counted and reported once as `lost` in the next
+//!   `Faults` reply; records of unowned devices are counted ([`Stats::faults_unowned`]) and
+//!   dropped; [`Notify::notify`] is called once per client that received records.
 #![no_std]
 #![forbid(unsafe_code)]
 
@@ -19,6 +79,8 @@ mod faults;
 mod quota;
 mod server;
 
-pub use config::{ClientConfig, ClientId, Config, ConfigError, DeviceGrant, RegionGrant};
+pub use config::{
+    ClientConfig, ClientId, Config, ConfigError, DeviceGrant, RegionGrant, usable_ranges,
+};
 pub use faults::{NoNotify, Notify};
 pub use server::{Server, Stats};
