@@ -86,7 +86,8 @@ pub struct PageTable<F: Format> {
     counters: Counters,
     /// Bit `n` set: leaves are written at engine level `n` (config ∩ format ∩ table height).
     leaf_levels: u8,
-    /// Last valid IOVA, `2^addr_width - 1`.
+    /// Last valid IOVA: `2^addr_width - 1`, or `2^(addr_width - 1) - 1` for a
+    /// [`Format::SIGN_EXTENDED`] format.
     last_iova: u64,
     _format: PhantomData<F>,
 }
@@ -396,10 +397,12 @@ impl<F: Format> PageTable<F> {
             leaf_levels |= 1 << level;
         }
         let root = alloc.alloc_frame().ok_or(PtError::NoFrame)?;
-        let last_iova = if config.addr_width == 64 {
+        // Zero-extended IOVAs reach only the lower half of a sign-extended space.
+        let in_bits = config.addr_width - u32::from(F::SIGN_EXTENDED);
+        let last_iova = if in_bits == 64 {
             u64::MAX
         } else {
-            (1u64 << config.addr_width) - 1
+            (1u64 << in_bits) - 1
         };
         Ok(PageTable {
             root,
@@ -481,9 +484,9 @@ impl<F: Format> PageTable<F> {
     /// Uses, for every part of the range, the largest allowed leaf that the alignment of both
     /// `iova` and `phys` and the remaining length permit. Errors, checked in this order, leave
     /// everything unchanged: `Misaligned` (`iova`, `phys` or `len` not 4 KiB multiples),
-    /// `ZeroLength`, `OutOfRange` (the IOVA range wraps or leaves the address width, or the
-    /// physical range wraps or leaves `2^F::OA_BITS`), `PermsUnsupported`, `Overlap` (any page
-    /// already mapped), `NoFrame`. Records the mapped span in `gather` (leaf size: the smallest
+    /// `ZeroLength`, `OutOfRange` (the IOVA range wraps or leaves the address width, or its
+    /// lower half for a [`Format::SIGN_EXTENDED`] format; or the physical range wraps or leaves
+    /// `2^F::OA_BITS`), `PermsUnsupported`, `Overlap` (any page already mapped), `NoFrame`. Records the mapped span in `gather` (leaf size: the smallest
     /// leaf written; the largest is recorded too).
     #[allow(clippy::too_many_arguments)]
     pub fn map<M: PhysMem + ?Sized, A: FrameAlloc + ?Sized>(
@@ -1630,11 +1633,39 @@ mod tests {
     }
 
     #[test]
+    fn sign_extended_formats_use_the_lower_half() {
+        for w in [39u32, 48, 57] {
+            let mut r = Rig::<RiscvSv>::new(cfg(w));
+            let half = 1u64 << (w - 1);
+            let before = r.state();
+            assert_eq!(
+                r.map(half, 0, K4, Perms::R).unwrap_err(),
+                PtError::OutOfRange
+            );
+            assert_eq!(
+                r.map(half - K4, 0, 2 * K4, Perms::R).unwrap_err(),
+                PtError::OutOfRange
+            );
+            assert_eq!(r.unmap(half, K4).unwrap_err(), PtError::OutOfRange);
+            assert_eq!(r.state(), before);
+            assert_eq!(r.pt.query(&r.mem, half), None);
+            assert_eq!(r.find(K4, K4, half - K4, u64::MAX), Ok(Some(half - K4)));
+            assert_eq!(r.find(2 * K4, K4, half - K4, u64::MAX), Ok(None));
+            r.map(half - K4, 0, K4, Perms::R).unwrap();
+            assert_eq!(r.q(half - 1), Some((K4 - 1, K4)));
+            // The whole usable space at once (VT-d, with no such restriction, takes 2^w).
+            assert_eq!(r.unmap_release(0, half).unwrap(), K4);
+        }
+        let mut v = Rig::<VtdSl>::new(cfg(39));
+        v.map((1 << 39) - K4, 0, K4, Perms::R).unwrap();
+    }
+
+    #[test]
     fn destroy_frees_everything() {
         let mut r = Rig::<RiscvSv>::new(cfg(57));
         r.map(0, 0, 3 * M2 + 5 * K4, Perms::RW).unwrap();
         r.map(1 << 50, G1, G1 + K4, Perms::R).unwrap();
-        r.map(1 << 56, G1, K4, Perms::R).unwrap();
+        r.map((1 << 56) - K4, G1, K4, Perms::R).unwrap();
         assert!(r.alloc.in_use > 5);
         let Rig {
             mut mem,

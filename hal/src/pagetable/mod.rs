@@ -110,6 +110,10 @@ pub trait Format {
     /// Output (physical) address bits a leaf can express; the engine refuses `phys` ranges
     /// reaching beyond `2^OA_BITS`. Defaults to 52, the widest the x86 formats allow.
     const OA_BITS: u32 = 52;
+    /// Whether input addresses must be sign-extended from bit `addr_width - 1` (RISC-V
+    /// Sv39/48/57). IOVAs are zero-extended, so the engine then accepts only the lower half,
+    /// `[0, 2^(addr_width - 1))`. Defaults to false: the whole `[0, 2^addr_width)` is usable.
+    const SIGN_EXTENDED: bool = false;
 
     /// The number of levels for an input address width, or `None` if unsupported.
     fn levels_for(addr_width: u32) -> Option<u8>;

@@ -62,6 +62,9 @@ impl Format for RiscvSv {
     const NAME: &'static str = "riscv-sv";
     const ADDR_WIDTHS: &'static [u32] = &[39, 48, 57];
     const OA_BITS: u32 = 56;
+    /// Sv39/48/57 virtual addresses must have bits 63:VALEN-1 all equal to bit VALEN-1
+    /// (4.4-4.6; the RISC-V IOMMU faults otherwise): zero-extended IOVAs reach the lower half.
+    const SIGN_EXTENDED: bool = true;
 
     fn levels_for(addr_width: u32) -> Option<u8> {
         match addr_width {
