@@ -759,7 +759,15 @@ impl<R: RegisterAccess, const CDS: usize> SmmuUnit<R, CDS> {
             return Ok(());
         }
         let cmds = queue::tlbi_for_gather(tag, gather, self.ril);
-        self.run(mem, delay, &cmds)
+        match self.run(mem, delay, &cmds) {
+            Err(e @ SmmuError::CommandError { .. }) => {
+                // A TLBI the unit refused was replaced by a CMD_SYNC: make sure nothing of
+                // the gather stays cached (TLBI_NH_ASID is always legal), then report.
+                self.run(mem, delay, &[Cmd::TlbiNhAsid { asid: tag }])?;
+                Err(e)
+            }
+            r => r,
+        }
     }
 
     /// Invalidates every TLB and walk-cache entry of ASID `tag` (TLBI_NH_ASID) and waits.
