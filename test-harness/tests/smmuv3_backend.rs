@@ -506,7 +506,13 @@ fn one_batch_per_gather() {
     let mut r = rig(model());
     let mut pt = r.table();
     r.attach(SID, &pt, 4);
-    r.map(&mut pt, 0x100_0000, DATA, 0x20_0000, Perms::RW);
+    // 256 + 1 pages (4 KiB leaves), with a lone page at the end of the 2 MiB region.
+    r.map(&mut pt, 0x100_0000, DATA, 0x10_0000, Perms::RW);
+    r.map(&mut pt, 0x110_0000, DATA, 0x1000, Perms::RW);
+    r.map(&mut pt, 0x11f_f000, DATA, 0x1000, Perms::RW);
+    for iova in [0x100_0000, 0x10f_f000, 0x11f_f000, 0x110_0000] {
+        assert!(r.read(SID, iova, 8).is_ok());
+    }
     let before = r.counters();
     // 256 pages + a lone page far away: one gather, one range batch.
     let mut g = Gather::new();
@@ -520,6 +526,7 @@ fn one_batch_per_gather() {
     assert_eq!(after.batches, before.batches + 1);
     assert_eq!(after.syncs, before.syncs + 1);
     assert!(r.read(SID, 0x100_0000, 8).is_err());
+    assert!(r.read(SID, 0x10f_f000, 8).is_err());
     assert!(r.read(SID, 0x11f_f000, 8).is_err());
     assert!(r.read(SID, 0x110_0000, 8).is_ok());
     // An empty gather costs nothing.
@@ -951,4 +958,83 @@ fn gbpa_aborts_before_and_while_disabled() {
     let ev = r.hw.borrow().event_log.clone();
     assert!(ev.iter().all(|e| e.code != EventType::CBadSte as u8));
     let _ = Access::Read;
+}
+
+/// Physical memory that remembers which words the driver wrote and has not yet cleaned
+/// with `sync_for_device`, as a non-coherent walker would need.
+#[derive(Clone, Default)]
+struct SyncMem {
+    mem: SharedMem,
+    dirty: Rc<std::cell::RefCell<std::collections::BTreeSet<u64>>>,
+    syncs: Rc<Cell<u64>>,
+}
+
+impl iommu_hal::PhysMem for SyncMem {
+    fn read_u64(&self, pa: u64) -> u64 {
+        self.mem.read_u64(pa)
+    }
+    fn write_u64(&mut self, pa: u64, value: u64) {
+        self.dirty.borrow_mut().insert(pa);
+        self.mem.write_u64(pa, value)
+    }
+    fn sync_for_device(&mut self, pa: u64, len: u64) {
+        self.syncs.set(self.syncs.get() + 1);
+        let mut d = self.dirty.borrow_mut();
+        let gone: Vec<u64> = d.range(pa..pa + len).copied().collect();
+        for a in gone {
+            d.remove(&a);
+        }
+    }
+}
+
+#[test]
+fn non_coherent_units_get_every_structure_write_cleaned() {
+    for cohacc in [false, true] {
+        let mem = SharedMem::new();
+        let smem = SyncMem {
+            mem: mem.clone(),
+            ..SyncMem::default()
+        };
+        let hw = SmmuHandle::new(mem.clone(), ModelCfg { cohacc, ..model() });
+        let mut alloc = SimAlloc::new(mem.clone(), POOL, 256);
+        let mut be: SmmuBackend<SmmuHandle, SyncMem, FakeDelay, 1> =
+            SmmuBackend::new(smem.clone(), FakeDelay::default());
+        be.add_unit(hw.clone(), &mut alloc, SmmuConfig::default())
+            .unwrap();
+        let info = be.unit_info(0);
+        assert_eq!(info.coherent_walk, cohacc);
+        let mut pt: PageTable<ArmS1> = PageTable::new(
+            TableConfig {
+                addr_width: info.addr_width,
+                leaf_sizes: info.leaf_sizes,
+                split_live_blocks: info.split_live_blocks,
+                coherent: info.coherent_walk,
+            },
+            &mut alloc,
+        )
+        .unwrap();
+        let d = DomainConfig {
+            tag: 1,
+            root: pt.root(),
+            levels: pt.levels(),
+            addr_width: 48,
+        };
+        be.attach(&mut alloc, 0, SID, d).unwrap();
+        let mut m = mem.clone();
+        let mut g = Gather::new();
+        pt.map(&mut m, &mut alloc, 0x1000, DATA, 0x1000, Perms::RW, &mut g)
+            .unwrap();
+        assert!(hw.dma_read(SID, 0x1000, 8).is_ok());
+        pt.unmap(&mut m, &mut alloc, 0x1000, 0x1000, &mut g)
+            .unwrap();
+        be.invalidate(0, 1, &g).unwrap();
+        be.block(0, SID).unwrap();
+        if cohacc {
+            assert_eq!(smem.syncs.get(), 0, "coherent: no cache maintenance");
+        } else {
+            assert!(smem.syncs.get() > 0);
+            let dirty = smem.dirty.borrow();
+            assert!(dirty.is_empty(), "written, never cleaned: {dirty:x?}");
+        }
+    }
 }
