@@ -1038,3 +1038,31 @@ fn non_coherent_units_get_every_structure_write_cleaned() {
         }
     }
 }
+
+#[test]
+fn batches_larger_than_the_queue_wait_for_space() {
+    // A 4-entry Command queue; 12 single-page TLBIs and a CMD_SYNC go through it in turns.
+    let mut r = rig(ModelCfg {
+        cmdqs: 2,
+        ril: false,
+        cons_delay_reads: 1,
+        ..model()
+    });
+    assert_eq!(r.be.unit(0).unwrap().stream_table().log2size, 16);
+    let mut pt = r.table();
+    r.attach(SID, &pt, 1);
+    r.map(&mut pt, 0x10_0000, DATA, 0xc000, Perms::RW);
+    for i in 0..12 {
+        assert!(r.read(SID, 0x10_0000 + i * 0x1000, 1).is_ok());
+    }
+    let before = r.counters();
+    let g = r.unmap(&mut pt, 1, 0x10_0000, 0xc000);
+    r.release(g);
+    let after = r.counters();
+    assert_eq!(after.tlbi_nh_va - before.tlbi_nh_va, 12);
+    assert_eq!(after.syncs - before.syncs, 1);
+    for i in 0..12 {
+        assert!(r.read(SID, 0x10_0000 + i * 0x1000, 1).is_err());
+    }
+    r.assert_clean();
+}

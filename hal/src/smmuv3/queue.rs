@@ -344,9 +344,10 @@ impl CmdQueue {
     {
         let mut first_err: Option<SmmuError> = None;
         counters.batches += 1;
+        // Free slots as of one CONS read; read again only when they run out.
+        let mut free = self.free_slots(regs)?;
         for c in cmds.iter().copied().chain(core::iter::once(Cmd::Sync)) {
-            // Room for one entry.
-            if self.full_by_shadow(regs)? {
+            if free == 0 {
                 regs.write32(regs::CMDQ_PROD, self.prod);
                 let r = self.wait(
                     regs,
@@ -361,7 +362,9 @@ impl CmdQueue {
                     counters.count_error(e);
                     return Err(e);
                 }
+                free = self.free_slots(regs)?;
             }
+            free -= 1;
             let pa = self.entry_pa(self.prod);
             let [d0, d1] = c.encode();
             mem.write_u64(pa, d0);
@@ -394,10 +397,11 @@ impl CmdQueue {
         Ok(())
     }
 
-    fn full_by_shadow<R: RegisterAccess + ?Sized>(&self, regs: &mut R) -> Result<bool, SmmuError> {
+    /// Free entries between our PROD and the unit's CONS.
+    fn free_slots<R: RegisterAccess + ?Sized>(&self, regs: &mut R) -> Result<u32, SmmuError> {
         let cons = regs.read32(regs::CMDQ_CONS) & self.ptr_mask();
         match self.used(cons) {
-            Some(u) => Ok(u >= self.entries()),
+            Some(u) => Ok(self.entries() - u),
             None => Err(SmmuError::BadQueuePointer),
         }
     }
