@@ -20,8 +20,8 @@
 //! - bits 9:8 `SH` = 0b11: Inner Shareable.
 //! - bit 6 `AP[1]` = 1: accessible at EL0 (unprivileged). SMMU stage-1 DMA is normally issued
 //!   as unprivileged (the SMMU's default when the master does not say otherwise), so the page
-//!   must be EL0-accessible; for unprivileged accesses AP[1] = 1 gives the read/write rights
-//!   that AP[2] selects.
+//!   must be EL0-accessible; for unprivileged accesses AP\[1\] = 1 gives the read/write rights
+//!   that AP\[2\] selects.
 //! - bit 7 `AP[2]` = 1 for read-only, 0 for read-write. Write-only cannot be expressed.
 //! - bit 10 `AF` = 1: accessed, so no Access flag fault (no hardware AF management assumed).
 //! - bit 11 `nG` = 1: not global, TLB entries are tagged with the context's ASID.
@@ -86,7 +86,7 @@ impl Format for ArmS1 {
         level <= 2
     }
 
-    /// Read-only and read-write. Write-only (and no access) cannot be expressed by AP[2:1].
+    /// Read-only and read-write. Write-only (and no access) cannot be expressed by AP\[2:1\].
     fn supports_perms(perms: Perms) -> bool {
         perms.read
     }

@@ -5,7 +5,7 @@
 //! later), section 4.3 (Sv32, which defines the PTE bits and the walk reused by the others),
 //! 4.4 "Sv39", 4.5 "Sv48" and 4.6 "Sv57".
 //!
-//! Level names: the spec's `i` in the walk (PPN[i], VPN[i]) is the engine level: level 0 holds
+//! Level names: the spec's `i` in the walk (`PPN[i]`, `VPN[i]`) is the engine level: level 0 holds
 //! 4 KiB pages, level 1 megapages (2 MiB), level 2 gigapages (1 GiB), level 3 terapages
 //! (512 GiB, Sv48 and Sv57), level 4 petapages (256 TiB, Sv57). Sv39 / Sv48 / Sv57 have
 //! 3 / 4 / 5 levels.
