@@ -52,4 +52,21 @@ mod mock_only {
         );
         assert_eq!(unmap(&mut f, A, d, 0x20_1000, 0x1000), 0x1000);
     }
+
+    /// A unit that overflowed its own fault log: counted; the records it kept are routed.
+    #[test]
+    fn hardware_fault_overflow_is_counted() {
+        let rec = Recorder::default();
+        let mut f = MockFixture::with_spec(&Setup::default(), rec.clone(), MockSpec::default());
+        let slots = f.server.backend().spec().fault_slots as u64;
+        for i in 0..slots + 3 {
+            assert_eq!(dma(&mut f, A, 0, i * 0x1000, false), Err(Faulted));
+        }
+        f.server.service_faults();
+        assert_eq!(f.server.stats().hw_fault_overflows, 1);
+        assert_eq!(rec.take(), vec![A]);
+        let (recs, lost) = iommu_test_harness::server_suite::faults(&mut f, A);
+        assert_eq!(recs.len() as u64, slots.min(8));
+        assert_eq!(u64::from(lost), slots.saturating_sub(8));
+    }
 }
