@@ -52,12 +52,16 @@ pub enum Error {
     /// The server or the hardware does not support this request or these parameters (e.g. a
     /// permission combination the page-table format cannot express). Nothing changed.
     Unsupported = 12,
-    /// The IOMMU did not complete an operation (e.g. an invalidation) in the bounded time. The
-    /// server restored its tables, so the mapping state is as before the request; the unit may
-    /// be unusable and later requests may fail the same way.
+    /// The IOMMU did not complete an operation (e.g. an invalidation) in the bounded time.
+    /// For `Map`, `MapSg`, `MapAnywhere`, `Attach` and `CreateDomain` the server restored its
+    /// tables, so the mapping state is as before the request. For `Unmap`, `Detach` and
+    /// `DestroyDomain` the removal cannot be undone (the device may still hold the old
+    /// translations): the range stays unmapped, the domain's devices are blocked (the client
+    /// re-attaches them once a later request on the domain succeeds: the server retries the
+    /// invalidation first). No device gains access it did not have before the request.
     HardwareTimeout = 13,
-    /// The IOMMU reported an error while executing the request. As for
-    /// [`Error::HardwareTimeout`], the server restored its tables.
+    /// The IOMMU reported an error while executing the request. The state afterwards is as
+    /// described for [`Error::HardwareTimeout`].
     HardwareError = 14,
     /// `Query`: no page is mapped at this IOVA. Nothing changed.
     NotMapped = 15,
