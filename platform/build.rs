@@ -17,4 +17,10 @@ fn main() {
         // defmt's interned-string section (the file comes with the defmt crate).
         println!("cargo:rustc-link-arg-bins=-Tdefmt.x");
     }
+    if arch == "aarch64" {
+        // QEMU virt image linked 2 MiB into RAM (room for the DTB below it).
+        println!("cargo:rerun-if-changed=link-aarch64.ld");
+        println!("cargo:rustc-link-arg-bins=-T{dir}/link-aarch64.ld");
+        println!("cargo:rustc-link-arg-bins=-Tdefmt.x");
+    }
 }

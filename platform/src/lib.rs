@@ -14,6 +14,8 @@
 #[cfg(test)]
 extern crate std;
 
+pub mod bars;
+pub mod devtree;
 pub mod dma;
 pub mod dmar;
 pub mod edu;
@@ -25,3 +27,6 @@ pub mod scenario;
 
 #[cfg(all(target_arch = "x86_64", target_os = "none"))]
 pub mod x86;
+
+#[cfg(all(target_arch = "aarch64", target_os = "none"))]
+pub mod aarch64;

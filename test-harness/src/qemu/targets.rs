@@ -32,35 +32,69 @@ pub struct Target {
 }
 
 /// Every image the runner can boot.
-pub const TARGETS: &[Target] = &[Target {
-    name: "vtd",
-    about: "x86_64 q35 + intel-iommu (VT-d) + edu: protocol client, server and VT-d backend",
-    rust_target: "x86_64-unknown-none",
-    package: "iommu-platform",
-    bin: "vtd",
-    qemu: "qemu-system-x86_64",
-    qemu_args: &[
-        "-machine",
-        "q35",
-        "-device",
-        "intel-iommu,intremap=off",
-        "-device",
-        "edu",
-        "-device",
-        "isa-debug-exit,iobase=0xf4,iosize=0x04",
-        "-m",
-        "256M",
-        "-display",
-        "none",
-        "-nodefaults",
-        // A triple fault then ends QEMU (status 0, a failure) instead of rebooting forever.
-        "-no-reboot",
-    ],
-    channels: Channels::TwoSerials,
-    // isa-debug-exit: status = (value << 1) | 1; the image writes 0x10 for success
-    // (iommu_platform::x86::EXIT_SUCCESS).
-    success_status: 33,
-}];
+pub const TARGETS: &[Target] = &[
+    Target {
+        name: "vtd",
+        about: "x86_64 q35 + intel-iommu (VT-d) + edu: protocol client, server and VT-d backend",
+        rust_target: "x86_64-unknown-none",
+        package: "iommu-platform",
+        bin: "vtd",
+        qemu: "qemu-system-x86_64",
+        qemu_args: &[
+            "-machine",
+            "q35",
+            "-device",
+            "intel-iommu,intremap=off",
+            "-device",
+            "edu",
+            "-device",
+            "isa-debug-exit,iobase=0xf4,iosize=0x04",
+            "-m",
+            "256M",
+            "-display",
+            "none",
+            "-nodefaults",
+            // A triple fault then ends QEMU (status 0, a failure) instead of rebooting forever.
+            "-no-reboot",
+        ],
+        channels: Channels::TwoSerials,
+        // isa-debug-exit: status = (value << 1) | 1; the image writes 0x10 for success
+        // (iommu_platform::x86::EXIT_SUCCESS).
+        success_status: 33,
+    },
+    Target {
+        name: "smmuv3",
+        about: "aarch64 virt + SMMUv3 + edu: protocol client, server and SMMUv3 backend",
+        rust_target: "aarch64-unknown-none",
+        package: "iommu-platform",
+        bin: "smmuv3",
+        qemu: "qemu-system-aarch64",
+        qemu_args: &[
+            "-machine",
+            "virt,iommu=smmuv3",
+            "-cpu",
+            "cortex-a57",
+            // edu's DMA mask widened from 28 to 40 bits: the image's untranslated check (SMMU
+            // still off) makes edu reach RAM, which starts at 1 GiB on virt.
+            "-device",
+            "edu,dma_mask=0xffffffffff",
+            "-m",
+            "256M",
+            "-display",
+            "none",
+            "-nodefaults",
+            "-no-reboot",
+            // The image exits through semihosting SYS_EXIT (status = its exit code).
+            "-semihosting-config",
+            "enable=on,target=native",
+        ],
+        // QEMU virt without a secure world: the first -serial is UART0 (0x0900_0000, console),
+        // the second UART1 (0x0904_0000, defmt).
+        channels: Channels::TwoSerials,
+        // Semihosting exit code 0 (iommu_platform::aarch64::EXIT_SUCCESS).
+        success_status: 0,
+    },
+];
 
 /// The target named `name`.
 pub fn find(name: &str) -> Option<&'static Target> {

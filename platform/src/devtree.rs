@@ -1,0 +1,551 @@
+//! Device-tree discovery: what the aarch64 image needs to know about its machine, read from
+//! the flattened device tree (Devicetree Specification 0.4) that QEMU builds.
+//!
+//! - memory: every node with `device_type = "memory"` (its `reg`);
+//! - SMMUv3 units: nodes compatible with `"arm,smmu-v3"` (Linux binding
+//!   `iommu/arm,smmu-v3.yaml`): `reg`, `phandle`, `dma-coherent`;
+//! - the PCIe host: the first node compatible with `"pci-host-ecam-generic"` (binding
+//!   `pci/host-generic-pci.yaml`): `reg` = the ECAM window, `bus-range`, `ranges` = the windows
+//!   through which the CPU reaches PCI memory and I/O space (PCI bus binding, IEEE 1275 PCI
+//!   supplement: the 3-cell PCI address `phys.hi` carries the space code in bits 25:24 and the
+//!   prefetchable bit 30), and `iommu-map` / `iommu-map-mask` (binding `pci/pci-iommu.yaml`),
+//!   which turn a requester id into an IOMMU and the StreamID it sees.
+//!
+//! Parsing uses the `fdt` crate for the structure; property values are decoded here. Nothing
+//! is hard-coded but the compatible strings. This module is architecture independent and is
+//! tested on the host against a device tree that QEMU 10.0 generated.
+
+use fdt::Fdt;
+use fdt::node::FdtNode;
+use heapless::Vec;
+
+/// Most memory regions kept.
+pub const MAX_MEMORY: usize = 4;
+/// Most SMMUs kept.
+pub const MAX_SMMUS: usize = 4;
+/// Most `ranges` windows of the PCIe host kept.
+pub const MAX_WINDOWS: usize = 4;
+/// Most `iommu-map` entries kept.
+pub const MAX_MAP_ENTRIES: usize = 8;
+
+/// Why the device tree could not be used.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(target_os = "none", derive(defmt::Format))]
+pub enum DtError {
+    /// No FDT header (bad magic), or the blob is shorter than its header says.
+    BadHeader,
+    /// A property's value does not have the size its cells say (property name given).
+    BadProperty(&'static str),
+    /// More nodes or entries than this module keeps (what overflowed given).
+    TooMany(&'static str),
+    /// An `iommu-map` names an IOMMU whose `#iommu-cells` is not 1 (the only form decoded).
+    UnsupportedIommuCells(u32),
+    /// An `iommu-map` names a phandle no node has.
+    UnknownPhandle(u32),
+}
+
+/// A physical address range.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(target_os = "none", derive(defmt::Format))]
+pub struct Region {
+    /// First byte.
+    pub base: u64,
+    /// Length in bytes.
+    pub size: u64,
+}
+
+/// One SMMUv3 unit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(target_os = "none", derive(defmt::Format))]
+pub struct Smmu {
+    /// Its register frame (128 KiB: pages 0 and 1).
+    pub reg: Region,
+    /// Its phandle, which `iommu-map` entries name; `None` when nothing refers to it.
+    pub phandle: Option<u32>,
+    /// `dma-coherent`: its table walks and queue accesses snoop CPU caches.
+    pub coherent: bool,
+}
+
+/// The PCI address space a `ranges` window opens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(target_os = "none", derive(defmt::Format))]
+pub enum Space {
+    /// Configuration space (space code 0b00).
+    Config,
+    /// I/O space (0b01).
+    Io,
+    /// 32-bit memory space (0b10).
+    Mem32,
+    /// 64-bit memory space (0b11).
+    Mem64,
+}
+
+/// One window of the PCIe host's `ranges`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(target_os = "none", derive(defmt::Format))]
+pub struct Window {
+    /// The PCI space.
+    pub space: Space,
+    /// Whether the window is prefetchable.
+    pub prefetchable: bool,
+    /// First PCI bus address of the window.
+    pub pci_addr: u64,
+    /// The CPU physical address of `pci_addr`.
+    pub cpu_addr: u64,
+    /// Length in bytes.
+    pub size: u64,
+}
+
+impl Window {
+    /// The CPU address of PCI bus address `pci`, if the window holds it.
+    pub fn cpu_of(&self, pci: u64) -> Option<u64> {
+        let off = pci.checked_sub(self.pci_addr)?;
+        (off < self.size).then(|| self.cpu_addr + off)
+    }
+}
+
+/// One `iommu-map` entry: requester ids `rid_base..rid_base + len` reach the IOMMU with
+/// phandle `iommu` as ids `id_base..id_base + len`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(target_os = "none", derive(defmt::Format))]
+pub struct IdMapEntry {
+    /// First requester id (after `iommu-map-mask`).
+    pub rid_base: u32,
+    /// The IOMMU's phandle.
+    pub iommu: u32,
+    /// The id (StreamID) of `rid_base` at the IOMMU.
+    pub id_base: u32,
+    /// Number of ids.
+    pub len: u32,
+}
+
+/// The generic ECAM PCIe host bridge.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PciHost {
+    /// The ECAM window (1 MiB per bus, starting at `bus_first`).
+    pub ecam: Region,
+    /// First bus number (`bus-range`, default 0).
+    pub bus_first: u8,
+    /// Last bus number (`bus-range`, default 255), capped by the ECAM window's size.
+    pub bus_last: u8,
+    /// The `ranges` windows.
+    pub windows: Vec<Window, MAX_WINDOWS>,
+    /// The `iommu-map` entries (empty: no device behind an IOMMU).
+    pub iommu_map: Vec<IdMapEntry, MAX_MAP_ENTRIES>,
+    /// `iommu-map-mask` (all ones when absent).
+    pub iommu_map_mask: u32,
+    /// `dma-coherent`: device DMA snoops CPU caches.
+    pub coherent: bool,
+}
+
+#[cfg(target_os = "none")]
+impl defmt::Format for PciHost {
+    fn format(&self, f: defmt::Formatter) {
+        defmt::write!(
+            f,
+            "ECAM {} buses {=u8}..={=u8}, {=usize} window(s), {=usize} iommu-map entr(ies), mask {=u32:#x}, coherent {=bool}",
+            self.ecam,
+            self.bus_first,
+            self.bus_last,
+            self.windows.len(),
+            self.iommu_map.len(),
+            self.iommu_map_mask,
+            self.coherent
+        )
+    }
+}
+
+impl PciHost {
+    /// The first non-prefetchable 32-bit memory window (where BARs go without firmware).
+    pub fn mem32(&self) -> Option<Window> {
+        self.windows
+            .iter()
+            .copied()
+            .find(|w| w.space == Space::Mem32 && !w.prefetchable)
+            .or_else(|| {
+                self.windows
+                    .iter()
+                    .copied()
+                    .find(|w| w.space == Space::Mem32)
+            })
+    }
+
+    /// Number of buses the ECAM window covers from `bus_first` to `bus_last`.
+    pub fn bus_count(&self) -> u16 {
+        u16::from(self.bus_last) - u16::from(self.bus_first) + 1
+    }
+
+    /// The IOMMU (by phandle) and the id it sees for requester id `rid`, per `iommu-map`
+    /// (`pci-iommu.yaml`: the masked id is looked up in each entry in turn). `None` when no
+    /// entry covers it: the device's DMA does not pass an IOMMU.
+    pub fn iommu_for(&self, rid: u16) -> Option<(u32, u32)> {
+        let id = u32::from(rid) & self.iommu_map_mask;
+        self.iommu_map.iter().find_map(|e| {
+            let off = id.checked_sub(e.rid_base)?;
+            (off < e.len).then(|| (e.iommu, e.id_base.wrapping_add(off)))
+        })
+    }
+}
+
+/// What the device tree says about the machine.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Machine {
+    /// RAM regions.
+    pub memory: Vec<Region, MAX_MEMORY>,
+    /// SMMUv3 units, in device-tree order.
+    pub smmus: Vec<Smmu, MAX_SMMUS>,
+    /// The PCIe host, if there is one.
+    pub pci: Option<PciHost>,
+}
+
+impl Machine {
+    /// The SMMU with phandle `phandle`, with its index in [`Machine::smmus`].
+    pub fn smmu_by_phandle(&self, phandle: u32) -> Option<(usize, &Smmu)> {
+        self.smmus
+            .iter()
+            .enumerate()
+            .find(|(_, s)| s.phandle == Some(phandle))
+    }
+}
+
+/// Reads `n` (0, 1 or 2) big-endian cells from the front of `bytes`; returns the value and
+/// the rest.
+fn take_cells(bytes: &[u8], n: usize) -> Option<(u64, &[u8])> {
+    if n > 2 || bytes.len() < 4 * n {
+        return None;
+    }
+    let (head, rest) = bytes.split_at(4 * n);
+    let v = head.chunks_exact(4).fold(0u64, |acc, c| {
+        acc << 32 | u64::from(u32::from_be_bytes([c[0], c[1], c[2], c[3]]))
+    });
+    Some((v, rest))
+}
+
+/// A property holding exactly one cell.
+fn u32_prop(node: FdtNode<'_, '_>, name: &'static str) -> Result<Option<u32>, DtError> {
+    match node.property(name) {
+        None => Ok(None),
+        Some(p) => match p.value {
+            [a, b, c, d] => Ok(Some(u32::from_be_bytes([*a, *b, *c, *d]))),
+            _ => Err(DtError::BadProperty(name)),
+        },
+    }
+}
+
+/// The first `reg` entry of a node whose parent uses at most 2 address and size cells.
+fn first_reg(node: FdtNode<'_, '_>) -> Result<Option<Region>, DtError> {
+    let Some(mut regs) = node.raw_reg() else {
+        return Ok(None);
+    };
+    let Some(r) = regs.next() else {
+        return Ok(None);
+    };
+    let (base, _) =
+        take_cells(r.address, r.address.len() / 4).ok_or(DtError::BadProperty("reg"))?;
+    let (size, _) = take_cells(r.size, r.size.len() / 4).ok_or(DtError::BadProperty("reg"))?;
+    Ok(Some(Region { base, size }))
+}
+
+/// The number of address cells of `node`'s parent, as its `reg` shows (2 when it has none:
+/// the default for 64-bit machines).
+fn parent_address_cells(node: FdtNode<'_, '_>) -> usize {
+    node.raw_reg()
+        .and_then(|mut r| r.next())
+        .map_or(2, |r| r.address.len() / 4)
+}
+
+fn is_compatible(node: FdtNode<'_, '_>, what: &str) -> bool {
+    node.compatible()
+        .is_some_and(|c| c.all().any(|s| s == what))
+}
+
+fn parse_pci(fdt: &Fdt<'_>, node: FdtNode<'_, '_>) -> Result<PciHost, DtError> {
+    let ecam = first_reg(node)?.ok_or(DtError::BadProperty("reg"))?;
+    let (mut bus_first, mut bus_last) = (0u8, 255u8);
+    if let Some(p) = node.property("bus-range") {
+        let (first, rest) = take_cells(p.value, 1).ok_or(DtError::BadProperty("bus-range"))?;
+        let (last, _) = take_cells(rest, 1).ok_or(DtError::BadProperty("bus-range"))?;
+        if first > last || last > 255 {
+            return Err(DtError::BadProperty("bus-range"));
+        }
+        (bus_first, bus_last) = (first as u8, last as u8);
+    }
+    // The ECAM window bounds the buses that can be reached.
+    let ecam_buses = (ecam.size >> 20).min(256);
+    if ecam_buses == 0 {
+        return Err(DtError::BadProperty("reg"));
+    }
+    bus_last = bus_last.min((u64::from(bus_first) + ecam_buses - 1).min(255) as u8);
+
+    // ranges: <phys.hi phys.mid phys.lo> <parent address> <size>.
+    let cells = node.cell_sizes();
+    let (child_ac, size_c, parent_ac) = (
+        cells.address_cells,
+        cells.size_cells,
+        parent_address_cells(node),
+    );
+    let mut windows = Vec::new();
+    if let Some(p) = node.property("ranges") {
+        if child_ac != 3 || size_c > 2 || parent_ac > 2 {
+            return Err(DtError::BadProperty("ranges"));
+        }
+        let entry = 4 * (child_ac + parent_ac + size_c);
+        if p.value.len() % entry != 0 {
+            return Err(DtError::BadProperty("ranges"));
+        }
+        for e in p.value.chunks_exact(entry) {
+            let (hi, rest) = take_cells(e, 1).ok_or(DtError::BadProperty("ranges"))?;
+            let (pci_addr, rest) = take_cells(rest, 2).ok_or(DtError::BadProperty("ranges"))?;
+            let (cpu_addr, rest) =
+                take_cells(rest, parent_ac).ok_or(DtError::BadProperty("ranges"))?;
+            let (size, _) = take_cells(rest, size_c).ok_or(DtError::BadProperty("ranges"))?;
+            let space = match (hi >> 24) & 3 {
+                0 => Space::Config,
+                1 => Space::Io,
+                2 => Space::Mem32,
+                _ => Space::Mem64,
+            };
+            windows
+                .push(Window {
+                    space,
+                    prefetchable: hi & (1 << 30) != 0,
+                    pci_addr,
+                    cpu_addr,
+                    size,
+                })
+                .map_err(|_| DtError::TooMany("ranges"))?;
+        }
+    }
+
+    // iommu-map: <rid-base iommu-phandle iommu-base length>, with #iommu-cells = 1.
+    let mut iommu_map = Vec::new();
+    if let Some(p) = node.property("iommu-map") {
+        if p.value.len() % 16 != 0 {
+            return Err(DtError::BadProperty("iommu-map"));
+        }
+        for e in p.value.chunks_exact(16) {
+            let word =
+                |i: usize| u32::from_be_bytes([e[4 * i], e[4 * i + 1], e[4 * i + 2], e[4 * i + 3]]);
+            let iommu = word(1);
+            let target = fdt
+                .find_phandle(iommu)
+                .ok_or(DtError::UnknownPhandle(iommu))?;
+            match u32_prop(target, "#iommu-cells")? {
+                Some(1) => {}
+                other => return Err(DtError::UnsupportedIommuCells(other.unwrap_or(0))),
+            }
+            iommu_map
+                .push(IdMapEntry {
+                    rid_base: word(0),
+                    iommu,
+                    id_base: word(2),
+                    len: word(3),
+                })
+                .map_err(|_| DtError::TooMany("iommu-map"))?;
+        }
+    }
+    Ok(PciHost {
+        ecam,
+        bus_first,
+        bus_last,
+        windows,
+        iommu_map,
+        iommu_map_mask: u32_prop(node, "iommu-map-mask")?.unwrap_or(u32::MAX),
+        coherent: node.property("dma-coherent").is_some(),
+    })
+}
+
+/// Reads the machine description from the flattened device tree in `dtb` (which may be
+/// longer than the tree).
+pub fn parse(dtb: &[u8]) -> Result<Machine, DtError> {
+    let fdt = Fdt::new(dtb).map_err(|_| DtError::BadHeader)?;
+    let mut machine = Machine {
+        memory: Vec::new(),
+        smmus: Vec::new(),
+        pci: None,
+    };
+    for node in fdt.all_nodes() {
+        let device_type = node.property("device_type").and_then(|p| p.as_str());
+        if device_type == Some("memory") {
+            if let Some(mut regs) = node.raw_reg() {
+                for r in regs.by_ref() {
+                    let (base, _) = take_cells(r.address, r.address.len() / 4)
+                        .ok_or(DtError::BadProperty("reg"))?;
+                    let (size, _) =
+                        take_cells(r.size, r.size.len() / 4).ok_or(DtError::BadProperty("reg"))?;
+                    machine
+                        .memory
+                        .push(Region { base, size })
+                        .map_err(|_| DtError::TooMany("memory"))?;
+                }
+            }
+        } else if is_compatible(node, "arm,smmu-v3") {
+            let reg = first_reg(node)?.ok_or(DtError::BadProperty("reg"))?;
+            machine
+                .smmus
+                .push(Smmu {
+                    reg,
+                    phandle: u32_prop(node, "phandle")?,
+                    coherent: node.property("dma-coherent").is_some(),
+                })
+                .map_err(|_| DtError::TooMany("smmu"))?;
+        } else if machine.pci.is_none() && is_compatible(node, "pci-host-ecam-generic") {
+            machine.pci = Some(parse_pci(&fdt, node)?);
+        }
+    }
+    Ok(machine)
+}
+
+/// Reads the machine description from the flattened device tree at physical address `addr`.
+///
+/// # Safety
+/// `addr` must be the identity-mapped address of a flattened device tree (its header's
+/// `totalsize` bytes readable and unchanged while the returned value's parse runs).
+pub unsafe fn parse_at(addr: u64) -> Result<Machine, DtError> {
+    // SAFETY: the caller's contract: a 40-byte header is readable at `addr`.
+    let header = unsafe { core::slice::from_raw_parts(addr as usize as *const u8, 40) };
+    let magic = u32::from_be_bytes([header[0], header[1], header[2], header[3]]);
+    let total = u32::from_be_bytes([header[4], header[5], header[6], header[7]]) as usize;
+    if magic != 0xd00d_feed || total < 40 {
+        return Err(DtError::BadHeader);
+    }
+    // SAFETY: the caller's contract: `totalsize` bytes are readable.
+    let blob = unsafe { core::slice::from_raw_parts(addr as usize as *const u8, total) };
+    parse(blob)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The device tree QEMU 10.0.2 builds for `-machine virt,iommu=smmuv3 -cpu cortex-a57
+    /// -m 256M -nodefaults -device edu` with two `-serial`s (written with `dumpdtb=` and cut
+    /// to the end of its strings block).
+    static QEMU_VIRT_SMMUV3: &[u8] = include_bytes!("../tests/data/qemu-virt-smmuv3.dtb");
+
+    #[test]
+    fn qemu_virt_with_smmuv3() {
+        let m = parse(QEMU_VIRT_SMMUV3).unwrap();
+        assert_eq!(
+            m.memory.as_slice(),
+            [Region {
+                base: 0x4000_0000,
+                size: 0x1000_0000
+            }]
+        );
+        assert_eq!(m.smmus.len(), 1);
+        let smmu = m.smmus[0];
+        assert_eq!(
+            smmu.reg,
+            Region {
+                base: 0x0905_0000,
+                size: 0x2_0000
+            }
+        );
+        assert!(smmu.coherent);
+        let pci = m.pci.as_ref().unwrap();
+        assert_eq!(
+            pci.ecam,
+            Region {
+                base: 0x40_1000_0000,
+                size: 0x1000_0000
+            }
+        );
+        assert_eq!(
+            (pci.bus_first, pci.bus_last, pci.bus_count()),
+            (0, 255, 256)
+        );
+        assert!(pci.coherent);
+        let mem32 = pci.mem32().unwrap();
+        assert_eq!(
+            mem32,
+            Window {
+                space: Space::Mem32,
+                prefetchable: false,
+                pci_addr: 0x1000_0000,
+                cpu_addr: 0x1000_0000,
+                size: 0x2eff_0000
+            }
+        );
+        assert_eq!(pci.windows.len(), 3);
+        assert_eq!(pci.windows[0].space, Space::Io);
+        assert_eq!(pci.windows[0].cpu_addr, 0x3eff_0000);
+        assert_eq!(pci.windows[2].space, Space::Mem64);
+        assert_eq!(pci.windows[2].cpu_addr, 0x80_0000_0000);
+        // StreamID = requester id, through the one SMMU: edu at 00:01.0 is SID 8.
+        let phandle = smmu.phandle.unwrap();
+        assert_eq!(pci.iommu_for(0x0008), Some((phandle, 8)));
+        assert_eq!(pci.iommu_for(0xffff), Some((phandle, 0xffff)));
+        assert_eq!(m.smmu_by_phandle(phandle).map(|(i, _)| i), Some(0));
+        assert_eq!(m.smmu_by_phandle(phandle + 1), None);
+    }
+
+    #[test]
+    fn iommu_map_offsets_masks_and_gaps() {
+        let mut pci = PciHost {
+            ecam: Region {
+                base: 0,
+                size: 1 << 20,
+            },
+            bus_first: 0,
+            bus_last: 0,
+            windows: Vec::new(),
+            iommu_map: Vec::new(),
+            iommu_map_mask: u32::MAX,
+            coherent: true,
+        };
+        assert_eq!(pci.iommu_for(8), None);
+        pci.iommu_map
+            .push(IdMapEntry {
+                rid_base: 0x100,
+                iommu: 7,
+                id_base: 0x1000,
+                len: 0x100,
+            })
+            .unwrap();
+        pci.iommu_map
+            .push(IdMapEntry {
+                rid_base: 0x0,
+                iommu: 9,
+                id_base: 0x20,
+                len: 0x10,
+            })
+            .unwrap();
+        assert_eq!(pci.iommu_for(0x100), Some((7, 0x1000)));
+        assert_eq!(pci.iommu_for(0x1ff), Some((7, 0x10ff)));
+        assert_eq!(pci.iommu_for(0x200), None);
+        assert_eq!(pci.iommu_for(0x0f), Some((9, 0x2f)));
+        assert_eq!(pci.iommu_for(0x10), None);
+        // A mask folding functions together (as for devices whose functions share an id).
+        pci.iommu_map_mask = !0x7;
+        assert_eq!(pci.iommu_for(0x107), Some((7, 0x1000)));
+    }
+
+    #[test]
+    fn windows_translate_bus_addresses() {
+        let w = Window {
+            space: Space::Mem32,
+            prefetchable: false,
+            pci_addr: 0x1000,
+            cpu_addr: 0x8000_1000,
+            size: 0x1000,
+        };
+        assert_eq!(w.cpu_of(0x1000), Some(0x8000_1000));
+        assert_eq!(w.cpu_of(0x1fff), Some(0x8000_1fff));
+        assert_eq!(w.cpu_of(0x2000), None);
+        assert_eq!(w.cpu_of(0xfff), None);
+    }
+
+    #[test]
+    fn cells_and_bad_blobs() {
+        assert_eq!(
+            take_cells(&[0, 0, 0, 1, 0, 0, 0, 2, 9], 2),
+            Some((0x1_0000_0002, &[9u8][..]))
+        );
+        assert_eq!(take_cells(&[0, 0, 1], 1), None);
+        assert_eq!(take_cells(&[], 0), Some((0, &[][..])));
+        assert_eq!(take_cells(&[0; 12], 3), None);
+        assert_eq!(parse(&[0u8; 64]), Err(DtError::BadHeader));
+        assert_eq!(parse(&QEMU_VIRT_SMMUV3[..100]), Err(DtError::BadHeader));
+    }
+}
