@@ -6,9 +6,10 @@
 //! hosted runtime. This is where the unsafe code that touches hardware lives, each block with a
 //! `// SAFETY:` comment.
 //!
-//! Architecture-independent pieces ([`mem`], [`pci`], [`dmar`], [`dma`], [`edu`], [`local`])
-//! build and are tested on the host too; the runtimes (`x86`) and the client scenario the
-//! images run (`scenario`, which logs with defmt) exist only on bare-metal targets.
+//! Architecture-independent pieces ([`mem`], [`pci`], [`bars`], [`dmar`], [`devtree`], [`dma`],
+//! [`edu`], [`local`]) build and are tested on the host too; the runtimes (`x86`, `aarch64`)
+//! and the client scenario the images run (`scenario`, which logs with defmt) exist only on
+//! bare-metal targets.
 #![no_std]
 
 #[cfg(test)]

@@ -117,10 +117,10 @@ extern "C" fn rust_start(x0: u64, entry_el: u64) -> ! {
         counter_hz,
     };
     crate::console!(
-        "iommu-platform aarch64: booted (entered at EL{}, now EL1, MMU on), x0 {:#x}, DTB {:?}",
+        "iommu-platform aarch64: booted (entered at EL{}, now EL1, MMU on), x0 {:#x}, DTB at {:#x} (0: none)",
         entry_el,
         x0,
-        dtb
+        dtb.unwrap_or(0)
     );
     // SAFETY: `entry!` defines the function with exactly this signature; without it the
     // linker script resolves the name to `no_main`, which ignores the argument.
