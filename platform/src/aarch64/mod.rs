@@ -1,9 +1,9 @@
 //! The aarch64 bare-metal runtime for QEMU `-machine virt` (ELF `-kernel`, no firmware).
 //!
 //! What it provides to an image: boot to Rust at EL1 with FP/SIMD on and the MMU on over an
-//! identity map ([`boot`]), exception vectors that turn every exception into a report and a
-//! failing exit ([`exceptions`]), the console on UART0 and the defmt logger on UART1
-//! ([`serial`], [`logger`]), semihosting exit ([`exit`]), the generic timer as a `DelayNs`
+//! identity map (`boot`), exception vectors that turn every exception into a report and a
+//! failing exit (`exceptions`), the console on UART0 and the defmt logger on UART1
+//! ([`serial`], `logger`), semihosting exit ([`exit`]), the generic timer as a `DelayNs`
 //! ([`time`]), and the device tree's location ([`BootInfo::dtb`]; parse it with
 //! [`crate::devtree`]).
 //!
