@@ -6,9 +6,9 @@
 //! invalidated), conformance suites run for every format, message-level tests of the server,
 //! benchmarks, and the QEMU runner.
 
-pub mod sim;
-pub mod walker;
+pub mod conformance;
 pub mod mock;
 pub mod model;
-pub mod conformance;
 pub mod server_suite;
+pub mod sim;
+pub mod walker;
