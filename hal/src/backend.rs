@@ -142,6 +142,25 @@ pub trait Backend {
     /// domain is destroyed, before its tables are freed).
     fn invalidate_all(&mut self, unit: UnitIndex, tag: u16) -> Result<(), Self::Error>;
 
+    /// Releases what `unit` holds for domain `tag` (e.g. an SMMUv3 context descriptor),
+    /// returning its frames to `alloc`, which must be the allocator [`Backend::attach`] was
+    /// given for this unit. Called when the domain is destroyed, for every unit one of its
+    /// devices was ever attached to: after every device of the domain was blocked and
+    /// [`Backend::invalidate_all`] for the tag completed on the unit, before the domain's
+    /// tables are freed and before the tag is reused. A unit holding nothing for `tag`, or a
+    /// structure still in use by some device, is left as it is. On failure the tag must not
+    /// be reused until a later call succeeds. The default does nothing (backends that keep
+    /// no per-domain unit structures).
+    fn release_tag(
+        &mut self,
+        alloc: &mut dyn FrameAlloc,
+        unit: UnitIndex,
+        tag: u16,
+    ) -> Result<(), Self::Error> {
+        let _ = (alloc, unit, tag);
+        Ok(())
+    }
+
     /// Drains the unit's pending fault records into `sink`. Returns whether the unit lost
     /// records (hardware overflow) since the last drain.
     fn drain_faults(

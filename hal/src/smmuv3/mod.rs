@@ -805,7 +805,13 @@ impl<R: RegisterAccess, const CDS: usize> SmmuUnit<R, CDS> {
         };
         let frame = self.cds[i].frame;
         tables::write_dw0(mem, frame, 0, self.info.coherent_walk);
-        self.run(mem, delay, &[Cmd::CfgiAll])?;
+        if let Err(e) = self.run(mem, delay, &[Cmd::CfgiAll]) {
+            // The CD is invalid now but may still be cached: keep the slot (and its frame),
+            // and make sure the next attach of the tag rewrites it whatever its root (no
+            // table has a width of 0).
+            self.cds[i].addr_width = 0;
+            return Err(e);
+        }
         self.cds.swap_remove(i);
         for w in 0..(tables::CD_SIZE / 8) {
             mem.write_u64(frame + 8 * w, 0);
@@ -991,6 +997,17 @@ where
     fn invalidate_all(&mut self, unit: UnitIndex, tag: u16) -> Result<(), SmmuError> {
         let (u, mem, delay) = self.parts(unit)?;
         u.invalidate_all(mem, delay, tag)
+    }
+
+    /// Frees the domain's context descriptor on `unit` (see [`SmmuUnit::release_cd`]); a CD
+    /// some STE still points at stays.
+    fn release_tag(
+        &mut self,
+        alloc: &mut dyn FrameAlloc,
+        unit: UnitIndex,
+        tag: u16,
+    ) -> Result<(), SmmuError> {
+        self.release_cd(unit, alloc, tag).map(|_| ())
     }
 
     fn drain_faults(
