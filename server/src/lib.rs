@@ -42,8 +42,11 @@
 //!   (roots included) are charged per request through a counting wrapper around the global
 //!   allocator: refused by the quota is `QuotaExceeded`, by the pool `OutOfTableMemory`.
 //!   Frames come back to the quota when freed (after the invalidation). Unit structures that
-//!   a backend allocates in `attach` (e.g. VT-d context tables) come from the global pool and
-//!   are not charged: they are shared and never freed.
+//!   a backend allocates in `attach` come from the global pool and are not charged: shared
+//!   ones (e.g. VT-d context tables, SMMUv3 level-2 stream tables) are never freed; per-domain
+//!   ones (e.g. SMMUv3 context descriptors) go back to the global pool through
+//!   `Backend::release_tag` when the domain is destroyed (after its devices are blocked and
+//!   the domain-wide invalidation completed, before its tables are freed and its tag reused).
 //! - **Strict invalidation.** An `Unmap` replies only after `Backend::invalidate` returned Ok
 //!   on every unit where a device of the domain is, or was since the last domain-wide
 //!   invalidation there, attached; freed table frames go back to the pool only after that.
@@ -60,9 +63,10 @@
 //!   "tables restored" does not hold: the range must be treated as possibly still reachable
 //!   until a later request on the domain succeeds, and the devices must be re-attached.
 //! - **Client exit** tears down every domain of the client (devices blocked, domain-wide
-//!   invalidation, tables freed), drops its queued faults and restarts its handle numbering.
-//!   A domain whose invalidation fails then is quarantined: its tag and frames stay reserved
-//!   for good ([`Stats::quarantined_domains`]); the client's quota is restored regardless.
+//!   invalidation, per-domain unit structures released, tables freed), drops its queued
+//!   faults and restarts its handle numbering. A domain whose invalidation or release fails
+//!   then is quarantined: its tag and frames stay reserved for good
+//!   ([`Stats::quarantined_domains`]); the client's quota is restored regardless.
 //! - **Faults** are routed to the owner of `(unit, requester id)` as its device handle, into a
 //!   bounded queue per client; overflow is counted and reported once as `lost` in the next
 //!   `Faults` reply; records of unowned devices are counted ([`Stats::faults_unowned`]) and

@@ -66,8 +66,9 @@ pub struct Stats {
     pub hw_fault_overflows: u64,
     /// Failed `drain_faults` calls.
     pub drain_errors: u64,
-    /// Domains that could not be torn down because an invalidation failed while their client
-    /// was exiting; their tag and table frames stay reserved forever.
+    /// Domains that could not be torn down because an invalidation (or the release of their
+    /// unit structures) failed while their client was exiting; their tag and table frames
+    /// stay reserved forever.
     pub quarantined_domains: u64,
 }
 
@@ -80,6 +81,9 @@ pub(crate) struct Domain<F: Format> {
     pub(crate) dirty: u64,
     /// Units where an invalidation of this domain failed; retried before anything else.
     pub(crate) stale: u64,
+    /// Units where an attach of a device to this domain was attempted: they may hold
+    /// per-domain structures, released by [`Backend::release_tag`] at teardown.
+    pub(crate) units: u64,
     /// Frames waiting for the failed invalidation to be retried.
     pub(crate) pending: Gather,
 }
@@ -518,6 +522,7 @@ impl<
             table,
             dirty: 0,
             stale: 0,
+            units: 0,
             pending: Gather::new(),
         });
         Ok(h)
@@ -533,9 +538,11 @@ impl<
         self.teardown(slot)
     }
 
-    /// Blocks the domain's devices, invalidates every unit that may cache it, frees its
-    /// tables. On failure the domain stays (devices blocked so far are detached) and the
-    /// teardown can be retried.
+    /// Blocks the domain's devices, invalidates every unit that may cache it, releases what
+    /// the units hold for its tag ([`Backend::release_tag`], frames back to the global pool
+    /// `attach` took them from), frees its tables. On failure the domain stays (devices
+    /// blocked so far are detached, units invalidated or released so far are not redone) and
+    /// the teardown can be retried.
     fn teardown(&mut self, slot: usize) -> Result<(), Fail> {
         for g in 0..self.device_count() {
             if self.attached[g] == Some(slot as u16) {
@@ -557,6 +564,12 @@ impl<
                 .map_err(|e| backend_fail(e.kind()))?;
             d.dirty &= !(1 << u);
             d.stale &= !(1 << u);
+        }
+        for u in units_in(d.units) {
+            self.backend
+                .release_tag(&mut self.alloc, u, tag)
+                .map_err(|e| backend_fail(e.kind()))?;
+            d.units &= !(1 << u);
         }
         let Slot::Live(mut d) = core::mem::replace(&mut self.domains[slot], Slot::Free) else {
             unreachable!()
@@ -584,6 +597,8 @@ impl<
         }
         self.ensure_clean(slot)?;
         let (unit, rid) = self.device_addr(g);
+        // Even a failed attach may have left a per-domain structure on the unit.
+        self.live(slot).units |= 1 << unit;
         let table = self.table(slot);
         let cfg = DomainConfig {
             tag: tag_of(slot),
