@@ -1,0 +1,278 @@
+//! The server's message-level suite on the real SMMUv3 backend (`iommu_hal::smmuv3`, stage 1,
+//! `ArmS1` tables) driving two register-level SMMUv3 models
+//! (`iommu_test_harness::model::smmuv3`). Device ids are StreamIDs. DMA goes through the
+//! models' own STE/CD fetches, walks and stale-keeping caches; after every access the models'
+//! misuse logs must be empty and no cached translation or configuration may disagree with
+//! memory (`stale_hits`, `stale_cfg_hits`).
+//!
+//! Two configurations:
+//! - [`Qemu`]: the model's defaults, as QEMU's `virt` SMMU (range invalidation, BBML2 so
+//!   live blocks can be split, coherent walks, 16-bit ASIDs);
+//! - [`Minimal`]: no range invalidation, BBML0 (the server builds tables with
+//!   `split_live_blocks = false`: an unmap that would split a block is `Unsupported` and
+//!   changes nothing), non-coherent table walks (every structure write needs cache
+//!   maintenance) and 8-bit ASIDs.
+//!
+//! SMMUv3 never caches invalid translations, so the suite's "caches not-present entries"
+//! setup does not apply (the suite skips it from the units' reported info). The models cannot
+//! fail one kind of command or one attach only (a hung Command queue also stops the STE
+//! invalidation that would block the devices), so the injection tests run only their
+//! uninjected parts here.
+
+use std::cell::Cell;
+use std::marker::PhantomData;
+use std::rc::Rc;
+
+use embedded_hal::delay::DelayNs;
+use iommu_hal::smmuv3::{SmmuBackend, SmmuConfig};
+use iommu_test_harness::model::smmuv3::{Access, SmmuConfig as ModelCfg, SmmuHandle};
+use iommu_test_harness::server_suite::{
+    Faulted, Fixture, POOL_BASE, Recorder, Setup, SuiteServer, config,
+};
+use iommu_test_harness::sim::{SharedMem, SimAlloc};
+
+/// A delay that only counts time: tests never sleep.
+#[derive(Debug, Default, Clone)]
+struct FakeDelay(Rc<Cell<u64>>);
+
+impl DelayNs for FakeDelay {
+    fn delay_ns(&mut self, ns: u32) {
+        self.0.set(self.0.get() + u64::from(ns));
+    }
+}
+
+type Be = SmmuBackend<SmmuHandle, SharedMem, FakeDelay, 2>;
+
+/// A model configuration for both units.
+trait Variant {
+    fn model() -> ModelCfg;
+}
+
+/// The model's defaults (QEMU `virt`).
+struct Qemu;
+impl Variant for Qemu {
+    fn model() -> ModelCfg {
+        ModelCfg::default()
+    }
+}
+
+/// No RIL, BBML0, non-coherent walks, 8-bit ASIDs.
+struct Minimal;
+impl Variant for Minimal {
+    fn model() -> ModelCfg {
+        ModelCfg {
+            ril: false,
+            bbml: 0,
+            cohacc: false,
+            asid16: false,
+            ..ModelCfg::default()
+        }
+    }
+}
+
+struct SmmuFixture<V> {
+    server: SuiteServer<Be>,
+    units: [SmmuHandle; 2],
+    _v: PhantomData<V>,
+}
+
+impl<V> SmmuFixture<V> {
+    /// The models' misuse logs are empty and no cached entry disagreed with memory.
+    fn check_models(&self) {
+        for (u, hw) in self.units.iter().enumerate() {
+            let m = hw.borrow();
+            assert!(m.misuse.is_empty(), "unit {u} misuse: {:?}", m.misuse);
+            assert_eq!(m.stats.stale_hits, 0, "unit {u}: stale TLB hits");
+            assert_eq!(m.stats.stale_cfg_hits, 0, "unit {u}: stale STE/CD hits");
+        }
+    }
+}
+
+impl<V: Variant> Fixture for SmmuFixture<V> {
+    type Backend = Be;
+
+    fn build(setup: &Setup, notify: Recorder) -> Self {
+        let mem = SharedMem::new();
+        let mut alloc = SimAlloc::new(mem.clone(), POOL_BASE, setup.pool_frames);
+        let mut be = Be::new(mem.clone(), FakeDelay::default());
+        // `setup.caches_not_present` cannot be expressed: SMMUv3 never caches invalid
+        // translations, and the units say so in their info.
+        let units = [0, 1].map(|_| SmmuHandle::new(mem.clone(), V::model()));
+        for hw in &units {
+            be.add_unit(hw.clone(), &mut alloc, SmmuConfig::default())
+                .expect("unit bring-up");
+        }
+        let server = SuiteServer::new(be, mem, alloc, notify, config()).expect("server");
+        let f = SmmuFixture {
+            server,
+            units,
+            _v: PhantomData,
+        };
+        f.check_models();
+        f
+    }
+    fn server(&mut self) -> &mut SuiteServer<Be> {
+        &mut self.server
+    }
+    fn server_ref(&self) -> &SuiteServer<Be> {
+        &self.server
+    }
+    fn dma(&mut self, unit: usize, rid: u32, iova: u64, write: bool) -> Result<u64, Faulted> {
+        let access = if write { Access::Write } else { Access::Read };
+        let r = self.units[unit].translate(rid, iova, access);
+        self.check_models();
+        r.map_err(|_| Faulted)
+    }
+    fn fail_invalidations(&mut self, _on: bool) -> bool {
+        false
+    }
+    fn fail_next_attach(&mut self) -> bool {
+        false
+    }
+    /// Blocked StreamIDs have STE.Config = abort: terminated without an event (5.2).
+    fn records_blocked(&self) -> bool {
+        false
+    }
+}
+
+mod qemu {
+    use super::{Qemu, SmmuFixture};
+    iommu_test_harness::server_suite_tests!(SmmuFixture<Qemu>);
+}
+
+mod minimal {
+    use super::{Minimal, SmmuFixture};
+    iommu_test_harness::server_suite_tests!(SmmuFixture<Minimal>);
+}
+
+mod random {
+    use super::{Minimal, Qemu, SmmuFixture};
+    use iommu_test_harness::server_suite::{op_strategy, run_stream};
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 12, ..ProptestConfig::default() })]
+
+        #[test]
+        fn request_streams_match_the_model_qemu(
+            ops in prop::collection::vec((0usize..2, op_strategy()), 1..30)
+        ) {
+            run_stream::<SmmuFixture<Qemu>>(&ops);
+        }
+
+        /// BBML0: unmaps that would split a 2 MiB leaf are `Unsupported` and change nothing.
+        #[test]
+        fn request_streams_match_the_model_minimal(
+            ops in prop::collection::vec((0usize..2, op_strategy()), 1..30)
+        ) {
+            run_stream::<SmmuFixture<Minimal>>(&ops);
+        }
+    }
+}
+
+mod smmu_only {
+    use super::{Minimal, Qemu, SmmuFixture, Variant};
+    use iommu_protocol::{DeviceHandle, Error, Request};
+    use iommu_test_harness::server_suite::{
+        A, Faulted, Fixture, Recorder, Setup, attach, create, dma, done, err, map,
+    };
+
+    fn cds<V>(f: &SmmuFixture<V>, unit: usize) -> usize {
+        f.server
+            .backend()
+            .unit(unit)
+            .expect("unit")
+            .context_descriptors()
+            .len()
+    }
+
+    fn detach<V: Variant>(f: &mut SmmuFixture<V>, dev: u32) {
+        done(
+            f,
+            A,
+            &Request::Detach {
+                device: DeviceHandle(dev),
+            },
+        );
+    }
+
+    /// One CD per (unit, domain) while the domain lives, whatever its devices do; destroying
+    /// the domain or the client's exit frees them into the server's pool (the level-2 stream
+    /// tables stay: they are shared by StreamIDs).
+    fn cds_follow_domains<V: Variant>() {
+        let mut f = SmmuFixture::<V>::build(&Setup::default(), Recorder::default());
+        let base = f.server.alloc().in_use;
+        let d1 = create(&mut f, A);
+        let d2 = create(&mut f, A);
+        map(
+            &mut f,
+            A,
+            d1,
+            0,
+            0x1000_0000,
+            0x1000,
+            iommu_protocol::Perms::RW,
+        );
+        map(
+            &mut f,
+            A,
+            d2,
+            0,
+            0x1000_1000,
+            0x1000,
+            iommu_protocol::Perms::RW,
+        );
+        let tables = f.server.alloc().in_use;
+        attach(&mut f, A, d1, 0);
+        attach(&mut f, A, d1, 1);
+        attach(&mut f, A, d2, 2);
+        assert_eq!((cds(&f, 0), cds(&f, 1)), (1, 1));
+        // Level-2 stream table + CD on each unit.
+        assert_eq!(f.server.alloc().in_use, tables + 4);
+        detach(&mut f, 0);
+        assert_eq!(cds(&f, 0), 1, "device 1 still uses the CD");
+        assert_eq!(
+            err(&mut f, A, &Request::DestroyDomain { domain: d1 }),
+            Error::DomainBusy
+        );
+        detach(&mut f, 1);
+        assert_eq!(cds(&f, 0), 1, "the domain still lives");
+        done(&mut f, A, &Request::DestroyDomain { domain: d1 });
+        assert_eq!(cds(&f, 0), 0);
+        assert_eq!(dma(&mut f, A, 1, 0, false), Err(Faulted));
+        // The tag (ASID) is reused by the next domain, through a new CD.
+        let d3 = create(&mut f, A);
+        map(
+            &mut f,
+            A,
+            d3,
+            0,
+            0x1000_2000,
+            0x1000,
+            iommu_protocol::Perms::RW,
+        );
+        attach(&mut f, A, d3, 0);
+        assert_eq!(dma(&mut f, A, 0, 0, false), Ok(0x1000_2000));
+        assert_eq!(cds(&f, 0), 1);
+        // Exit with devices attached on both units.
+        f.server.client_exited(A);
+        assert_eq!((cds(&f, 0), cds(&f, 1)), (0, 0));
+        assert_eq!(
+            f.server.alloc().in_use,
+            base + 2,
+            "only the level-2 stream tables"
+        );
+        assert_eq!(dma(&mut f, A, 2, 0, false), Err(Faulted));
+        assert_eq!(f.server.stats().quarantined_domains, 0);
+    }
+
+    #[test]
+    fn cds_follow_domains_qemu() {
+        cds_follow_domains::<Qemu>();
+    }
+
+    #[test]
+    fn cds_follow_domains_minimal() {
+        cds_follow_domains::<Minimal>();
+    }
+}
