@@ -15,6 +15,20 @@
 //! allocation fails, the frames obtained so far are freed in reverse order and the call fails
 //! with nothing changed. Pass 2 writes and cannot fail.
 //!
+//! Small ranges take a shorter road with the same guarantees: when every leaf of the range
+//! lands in one table (a range inside one 2 MiB region, or one large leaf) and no split is
+//! needed, one descent from the root records the path and does all of pass 1 (overlap check,
+//! count of the missing tables, at most `levels - 1`); the missing tables are allocated all
+//! or none, then written bottom-up and linked with one entry write. Unmap clears the leaves
+//! and unlinks the tables left empty on the recorded path. Anything else (several tables
+//! below some level, a split) goes the general way.
+//!
+//! # Emptiness
+//!
+//! After an unmap, a table that is not covered completely is checked for emptiness starting
+//! next to the entries just cleared, so unmapping a table's pages one call at a time costs
+//! O(1) reads per call (in ascending or descending order) until the table really is empty.
+//!
 //! # Ordering towards the walker
 //!
 //! A new table is written completely (and, for non-coherent walkers, cleaned to memory with
@@ -108,6 +122,54 @@ const fn size(level: u8) -> u64 {
 #[inline]
 const fn entry_addr(table: PhysAddr, va: u64, level: u8) -> PhysAddr {
     table + ((va >> shift(level)) & (ENTRIES - 1)) * ENTRY_BYTES
+}
+
+/// Index, in a table at `level`, of the entry that translates `va`.
+#[inline]
+const fn index(va: u64, level: u8) -> u64 {
+    (va >> shift(level)) & (ENTRIES - 1)
+}
+
+/// Whether `[s, e]`, which lies inside one entry at `level`, covers all of that entry.
+#[inline]
+const fn covers(s: u64, e: u64, level: u8) -> bool {
+    let m = size(level) - 1;
+    s & m == 0 && e & m == m
+}
+
+/// Whether `[s, e]` lies inside one entry at `level`.
+#[inline]
+const fn in_one_entry(s: u64, e: u64, level: u8) -> bool {
+    (s ^ e) >> shift(level) == 0
+}
+
+/// Whether every entry (every word) of the non-top table at `table` is zero, after an unmap
+/// wrote entries `lo..=hi`. Looks at `lo` and `hi` first (a split or a kept sub-table can
+/// leave only those non-zero), then outwards from them, then between them: unmapping a
+/// table's pages one at a time, in either order, finds a mapped neighbour at once, so it
+/// costs O(1) per call until the table really is empty.
+#[inline]
+fn table_is_empty<M: PhysMem + ?Sized>(mem: &M, table: PhysAddr, lo: u64, hi: u64) -> bool {
+    let nonzero = |i: u64| mem.read_u64(table + i * ENTRY_BYTES) != 0;
+    if nonzero(lo) || nonzero(hi) {
+        return false;
+    }
+    let (mut up, mut down) = (hi + 1, lo);
+    while up < ENTRIES || down > 0 {
+        if up < ENTRIES {
+            if nonzero(up) {
+                return false;
+            }
+            up += 1;
+        }
+        if down > 0 {
+            down -= 1;
+            if nonzero(down) {
+                return false;
+            }
+        }
+    }
+    !(lo + 1..hi).any(nonzero)
 }
 
 /// `v` rounded up to a multiple of the power of two `align`, or `None` on overflow.
@@ -511,6 +573,9 @@ impl<F: Format> PageTable<F> {
             return Err(PtError::PermsUnsupported);
         }
         let delta = phys.wrapping_sub(iova);
+        if let Some(done) = self.map_one_table(mem, alloc, iova, last, delta, perms, gather) {
+            return done;
+        }
         let top = self.top();
         let need = self.map_count(mem, self.root, top, iova, last, delta)?;
         let mut pool = FramePool::new();
@@ -535,6 +600,146 @@ impl<F: Format> PageTable<F> {
         self.counters.frames_allocated -= left;
         ch.into_gather(gather);
         Ok(())
+    }
+
+    /// `map` of a range whose leaves all land in one table (the common small case: a range
+    /// inside one 2 MiB region, or one large leaf). One descent from the root records the
+    /// path, checks for overlap and counts the missing tables (the whole of pass 1 here); the
+    /// missing tables are allocated up front (all or none), then written bottom-up and linked
+    /// with one entry write. Returns `None`, having changed nothing, when the range needs
+    /// more than one table below some level: the general two-pass path handles it.
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    fn map_one_table<M: PhysMem + ?Sized, A: FrameAlloc + ?Sized>(
+        &mut self,
+        mem: &mut M,
+        alloc: &mut A,
+        iova: u64,
+        last: u64,
+        delta: u64,
+        perms: Perms,
+        gather: &mut Gather,
+    ) -> Option<Result<(), PtError>> {
+        let mut table = self.root;
+        let mut level = self.top();
+        // `missing` new tables go below the entry of `table` (at `level`) that holds the
+        // range; the leaves are written at level `target`.
+        let (missing, target) = loop {
+            if level == 0 {
+                break (0, 0);
+            }
+            if !in_one_entry(iova, last, level) {
+                return None;
+            }
+            match F::decode(mem.read_u64(entry_addr(table, iova, level)), level) {
+                Pte::Table(t) => {
+                    table = t;
+                    level -= 1;
+                }
+                Pte::Leaf { .. } => return Some(Err(PtError::Overlap)),
+                Pte::Absent => {
+                    // The largest leaf that fits; every level above it must hold the range
+                    // in one entry, or the new subtree is not a single path.
+                    let mut k = level;
+                    while k > 0 {
+                        if !in_one_entry(iova, last, k) {
+                            return None;
+                        }
+                        if covers(iova, last, k) && self.leafable(k, delta) {
+                            break;
+                        }
+                        k -= 1;
+                    }
+                    break (level - k, k);
+                }
+            }
+        };
+        let (a, b) = (index(iova, target), index(last, target));
+        let coherent = self.config.coherent;
+        if missing == 0 {
+            // Level 0: check every page first (nothing is written on overlap). Above level 0
+            // the one entry was just seen absent.
+            if target == 0 {
+                for i in a..=b {
+                    let e = mem.read_u64(table + i * ENTRY_BYTES);
+                    if !matches!(F::decode(e, 0), Pte::Absent) {
+                        return Some(Err(PtError::Overlap));
+                    }
+                }
+            }
+            self.write_leaves(mem, table, target, a, b, iova.wrapping_add(delta), perms);
+            if !coherent {
+                mem.sync_for_device(table + a * ENTRY_BYTES, (b - a + 1) * ENTRY_BYTES);
+            }
+        } else {
+            // New tables at levels `target..level`: the one at level `m` is
+            // `frames[m - target]` (so the first frame allocated holds the leaves, as with
+            // the general path's pool).
+            let mut frames = [0 as PhysAddr; MAX_LEVELS as usize];
+            let n = usize::from(missing);
+            for j in 0..n {
+                match alloc.alloc_frame() {
+                    Some(frame) => frames[j] = frame,
+                    None => {
+                        for &frame in frames[..j].iter().rev() {
+                            alloc.free_frame(frame);
+                        }
+                        return Some(Err(PtError::NoFrame));
+                    }
+                }
+            }
+            self.write_leaves(
+                mem,
+                frames[0],
+                target,
+                a,
+                b,
+                iova.wrapping_add(delta),
+                perms,
+            );
+            if !coherent {
+                mem.sync_for_device(frames[0], PAGE_SIZE);
+            }
+            for j in 1..n {
+                let m = target + j as u8;
+                let pa = entry_addr(frames[j], iova, m);
+                mem.write_u64(pa, F::encode_table(frames[j - 1], m));
+                if !coherent {
+                    mem.sync_for_device(frames[j], PAGE_SIZE);
+                }
+            }
+            let pa = entry_addr(table, iova, level);
+            mem.write_u64(pa, F::encode_table(frames[n - 1], level));
+            if !coherent {
+                mem.sync_for_device(pa, ENTRY_BYTES);
+            }
+            self.counters.frames_allocated += u64::from(missing);
+            self.counters.table_writes += u64::from(missing);
+        }
+        gather.add_range(iova, last - iova + 1, size(target));
+        Some(Ok(()))
+    }
+
+    /// Writes leaves at `level` into entries `a..=b` of `table`, the first mapping `phys`.
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    fn write_leaves<M: PhysMem + ?Sized>(
+        &mut self,
+        mem: &mut M,
+        table: PhysAddr,
+        level: u8,
+        a: u64,
+        b: u64,
+        phys: PhysAddr,
+        perms: Perms,
+    ) {
+        let sz = size(level);
+        let mut pa = phys;
+        for i in a..=b {
+            mem.write_u64(table + i * ENTRY_BYTES, F::encode_leaf(pa, perms, level));
+            pa = pa.wrapping_add(sz);
+        }
+        self.counters.leaf_writes += b - a + 1;
     }
 
     /// Pass 1 of `map`: `Overlap` if any page of `[s, e]` is mapped below `table`, else the
@@ -719,6 +924,9 @@ impl<F: Format> PageTable<F> {
         gather: &mut Gather,
     ) -> Result<u64, PtError> {
         let last = self.check_range(iova, len)?;
+        if let Some(unmapped) = self.unmap_one_table(mem, iova, last, gather) {
+            return Ok(unmapped);
+        }
         let top = self.top();
         let need = self.unmap_count(mem, self.root, top, iova, last)?;
         let mut pool = FramePool::new();
@@ -734,6 +942,89 @@ impl<F: Format> PageTable<F> {
         let unmapped = ch.unmapped;
         ch.into_gather(gather);
         Ok(unmapped)
+    }
+
+    /// `unmap` of a range that lies in one table's entries and needs no split (a range
+    /// inside one 2 MiB region, or exactly one leaf): one descent recording the path, the
+    /// leaves cleared, then the tables left empty unlinked bottom-up. Returns `None`, having
+    /// changed nothing, when the range spans several entries above level 0 or would split a
+    /// leaf: the general path handles it.
+    #[inline]
+    fn unmap_one_table<M: PhysMem + ?Sized>(
+        &mut self,
+        mem: &mut M,
+        iova: u64,
+        last: u64,
+        gather: &mut Gather,
+    ) -> Option<u64> {
+        let top = self.top();
+        let mut tables = [0 as PhysAddr; MAX_LEVELS as usize];
+        let mut table = self.root;
+        let mut level = top;
+        loop {
+            tables[usize::from(level)] = table;
+            if level == 0 {
+                break;
+            }
+            if !in_one_entry(iova, last, level) {
+                return None;
+            }
+            match F::decode(mem.read_u64(entry_addr(table, iova, level)), level) {
+                Pte::Absent => return Some(0),
+                Pte::Table(t) => {
+                    table = t;
+                    level -= 1;
+                }
+                Pte::Leaf { .. } if covers(iova, last, level) => break,
+                Pte::Leaf { .. } => return None,
+            }
+        }
+        let (a, b) = (index(iova, level), index(last, level));
+        // First and last entry cleared, and how many.
+        let (mut lo, mut hi, mut n) = (0, 0, 0u64);
+        for i in a..=b {
+            let pa = table + i * ENTRY_BYTES;
+            if let Pte::Leaf { .. } = F::decode(mem.read_u64(pa), level) {
+                mem.write_u64(pa, 0);
+                if n == 0 {
+                    lo = i;
+                }
+                hi = i;
+                n += 1;
+            }
+        }
+        if n == 0 {
+            return Some(0);
+        }
+        let sz = size(level);
+        self.counters.leaf_writes += n;
+        gather.add_range(iova + (lo - a) * sz, (hi - lo + 1) * sz, sz);
+        // Unlink the tables left empty, bottom-up (never the root). A table the range covers
+        // completely is empty; otherwise look, starting next to the entries cleared.
+        let mut full = level < top && covers(iova, last, level + 1);
+        while level < top {
+            let t = tables[usize::from(level)];
+            if !full && !table_is_empty(mem, t, lo, hi) {
+                break;
+            }
+            level += 1;
+            let pa = entry_addr(tables[usize::from(level)], iova, level);
+            mem.write_u64(pa, 0);
+            self.counters.table_writes += 1;
+            self.counters.frames_freed += 1;
+            gather.defer_free(mem, t);
+            gather.note_table_removed();
+            lo = index(iova, level);
+            hi = lo;
+            // The range lies in one entry of the parent: it never covers the parent.
+            full = false;
+        }
+        // Sync the writes of the one table that stays (those of unlinked tables need none).
+        if !self.config.coherent {
+            let t = tables[usize::from(level)];
+            mem.sync_for_device(t + lo * ENTRY_BYTES, (hi - lo + 1) * ENTRY_BYTES);
+        }
+        Some(n * sz)
     }
 
     /// Pass 1 of `unmap`: the frames the splits need. Only the entries holding the range's
@@ -870,17 +1161,14 @@ impl<F: Format> PageTable<F> {
         let empty = match role {
             Role::Root => false,
             // A fully covered table lost every entry; otherwise look at the rest of it.
-            Role::Child { full } => full || self.table_is_empty(mem, table),
+            Role::Child { full } => {
+                full || table_is_empty(mem, table, index(s, level), index(e, level))
+            }
         };
         if !empty && !self.config.coherent {
             run.sync(mem);
         }
         empty
-    }
-
-    /// Whether every entry of the (non-top) table at `table` is absent.
-    fn table_is_empty<M: PhysMem + ?Sized>(&self, mem: &M, table: PhysAddr) -> bool {
-        (0..ENTRIES).all(|i| mem.read_u64(table + i * ENTRY_BYTES) == 0)
     }
 
     /// What `iova` translates to.
@@ -1061,6 +1349,8 @@ mod tests {
         /// Writes per address.
         writes: BTreeMap<u64, u64>,
         syncs: Vec<(u64, u64)>,
+        /// Reads so far.
+        reads: core::cell::Cell<u64>,
     }
 
     #[derive(Clone, Default)]
@@ -1069,7 +1359,9 @@ mod tests {
     impl PhysMem for Mem {
         fn read_u64(&self, pa: PhysAddr) -> u64 {
             assert_eq!(pa % 8, 0);
-            self.0.borrow().words.get(&pa).copied().unwrap_or(0)
+            let r = self.0.borrow();
+            r.reads.set(r.reads.get() + 1);
+            r.words.get(&pa).copied().unwrap_or(0)
         }
         fn write_u64(&mut self, pa: PhysAddr, value: u64) {
             assert_eq!(pa % 8, 0);
@@ -1489,6 +1781,84 @@ mod tests {
         r.alloc.fail_at = None;
         assert_eq!(r.unmap(M2 - K4, 2 * K4).unwrap().0, 2 * K4);
         assert_eq!(r.alloc.in_use, 2 + 3);
+    }
+
+    #[test]
+    fn one_table_path_alloc_failure_changes_nothing() {
+        // 4 KiB into an empty table: 3 new tables; a 2 MiB leaf in a fresh 1 GiB region: 2.
+        for (iova, phys, len, need) in [(M2 + K4, 0x8000, K4, 3), (G1 + M2, 4 * M2, M2, 2)] {
+            let mut r = Rig::<ArmS1>::new(cfg(48));
+            // A page under another root entry: the root is not empty, nothing else is shared.
+            let far = 1 << 39;
+            r.map(far, 0, K4, Perms::R).unwrap();
+            let before = r.state();
+            let counters = r.pt.counters();
+            for k in 0..need {
+                r.alloc.fail_in(k);
+                assert_eq!(r.map(iova, phys, len, Perms::RW), Err(PtError::NoFrame));
+                assert_eq!(r.state(), before, "after failing allocation {k}");
+                assert_eq!(r.pt.counters(), counters);
+            }
+            r.alloc.fail_at = None;
+            let g = r.map(iova, phys, len, Perms::RW).unwrap();
+            assert_eq!(g.span(), Some((iova, iova + len - 1)));
+            assert_eq!((g.min_leaf(), g.max_leaf()), (len, len));
+            assert_eq!(r.q(iova + len - K4), Some((phys + len - K4, len)));
+            let c = r.pt.counters();
+            assert_eq!(c.frames_allocated, counters.frames_allocated + need);
+            assert_eq!(c.table_writes, counters.table_writes + need);
+            assert_eq!(c.leaf_writes, counters.leaf_writes + 1);
+            // Overlaps: an absent page then the first mapped one (nothing written before the
+            // overlap is found), a middle page, the last page and the one after it.
+            let mid = iova + ((len / 2) & !(K4 - 1));
+            for (start, n) in [(iova - K4, 2 * K4), (mid, K4), (iova + len - K4, 2 * K4)] {
+                let before = r.state();
+                assert_eq!(r.map(start, 0, n, Perms::R), Err(PtError::Overlap));
+                assert_eq!(r.state(), before);
+            }
+            assert_eq!(r.unmap_release(iova, len), Ok(len));
+            r.unmap_release(far, K4).unwrap();
+            assert_eq!(r.alloc.in_use, 1);
+            assert_eq!(r.mem.snapshot(), Vec::new());
+        }
+    }
+
+    #[test]
+    fn unmapping_a_table_page_by_page_is_linear() {
+        let mut r = Rig::<VtdSl>::new(cfg(48));
+        // A neighbour keeps the upper levels alive.
+        r.map(G1 + 4 * M2, 0, K4, Perms::R).unwrap();
+        let pages = 512u64;
+        let reads = |r: &Rig<VtdSl>| r.mem.0.borrow().reads.get();
+        for descending in [false, true] {
+            for i in 0..pages {
+                r.map(G1 + i * K4, 0x10_0000 + i * K4, K4, Perms::RW)
+                    .unwrap();
+            }
+            let mut worst = 0;
+            for j in 0..pages {
+                let i = if descending { pages - 1 - j } else { j };
+                let r0 = reads(&r);
+                let (n, mut g) = r.unmap(G1 + i * K4, K4).unwrap();
+                assert_eq!(n, K4);
+                assert_eq!(g.span(), Some((G1 + i * K4, G1 + i * K4 + K4 - 1)));
+                let cost = reads(&r) - r0;
+                if j + 1 < pages {
+                    assert!(!g.tables_removed());
+                    worst = worst.max(cost);
+                } else {
+                    assert_eq!(g.frames_pending(), 1, "the emptied 4 KiB table");
+                    assert!(cost >= pages, "the last page scans the table");
+                }
+                g.release(&mut r.mem, &mut r.alloc);
+            }
+            // Descent (4) + the page (1) + the emptiness check (a few neighbours).
+            assert!(
+                worst <= 8,
+                "descending {descending}: {worst} reads for one page"
+            );
+            assert_eq!(r.alloc.in_use, 1 + 3);
+        }
     }
 
     #[test]
