@@ -23,6 +23,12 @@
 //! and unlinks the tables left empty on the recorded path. Anything else (several tables
 //! below some level, a split) goes the general way.
 //!
+//! The table remembers the path to the last 4 KiB-page table that path used (a few words
+//! inside [`PageTable`], no allocation), so a page in the same 2 MiB region is mapped or
+//! unmapped without a descent. Only this engine writes its tables, map never changes a table
+//! pointer, a split replaces a leaf (never on the path), and every unlinking of a table
+//! forgets the path, so it cannot go stale; debug builds check each use against a walk.
+//!
 //! # Emptiness
 //!
 //! After an unmap, a table that is not covered completely is checked for emptiness starting
@@ -103,8 +109,19 @@ pub struct PageTable<F: Format> {
     /// Last valid IOVA: `2^addr_width - 1`, or `2^(addr_width - 1) - 1` for a
     /// [`Format::SIGN_EXTENDED`] format.
     last_iova: u64,
+    /// The 2 MiB region (`iova >> 21`) whose path `walk` holds, or [`NO_WALK`].
+    walk_key: u64,
+    /// `walk[l]`: the table at level `l` on the path from the root to the 4 KiB-page table
+    /// of region `walk_key`, as the one-table path last walked or built it. Valid because
+    /// only this engine writes its tables and it forgets the path whenever it unlinks any
+    /// table (map never changes a table pointer; a split replaces a leaf, which is never on
+    /// the path). Debug builds check every use against a real walk.
+    walk: [PhysAddr; MAX_LEVELS as usize],
     _format: PhantomData<F>,
 }
+
+/// `walk_key` when no path is remembered (no IOVA has this 2 MiB region index).
+const NO_WALK: u64 = u64::MAX;
 
 /// Shift of the address bits that index a table at `level`.
 #[inline]
@@ -144,17 +161,35 @@ const fn in_one_entry(s: u64, e: u64, level: u8) -> bool {
 }
 
 /// Whether every entry (every word) of the non-top table at `table` is zero, after an unmap
-/// wrote entries `lo..=hi`. Looks at `lo` and `hi` first (a split or a kept sub-table can
-/// leave only those non-zero), then outwards from them, then between them: unmapping a
-/// table's pages one at a time, in either order, finds a mapped neighbour at once, so it
-/// costs O(1) per call until the table really is empty.
+/// wrote entries `lo..=hi`. Looks at `lo` and `hi` first unless `ends_zero` says they were
+/// just cleared (otherwise a split or a kept sub-table can leave them non-zero), then
+/// outwards from them, then between them: unmapping a table's pages one at a time, in
+/// either order, finds a mapped neighbour at once, so it costs O(1) per call until the table
+/// really is empty.
 #[inline]
-fn table_is_empty<M: PhysMem + ?Sized>(mem: &M, table: PhysAddr, lo: u64, hi: u64) -> bool {
+fn table_is_empty<M: PhysMem + ?Sized>(
+    mem: &M,
+    table: PhysAddr,
+    lo: u64,
+    hi: u64,
+    ends_zero: bool,
+) -> bool {
     let nonzero = |i: u64| mem.read_u64(table + i * ENTRY_BYTES) != 0;
-    if nonzero(lo) || nonzero(hi) {
+    if !ends_zero && (nonzero(lo) || nonzero(hi)) {
         return false;
     }
-    let (mut up, mut down) = (hi + 1, lo);
+    // The two neighbours decide most calls.
+    if (hi + 1 < ENTRIES && nonzero(hi + 1)) || (lo > 0 && nonzero(lo - 1)) {
+        return false;
+    }
+    table_is_empty_beyond(mem, table, lo, hi)
+}
+
+/// The rest of [`table_is_empty`], once `lo..=hi`'s ends and neighbours are known zero.
+#[inline(never)]
+fn table_is_empty_beyond<M: PhysMem + ?Sized>(mem: &M, table: PhysAddr, lo: u64, hi: u64) -> bool {
+    let nonzero = |i: u64| mem.read_u64(table + i * ENTRY_BYTES) != 0;
+    let (mut up, mut down) = (hi + 2, lo.saturating_sub(1));
     while up < ENTRIES || down > 0 {
         if up < ENTRIES {
             if nonzero(up) {
@@ -476,6 +511,8 @@ impl<F: Format> PageTable<F> {
             },
             leaf_levels,
             last_iova,
+            walk_key: NO_WALK,
+            walk: [0; MAX_LEVELS as usize],
             _format: PhantomData,
         })
     }
@@ -573,9 +610,57 @@ impl<F: Format> PageTable<F> {
             return Err(PtError::PermsUnsupported);
         }
         let delta = phys.wrapping_sub(iova);
+        if last - iova == PAGE_SIZE - 1
+            && let Some(table) = self.walk_hit(mem, iova, last)
+        {
+            // One page into the remembered 4 KiB-page table.
+            let pa = entry_addr(table, iova, 0);
+            if !matches!(F::decode(mem.read_u64(pa), 0), Pte::Absent) {
+                return Err(PtError::Overlap);
+            }
+            mem.write_u64(pa, F::encode_leaf(phys, perms, 0));
+            self.counters.leaf_writes += 1;
+            if !self.config.coherent {
+                mem.sync_for_device(pa, ENTRY_BYTES);
+            }
+            gather.add_range(iova, PAGE_SIZE, PAGE_SIZE);
+            return Ok(());
+        }
+        self.map_slow(mem, alloc, iova, last, delta, perms, gather)
+    }
+
+    /// `map` beyond one page of the remembered table: the one-table path, else the general
+    /// one. Kept out of line so the one-page path stays lean.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(never)]
+    fn map_slow<M: PhysMem + ?Sized, A: FrameAlloc + ?Sized>(
+        &mut self,
+        mem: &mut M,
+        alloc: &mut A,
+        iova: u64,
+        last: u64,
+        delta: u64,
+        perms: Perms,
+        gather: &mut Gather,
+    ) -> Result<(), PtError> {
         if let Some(done) = self.map_one_table(mem, alloc, iova, last, delta, perms, gather) {
             return done;
         }
+        self.map_general(mem, alloc, iova, last, delta, perms, gather)
+    }
+
+    /// The general `map`, in two passes (see the module documentation).
+    #[allow(clippy::too_many_arguments)]
+    fn map_general<M: PhysMem + ?Sized, A: FrameAlloc + ?Sized>(
+        &mut self,
+        mem: &mut M,
+        alloc: &mut A,
+        iova: u64,
+        last: u64,
+        delta: u64,
+        perms: Perms,
+        gather: &mut Gather,
+    ) -> Result<(), PtError> {
         let top = self.top();
         let need = self.map_count(mem, self.root, top, iova, last, delta)?;
         let mut pool = FramePool::new();
@@ -602,6 +687,45 @@ impl<F: Format> PageTable<F> {
         Ok(())
     }
 
+    /// Where a one-table descent for `[iova, last]` starts: the remembered 4 KiB-page table
+    /// if the range lies in its 2 MiB region, else the root (and the remembered path is
+    /// forgotten, as the descent will overwrite it).
+    #[inline]
+    fn walk_start<M: PhysMem + ?Sized>(&mut self, mem: &M, iova: u64, last: u64) -> (PhysAddr, u8) {
+        match self.walk_hit(mem, iova, last) {
+            Some(table) => (table, 0),
+            None => {
+                self.walk_key = NO_WALK;
+                (self.root, self.top())
+            }
+        }
+    }
+
+    /// The remembered 4 KiB-page table, if `[iova, last]` lies in its 2 MiB region.
+    #[inline]
+    fn walk_hit<M: PhysMem + ?Sized>(&self, mem: &M, iova: u64, last: u64) -> Option<PhysAddr> {
+        let key = iova >> shift(1);
+        if key != self.walk_key || last >> shift(1) != key {
+            return None;
+        }
+        if cfg!(debug_assertions) {
+            let mut table = self.root;
+            for level in (1..self.levels).rev() {
+                assert_eq!(
+                    table,
+                    self.walk[usize::from(level)],
+                    "stale walk at {level}"
+                );
+                match F::decode(mem.read_u64(entry_addr(table, iova, level)), level) {
+                    Pte::Table(t) => table = t,
+                    other => panic!("stale walk: {other:?} at level {level}"),
+                }
+            }
+            assert_eq!(table, self.walk[0], "stale walk at 0");
+        }
+        Some(self.walk[0])
+    }
+
     /// `map` of a range whose leaves all land in one table (the common small case: a range
     /// inside one 2 MiB region, or one large leaf). One descent from the root records the
     /// path, checks for overlap and counts the missing tables (the whole of pass 1 here); the
@@ -620,11 +744,11 @@ impl<F: Format> PageTable<F> {
         perms: Perms,
         gather: &mut Gather,
     ) -> Option<Result<(), PtError>> {
-        let mut table = self.root;
-        let mut level = self.top();
+        let (mut table, mut level) = self.walk_start(mem, iova, last);
         // `missing` new tables go below the entry of `table` (at `level`) that holds the
         // range; the leaves are written at level `target`.
         let (missing, target) = loop {
+            self.walk[usize::from(level)] = table;
             if level == 0 {
                 break (0, 0);
             }
@@ -715,6 +839,10 @@ impl<F: Format> PageTable<F> {
             }
             self.counters.frames_allocated += u64::from(missing);
             self.counters.table_writes += u64::from(missing);
+            self.walk[..n].copy_from_slice(&frames[..n]);
+        }
+        if target == 0 {
+            self.walk_key = iova >> shift(1);
         }
         gather.add_range(iova, last - iova + 1, size(target));
         Some(Ok(()))
@@ -924,9 +1052,57 @@ impl<F: Format> PageTable<F> {
         gather: &mut Gather,
     ) -> Result<u64, PtError> {
         let last = self.check_range(iova, len)?;
+        if last - iova == PAGE_SIZE - 1
+            && let Some(table) = self.walk_hit(mem, iova, last)
+        {
+            // One page of the remembered 4 KiB-page table.
+            let i = index(iova, 0);
+            let pa = table + i * ENTRY_BYTES;
+            if !matches!(F::decode(mem.read_u64(pa), 0), Pte::Leaf { .. }) {
+                return Ok(0);
+            }
+            mem.write_u64(pa, 0);
+            self.counters.leaf_writes += 1;
+            gather.add_range(iova, PAGE_SIZE, PAGE_SIZE);
+            // One page never covers its table: look at the neighbours.
+            if self.levels > 1 && table_is_empty(mem, table, i, i, true) {
+                self.unlink_empty(mem, iova, 0, gather);
+            } else if !self.config.coherent {
+                mem.sync_for_device(pa, ENTRY_BYTES);
+            }
+            return Ok(PAGE_SIZE);
+        }
+        self.unmap_slow(mem, alloc, iova, last, gather)
+    }
+
+    /// `unmap` beyond one page of the remembered table: the one-table path, else the
+    /// general one. Kept out of line so the one-page path stays lean.
+    #[inline(never)]
+    fn unmap_slow<M: PhysMem + ?Sized, A: FrameAlloc + ?Sized>(
+        &mut self,
+        mem: &mut M,
+        alloc: &mut A,
+        iova: u64,
+        last: u64,
+        gather: &mut Gather,
+    ) -> Result<u64, PtError> {
         if let Some(unmapped) = self.unmap_one_table(mem, iova, last, gather) {
             return Ok(unmapped);
         }
+        self.unmap_general(mem, alloc, iova, last, gather)
+    }
+
+    /// The general `unmap`, in two passes (see the module documentation).
+    fn unmap_general<M: PhysMem + ?Sized, A: FrameAlloc + ?Sized>(
+        &mut self,
+        mem: &mut M,
+        alloc: &mut A,
+        iova: u64,
+        last: u64,
+        gather: &mut Gather,
+    ) -> Result<u64, PtError> {
+        // The general path may unlink any table: forget the remembered path.
+        self.walk_key = NO_WALK;
         let top = self.top();
         let need = self.unmap_count(mem, self.root, top, iova, last)?;
         let mut pool = FramePool::new();
@@ -957,12 +1133,9 @@ impl<F: Format> PageTable<F> {
         last: u64,
         gather: &mut Gather,
     ) -> Option<u64> {
-        let top = self.top();
-        let mut tables = [0 as PhysAddr; MAX_LEVELS as usize];
-        let mut table = self.root;
-        let mut level = top;
+        let (mut table, mut level) = self.walk_start(mem, iova, last);
         loop {
-            tables[usize::from(level)] = table;
+            self.walk[usize::from(level)] = table;
             if level == 0 {
                 break;
             }
@@ -999,32 +1172,72 @@ impl<F: Format> PageTable<F> {
         let sz = size(level);
         self.counters.leaf_writes += n;
         gather.add_range(iova + (lo - a) * sz, (hi - lo + 1) * sz, sz);
-        // Unlink the tables left empty, bottom-up (never the root). A table the range covers
-        // completely is empty; otherwise look, starting next to the entries cleared.
-        let mut full = level < top && covers(iova, last, level + 1);
-        while level < top {
-            let t = tables[usize::from(level)];
-            if !full && !table_is_empty(mem, t, lo, hi) {
-                break;
-            }
+        if level == 0 {
+            self.walk_key = iova >> shift(1);
+        }
+        self.after_clear(mem, iova, last, level, lo, hi, gather);
+        Some(n * sz)
+    }
+
+    /// The end of a one-table unmap that cleared entries `lo..=hi` of the table at `level`
+    /// on the remembered path: unlinks that table if it is now empty (a table the range
+    /// covers completely is; otherwise look next to the entries cleared), then its parents
+    /// while they become empty, never the root; syncs the writes of the table that stays.
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    fn after_clear<M: PhysMem + ?Sized>(
+        &mut self,
+        mem: &mut M,
+        iova: u64,
+        last: u64,
+        level: u8,
+        lo: u64,
+        hi: u64,
+        gather: &mut Gather,
+    ) {
+        let t = self.walk[usize::from(level)];
+        let empty = level < self.top()
+            && (covers(iova, last, level + 1) || table_is_empty(mem, t, lo, hi, true));
+        if empty {
+            self.unlink_empty(mem, iova, level, gather);
+        } else if !self.config.coherent {
+            mem.sync_for_device(t + lo * ENTRY_BYTES, (hi - lo + 1) * ENTRY_BYTES);
+        }
+    }
+
+    /// Unlinks the empty table at `level` (below the root) on the remembered path, then its
+    /// parents while they become empty (never the root); syncs the parent entry that stays.
+    #[inline(never)]
+    fn unlink_empty<M: PhysMem + ?Sized>(
+        &mut self,
+        mem: &mut M,
+        iova: u64,
+        mut level: u8,
+        gather: &mut Gather,
+    ) {
+        let top = self.top();
+        let mut t = self.walk[usize::from(level)];
+        self.walk_key = NO_WALK;
+        loop {
             level += 1;
-            let pa = entry_addr(tables[usize::from(level)], iova, level);
+            let parent = self.walk[usize::from(level)];
+            let i = index(iova, level);
+            let pa = parent + i * ENTRY_BYTES;
             mem.write_u64(pa, 0);
             self.counters.table_writes += 1;
             self.counters.frames_freed += 1;
             gather.defer_free(mem, t);
             gather.note_table_removed();
-            lo = index(iova, level);
-            hi = lo;
-            // The range lies in one entry of the parent: it never covers the parent.
-            full = false;
+            // A parent holds the range in one of its 512 entries: never covered completely.
+            if level == top || !table_is_empty(mem, parent, i, i, true) {
+                // Sync the entry cleared in the table that stays (unlinked ones need none).
+                if !self.config.coherent {
+                    mem.sync_for_device(pa, ENTRY_BYTES);
+                }
+                return;
+            }
+            t = parent;
         }
-        // Sync the writes of the one table that stays (those of unlinked tables need none).
-        if !self.config.coherent {
-            let t = tables[usize::from(level)];
-            mem.sync_for_device(t + lo * ENTRY_BYTES, (hi - lo + 1) * ENTRY_BYTES);
-        }
-        Some(n * sz)
     }
 
     /// Pass 1 of `unmap`: the frames the splits need. Only the entries holding the range's
@@ -1162,7 +1375,7 @@ impl<F: Format> PageTable<F> {
             Role::Root => false,
             // A fully covered table lost every entry; otherwise look at the rest of it.
             Role::Child { full } => {
-                full || table_is_empty(mem, table, index(s, level), index(e, level))
+                full || table_is_empty(mem, table, index(s, level), index(e, level), false)
             }
         };
         if !empty && !self.config.coherent {
