@@ -34,6 +34,13 @@ const POOL: u64 = 0x100_0000;
 const SID: u32 = 0x0008; // 00:01.0, edu on QEMU virt
 const SID2: u32 = 0x0310; // 03:02.0
 const DATA: u64 = 0x4000_0000;
+/// What the model answers for DMA of a blocked device: its STE is invalid (V = 0), the access
+/// is aborted and C_BAD_STE recorded (SMMUv3 5.2 STE.V).
+const BAD_STE: SmmuFault = SmmuFault::Terminated {
+    event: EventType::CBadSte,
+    recorded: true,
+    abort: true,
+};
 
 struct Rig {
     mem: SharedMem,
@@ -252,7 +259,7 @@ fn configs() -> Vec<(&'static str, ModelCfg, SmmuConfig)> {
 
 #[test]
 fn bring_up_on_qemu_defaults() {
-    let r = rig(model());
+    let mut r = rig(model());
     let info = r.be.unit_info(0);
     assert_eq!(r.be.unit_count(), 1);
     assert_eq!(info.addr_width, 48);
@@ -285,9 +292,16 @@ fn bring_up_on_qemu_defaults() {
     assert_eq!(s.syncs, 1);
     assert_eq!(s.commands.get(&0x04), Some(&1), "CFGI_ALL");
     assert_eq!(s.commands.get(&0x30), Some(&1), "TLBI_NSNH_ALL");
-    // Nothing attached: DMA is refused, nothing bypasses.
+    // Nothing attached: DMA is refused and reported (no level-2 table yet: C_BAD_STREAMID),
+    // nothing bypasses.
     assert!(r.read(SID, 0x1000, 8).is_err());
     assert_eq!(r.hw.stats().bypassed, 0);
+    let (recs, _) = r.drain();
+    assert_eq!(recs.len(), 1);
+    assert_eq!(
+        (recs[0].device, recs[0].reason),
+        (SID, FaultReason::Blocked)
+    );
     r.assert_clean();
 }
 
@@ -544,7 +558,7 @@ fn block_and_reattach() {
     r.map(&mut pt, 0x1000, DATA, 0x1000, Perms::RW);
     assert_eq!(r.read(SID, 0x1000, 1).unwrap(), vec![0x44]);
     r.be.block(0, SID).unwrap();
-    assert_eq!(r.read(SID, 0x1000, 1), Err(SmmuFault::SteAbort));
+    assert_eq!(r.read(SID, 0x1000, 1), Err(BAD_STE));
     // Blocking again (and blocking a device never attached) needs no command.
     let syncs = r.counters().syncs;
     r.be.block(0, SID).unwrap();
@@ -637,8 +651,14 @@ fn two_level_tables_are_allocated_per_group() {
     for sid in [SID, SID + 1, SID2, 0xffff] {
         assert!(r.read(sid, 0x1000, 8).is_ok(), "{sid:#x}");
     }
-    // A neighbour of an attached device in the same group stays blocked.
-    assert_eq!(r.read(SID + 2, 0x1000, 8), Err(SmmuFault::SteAbort));
+    // A neighbour of an attached device in the same group stays blocked, and is reported.
+    assert_eq!(r.read(SID + 2, 0x1000, 8), Err(BAD_STE));
+    let (recs, _) = r.drain();
+    assert_eq!(recs.len(), 1);
+    assert_eq!(
+        (recs[0].device, recs[0].reason),
+        (SID + 2, FaultReason::Blocked)
+    );
     r.assert_clean();
 }
 
@@ -1065,4 +1085,218 @@ fn batches_larger_than_the_queue_wait_for_space() {
         assert!(r.read(SID, 0x10_0000 + i * 0x1000, 1).is_err());
     }
     r.assert_clean();
+}
+
+/// Blocked and never-attached devices (STE.V = 0) fault visibly under every configuration:
+/// each access is a C_BAD_STE event with the device's StreamID, drained as a Blocked record;
+/// a STE being blocked is never seen half-valid, and the model notes no misuse.
+#[test]
+fn blocked_dma_is_reported_under_every_config() {
+    for (name, m, cfg) in configs() {
+        let mut r = rig_with(m.clone(), cfg);
+        let mut pt = r.table();
+        r.fill(DATA, 0x1000, 0x5a);
+        r.map(&mut pt, 0x1000, DATA, 0x1000, Perms::RW);
+        r.attach(SID, &pt, 3);
+        assert_eq!(r.read(SID, 0x1000, 4).unwrap(), vec![0x5a; 4], "{name}");
+        let ste = {
+            let u = r.be.unit(0).unwrap();
+            u.stream_table().ste_pa(&r.mem, SID).unwrap()
+        };
+        let dw1 = r.mem.borrow().read(ste + 8);
+        assert_ne!(dw1, 0, "{name}");
+        r.be.block(0, SID).unwrap();
+        assert_eq!(r.mem.borrow().read(ste), 0, "{name}: V = 0");
+        assert_eq!(
+            r.mem.borrow().read(ste + 8),
+            dw1,
+            "{name}: only dword 0 stored"
+        );
+        assert_eq!(r.read(SID, 0x1000, 4), Err(BAD_STE), "{name}");
+        assert_eq!(
+            r.hw.dma_write(SID, 0x1000, &[1, 2, 3, 4]).unwrap_err(),
+            BAD_STE,
+            "{name}"
+        );
+        // A never-attached neighbour (same level-2 table or linear table) too.
+        assert_eq!(r.read(SID + 1, 0x2000, 4), Err(BAD_STE), "{name}");
+        let (recs, lost) = r.drain();
+        assert!(!lost, "{name}");
+        let got: Vec<(u32, FaultReason)> = recs.iter().map(|f| (f.device, f.reason)).collect();
+        assert_eq!(
+            got,
+            vec![
+                (SID, FaultReason::Blocked),
+                (SID, FaultReason::Blocked),
+                (SID + 1, FaultReason::Blocked)
+            ],
+            "{name}"
+        );
+        let log = r.hw.borrow().event_log.clone();
+        assert_eq!(
+            log.iter()
+                .filter(|e| e.code == EventType::CBadSte as u8)
+                .map(|e| e.sid)
+                .collect::<Vec<_>>(),
+            vec![SID, SID, SID + 1],
+            "{name}"
+        );
+        let mut buf = [0u8; 4];
+        r.mem.borrow().read_bytes(DATA, &mut buf);
+        assert_eq!(buf, [0x5a; 4], "{name}: the blocked write reached nothing");
+        // Attached again: dwords 1-7 first, V last; translation resumes.
+        r.attach(SID, &pt, 3);
+        assert_eq!(r.read(SID, 0x1000, 4).unwrap(), vec![0x5a; 4], "{name}");
+        r.assert_clean();
+    }
+}
+
+/// A flood of blocked DMA (more records than the queue holds) is reported as lost records
+/// plus what fitted, all Blocked.
+#[test]
+fn blocked_flood_overflows_visibly() {
+    let mut r = rig(model());
+    let pt = r.table();
+    r.attach(SID, &pt, 1);
+    r.be.block(0, SID).unwrap();
+    // A blocked 4 KiB edu transfer: one event per 4-byte access, 1024 of them.
+    for i in 0..1024u64 {
+        assert_eq!(
+            r.read(SID, 0x10_0000 + 4 * i, 4),
+            Err(SmmuFault::Terminated {
+                event: EventType::CBadSte,
+                recorded: i < 128,
+                abort: true,
+            })
+        );
+    }
+    let (recs, lost) = r.drain();
+    assert!(lost);
+    assert_eq!(recs.len(), 128);
+    assert!(
+        recs.iter()
+            .all(|f| f.device == SID && f.reason == FaultReason::Blocked)
+    );
+    assert_eq!(r.drain(), (vec![], false));
+    r.assert_clean();
+}
+
+/// The model's registers with an Event queue abort (GERROR.EVENTQ_ABT_ERR, 6.3.18) the test
+/// can raise, as QEMU does for a full Event queue; the model itself never raises it. The bit
+/// lives here: GERROR/GERRORN reads carry it, GERRORN writes keep it from the model.
+#[derive(Clone)]
+struct AbtRegs {
+    hw: SmmuHandle,
+    /// (GERROR.EVENTQ_ABT_ERR, GERRORN.EVENTQ_ABT_ERR).
+    abt: Rc<Cell<(bool, bool)>>,
+}
+
+const ABT: u32 = iommu_hal::smmuv3::regs::gerror::EVENTQ_ABT_ERR;
+
+impl AbtRegs {
+    fn raise(&self) {
+        let (g, n) = self.abt.get();
+        if g == n {
+            self.abt.set((!g, n));
+        }
+    }
+    fn active(&self) -> bool {
+        let (g, n) = self.abt.get();
+        g != n
+    }
+}
+
+impl iommu_hal::RegisterAccess for AbtRegs {
+    fn read32(&mut self, offset: usize) -> u32 {
+        use iommu_hal::smmuv3::regs::{GERROR, GERRORN};
+        let v = self.hw.read32(offset);
+        let (g, n) = self.abt.get();
+        match offset {
+            GERROR if g => v | ABT,
+            GERRORN if n => v | ABT,
+            _ => v,
+        }
+    }
+    fn write32(&mut self, offset: usize, value: u32) {
+        if offset == iommu_hal::smmuv3::regs::GERRORN {
+            let (g, _) = self.abt.get();
+            self.abt.set((g, value & ABT != 0));
+            self.hw.write32(offset, value & !ABT);
+        } else {
+            self.hw.write32(offset, value);
+        }
+    }
+    fn read64(&mut self, offset: usize) -> u64 {
+        self.hw.read64(offset)
+    }
+    fn write64(&mut self, offset: usize, value: u64) {
+        self.hw.write64(offset, value)
+    }
+}
+
+/// EVENTQ_ABT_ERR: commands are not failed by it (and leave it active), the next drain reports
+/// lost records, acknowledges it and still drains the queue in the same call.
+#[test]
+fn eventq_abort_error_reports_loss_and_still_drains() {
+    let mem = SharedMem::new();
+    let hw = SmmuHandle::new(mem.clone(), model());
+    let regs = AbtRegs {
+        hw: hw.clone(),
+        abt: Rc::new(Cell::new((false, false))),
+    };
+    let mut alloc = SimAlloc::new(mem.clone(), POOL, 256);
+    let mut be: SmmuBackend<AbtRegs, SharedMem, FakeDelay, 1> =
+        SmmuBackend::new(mem.clone(), FakeDelay::default());
+    be.add_unit(regs.clone(), &mut alloc, SmmuConfig::default())
+        .unwrap();
+    let mut pt: PageTable<ArmS1> = PageTable::new(
+        TableConfig {
+            addr_width: 48,
+            leaf_sizes: LeafSizes::STANDARD,
+            split_live_blocks: true,
+            coherent: true,
+        },
+        &mut alloc,
+    )
+    .unwrap();
+    let d = DomainConfig {
+        tag: 1,
+        root: pt.root(),
+        levels: pt.levels(),
+        addr_width: 48,
+    };
+    be.attach(&mut alloc, 0, SID, d).unwrap();
+    let mut m = mem.clone();
+    let mut g = Gather::new();
+    pt.map(&mut m, &mut alloc, 0x1000, DATA, 0x1000, Perms::RW, &mut g)
+        .unwrap();
+    be.block(0, SID).unwrap();
+    for i in 0..3 {
+        assert_eq!(hw.dma_read(SID, 0x1000 + 4 * i, 4), Err(BAD_STE));
+    }
+    regs.raise();
+    // Commands go on while it is active, and do not acknowledge it.
+    be.attach(&mut alloc, 0, SID, d).unwrap();
+    pt.unmap(&mut m, &mut alloc, 0x1000, 0x1000, &mut g)
+        .unwrap();
+    be.invalidate(0, 1, &g).unwrap();
+    g.release(&mut m, &mut alloc);
+    assert!(regs.active());
+    let mut recs = Vec::new();
+    let lost = be.drain_faults(0, &mut |r| recs.push(r)).unwrap();
+    assert!(lost, "EVENTQ_ABT_ERR is lost records");
+    assert_eq!(recs.len(), 3, "drained in the same call");
+    assert!(
+        recs.iter()
+            .all(|f| f.device == SID && f.reason == FaultReason::Blocked)
+    );
+    assert!(!regs.active(), "acknowledged");
+    assert_eq!(be.counters(0).unwrap().overflows, 1);
+    assert_eq!(be.counters(0).unwrap().hw_errors, 0);
+    let mut n = 0;
+    assert!(!be.drain_faults(0, &mut |_| n += 1).unwrap());
+    assert_eq!(n, 0);
+    let model = hw.borrow();
+    assert!(model.misuse.is_empty(), "{:#?}", model.misuse);
+    assert_eq!(model.active_gerrors(), 0);
 }

@@ -5,8 +5,13 @@
 //! from EVENTQ_CONS and advances CONS. When the queue was full and a record had to be
 //! dropped, the SMMU toggles EVENTQ_PROD.OVFLG; software acknowledges by writing
 //! EVENTQ_CONS.OVACKFLG equal to it (7.4 Event queue overflow).
+//!
+//! Records are also lost when the SMMU's write of one is aborted: SMMU_GERROR.EVENTQ_ABT_ERR
+//! (6.3.18) becomes active, and software acknowledges it by toggling the same bit of
+//! SMMU_GERRORN (6.3.19). QEMU (hw/arm/smmuv3.c, up to at least 10.0) signals a full queue
+//! this way instead of with OVFLG. Both are reported as lost records.
 
-use super::regs::queue;
+use super::regs::{self, gerror, queue};
 use crate::backend::{FaultReason, FaultRecord, UnitIndex};
 use crate::mem::{PhysAddr, PhysMem, RegisterAccess};
 
@@ -152,9 +157,14 @@ impl EventQueue {
     }
 
     /// Reads every record between CONS and PROD into `sink`, returns the consumed slots to
-    /// the SMMU by writing CONS (with OVACKFLG acknowledging any overflow), and returns the
-    /// overflow flag and the number of records delivered. At most one queue's worth of
-    /// records is read per call, whatever PROD says.
+    /// the SMMU by writing CONS (with OVACKFLG acknowledging any overflow), and returns
+    /// whether records were lost and the number of records delivered. At most one queue's
+    /// worth of records is read per call, whatever PROD says.
+    ///
+    /// Records were lost if EVENTQ_PROD.OVFLG differs from the last acknowledged value (7.4)
+    /// or GERROR.EVENTQ_ABT_ERR is active (6.3.18). The latter is acknowledged (its GERRORN
+    /// bit toggled, no other bit changed) before the queue is read, so that a record
+    /// dropped while this call drains raises it again and is reported by the next call.
     pub fn drain<R, M>(
         &mut self,
         regs: &mut R,
@@ -166,6 +176,11 @@ impl EventQueue {
         R: RegisterAccess + ?Sized,
         M: PhysMem + ?Sized,
     {
+        let gerrorn = regs.read32(regs::GERRORN);
+        let abort = (regs.read32(regs::GERROR) ^ gerrorn) & gerror::EVENTQ_ABT_ERR != 0;
+        if abort {
+            regs.write32(regs::GERRORN, gerrorn ^ gerror::EVENTQ_ABT_ERR);
+        }
         let raw = regs.read32(self.prod_off);
         let prod = raw & self.ptr_mask();
         let ovflg = raw & queue::OVFLG;
@@ -188,7 +203,7 @@ impl EventQueue {
         if n > 0 || overflow {
             regs.write32(self.cons_off, self.cons | self.ovack);
         }
-        (overflow, n as u64)
+        (overflow || abort, n as u64)
     }
 }
 
@@ -220,5 +235,102 @@ mod tests {
         assert_eq!(rec(0x02, 0xffff, false, 0).reason, FaultReason::Blocked);
         assert!(!rec(0x04, 1, false, 0).write, "no access in config errors");
         assert_eq!(rec(0x0a, 1, false, 0).reason, FaultReason::Other(0x0a));
+    }
+
+    type Mem = std::collections::BTreeMap<u64, u64>;
+
+    /// The registers of a unit whose Event queue (4 records at 0x1000) the test fills:
+    /// GERROR/GERRORN, EVENTQ_PROD/CONS (page 0 aliases), and the values written.
+    #[derive(Default)]
+    struct Fake {
+        gerror: u32,
+        gerrorn: u32,
+        prod: u32,
+        cons: u32,
+        writes: std::vec::Vec<(usize, u32)>,
+    }
+
+    impl RegisterAccess for Fake {
+        fn read32(&mut self, offset: usize) -> u32 {
+            match offset {
+                regs::GERROR => self.gerror,
+                regs::GERRORN => self.gerrorn,
+                regs::EVENTQ_PROD_PAGE1 => self.prod,
+                regs::EVENTQ_CONS_PAGE1 => self.cons,
+                _ => 0,
+            }
+        }
+        fn write32(&mut self, offset: usize, value: u32) {
+            self.writes.push((offset, value));
+            match offset {
+                regs::GERRORN => self.gerrorn = value,
+                regs::EVENTQ_CONS_PAGE1 => self.cons = value,
+                _ => {}
+            }
+        }
+        fn read64(&mut self, _offset: usize) -> u64 {
+            0
+        }
+        fn write64(&mut self, _offset: usize, _value: u64) {}
+    }
+
+    impl PhysMem for Mem {
+        fn read_u64(&self, pa: u64) -> u64 {
+            *self.get(&pa).unwrap_or(&0)
+        }
+        fn write_u64(&mut self, pa: u64, v: u64) {
+            self.insert(pa, v);
+        }
+    }
+
+    impl Fake {
+        /// The SMMU records a C_BAD_STE for `sid` (if there is room).
+        fn record(&mut self, mem: &mut Mem, sid: u32) -> bool {
+            let used = self.prod.wrapping_sub(self.cons) & 7;
+            if used == 4 {
+                return false;
+            }
+            let pa = 0x1000 + u64::from(self.prod & 3) * EVENT_SIZE;
+            mem.insert(pa, u64::from(event::C_BAD_STE) | (u64::from(sid) << 32));
+            self.prod = (self.prod + 1) & 7;
+            true
+        }
+    }
+
+    #[test]
+    fn eventq_abort_error_is_lost_records_acknowledged_and_drained() {
+        let mut f = Fake {
+            gerror: gerror::CMDQ_ERR, // active, not the queue's business
+            ..Fake::default()
+        };
+        let mut mem = Mem::new();
+        let mut q = EventQueue::new(0x1000, 2, 0);
+        // A flood: the queue fills, the fifth record is dropped with EVENTQ_ABT_ERR (QEMU).
+        for _ in 0..5 {
+            if !f.record(&mut mem, 8) {
+                f.gerror ^= gerror::EVENTQ_ABT_ERR;
+            }
+        }
+        let mut got = std::vec::Vec::new();
+        let (lost, n) = q.drain(&mut f, &mem, 0, &mut |r| got.push(r));
+        assert!(lost);
+        assert_eq!(n, 4, "drained in the same call");
+        assert!(
+            got.iter()
+                .all(|r| r.device == 8 && r.reason == FaultReason::Blocked)
+        );
+        assert_eq!(
+            f.gerrorn,
+            gerror::EVENTQ_ABT_ERR,
+            "only EVENTQ_ABT_ERR acknowledged"
+        );
+        let ack = f.writes.iter().position(|w| w.0 == regs::GERRORN);
+        let cons = f.writes.iter().position(|w| w.0 == regs::EVENTQ_CONS_PAGE1);
+        assert!(ack < cons, "acknowledged before the records are released");
+        assert_eq!(f.cons, 4);
+        // Nothing new: nothing lost, nothing written.
+        f.writes.clear();
+        assert_eq!(q.drain(&mut f, &mem, 0, &mut |_| panic!()), (false, 0));
+        assert!(f.writes.is_empty());
     }
 }

@@ -303,7 +303,8 @@ pub struct CdSlot {
 /// Default capacity of context descriptors (distinct domain tags) per unit.
 pub const DEFAULT_CDS: usize = 256;
 
-/// One SMMUv3, brought up with stage-1 translation, every stream aborting until attached.
+/// One SMMUv3, brought up with stage-1 translation, every stream blocked (STE.V = 0, its
+/// traffic reported as C_BAD_STE) until attached.
 /// `CDS` bounds the number of distinct domain tags attached on the unit.
 #[derive(Debug)]
 pub struct SmmuUnit<R, const CDS: usize = DEFAULT_CDS> {
@@ -328,7 +329,7 @@ impl<R: RegisterAccess, const CDS: usize> SmmuUnit<R, CDS> {
     /// 1. reads IDR0..IDR5 and refuses units without stage 1, AArch64 tables, the 4 KiB
     ///    granule or little-endian walks, or with preset tables/queues;
     /// 2. allocates from `alloc` the stream table (2-level with SPLIT = 6 when IDR0.ST_LEVEL
-    ///    allows and IDR1.SIDSIZE exceeds 6 bits, else linear; all streams abort), the
+    ///    allows and IDR1.SIDSIZE exceeds 6 bits, else linear; all streams blocked), the
     ///    Command queue and the Event queue (one frame each, sizes capped by IDR1.CMDQS and
     ///    EVENTQS);
     /// 3. sets GBPA.ABORT (so that nothing bypasses while SMMUEN is 0), disables the unit
@@ -430,7 +431,7 @@ impl<R: RegisterAccess, const CDS: usize> SmmuUnit<R, CDS> {
                     mem.sync_for_device(f, PAGE_SIZE);
                 }
             } else {
-                tables::fill_abort(mem, f, coherent);
+                tables::fill_blocked(mem, f, coherent);
             }
         }
         if !coherent {
@@ -596,7 +597,7 @@ impl<R: RegisterAccess, const CDS: usize> SmmuUnit<R, CDS> {
     /// on this unit); a CD whose tag is attached again with another root table is rewritten
     /// (made invalid first) and every cached configuration and TLB entry of the ASID is
     /// invalidated. The STE is then written with dword 0 (V, Config, S1ContextPtr) last, so
-    /// it switches from abort (or from the previous domain's CD) to the new CD in one
+    /// it switches from blocked (or from the previous domain's CD) to the new CD in one
     /// store: never a window of bypass. CFGI_STE + CFGI_CD (+ TLBI_NH_ASID for a new or
     /// rewritten CD) and a CMD_SYNC follow, and complete before this returns.
     pub fn attach<M, D, A>(
@@ -650,7 +651,7 @@ impl<R: RegisterAccess, const CDS: usize> SmmuUnit<R, CDS> {
 
         let mut cmds: Vec<Cmd, 4> = Vec::new();
         if let Some(l2) = l2 {
-            tables::fill_abort(mem, l2, coherent);
+            tables::fill_blocked(mem, l2, coherent);
             self.strtab.set_l2(mem, sid, l2, coherent);
         }
         let Some(ste_pa) = self.strtab.ste_pa(mem, sid) else {
@@ -712,9 +713,11 @@ impl<R: RegisterAccess, const CDS: usize> SmmuUnit<R, CDS> {
         self.run(mem, delay, &cmds)
     }
 
-    /// Blocks `device` (see [`Backend::block`]): its STE becomes Config = abort in one store,
-    /// then CFGI_STE, TLBI_NH_ASID of the domain it was attached to, and a CMD_SYNC.
-    /// A device without a level-2 table, or already aborting, needs nothing.
+    /// Blocks `device` (see [`Backend::block`]): its STE becomes invalid (V = 0, 5.2) in one
+    /// 64-bit store of dword 0, then CFGI_STE, TLBI_NH_ASID of the domain it was attached
+    /// to, and a CMD_SYNC. The device's DMA is then terminated and recorded as C_BAD_STE
+    /// (drained as [`crate::backend::FaultReason::Blocked`]). A device without a level-2
+    /// table, or already blocked, needs nothing.
     pub fn block<M, D>(&mut self, mem: &mut M, delay: &mut D, device: u32) -> Result<(), SmmuError>
     where
         M: PhysMem + ?Sized,
@@ -725,10 +728,10 @@ impl<R: RegisterAccess, const CDS: usize> SmmuUnit<R, CDS> {
             return Ok(());
         };
         let cur = tables::ste_state(mem.read_u64(pa));
-        if cur == SteState::Abort {
+        if cur == SteState::Invalid {
             return Ok(());
         }
-        tables::write_dw0(mem, pa, tables::abort_ste()[0], self.info.coherent_walk);
+        tables::write_dw0(mem, pa, tables::blocked_ste()[0], self.info.coherent_walk);
         let mut cmds: Vec<Cmd, 2> = Vec::new();
         let _ = cmds.push(Cmd::CfgiSte { sid, leaf: true });
         if let SteState::S1(cd) = cur
@@ -821,7 +824,10 @@ impl<R: RegisterAccess, const CDS: usize> SmmuUnit<R, CDS> {
     }
 
     /// Drains the Event queue into `sink` (see [`Backend::drain_faults`]). An active GERROR
-    /// condition is acknowledged and reported first, without draining.
+    /// condition other than EVENTQ_ABT_ERR is acknowledged and reported first, without
+    /// draining. EVENTQ_ABT_ERR (event records were dropped; QEMU's signal for a full queue)
+    /// is acknowledged and the queue drained in the same call, returning `true` (records
+    /// lost), as for EVENTQ_PROD.OVFLG (see [`EventQueue::drain`]).
     pub fn drain_faults<M>(
         &mut self,
         mem: &mut M,

@@ -446,7 +446,10 @@ impl CmdQueue {
 /// CMDQ_CONS.ERR giving the reason. The command is replaced by a CMD_SYNC (always legal),
 /// and the error acknowledged by toggling GERRORN.CMDQ_ERR, after which the SMMU resumes at
 /// CONS. Other active conditions are acknowledged and reported (Service Failure Mode cannot
-/// be left without a reset and stays reported).
+/// be left without a reset and stays reported), except EVENTQ_ABT_ERR: it concerns only the
+/// Event queue (lost event records; QEMU raises it for a full queue) and is left active for
+/// [`super::fault::EventQueue::drain`], which acknowledges it and reports the loss. A
+/// command batch never fails because of it.
 pub fn recover<R, M>(regs: &mut R, mem: &mut M, base: PhysAddr, log2: u32) -> Result<(), SmmuError>
 where
     R: RegisterAccess + ?Sized,
@@ -454,7 +457,7 @@ where
 {
     let g = regs.read32(regs::GERROR);
     let n = regs.read32(regs::GERRORN);
-    let active = (g ^ n) & gerror::ALL;
+    let active = (g ^ n) & gerror::ALL & !gerror::EVENTQ_ABT_ERR;
     if active == 0 {
         return Ok(());
     }

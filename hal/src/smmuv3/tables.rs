@@ -8,14 +8,19 @@
 //! every level-2 table is exactly one 4 KiB frame of 64 STEs (`Span = 7`), which the frame
 //! allocator can always provide; level-2 tables are allocated on first attach.
 //!
-//! Every STE that is not attached is valid with `Config = abort` (5.2 STE.Config 0b000):
-//! transactions from the device are terminated, nothing bypasses. An attached STE selects
-//! stage-1 translation through a single context descriptor (S1Fmt linear, S1CDMax 0), and
-//! each domain tag has one CD (in a frame of its own) with ASID = tag.
+//! Every STE that is not attached is invalid (`V = 0`, 5.2 STE.V): the device's transactions
+//! are terminated with an abort and a C_BAD_STE event carrying the StreamID is recorded (7.3),
+//! so DMA of a blocked device is reported, and nothing bypasses. (A valid STE with
+//! `Config = abort`, 0b000, would terminate them silently: no event.) A StreamID whose
+//! level-2 table does not exist yet has a level-1 descriptor with `Span = 0`, which the SMMU
+//! reports as C_BAD_STREAMID. An attached STE selects stage-1 translation through a single
+//! context descriptor (S1Fmt linear, S1CDMax 0), and each domain tag has one CD (in a frame
+//! of its own) with ASID = tag.
 //!
 //! Writes are ordered so that the SMMU never sees a half-written valid structure: every
 //! doubleword other than the one holding `V` / `Config` is written first, and that
-//! doubleword last, in one 64-bit store.
+//! doubleword last, in one 64-bit store. Blocking a live STE is that one store of dword 0
+//! with `V = 0` (the other dwords are then IGNORED).
 
 use crate::mem::{PAGE_SIZE, PhysAddr, PhysMem};
 
@@ -34,7 +39,8 @@ pub const STES_PER_FRAME: u64 = PAGE_SIZE / STE_SIZE;
 pub mod ste {
     /// Dword 0 bit 0: V, the STE is valid.
     pub const V: u64 = 1 << 0;
-    /// Dword 0 bits 3:1: Config = 0b000, abort every transaction (no event is recorded).
+    /// Dword 0 bits 3:1: Config = 0b000, abort every transaction (no event is recorded; never
+    /// written by this driver, which blocks with `V = 0` so that blocked traffic is reported).
     pub const CONFIG_ABORT: u64 = 0b000 << 1;
     /// Dword 0 bits 3:1: Config = 0b101, stage 1 translate, stage 2 bypass.
     pub const CONFIG_S1_TRANS: u64 = 0b101 << 1;
@@ -111,9 +117,11 @@ pub mod cd {
 /// A 64-byte structure (STE or CD) as eight doublewords.
 pub type Dwords = [u64; 8];
 
-/// The STE of a blocked device: valid, Config = abort (5.2).
-pub const fn abort_ste() -> Dwords {
-    [ste::V | ste::CONFIG_ABORT, 0, 0, 0, 0, 0, 0, 0]
+/// The STE of a blocked (or never attached) device: `V = 0` (5.2 STE.V). Its transactions
+/// are terminated with an abort and a C_BAD_STE event is recorded with the StreamID (7.3.5);
+/// every other field is IGNORED.
+pub const fn blocked_ste() -> Dwords {
+    [0; 8]
 }
 
 /// The STE of a device translated through the single CD at `cd` (5.2): V, Config = stage 1
@@ -133,9 +141,9 @@ pub const fn s1_ste(cd: PhysAddr, coherent: bool) -> Dwords {
 /// What an STE's dword 0 says.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SteState {
-    /// V = 0 (C_BAD_STE for the device's traffic).
+    /// V = 0: the device is blocked (C_BAD_STE for its traffic).
     Invalid,
-    /// V = 1, Config = abort.
+    /// V = 1, Config = abort (silent termination; never written by this driver).
     Abort,
     /// V = 1, stage-1 translation through the CD at the address given.
     S1(PhysAddr),
@@ -207,8 +215,8 @@ pub const fn s1_cd(p: CdParams) -> Dwords {
 /// Writes the structure `new` at `pa` (an STE or CD) so that the SMMU never sees it valid
 /// with stale fields: doublewords 1 to 7 first (only those that change), then dword 0 (V,
 /// Config / ASID) in one 64-bit store. Correct both for a structure that is currently
-/// invalid or aborting (its other dwords are ignored) and for a live one whose dwords 1-7
-/// do not change (moving an STE between CDs). Returns whether anything was written.
+/// invalid (V = 0: its other dwords are IGNORED) and for a live one whose dwords 1-7 do not
+/// change (moving an STE between CDs). Returns whether anything was written.
 pub fn write_struct<M: PhysMem + ?Sized>(
     mem: &mut M,
     pa: PhysAddr,
@@ -236,7 +244,8 @@ pub fn write_struct<M: PhysMem + ?Sized>(
     changed
 }
 
-/// Replaces only dword 0 of a live structure (e.g. STE -> abort) in one 64-bit store.
+/// Replaces only dword 0 of a live structure in one 64-bit store (e.g. blocking an STE or
+/// invalidating a CD: dword 0 with V = 0).
 pub fn write_dw0<M: PhysMem + ?Sized>(mem: &mut M, pa: PhysAddr, dw0: u64, coherent: bool) {
     mem.write_u64(pa, dw0);
     if !coherent {
@@ -244,9 +253,11 @@ pub fn write_dw0<M: PhysMem + ?Sized>(mem: &mut M, pa: PhysAddr, dw0: u64, coher
     }
 }
 
-/// Fills the frame at `frame` with abort STEs (a fresh linear-table frame or level-2 table).
-pub fn fill_abort<M: PhysMem + ?Sized>(mem: &mut M, frame: PhysAddr, coherent: bool) {
-    let dw0 = abort_ste()[0];
+/// Fills the frame at `frame` with blocked (V = 0) STEs: a fresh linear-table frame or
+/// level-2 table. Only dword 0 of each STE is written; the others are IGNORED while V = 0
+/// and written before V by [`write_struct`].
+pub fn fill_blocked<M: PhysMem + ?Sized>(mem: &mut M, frame: PhysAddr, coherent: bool) {
+    let dw0 = blocked_ste()[0];
     for i in 0..STES_PER_FRAME {
         mem.write_u64(frame + i * STE_SIZE, dw0);
     }
@@ -303,7 +314,7 @@ impl StreamTable {
         Some(l2 + (sid as u64 & (STES_PER_FRAME - 1)) * STE_SIZE)
     }
 
-    /// Links the level-2 table `l2` (already filled with abort STEs) for `sid`.
+    /// Links the level-2 table `l2` (already filled with blocked STEs) for `sid`.
     pub fn set_l2<M: PhysMem + ?Sized>(&self, mem: &mut M, sid: u32, l2: PhysAddr, coherent: bool) {
         let pa = self.l1_desc_pa(sid);
         mem.write_u64(pa, l1::desc(l2));
@@ -334,7 +345,8 @@ mod tests {
 
     #[test]
     fn ste_encodings() {
-        assert_eq!(abort_ste()[0], 1);
+        assert_eq!(blocked_ste(), [0; 8]);
+        assert_eq!(ste_state(blocked_ste()[0]), SteState::Invalid);
         assert_eq!(ste_state(1), SteState::Abort);
         assert_eq!(ste_state(0), SteState::Invalid);
         assert_eq!(ste_state(1 | (4 << 1)), SteState::Other);
@@ -393,12 +405,17 @@ mod tests {
             frames: 2,
         };
         assert_eq!(t.ste_pa(&m, 0x108), None);
-        fill_abort(&mut m, 0x20_0000, true);
+        // Whatever the frame held, every STE ends up invalid.
+        for i in 0..STES_PER_FRAME {
+            m.write_u64(0x20_0000 + i * STE_SIZE, 0xffff_ffff_ffff_ffff);
+        }
+        fill_blocked(&mut m, 0x20_0000, true);
+        assert!((0..STES_PER_FRAME).all(|i| m.read_u64(0x20_0000 + i * STE_SIZE) == 0));
         t.set_l2(&mut m, 0x108, 0x20_0000, true);
         assert_eq!(m.read_u64(0x10_0000 + (0x108 >> 6) * 8), 0x20_0007);
         let pa = t.ste_pa(&m, 0x108).unwrap();
         assert_eq!(pa, 0x20_0000 + 8 * 64);
-        assert_eq!(ste_state(m.read_u64(pa)), SteState::Abort);
+        assert_eq!(ste_state(m.read_u64(pa)), SteState::Invalid);
         assert_eq!(t.ste_pa(&m, 1 << 16), None);
         let s = s1_ste(0x30_0000, true);
         m.1 = 0;
