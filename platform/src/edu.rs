@@ -6,7 +6,9 @@
 //! start / busy, bit 1 direction: 1 = from the device buffer to RAM, bit 2 raise an interrupt
 //! on completion). The buffer is addressed at 0x40000 on the device side. A transfer completes
 //! 100 ms of virtual time after the command; the device's addresses are clamped to its DMA
-//! mask (28 bits unless configured otherwise), so IOVAs must stay below 256 MiB.
+//! mask (28 bits unless configured with `-device edu,dma_mask=...`), so the driver refuses
+//! IOVAs at or above its DMA limit: 256 MiB by default ([`DMA_LIMIT`]), or what
+//! [`Edu::with_dma_limit`] was given.
 
 use embedded_hal::delay::DelayNs;
 use iommu_hal::mem::RegisterAccess;
@@ -39,7 +41,8 @@ const CMD_TO_RAM: u64 = 1 << 1;
 pub const BUFFER_ADDR: u64 = 0x40000;
 /// Size of the internal buffer.
 pub const BUFFER_LEN: u32 = 4096;
-/// Highest IOVA (exclusive) the device can emit with its default 28-bit DMA mask.
+/// Highest IOVA (exclusive) the device can emit with its default 28-bit DMA mask: the limit
+/// [`Edu::new`] uses.
 pub const DMA_LIMIT: u64 = 1 << 28;
 
 /// How long a transfer may take before the driver gives up (the device needs 100 ms).
@@ -64,12 +67,23 @@ pub enum EduError {
 pub struct Edu<R, D> {
     regs: R,
     delay: D,
+    /// Highest DMA address (exclusive) the device is configured to emit.
+    dma_limit: u64,
 }
 
 impl<R: RegisterAccess, D: DelayNs> Edu<R, D> {
-    /// Checks the identification and liveness registers and returns the driver. The device's
-    /// bus mastering must be enabled by the caller before any DMA.
-    pub fn new(mut regs: R, delay: D) -> Result<Self, EduError> {
+    /// Checks the identification and liveness registers and returns the driver for a device
+    /// with the default 28-bit DMA mask ([`DMA_LIMIT`]). The device's bus mastering must be
+    /// enabled by the caller before any DMA.
+    pub fn new(regs: R, delay: D) -> Result<Self, EduError> {
+        Self::with_dma_limit(regs, delay, DMA_LIMIT)
+    }
+
+    /// As [`Edu::new`], for a device whose DMA mask was configured to reach addresses below
+    /// `dma_limit` (`-device edu,dma_mask=M` gives `M + 1` for a mask of low ones, e.g.
+    /// `1 << 40` for 0xffffffffff). Transfers reaching `dma_limit` or beyond are refused
+    /// ([`EduError::OutOfRange`]) rather than silently clamped by the device.
+    pub fn with_dma_limit(mut regs: R, delay: D, dma_limit: u64) -> Result<Self, EduError> {
         let id = regs.read32(REG_ID);
         if id & 0xffff != 0x00ed {
             return Err(EduError::BadId(id));
@@ -78,7 +92,11 @@ impl<R: RegisterAccess, D: DelayNs> Edu<R, D> {
         if regs.read32(REG_LIVENESS) != !0x1234_5678 {
             return Err(EduError::NotAlive);
         }
-        let mut edu = Edu { regs, delay };
+        let mut edu = Edu {
+            regs,
+            delay,
+            dma_limit,
+        };
         // A transfer left running by an earlier user must finish before ours are set up.
         edu.wait_idle()?;
         Ok(edu)
@@ -87,6 +105,11 @@ impl<R: RegisterAccess, D: DelayNs> Edu<R, D> {
     /// The identification register (major version in bits 31:24, minor in 23:16).
     pub fn id(&mut self) -> u32 {
         self.regs.read32(REG_ID)
+    }
+
+    /// Highest DMA address (exclusive) transfers may reach.
+    pub fn dma_limit(&self) -> u64 {
+        self.dma_limit
     }
 
     fn wait_idle(&mut self) -> Result<(), EduError> {
@@ -99,11 +122,11 @@ impl<R: RegisterAccess, D: DelayNs> Edu<R, D> {
         Err(EduError::Timeout)
     }
 
-    fn check(iova: u64, offset: u32, len: u32) -> Result<(), EduError> {
+    fn check(&self, iova: u64, offset: u32, len: u32) -> Result<(), EduError> {
         let buf_ok = offset.checked_add(len).is_some_and(|end| end <= BUFFER_LEN);
         let iova_ok = iova
             .checked_add(u64::from(len))
-            .is_some_and(|end| end <= DMA_LIMIT);
+            .is_some_and(|end| end <= self.dma_limit);
         if len == 0 || !buf_ok || !iova_ok {
             return Err(EduError::OutOfRange);
         }
@@ -128,12 +151,12 @@ impl<R: RegisterAccess, D: DelayNs> DmaEngine for Edu<R, D> {
     }
 
     fn device_read(&mut self, iova: u64, offset: u32, len: u32) -> Result<(), EduError> {
-        Self::check(iova, offset, len)?;
+        self.check(iova, offset, len)?;
         self.run(iova, BUFFER_ADDR + u64::from(offset), len, 0)
     }
 
     fn device_write(&mut self, offset: u32, iova: u64, len: u32) -> Result<(), EduError> {
-        Self::check(iova, offset, len)?;
+        self.check(iova, offset, len)?;
         self.run(BUFFER_ADDR + u64::from(offset), iova, len, CMD_TO_RAM)
     }
 }
@@ -236,6 +259,36 @@ mod tests {
         assert_eq!(edu.device_read(0, u32::MAX, 2), Err(EduError::OutOfRange));
 
         assert!(f.writes.is_empty());
+    }
+
+    #[test]
+    fn a_wider_dma_limit_reaches_high_memory() {
+        let mut f = fake(0);
+        let mut edu = Edu::with_dma_limit(&mut f, NoDelay, 1 << 40).unwrap();
+        assert_eq!(edu.dma_limit(), 1 << 40);
+        edu.device_read(0x4000_0000, 0, 4096).unwrap();
+        edu.device_write(0, (1 << 40) - 8, 8).unwrap();
+        assert_eq!(
+            edu.device_write(0, (1 << 40) - 8, 16),
+            Err(EduError::OutOfRange)
+        );
+        assert_eq!(
+            f.writes[..4],
+            [
+                (REG_DMA_SRC, 0x4000_0000),
+                (REG_DMA_DST, BUFFER_ADDR),
+                (REG_DMA_CNT, 4096),
+                (REG_DMA_CMD, CMD_RUN),
+            ]
+        );
+        let mut f = fake(0);
+        let mut edu = Edu::new(&mut f, NoDelay).unwrap();
+        assert_eq!(edu.dma_limit(), DMA_LIMIT);
+        assert_eq!(
+            edu.device_read(0x4000_0000, 0, 8),
+            Err(EduError::OutOfRange),
+            "default: 28 bits"
+        );
     }
 
     #[test]

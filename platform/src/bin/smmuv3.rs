@@ -9,7 +9,8 @@
 //! 3. Before the SMMU is touched (SMMUEN = 0 and GBPA.ABORT = 0 at reset: DMA bypasses),
 //!    check that edu's DMA works untranslated, so a later failure is the SMMU's, not the
 //!    device's. This needs edu's DMA mask widened to reach RAM at 1 GiB
-//!    (`-device edu,dma_mask=...`; the runner passes it).
+//!    (`-device edu,dma_mask=0xffffffffff`, passed by the runner; the `Edu` driver is told
+//!    the matching 40-bit limit).
 //! 4. Bring the SMMU up with the SMMUv3 backend (`iommu_hal::smmuv3`), build the server
 //!    (`iommu_server`) with a static configuration granting client 1 the edu device (unit, SID)
 //!    and 8 MiB of RAM, and client 2 only 64 KiB of its own RAM.
@@ -42,7 +43,6 @@ mod image {
     use core::cell::RefCell;
     use core::mem::MaybeUninit;
 
-    use embedded_hal::delay::DelayNs;
     use iommu_hal::mem::RegisterAccess;
     use iommu_hal::pagetable::Perms;
     use iommu_hal::smmuv3::regs::{self, Idr0, Idr1, Idr5, cr0, gbpa};
@@ -51,8 +51,9 @@ mod image {
     use iommu_platform::aarch64::{self, BootInfo};
     use iommu_platform::bars::{BarAllocator, BarWindow};
     use iommu_platform::devtree::{self, Machine};
+    use iommu_platform::dma::DmaEngine;
     use iommu_platform::edu::{self, Edu};
-    use iommu_platform::local::{LocalTransport, RequestHandler};
+    use iommu_platform::local::LocalTransport;
     use iommu_platform::mem::{DmaRegion, Frame, FramePool, IdentityMem, Mmio};
     use iommu_platform::pci::{self, Bdf, Ecam};
     use iommu_platform::scenario::{self, Layout, REGION_LEN};
@@ -71,22 +72,16 @@ mod image {
     const MAX_UNITS: usize = 4;
     /// Where the scenario puts its IOVAs: 16 MiB, far below edu's default 28-bit DMA limit.
     const IOVA_BASE: u64 = 0x100_0000;
+    /// edu's DMA limit with the runner's `-device edu,dma_mask=0xffffffffff` (40 bits): RAM
+    /// starts at 1 GiB on virt, beyond the default 28-bit mask, and the untranslated check
+    /// uses physical addresses.
+    const EDU_DMA_LIMIT: u64 = 1 << 40;
     /// The IOVA window Linux's arm-smmu-v3 driver reserves for MSI doorbells (MSI_IOVA_BASE,
     /// 1 MiB): reserved in every domain here too, outside the scenario's IOVAs.
     const MSI_WINDOW: IovaRange = IovaRange {
         first: 0x800_0000,
         last: 0x80f_ffff,
     };
-
-    // edu's BAR0 registers (hw/misc/edu.c, docs/specs/edu.rst), for the untranslated check,
-    // which needs addresses beyond what the `Edu` driver accepts (its 28-bit default mask).
-    const EDU_DMA_SRC: usize = 0x80;
-    const EDU_DMA_DST: usize = 0x88;
-    const EDU_DMA_CNT: usize = 0x90;
-    const EDU_DMA_CMD: usize = 0x98;
-    /// Command: start (reads 1 while running); bit 1 = direction device -> RAM.
-    const EDU_CMD_RUN: u64 = 1;
-    const EDU_CMD_TO_RAM: u64 = 2;
 
     #[repr(C, align(0x200000))]
     struct Granted([u8; REGION_LEN]);
@@ -116,26 +111,6 @@ mod image {
     unsafe fn init_static<T>(slot: *mut MaybeUninit<T>, value: T) -> &'static T {
         // SAFETY: the caller's contract: exclusive, first and only initialisation.
         unsafe { (*slot).write(value) }
-    }
-
-    /// The server as this platform's receive loop drives it.
-    ///
-    /// An SMMU reports faults through two interrupts, EVENTQ (new event records) and GERROR
-    /// (global errors); QEMU 10 reports a full Event queue as GERROR.EVENTQ_ABT_ERR rather
-    /// than with EVENTQ_PROD.OVFLG, and a blocked 4 KiB edu transfer produces one event per
-    /// 4-byte access, more than the queue holds. The backend's drain acknowledges an active
-    /// GERROR condition and returns without draining, so, as a platform serving both
-    /// interrupt lines would, this one services faults once per line: twice.
-    struct TwoLines<S>(S);
-
-    impl<S: RequestHandler> RequestHandler for TwoLines<S> {
-        fn handle(&mut self, client: ClientId, request: &[u8], reply: &mut [u8]) -> usize {
-            self.0.handle(client, request, reply)
-        }
-        fn service_faults(&mut self) {
-            self.0.service_faults();
-            self.0.service_faults();
-        }
     }
 
     fn pattern(i: usize) -> u8 {
@@ -234,42 +209,19 @@ mod image {
         ))
     }
 
-    /// One edu transfer with raw register writes, waiting (at most 5 s) for completion.
-    fn raw_dma(
-        regs: &mut Mmio,
-        src: u64,
-        dst: u64,
-        len: u64,
-        cmd: u64,
-    ) -> Result<(), &'static str> {
-        regs.write64(EDU_DMA_SRC, src);
-        regs.write64(EDU_DMA_DST, dst);
-        regs.write64(EDU_DMA_CNT, len);
-        regs.write64(EDU_DMA_CMD, cmd | EDU_CMD_RUN);
-        let mut delay = CounterDelay;
-        for _ in 0..5_000 {
-            if regs.read64(EDU_DMA_CMD) & EDU_CMD_RUN == 0 {
-                return Ok(());
-            }
-            delay.delay_ms(1);
-        }
-        Err("edu DMA did not complete")
-    }
-
     /// edu copies a page RAM -> device -> RAM with the SMMU disabled (bypass).
-    fn passthrough_check(edu_regs: &mut Mmio, mem: &mut DmaRegion) -> Result<(), &'static str> {
+    fn passthrough_check<E: DmaEngine>(
+        edu: &mut E,
+        mem: &mut DmaRegion,
+    ) -> Result<(), &'static str> {
         let (src, dst) = (0, PAGE);
         mem.fill(src, PAGE, pattern);
         mem.fill(dst, PAGE, |_| 0);
         let t0 = time::micros();
-        raw_dma(edu_regs, mem.phys(src), edu::BUFFER_ADDR, PAGE as u64, 0)?;
-        raw_dma(
-            edu_regs,
-            edu::BUFFER_ADDR,
-            mem.phys(dst),
-            PAGE as u64,
-            EDU_CMD_TO_RAM,
-        )?;
+        edu.device_read(mem.phys(src), 0, PAGE as u32)
+            .map_err(|_| "edu DMA RAM -> device failed")?;
+        edu.device_write(0, mem.phys(dst), PAGE as u32)
+            .map_err(|_| "edu DMA device -> RAM failed")?;
         let t1 = time::micros();
         if let Some((i, got)) = mem.first_mismatch(dst, PAGE, pattern) {
             defmt::error!(
@@ -331,21 +283,17 @@ mod image {
         check_smmu_at_reset(smmu_base)?;
 
         pci::enable_mem_and_dma(&mut cfg, found.edu);
-        // SAFETY: CLIENT1_MEM is used only through this region (by the CPU) and by edu's DMA.
-        let mut mem1 = unsafe { DmaRegion::new((&raw mut CLIENT1_MEM).cast(), REGION_LEN) };
-        {
-            // SAFETY: edu's BAR0 (1 MiB) as placed above, identity mapped as device memory;
-            // this value is its only user until it is dropped at the end of this block.
-            let mut raw = unsafe { Mmio::new(found.bar0 as usize) };
-            passthrough_check(&mut raw, &mut mem1)?;
-        }
-        // SAFETY: as above; the `Edu` driver is BAR0's only user from now on.
+        // SAFETY: edu's BAR0 (1 MiB) as placed above, identity mapped as device memory; the
+        // `Edu` driver is its only user.
         let regs = unsafe { Mmio::new(found.bar0 as usize) };
-        let mut edu = Edu::new(regs, CounterDelay).map_err(|e| {
+        let mut edu = Edu::with_dma_limit(regs, CounterDelay, EDU_DMA_LIMIT).map_err(|e| {
             defmt::error!("edu: {}", e);
             "edu does not answer"
         })?;
         defmt::info!("edu: id {=u32:#010x}", edu.id());
+        // SAFETY: CLIENT1_MEM is used only through this region (by the CPU) and by edu's DMA.
+        let mut mem1 = unsafe { DmaRegion::new((&raw mut CLIENT1_MEM).cast(), REGION_LEN) };
+        passthrough_check(&mut edu, &mut mem1)?;
 
         // The SMMUs, brought up by the backend: translation on, every stream aborted.
         let frames: *mut [Frame; FRAMES] = &raw mut FRAME_POOL;
@@ -448,7 +396,7 @@ mod image {
             "server refused the configuration"
         })?;
         defmt::info!("server up: {}", server.table_config());
-        let server = RefCell::new(TwoLines(server));
+        let server = RefCell::new(server);
 
         let mut client1 = Client::new(LocalTransport::new(&server, ClientId(1)));
         let mut client2 = Client::new(LocalTransport::new(&server, ClientId(2)));
@@ -471,7 +419,7 @@ mod image {
         );
         let t1 = time::micros();
 
-        let server = &server.borrow().0;
+        let server = &*server.borrow();
         defmt::info!("server stats: {}", server.stats());
         defmt::info!(
             "frames: {=usize} in use, peak {=usize} of {=usize}",
