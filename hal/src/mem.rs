@@ -23,6 +23,13 @@ pub trait PhysMem {
     fn sync_for_device(&mut self, pa: PhysAddr, len: u64) {
         let _ = (pa, len);
     }
+    /// Makes what a non-snooping device wrote to `[pa, pa + len)` visible to the CPU (a cache
+    /// invalidate), before the CPU reads records the unit wrote (event / fault queues,
+    /// completion status words). The default does nothing, which is right for coherent units
+    /// and for host models.
+    fn sync_for_cpu(&mut self, pa: PhysAddr, len: u64) {
+        let _ = (pa, len);
+    }
 }
 
 /// A source of 4 KiB page-table frames.
@@ -52,6 +59,9 @@ impl<T: PhysMem + ?Sized> PhysMem for &mut T {
     }
     fn sync_for_device(&mut self, pa: PhysAddr, len: u64) {
         (**self).sync_for_device(pa, len)
+    }
+    fn sync_for_cpu(&mut self, pa: PhysAddr, len: u64) {
+        (**self).sync_for_cpu(pa, len)
     }
 }
 

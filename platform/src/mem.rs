@@ -50,8 +50,12 @@ impl RegisterAccess for Mmio {
 
 /// Physical memory read and written in place through the identity mapping.
 ///
-/// The IOMMU table walker reads what the CPU wrote: on x86 and on QEMU's models the walk is
-/// coherent, so [`PhysMem::sync_for_device`] keeps its default (nothing to do).
+/// The cache maintenance hooks do what a unit that does not snoop the CPU caches needs (hal
+/// calls them only for such units): on x86_64 `sync_for_device` writes the lines back with
+/// `clflush` (VT-d 6.6, "Caching mode" and ECAP.C = 0: software must flush table writes) and
+/// DMA writes are always snooped, so `sync_for_cpu` has nothing to do; on aarch64 they clean
+/// (`dc cvac`) and invalidate (`dc ivac`) to the point of coherency, then `dsb sy` (Arm ARM
+/// D7.5 data cache maintenance). Elsewhere (the host) they do nothing.
 #[derive(Debug)]
 pub struct IdentityMem {
     _private: (),
@@ -78,6 +82,84 @@ impl PhysMem for IdentityMem {
     fn write_u64(&mut self, pa: PhysAddr, value: u64) {
         // SAFETY: as in `read_u64`. An aligned 64-bit store is single-copy atomic.
         unsafe { core::ptr::write_volatile(pa as usize as *mut u64, value) }
+    }
+    fn sync_for_device(&mut self, pa: PhysAddr, len: u64) {
+        cache::clean(pa, len);
+    }
+    fn sync_for_cpu(&mut self, pa: PhysAddr, len: u64) {
+        cache::invalidate(pa, len);
+    }
+}
+
+/// Data-cache maintenance by address over identity-mapped memory.
+mod cache {
+    use iommu_hal::PhysAddr;
+
+    /// The smallest data-cache line of the supported CPUs (x86_64 and Armv8-A: 64 bytes).
+    /// Stepping by the smallest line size covers every line of the range.
+    #[cfg(all(
+        target_os = "none",
+        any(target_arch = "x86_64", target_arch = "aarch64")
+    ))]
+    const LINE: u64 = 64;
+
+    /// Lines covering `[pa, pa + len)`, as start addresses.
+    #[cfg(all(
+        target_os = "none",
+        any(target_arch = "x86_64", target_arch = "aarch64")
+    ))]
+    fn lines(pa: PhysAddr, len: u64) -> impl Iterator<Item = u64> {
+        let start = pa & !(LINE - 1);
+        let end = pa.saturating_add(len);
+        (start..end).step_by(LINE as usize)
+    }
+
+    /// Writes dirty lines back so a non-snooping walker sees them.
+    pub fn clean(pa: PhysAddr, len: u64) {
+        #[cfg(all(target_os = "none", target_arch = "x86_64"))]
+        {
+            for line in lines(pa, len) {
+                // SAFETY: `clflush` of an identity-mapped address the caller owns (the
+                // `IdentityMem` contract) has no effect on memory contents.
+                unsafe { core::arch::asm!("clflush [{}]", in(reg) line, options(nostack)) };
+            }
+            // SAFETY: a fence orders the flushes before the register write that follows.
+            unsafe { core::arch::asm!("mfence", options(nostack)) };
+        }
+        #[cfg(all(target_os = "none", target_arch = "aarch64"))]
+        {
+            for line in lines(pa, len) {
+                // SAFETY: cleaning a line to the point of coherency does not change memory
+                // contents as the program sees them.
+                unsafe { core::arch::asm!("dc cvac, {}", in(reg) line, options(nostack)) };
+            }
+            // SAFETY: a barrier completing the maintenance before later MMIO writes.
+            unsafe { core::arch::asm!("dsb sy", options(nostack)) };
+        }
+        #[cfg(not(all(
+            target_os = "none",
+            any(target_arch = "x86_64", target_arch = "aarch64")
+        )))]
+        let _ = (pa, len);
+    }
+
+    /// Drops cached copies of lines a non-snooping device wrote, before the CPU reads them.
+    pub fn invalidate(pa: PhysAddr, len: u64) {
+        #[cfg(all(target_os = "none", target_arch = "aarch64"))]
+        {
+            // SAFETY: a barrier ordering earlier reads of the device's completion signal.
+            unsafe { core::arch::asm!("dsb sy", options(nostack)) };
+            for line in lines(pa, len) {
+                // SAFETY: the range holds records the device wrote and the CPU has not
+                // modified (the `IdentityMem` contract), so discarding cached copies loses
+                // nothing.
+                unsafe { core::arch::asm!("dc ivac, {}", in(reg) line, options(nostack)) };
+            }
+            // SAFETY: a barrier completing the invalidation before the reads that follow.
+            unsafe { core::arch::asm!("dsb sy", options(nostack)) };
+        }
+        #[cfg(not(all(target_os = "none", target_arch = "aarch64")))]
+        let _ = (pa, len);
     }
 }
 

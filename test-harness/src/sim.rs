@@ -21,6 +21,8 @@ pub struct SimMemory {
     pub writes: u64,
     /// Number of `sync_for_device` calls.
     pub syncs: u64,
+    /// Number of `sync_for_cpu` calls.
+    pub cpu_syncs: u64,
 }
 
 impl SimMemory {
@@ -128,6 +130,9 @@ impl PhysMem for SharedMem {
     fn sync_for_device(&mut self, _pa: PhysAddr, _len: u64) {
         self.0.borrow_mut().syncs += 1;
     }
+    fn sync_for_cpu(&mut self, _pa: PhysAddr, _len: u64) {
+        self.0.borrow_mut().cpu_syncs += 1;
+    }
 }
 
 impl PhysMem for SimMemory {
@@ -139,6 +144,9 @@ impl PhysMem for SimMemory {
     }
     fn sync_for_device(&mut self, _pa: PhysAddr, _len: u64) {
         self.syncs += 1;
+    }
+    fn sync_for_cpu(&mut self, _pa: PhysAddr, _len: u64) {
+        self.cpu_syncs += 1;
     }
 }
 

@@ -987,6 +987,8 @@ struct SyncMem {
     mem: SharedMem,
     dirty: Rc<std::cell::RefCell<std::collections::BTreeSet<u64>>>,
     syncs: Rc<Cell<u64>>,
+    /// Bytes invalidated for the CPU (`sync_for_cpu`), by start address.
+    invalidated: Rc<std::cell::RefCell<std::collections::BTreeMap<u64, u64>>>,
 }
 
 impl iommu_hal::PhysMem for SyncMem {
@@ -1004,6 +1006,9 @@ impl iommu_hal::PhysMem for SyncMem {
         for a in gone {
             d.remove(&a);
         }
+    }
+    fn sync_for_cpu(&mut self, pa: u64, len: u64) {
+        self.invalidated.borrow_mut().insert(pa, len);
     }
 }
 
@@ -1049,12 +1054,26 @@ fn non_coherent_units_get_every_structure_write_cleaned() {
             .unwrap();
         be.invalidate(0, 1, &g).unwrap();
         be.block(0, SID).unwrap();
+        // Two event records written by the unit, then drained by the CPU.
+        assert!(hw.dma_read(SID, 0x1000, 8).is_err());
+        assert!(hw.dma_read(SID, 0x2000, 8).is_err());
+        let mut recs = 0;
+        be.drain_faults(0, &mut |_| recs += 1).unwrap();
+        assert_eq!(recs, 2);
         if cohacc {
             assert_eq!(smem.syncs.get(), 0, "coherent: no cache maintenance");
+            assert!(smem.invalidated.borrow().is_empty());
         } else {
             assert!(smem.syncs.get() > 0);
             let dirty = smem.dirty.borrow();
             assert!(dirty.is_empty(), "written, never cleaned: {dirty:x?}");
+            let inv = smem.invalidated.borrow();
+            assert_eq!(
+                inv.len(),
+                2,
+                "each event record invalidated before it is read"
+            );
+            assert!(inv.values().all(|&len| len == 32));
         }
     }
 }

@@ -165,10 +165,14 @@ impl EventQueue {
     /// or GERROR.EVENTQ_ABT_ERR is active (6.3.18). The latter is acknowledged (its GERRORN
     /// bit toggled, no other bit changed) before the queue is read, so that a record
     /// dropped while this call drains raises it again and is reported by the next call.
+    ///
+    /// When the unit is not coherent (`coherent` false), each record's bytes are invalidated
+    /// from the CPU caches ([`PhysMem::sync_for_cpu`]) before they are read.
     pub fn drain<R, M>(
         &mut self,
         regs: &mut R,
-        mem: &M,
+        mem: &mut M,
+        coherent: bool,
         unit: UnitIndex,
         sink: &mut dyn FnMut(FaultRecord),
     ) -> (bool, u64)
@@ -189,6 +193,9 @@ impl EventQueue {
         let n = avail.min(entries);
         for _ in 0..n {
             let pa = self.base + (self.cons & (entries - 1)) as u64 * EVENT_SIZE;
+            if !coherent {
+                mem.sync_for_cpu(pa, EVENT_SIZE);
+            }
             let d = [
                 mem.read_u64(pa),
                 mem.read_u64(pa + 8),
@@ -312,7 +319,7 @@ mod tests {
             }
         }
         let mut got = std::vec::Vec::new();
-        let (lost, n) = q.drain(&mut f, &mem, 0, &mut |r| got.push(r));
+        let (lost, n) = q.drain(&mut f, &mut mem, true, 0, &mut |r| got.push(r));
         assert!(lost);
         assert_eq!(n, 4, "drained in the same call");
         assert!(
@@ -330,7 +337,10 @@ mod tests {
         assert_eq!(f.cons, 4);
         // Nothing new: nothing lost, nothing written.
         f.writes.clear();
-        assert_eq!(q.drain(&mut f, &mem, 0, &mut |_| panic!()), (false, 0));
+        assert_eq!(
+            q.drain(&mut f, &mut mem, true, 0, &mut |_| panic!()),
+            (false, 0)
+        );
         assert!(f.writes.is_empty());
     }
 }

@@ -846,7 +846,8 @@ impl<R: RegisterAccess, const CDS: usize> SmmuUnit<R, CDS> {
             self.counters.count_error(e);
             return Err(e);
         }
-        let (overflow, n) = self.evtq.drain(&mut self.regs, mem, unit, sink);
+        let coherent = self.info.coherent_walk;
+        let (overflow, n) = self.evtq.drain(&mut self.regs, mem, coherent, unit, sink);
         self.counters.faults += n;
         if overflow {
             self.counters.overflows += 1;

@@ -242,6 +242,11 @@ impl InvQueue {
         counters.waits += 1;
 
         let result = poll(delay, timing, WaitFor::Queue, || {
+            if !coherent {
+                // The unit writes the status word by DMA (VT-d 6.5.2.8): drop any stale
+                // cached copy before reading it.
+                mem.sync_for_cpu(status, 8);
+            }
             if mem.read_u64(status) as u32 == seq {
                 return Ok(true);
             }
