@@ -129,8 +129,8 @@ impl<V: Variant> Fixture for SmmuFixture<V> {
     fn fail_next_attach(&mut self) -> bool {
         false
     }
-    /// Blocked StreamIDs have STE.Config = abort: terminated without an event (5.2).
-    fn records_blocked(&self) -> bool {
+    /// Blocked StreamIDs have an invalid STE: C_BAD_STE carries no address (7.3.4).
+    fn blocked_records_carry_iova(&self) -> bool {
         false
     }
 }
