@@ -45,37 +45,44 @@ impl Gather {
     }
 
     /// Whether nothing was recorded: no invalidation is needed.
+    #[inline]
     pub fn is_empty(&self) -> bool {
         !self.changed && self.free_head.is_none() && !self.tables_removed
     }
 
     /// The changed IOVA span as `(first, last)` inclusive, if any leaf changed.
+    #[inline]
     pub fn span(&self) -> Option<(u64, u64)> {
         self.changed.then_some((self.start, self.last))
     }
 
     /// Smallest leaf size touched, in bytes (0 when no leaf changed).
+    #[inline]
     pub fn min_leaf(&self) -> u64 {
         self.min_leaf
     }
 
     /// Largest leaf size touched, in bytes (0 when no leaf changed).
+    #[inline]
     pub fn max_leaf(&self) -> u64 {
         self.max_leaf
     }
 
     /// Whether non-leaf entries were removed or replaced, so paging-structure caches (VT-d
     /// PDE caches, SMMU walk caches, ...) must be invalidated, not only leaf IOTLB entries.
+    #[inline]
     pub fn tables_removed(&self) -> bool {
         self.tables_removed
     }
 
     /// How many frames wait for the invalidation before they can be freed.
+    #[inline]
     pub fn frames_pending(&self) -> u64 {
         self.free_count
     }
 
     /// Records that leaves of `leaf_size` bytes covering `[iova, iova + len)` changed.
+    #[inline]
     pub fn add_range(&mut self, iova: u64, len: u64, leaf_size: u64) {
         if len == 0 {
             return;
@@ -96,6 +103,7 @@ impl Gather {
     }
 
     /// Records that a non-leaf entry was removed or replaced.
+    #[inline]
     pub fn note_table_removed(&mut self) {
         self.tables_removed = true;
     }
