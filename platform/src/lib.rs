@@ -7,9 +7,9 @@
 //! `// SAFETY:` comment.
 //!
 //! Architecture-independent pieces ([`mem`], [`pci`], [`bars`], [`dmar`], [`devtree`], [`dma`],
-//! [`edu`], [`local`]) build and are tested on the host too; the runtimes (`x86`, `aarch64`)
-//! and the client scenario the images run (`scenario`, which logs with defmt) exist only on
-//! bare-metal targets.
+//! [`edu`], [`local`]) build and are tested on the host too; the runtimes (`x86`, `aarch64`),
+//! the client scenario the images run (`scenario`, which logs with defmt) and what every image
+//! does around it (`image`) exist only on bare-metal targets.
 #![no_std]
 
 #[cfg(test)]
@@ -20,6 +20,8 @@ pub mod devtree;
 pub mod dma;
 pub mod dmar;
 pub mod edu;
+#[cfg(target_os = "none")]
+pub mod image;
 pub mod local;
 pub mod mem;
 pub mod pci;
@@ -31,3 +33,10 @@ pub mod x86;
 
 #[cfg(all(target_arch = "aarch64", target_os = "none"))]
 pub mod aarch64;
+
+/// The runtime of the architecture being built for (`x86` or `aarch64`).
+#[cfg(all(target_arch = "aarch64", target_os = "none"))]
+pub use aarch64 as arch;
+/// The runtime of the architecture being built for (`x86` or `aarch64`).
+#[cfg(all(target_arch = "x86_64", target_os = "none"))]
+pub use x86 as arch;

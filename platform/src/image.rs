@@ -1,0 +1,294 @@
+//! What every QEMU image does around its IOMMU, written once for all architectures.
+//!
+//! An image discovers its machine (ACPI/DMAR on x86, the device tree on Arm), brings edu and
+//! its IOMMU units up, and hands the rest to this module:
+//!
+//! 1. [`Memory::take`]: the image's statically allocated memory (client 1's 8 MiB region,
+//!    client 2's 64 KiB, a page granted to nobody, the frame pool);
+//! 2. [`passthrough_check`]: edu copies a page through RAM with the IOMMU still off, so a later
+//!    failure is the IOMMU's, not the device's;
+//! 3. [`serve`]: the static configuration (client 1 owns edu and its region, client 2 only its
+//!    own 64 KiB), the server over the image's backend, the client scenario
+//!    ([`crate::scenario`]) through [`LocalTransport`]s, and the server's statistics;
+//! 4. [`exit`]: `PASS` and the success exit, or `FAIL` with the reason.
+
+use core::cell::RefCell;
+use core::mem::MaybeUninit;
+use core::sync::atomic::{AtomicBool, Ordering};
+
+use iommu_hal::backend::Backend;
+use iommu_hal::pagetable::Perms;
+use iommu_protocol::client::Client;
+use iommu_protocol::{DeviceHandle, IovaRange};
+use iommu_server::{ClientConfig, ClientId, Config, DeviceGrant, NoNotify, RegionGrant, Server};
+
+use crate::arch;
+use crate::dma::DmaEngine;
+use crate::local::LocalTransport;
+use crate::mem::{DmaRegion, Frame, FramePool, IdentityMem};
+use crate::scenario::{self, Layout, REGION_LEN};
+
+const PAGE: usize = 4096;
+/// Page-table and unit-structure frames for the server and the backend (4 MiB).
+const FRAMES: usize = 1024;
+/// Where the scenario puts its IOVAs: 16 MiB, far below edu's default 28-bit DMA limit.
+const IOVA_BASE: u64 = 0x100_0000;
+
+#[repr(C, align(0x200000))]
+struct Granted([u8; REGION_LEN]);
+#[repr(C, align(4096))]
+struct Pages<const N: usize>([[u8; PAGE]; N]);
+
+/// Client 1's memory (2 MiB aligned, so the server can map it with 2 MiB pages).
+static mut CLIENT1_MEM: Granted = Granted([0; REGION_LEN]);
+/// Client 2's memory.
+static mut CLIENT2_MEM: Pages<16> = Pages([[0; PAGE]; 16]);
+/// Memory granted to nobody.
+static mut SECRET: Pages<1> = Pages([[0; PAGE]; 1]);
+/// The frame pool.
+static mut FRAME_POOL: [Frame; FRAMES] = [Frame::ZERO; FRAMES];
+/// Whether [`Memory::take`] handed the memory out.
+static TAKEN: AtomicBool = AtomicBool::new(false);
+
+/// The configuration lives in statics filled once at run time (the device's id and the memory
+/// addresses are only known then).
+static mut CLIENT1_DEVICES: MaybeUninit<[DeviceGrant; 1]> = MaybeUninit::uninit();
+static mut CLIENT1_REGIONS: MaybeUninit<[RegionGrant; 1]> = MaybeUninit::uninit();
+static mut CLIENT2_REGIONS: MaybeUninit<[RegionGrant; 1]> = MaybeUninit::uninit();
+static mut CLIENTS: MaybeUninit<[ClientConfig; 2]> = MaybeUninit::uninit();
+
+/// Stores `value` in `slot` and returns it for the rest of the program.
+///
+/// # Safety
+/// Called at most once per slot, before anything reads it.
+unsafe fn init_static<T>(slot: *mut MaybeUninit<T>, value: T) -> &'static T {
+    // SAFETY: the caller's contract: exclusive, first and only initialisation.
+    unsafe { (*slot).write(value) }
+}
+
+/// The image's memory, handed out once.
+pub struct Memory {
+    /// Client 1's region (8 MiB, 2 MiB aligned): the CPU fills and checks it, edu reads and
+    /// writes it by DMA.
+    pub client1: DmaRegion,
+    /// The frames the backend and the server build their structures in.
+    pub pool: FramePool,
+}
+
+impl Memory {
+    /// The image's memory; `None` after the first call.
+    pub fn take() -> Option<Memory> {
+        if TAKEN.swap(true, Ordering::AcqRel) {
+            return None;
+        }
+        let frames: *mut [Frame; FRAMES] = &raw mut FRAME_POOL;
+        // SAFETY: this runs once (TAKEN); from now on CLIENT1_MEM is used only through this
+        // region (by the CPU) and by DMA, and the pool's memory only by the pool.
+        unsafe {
+            Some(Memory {
+                client1: DmaRegion::new((&raw mut CLIENT1_MEM).cast(), REGION_LEN),
+                pool: FramePool::new(&mut *frames),
+            })
+        }
+    }
+}
+
+/// The byte pattern of the untranslated check at byte `i`.
+fn pattern(i: usize) -> u8 {
+    (i as u8).wrapping_mul(7) ^ (i >> 8) as u8 ^ 0x5a
+}
+
+/// edu copies a page RAM -> device -> RAM untranslated (`state` says why, e.g. "IOMMU off").
+pub fn passthrough_check<E: DmaEngine>(
+    edu: &mut E,
+    mem: &mut DmaRegion,
+    state: &str,
+) -> Result<(), &'static str> {
+    let (src, dst) = (0, PAGE);
+    mem.fill(src, PAGE, pattern);
+    mem.fill(dst, PAGE, |_| 0);
+    let t0 = arch::time::micros();
+    edu.device_read(mem.phys(src), 0, PAGE as u32)
+        .map_err(|_| "edu DMA RAM -> device failed")?;
+    edu.device_write(0, mem.phys(dst), PAGE as u32)
+        .map_err(|_| "edu DMA device -> RAM failed")?;
+    let t1 = arch::time::micros();
+    if let Some((i, got)) = mem.first_mismatch(dst, PAGE, pattern) {
+        defmt::error!(
+            "byte {=usize}: got {=u8:#04x}, expected {=u8:#04x}",
+            i,
+            got,
+            pattern(i)
+        );
+        return Err("untranslated DMA round trip corrupted data (edu's DMA mask too small?)");
+    }
+    defmt::info!(
+        "untranslated DMA ({=str}): {=usize} bytes {=u64:#x} -> edu -> {=u64:#x} intact ({=u64} us)",
+        state,
+        PAGE,
+        mem.phys(src),
+        mem.phys(dst),
+        t1 - t0
+    );
+    Ok(())
+}
+
+/// The static configuration: client 1 owns `device` and its region, client 2 only its own
+/// 64 KiB; `reserved` is reserved in every domain.
+///
+/// # Safety
+/// Called at most once.
+unsafe fn static_config(
+    device: DeviceGrant,
+    client1: &DmaRegion,
+    reserved: &'static [IovaRange],
+) -> Config {
+    let c2_base = (&raw const CLIENT2_MEM) as u64;
+    let c2_len = core::mem::size_of::<Pages<16>>() as u64;
+    // SAFETY: the caller's contract: each slot is initialised exactly once, here, before the
+    // server reads it.
+    unsafe {
+        let devices = init_static(&raw mut CLIENT1_DEVICES, [device]);
+        let regions1 = init_static(
+            &raw mut CLIENT1_REGIONS,
+            [RegionGrant {
+                base: client1.phys(0),
+                len: client1.len() as u64,
+                perms: Perms::RW,
+            }],
+        );
+        let regions2 = init_static(
+            &raw mut CLIENT2_REGIONS,
+            [RegionGrant {
+                base: c2_base,
+                len: c2_len,
+                perms: Perms::RW,
+            }],
+        );
+        let clients = init_static(
+            &raw mut CLIENTS,
+            [
+                ClientConfig {
+                    id: ClientId(1),
+                    devices,
+                    regions: regions1,
+                    max_domains: 4,
+                    max_table_frames: 64,
+                },
+                ClientConfig {
+                    id: ClientId(2),
+                    devices: &[],
+                    regions: regions2,
+                    max_domains: 1,
+                    max_table_frames: 8,
+                },
+            ],
+        );
+        Config { clients, reserved }
+    }
+}
+
+/// The server every image runs.
+pub type ImageServer<B> = Server<B, IdentityMem, FramePool, NoNotify>;
+
+/// Builds the server over `backend` (its units up) and `mem` with the static configuration
+/// (client 1 owns `device`, `reserved` is reserved in every domain and must not be empty),
+/// runs the client scenario with `edu` doing the DMA, and logs the server's statistics, then
+/// the backend's (`log_backend`).
+pub fn serve<B, E>(
+    backend: B,
+    mem: Memory,
+    device: DeviceGrant,
+    reserved: &'static [IovaRange],
+    edu: &mut E,
+    log_backend: impl FnOnce(&B),
+) -> Result<(), &'static str>
+where
+    B: Backend,
+    E: DmaEngine,
+{
+    let reserved_iova = reserved.first().ok_or("no reserved IOVA window")?.first;
+    let Memory {
+        client1: mut mem1,
+        pool,
+    } = mem;
+    // SAFETY: `mem` is the only `Memory` (`Memory::take`), consumed here: this runs once.
+    let config = unsafe { static_config(device, &mem1, reserved) };
+    // SAFETY: memory is identity mapped; the server touches only frames from the pool.
+    let server: ImageServer<B> = Server::new(
+        backend,
+        unsafe { IdentityMem::new() },
+        pool,
+        NoNotify,
+        config,
+    )
+    .map_err(|e| {
+        defmt::error!("server: {}", e);
+        "server refused the configuration"
+    })?;
+    defmt::info!("server up: {}", server.table_config());
+    let server = RefCell::new(server);
+
+    let mut client1 = Client::new(LocalTransport::new(&server, ClientId(1)));
+    let mut client2 = Client::new(LocalTransport::new(&server, ClientId(2)));
+    let mut stranger = Client::new(LocalTransport::new(&server, ClientId(99)));
+    let layout = Layout {
+        device: DeviceHandle(0),
+        foreign_device: DeviceHandle(1),
+        iova_base: IOVA_BASE,
+        forbidden_phys: (&raw const SECRET) as u64,
+        reserved_iova,
+    };
+    let t0 = arch::time::micros();
+    let result = scenario::run(
+        &mut client1,
+        &mut client2,
+        &mut stranger,
+        edu,
+        &mut mem1,
+        layout,
+    );
+    let t1 = arch::time::micros();
+
+    let server = &*server.borrow();
+    defmt::info!("server stats: {}", server.stats());
+    defmt::info!(
+        "frames: {=usize} in use, peak {=usize} of {=usize}",
+        server.alloc().in_use(),
+        server.alloc().peak(),
+        server.alloc().capacity()
+    );
+    log_backend(server.backend());
+    defmt::info!(
+        "{=u64} requests from client 1 in {=u64} ms",
+        client1.transport_mut().calls(),
+        (t1 - t0) / 1000
+    );
+    match result {
+        Ok(summary) => {
+            defmt::info!("scenario passed: {}", summary);
+            Ok(())
+        }
+        Err(f) => {
+            defmt::error!("scenario failed: {}", f);
+            Err("scenario failed")
+        }
+    }
+}
+
+/// Reports the image's outcome (`PASS`, or `FAIL` and the reason, on the console and in the
+/// defmt log) and ends the machine with the matching exit status.
+pub fn exit(result: Result<(), &'static str>) -> ! {
+    match result {
+        Ok(()) => {
+            defmt::println!("PASS");
+            crate::console!("PASS");
+            arch::exit_success()
+        }
+        Err(why) => {
+            defmt::error!("FAIL: {=str}", why);
+            crate::console!("FAIL: {}", why);
+            arch::exit_failure()
+        }
+    }
+}
