@@ -6,9 +6,12 @@
 //! - [`pagetable`]: one generic radix page-table engine that takes ranges and writes the fewest
 //!   entries the unit allows, with one small `Format` per vendor.
 //! - [`backend`]: the trait every vendor backend implements and the server is written against.
+//! - [`units`]: the one [`backend::Backend`] implementation over a set of units, which every
+//!   vendor's unit type plugs into.
+//! - [`wait`]: bounded polling of hardware ([`wait::Timing`], [`wait::poll`]).
 //! - One module per vendor (`vtd`, `smmuv3`, ...), each with the same inner shape: `regs`
 //!   (register map), `tables` (context / device / stream tables), `queue` (invalidation or
-//!   command queue), `fault`, and `mod` (the backend).
+//!   command queue), `fault`, and `mod` (the unit and its backend).
 //!
 //! Nothing here allocates or keeps global state. Unsafe code is confined to the MMIO and
 //! physical-memory edges, which live in `platform`; this crate only defines the traits.
@@ -22,6 +25,8 @@ pub mod backend;
 pub mod mem;
 pub mod pagetable;
 pub mod smmuv3;
+pub mod units;
 pub mod vtd;
+pub mod wait;
 
 pub use mem::{FrameAlloc, PAGE_SIZE, PhysAddr, PhysMem, RegisterAccess};

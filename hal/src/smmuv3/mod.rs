@@ -28,10 +28,13 @@ pub mod tables;
 use embedded_hal::delay::DelayNs;
 use heapless::Vec;
 
-use crate::backend::{Backend, DomainConfig, Error, ErrorKind, FaultRecord, UnitIndex, UnitInfo};
+#[cfg(doc)]
+use crate::backend::Backend;
+use crate::backend::{DomainConfig, Error, ErrorKind, FaultRecord, UnitIndex, UnitInfo};
 use crate::mem::{FrameAlloc, PAGE_SIZE, PhysAddr, PhysMem, RegisterAccess};
 use crate::pagetable::format::ArmS1;
 use crate::pagetable::{Format, Gather, LeafSizes};
+use crate::units::{Unit, UnitBackend};
 use fault::EventQueue;
 use queue::{Cmd, CmdQueue};
 use regs::{Idr0, Idr1, Idr3, Idr5, cr0, gbpa};
@@ -114,44 +117,13 @@ impl Error for SmmuError {
     }
 }
 
-/// Bounds of every wait: give up after `timeout_ns`, polling every `poll_ns`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[cfg_attr(feature = "defmt", derive(defmt::Format))]
-pub struct Timing {
-    /// Total time a wait may take.
-    pub timeout_ns: u32,
-    /// Delay between two polls.
-    pub poll_ns: u32,
-}
+pub use crate::wait::Timing;
+pub(crate) use crate::wait::poll;
 
-impl Default for Timing {
-    /// 10 ms in steps of 10 µs.
-    fn default() -> Self {
-        Timing {
-            timeout_ns: 10_000_000,
-            poll_ns: 10_000,
-        }
-    }
-}
-
-/// Polls `done` until it returns true, at most `timing.timeout_ns` of delay.
-pub(crate) fn poll<D: DelayNs + ?Sized>(
-    delay: &mut D,
-    timing: Timing,
-    what: WaitFor,
-    mut done: impl FnMut() -> Result<bool, SmmuError>,
-) -> Result<(), SmmuError> {
-    let step = timing.poll_ns.max(1);
-    let mut waited: u32 = 0;
-    loop {
-        if done()? {
-            return Ok(());
-        }
-        if waited >= timing.timeout_ns {
-            return Err(SmmuError::Timeout(what));
-        }
-        delay.delay_ns(step);
-        waited = waited.saturating_add(step);
+impl crate::wait::WaitFor for WaitFor {
+    type Error = SmmuError;
+    fn timed_out(self) -> SmmuError {
+        SmmuError::Timeout(self)
     }
 }
 
@@ -868,14 +840,11 @@ const NO_UNIT: UnitInfo = UnitInfo {
 };
 
 /// All SMMUv3 units of a machine (up to `N`), sharing one physical-memory accessor and one
-/// delay source; implements [`Backend`] with the stage-1 format [`ArmS1`]. `CDS` bounds the
-/// distinct domain tags attached per unit.
-#[derive(Debug)]
-pub struct SmmuBackend<R, M, D, const N: usize, const CDS: usize = DEFAULT_CDS> {
-    units: Vec<SmmuUnit<R, CDS>, N>,
-    mem: M,
-    delay: D,
-}
+/// delay source; implements [`Backend`] with the stage-1 format
+/// [`ArmS1`] (the unit plumbing is [`UnitBackend`]'s). `CDS` bounds the distinct domain tags
+/// attached per unit.
+pub type SmmuBackend<R, M, D, const N: usize, const CDS: usize = DEFAULT_CDS> =
+    UnitBackend<SmmuUnit<R, CDS>, M, D, N>;
 
 impl<R, M, D, const N: usize, const CDS: usize> SmmuBackend<R, M, D, N, CDS>
 where
@@ -883,61 +852,6 @@ where
     M: PhysMem,
     D: DelayNs,
 {
-    /// A backend with no unit yet.
-    pub const fn new(mem: M, delay: D) -> Self {
-        SmmuBackend {
-            units: Vec::new(),
-            mem,
-            delay,
-        }
-    }
-
-    /// Brings up one more unit (see [`SmmuUnit::new`]) and returns its index.
-    pub fn add_unit<A: FrameAlloc + ?Sized>(
-        &mut self,
-        regs: R,
-        alloc: &mut A,
-        config: SmmuConfig,
-    ) -> Result<UnitIndex, SmmuError> {
-        if self.units.is_full() {
-            return Err(SmmuError::TooManyUnits);
-        }
-        let unit = SmmuUnit::new(regs, &mut self.mem, &mut self.delay, alloc, config)?;
-        let index = self.units.len();
-        self.units.push(unit).map_err(|_| SmmuError::TooManyUnits)?;
-        Ok(index)
-    }
-
-    /// Unit `i`, if any.
-    pub fn unit(&self, i: UnitIndex) -> Option<&SmmuUnit<R, CDS>> {
-        self.units.get(i)
-    }
-
-    /// Unit `i`, mutably, if any.
-    pub fn unit_mut(&mut self, i: UnitIndex) -> Option<&mut SmmuUnit<R, CDS>> {
-        self.units.get_mut(i)
-    }
-
-    /// Counters of unit `i`, if any.
-    pub fn counters(&self, i: UnitIndex) -> Option<SmmuCounters> {
-        self.units.get(i).map(|u| u.counters())
-    }
-
-    /// The physical-memory accessor.
-    pub fn mem(&self) -> &M {
-        &self.mem
-    }
-
-    /// The physical-memory accessor, mutably.
-    pub fn mem_mut(&mut self) -> &mut M {
-        &mut self.mem
-    }
-
-    /// The delay source.
-    pub fn delay_mut(&mut self) -> &mut D {
-        &mut self.delay
-    }
-
     /// Frees the CD of domain `tag` on unit `unit` if no device uses it (see
     /// [`SmmuUnit::release_cd`]).
     pub fn release_cd<A: FrameAlloc + ?Sized>(
@@ -949,81 +863,123 @@ where
         let (u, mem, delay) = self.parts(unit)?;
         u.release_cd(mem, delay, alloc, tag)
     }
-
-    #[allow(clippy::type_complexity)]
-    fn parts(
-        &mut self,
-        unit: UnitIndex,
-    ) -> Result<(&mut SmmuUnit<R, CDS>, &mut M, &mut D), SmmuError> {
-        let u = self.units.get_mut(unit).ok_or(SmmuError::BadUnit)?;
-        Ok((u, &mut self.mem, &mut self.delay))
-    }
 }
 
-impl<R, M, D, const N: usize, const CDS: usize> Backend for SmmuBackend<R, M, D, N, CDS>
-where
-    R: RegisterAccess,
-    M: PhysMem,
-    D: DelayNs,
-{
+impl<R: RegisterAccess, const CDS: usize> Unit for SmmuUnit<R, CDS> {
     type Format = ArmS1;
     type Error = SmmuError;
+    type Regs = R;
+    type Config = SmmuConfig;
+    type Counters = SmmuCounters;
 
-    fn unit_count(&self) -> usize {
-        self.units.len()
+    const NO_UNIT: UnitInfo = NO_UNIT;
+    const BAD_UNIT: SmmuError = SmmuError::BadUnit;
+    const TOO_MANY_UNITS: SmmuError = SmmuError::TooManyUnits;
+
+    fn bring_up<M, D, A>(
+        regs: R,
+        mem: &mut M,
+        delay: &mut D,
+        alloc: &mut A,
+        config: SmmuConfig,
+    ) -> Result<Self, SmmuError>
+    where
+        M: PhysMem + ?Sized,
+        D: DelayNs + ?Sized,
+        A: FrameAlloc + ?Sized,
+    {
+        SmmuUnit::new(regs, mem, delay, alloc, config)
     }
 
-    fn unit_info(&self, unit: UnitIndex) -> UnitInfo {
-        self.units
-            .get(unit)
-            .or_else(|| self.units.first())
-            .map_or(NO_UNIT, |u| u.info())
+    fn unit_info(&self) -> UnitInfo {
+        self.info()
     }
 
-    fn attach(
+    fn unit_counters(&self) -> SmmuCounters {
+        self.counters()
+    }
+
+    fn attach_device<M, D>(
         &mut self,
+        mem: &mut M,
+        delay: &mut D,
         alloc: &mut dyn FrameAlloc,
-        unit: UnitIndex,
         device: u32,
         domain: DomainConfig,
-    ) -> Result<(), SmmuError> {
-        let (u, mem, delay) = self.parts(unit)?;
-        u.attach(mem, delay, alloc, device, domain)
+    ) -> Result<(), SmmuError>
+    where
+        M: PhysMem + ?Sized,
+        D: DelayNs + ?Sized,
+    {
+        self.attach(mem, delay, alloc, device, domain)
     }
 
-    fn block(&mut self, unit: UnitIndex, device: u32) -> Result<(), SmmuError> {
-        let (u, mem, delay) = self.parts(unit)?;
-        u.block(mem, delay, device)
-    }
-
-    fn invalidate(&mut self, unit: UnitIndex, tag: u16, gather: &Gather) -> Result<(), SmmuError> {
-        let (u, mem, delay) = self.parts(unit)?;
-        u.invalidate(mem, delay, tag, gather)
-    }
-
-    fn invalidate_all(&mut self, unit: UnitIndex, tag: u16) -> Result<(), SmmuError> {
-        let (u, mem, delay) = self.parts(unit)?;
-        u.invalidate_all(mem, delay, tag)
-    }
-
-    /// Frees the domain's context descriptor on `unit` (see [`SmmuUnit::release_cd`]); a CD
-    /// some STE still points at stays.
-    fn release_tag(
+    fn block_device<M, D>(
         &mut self,
-        alloc: &mut dyn FrameAlloc,
-        unit: UnitIndex,
+        mem: &mut M,
+        delay: &mut D,
+        device: u32,
+    ) -> Result<(), SmmuError>
+    where
+        M: PhysMem + ?Sized,
+        D: DelayNs + ?Sized,
+    {
+        self.block(mem, delay, device)
+    }
+
+    fn invalidate_gather<M, D>(
+        &mut self,
+        mem: &mut M,
+        delay: &mut D,
         tag: u16,
-    ) -> Result<(), SmmuError> {
-        self.release_cd(unit, alloc, tag).map(|_| ())
+        gather: &Gather,
+    ) -> Result<(), SmmuError>
+    where
+        M: PhysMem + ?Sized,
+        D: DelayNs + ?Sized,
+    {
+        self.invalidate(mem, delay, tag, gather)
     }
 
-    fn drain_faults(
+    fn invalidate_tag<M, D>(
         &mut self,
+        mem: &mut M,
+        delay: &mut D,
+        tag: u16,
+    ) -> Result<(), SmmuError>
+    where
+        M: PhysMem + ?Sized,
+        D: DelayNs + ?Sized,
+    {
+        self.invalidate_all(mem, delay, tag)
+    }
+
+    /// Frees the domain's context descriptor (see [`SmmuUnit::release_cd`]); a CD some STE
+    /// still points at stays.
+    fn release_tag<M, D>(
+        &mut self,
+        mem: &mut M,
+        delay: &mut D,
+        alloc: &mut dyn FrameAlloc,
+        tag: u16,
+    ) -> Result<(), SmmuError>
+    where
+        M: PhysMem + ?Sized,
+        D: DelayNs + ?Sized,
+    {
+        self.release_cd(mem, delay, alloc, tag).map(|_| ())
+    }
+
+    fn drain<M>(
+        &mut self,
+        mem: &mut M,
         unit: UnitIndex,
         sink: &mut dyn FnMut(FaultRecord),
-    ) -> Result<bool, SmmuError> {
-        let (u, mem, _) = self.parts(unit)?;
-        u.drain_faults(mem, unit, sink)
+    ) -> Result<bool, SmmuError>
+    where
+        M: PhysMem + ?Sized,
+    {
+        self.drain_faults(mem, unit, sink)
     }
 }
 

@@ -20,10 +20,13 @@ pub mod tables;
 
 use embedded_hal::delay::DelayNs;
 
-use crate::backend::{Backend, DomainConfig, Error, ErrorKind, FaultRecord, UnitIndex, UnitInfo};
+#[cfg(doc)]
+use crate::backend::Backend;
+use crate::backend::{DomainConfig, Error, ErrorKind, FaultRecord, UnitIndex, UnitInfo};
 use crate::mem::{FrameAlloc, PAGE_SIZE, PhysAddr, PhysMem, RegisterAccess};
 use crate::pagetable::format::VtdSl;
 use crate::pagetable::{Format, Gather, LeafSizes};
+use crate::units::{Unit, UnitBackend};
 use queue::{Inv, InvQueue};
 use regs::{Cap, Ecap, gcmd};
 use tables::{ContextEntry, Rid, RootTable};
@@ -96,44 +99,13 @@ impl Error for VtdError {
     }
 }
 
-/// Bounds of every wait: give up after `timeout_ns`, polling every `poll_ns`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[cfg_attr(feature = "defmt", derive(defmt::Format))]
-pub struct Timing {
-    /// Total time a wait may take.
-    pub timeout_ns: u32,
-    /// Delay between two polls.
-    pub poll_ns: u32,
-}
+pub use crate::wait::Timing;
+pub(crate) use crate::wait::poll;
 
-impl Default for Timing {
-    /// 10 ms in steps of 10 µs.
-    fn default() -> Self {
-        Timing {
-            timeout_ns: 10_000_000,
-            poll_ns: 10_000,
-        }
-    }
-}
-
-/// Polls `done` until it returns true, at most `timing.timeout_ns` of delay.
-pub(crate) fn poll<D: DelayNs + ?Sized>(
-    delay: &mut D,
-    timing: Timing,
-    what: WaitFor,
-    mut done: impl FnMut() -> Result<bool, VtdError>,
-) -> Result<(), VtdError> {
-    let step = timing.poll_ns.max(1);
-    let mut waited: u32 = 0;
-    loop {
-        if done()? {
-            return Ok(());
-        }
-        if waited >= timing.timeout_ns {
-            return Err(VtdError::Timeout(what));
-        }
-        delay.delay_ns(step);
-        waited = waited.saturating_add(step);
+impl crate::wait::WaitFor for WaitFor {
+    type Error = VtdError;
+    fn timed_out(self) -> VtdError {
+        VtdError::Timeout(self)
     }
 }
 
@@ -755,134 +727,103 @@ const NO_UNIT: UnitInfo = UnitInfo {
 };
 
 /// All VT-d units of a machine (up to `N`), sharing one physical-memory accessor and one
-/// delay source; implements [`Backend`] with the second-level format [`VtdSl`].
-#[derive(Debug)]
-pub struct VtdBackend<R, M, D, const N: usize> {
-    units: heapless::Vec<VtdUnit<R>, N>,
-    mem: M,
-    delay: D,
-}
+/// delay source; implements [`Backend`] with the second-level format
+/// [`VtdSl`] (the unit plumbing is [`UnitBackend`]'s).
+pub type VtdBackend<R, M, D, const N: usize> = UnitBackend<VtdUnit<R>, M, D, N>;
 
-impl<R, M, D, const N: usize> VtdBackend<R, M, D, N>
-where
-    R: RegisterAccess,
-    M: PhysMem,
-    D: DelayNs,
-{
-    /// A backend with no unit yet.
-    pub const fn new(mem: M, delay: D) -> Self {
-        VtdBackend {
-            units: heapless::Vec::new(),
-            mem,
-            delay,
-        }
-    }
-
-    /// Brings up one more unit (see [`VtdUnit::new`]) and returns its index.
-    pub fn add_unit<A: FrameAlloc + ?Sized>(
-        &mut self,
-        regs: R,
-        alloc: &mut A,
-        config: VtdConfig,
-    ) -> Result<UnitIndex, VtdError> {
-        if self.units.is_full() {
-            return Err(VtdError::TooManyUnits);
-        }
-        let unit = VtdUnit::new(regs, &mut self.mem, &mut self.delay, alloc, config)?;
-        let index = self.units.len();
-        self.units.push(unit).map_err(|_| VtdError::TooManyUnits)?;
-        Ok(index)
-    }
-
-    /// Unit `i`, if any.
-    pub fn unit(&self, i: UnitIndex) -> Option<&VtdUnit<R>> {
-        self.units.get(i)
-    }
-
-    /// Unit `i`, mutably, if any.
-    pub fn unit_mut(&mut self, i: UnitIndex) -> Option<&mut VtdUnit<R>> {
-        self.units.get_mut(i)
-    }
-
-    /// Counters of unit `i`, if any.
-    pub fn counters(&self, i: UnitIndex) -> Option<VtdCounters> {
-        self.units.get(i).map(|u| u.counters())
-    }
-
-    /// The physical-memory accessor.
-    pub fn mem(&self) -> &M {
-        &self.mem
-    }
-
-    /// The physical-memory accessor, mutably.
-    pub fn mem_mut(&mut self) -> &mut M {
-        &mut self.mem
-    }
-
-    /// The delay source.
-    pub fn delay_mut(&mut self) -> &mut D {
-        &mut self.delay
-    }
-
-    #[allow(clippy::type_complexity)]
-    fn parts(&mut self, unit: UnitIndex) -> Result<(&mut VtdUnit<R>, &mut M, &mut D), VtdError> {
-        let u = self.units.get_mut(unit).ok_or(VtdError::BadUnit)?;
-        Ok((u, &mut self.mem, &mut self.delay))
-    }
-}
-
-impl<R, M, D, const N: usize> Backend for VtdBackend<R, M, D, N>
-where
-    R: RegisterAccess,
-    M: PhysMem,
-    D: DelayNs,
-{
+impl<R: RegisterAccess> Unit for VtdUnit<R> {
     type Format = VtdSl;
     type Error = VtdError;
+    type Regs = R;
+    type Config = VtdConfig;
+    type Counters = VtdCounters;
 
-    fn unit_count(&self) -> usize {
-        self.units.len()
+    const NO_UNIT: UnitInfo = NO_UNIT;
+    const BAD_UNIT: VtdError = VtdError::BadUnit;
+    const TOO_MANY_UNITS: VtdError = VtdError::TooManyUnits;
+
+    fn bring_up<M, D, A>(
+        regs: R,
+        mem: &mut M,
+        delay: &mut D,
+        alloc: &mut A,
+        config: VtdConfig,
+    ) -> Result<Self, VtdError>
+    where
+        M: PhysMem + ?Sized,
+        D: DelayNs + ?Sized,
+        A: FrameAlloc + ?Sized,
+    {
+        VtdUnit::new(regs, mem, delay, alloc, config)
     }
 
-    fn unit_info(&self, unit: UnitIndex) -> UnitInfo {
-        self.units
-            .get(unit)
-            .or_else(|| self.units.first())
-            .map_or(NO_UNIT, |u| u.info())
+    fn unit_info(&self) -> UnitInfo {
+        self.info()
     }
 
-    fn attach(
+    fn unit_counters(&self) -> VtdCounters {
+        self.counters()
+    }
+
+    fn attach_device<M, D>(
         &mut self,
+        mem: &mut M,
+        delay: &mut D,
         alloc: &mut dyn FrameAlloc,
-        unit: UnitIndex,
         device: u32,
         domain: DomainConfig,
-    ) -> Result<(), VtdError> {
-        let (u, mem, delay) = self.parts(unit)?;
-        u.attach(mem, delay, alloc, device, domain)
+    ) -> Result<(), VtdError>
+    where
+        M: PhysMem + ?Sized,
+        D: DelayNs + ?Sized,
+    {
+        self.attach(mem, delay, alloc, device, domain)
     }
 
-    fn block(&mut self, unit: UnitIndex, device: u32) -> Result<(), VtdError> {
-        let (u, mem, delay) = self.parts(unit)?;
-        u.block(mem, delay, device)
-    }
-
-    fn invalidate(&mut self, unit: UnitIndex, tag: u16, gather: &Gather) -> Result<(), VtdError> {
-        let (u, mem, delay) = self.parts(unit)?;
-        u.invalidate(mem, delay, tag, gather)
-    }
-
-    fn invalidate_all(&mut self, unit: UnitIndex, tag: u16) -> Result<(), VtdError> {
-        let (u, mem, delay) = self.parts(unit)?;
-        u.invalidate_all(mem, delay, tag)
-    }
-
-    fn drain_faults(
+    fn block_device<M, D>(
         &mut self,
+        mem: &mut M,
+        delay: &mut D,
+        device: u32,
+    ) -> Result<(), VtdError>
+    where
+        M: PhysMem + ?Sized,
+        D: DelayNs + ?Sized,
+    {
+        self.block(mem, delay, device)
+    }
+
+    fn invalidate_gather<M, D>(
+        &mut self,
+        mem: &mut M,
+        delay: &mut D,
+        tag: u16,
+        gather: &Gather,
+    ) -> Result<(), VtdError>
+    where
+        M: PhysMem + ?Sized,
+        D: DelayNs + ?Sized,
+    {
+        self.invalidate(mem, delay, tag, gather)
+    }
+
+    fn invalidate_tag<M, D>(&mut self, mem: &mut M, delay: &mut D, tag: u16) -> Result<(), VtdError>
+    where
+        M: PhysMem + ?Sized,
+        D: DelayNs + ?Sized,
+    {
+        self.invalidate_all(mem, delay, tag)
+    }
+
+    fn drain<M>(
+        &mut self,
+        mem: &mut M,
         unit: UnitIndex,
         sink: &mut dyn FnMut(FaultRecord),
-    ) -> Result<bool, VtdError> {
-        let (u, mem, _) = self.parts(unit)?;
-        Ok(u.drain_faults::<M, VtdSl>(mem, unit, sink))
+    ) -> Result<bool, VtdError>
+    where
+        M: PhysMem + ?Sized,
+    {
+        Ok(self.drain_faults::<M, VtdSl>(mem, unit, sink))
     }
 }
