@@ -26,6 +26,8 @@ pub mod local;
 pub mod mem;
 pub mod pci;
 #[cfg(target_os = "none")]
+pub mod rt;
+#[cfg(target_os = "none")]
 pub mod scenario;
 
 #[cfg(all(target_arch = "x86_64", target_os = "none"))]

@@ -3,12 +3,13 @@
 //! What it provides to an image: boot to Rust at EL1 with FP/SIMD on and the MMU on over an
 //! identity map (`boot`), exception vectors that turn every exception into a report and a
 //! failing exit (`exceptions`), the console on UART0 and the defmt logger on UART1
-//! ([`serial`], `logger`), semihosting exit ([`exit`]), the generic timer as a `DelayNs`
+//! ([`serial`], [`irq`] for the shared [`crate::rt`]), semihosting exit ([`exit`]), the generic timer as a `DelayNs`
 //! ([`time`]), and the device tree's location ([`BootInfo::dtb`]; parse it with
 //! [`crate::devtree`]).
 //!
 //! An image is a `#![no_std] #![no_main]` binary that names its main function with
-//! [`crate::entry!`]; main receives a [`BootInfo`] and never returns. A binary that names none
+//! [`crate::entry!`]; main receives a [`BootInfo`] and never returns (console, defmt logger,
+//! panic handler and `entry!` are the shared [`crate::rt`]). A binary that names none
 //! still links (the linker script points `__iommu_platform_main` at a stub that reports it).
 //!
 //! Exit codes: semihosting SYS_EXIT (operation 0x18 with HLT #0xF000; x1 points at the pair
@@ -20,7 +21,7 @@
 
 mod boot;
 mod exceptions;
-mod logger;
+pub mod irq;
 pub mod serial;
 pub mod time;
 
@@ -131,22 +132,4 @@ extern "C" fn rust_start(x0: u64, entry_el: u64) -> ! {
 extern "C" fn no_main() -> ! {
     crate::console!("FAIL: this binary has no aarch64 main function (no `entry!`)");
     exit_failure()
-}
-
-#[panic_handler]
-fn panic(info: &core::panic::PanicInfo) -> ! {
-    crate::console!("PANIC: {}", info);
-    exit_failure()
-}
-
-/// Names the image's main function: `entry!(main)` with `fn main(boot: BootInfo) -> !`.
-#[macro_export]
-macro_rules! entry {
-    ($main:path) => {
-        #[unsafe(export_name = "__iommu_platform_main")]
-        fn __iommu_platform_entry(boot: $crate::aarch64::BootInfo) -> ! {
-            let main: fn($crate::aarch64::BootInfo) -> ! = $main;
-            main(boot)
-        }
-    };
 }

@@ -1,12 +1,12 @@
 //! Arm PL011 UARTs (PrimeCell UART, ARM DDI 0183): on QEMU virt, UART0 at 0x0900_0000 is the
 //! plain-text console and UART1 at 0x0904_0000 (created by QEMU when a second `-serial` is
-//! given and the machine has no secure world) carries the defmt byte stream.
+//! given and the machine has no secure world) carries the defmt byte stream (see [`crate::rt`]).
 //!
 //! Registers used: UARTDR 0x000 (data), UARTFR 0x018 (flags; bit 5 TXFF = transmit FIFO full),
 //! UARTLCR_H 0x02c (bits 6:5 WLEN, bit 4 FEN), UARTCR 0x030 (bit 0 UARTEN, bit 8 TXE). QEMU
 //! ignores the baud-rate divisors, so they are not programmed.
 
-use core::fmt;
+use crate::rt::Serial;
 
 const UARTDR: usize = 0x000;
 const UARTFR: usize = 0x018;
@@ -46,9 +46,11 @@ impl Uart {
         self.write_reg(UARTLCR_H, 0b11 << 5 | 1 << 4);
         self.write_reg(UARTCR, 1 | 1 << 8 | 1 << 9);
     }
+}
 
+impl Serial for Uart {
     /// Sends one byte, waiting (boundedly) for room in the transmit FIFO.
-    pub fn write_byte(self, byte: u8) {
+    fn write_byte(self, byte: u8) {
         for _ in 0..100_000 {
             if self.read_reg(UARTFR) & FR_TXFF == 0 {
                 break;
@@ -57,28 +59,4 @@ impl Uart {
         }
         self.write_reg(UARTDR, u32::from(byte));
     }
-
-    /// Sends bytes.
-    pub fn write_bytes(self, bytes: &[u8]) {
-        for &b in bytes {
-            self.write_byte(b);
-        }
-    }
-}
-
-impl fmt::Write for Uart {
-    fn write_str(&mut self, s: &str) -> fmt::Result {
-        self.write_bytes(s.as_bytes());
-        Ok(())
-    }
-}
-
-/// Prints a line of plain text on the console (UART0).
-#[macro_export]
-macro_rules! console {
-    ($($arg:tt)*) => {{
-        use core::fmt::Write as _;
-        let mut uart = $crate::aarch64::serial::Uart::CONSOLE;
-        let _ = writeln!(uart, $($arg)*);
-    }};
 }

@@ -2,11 +2,12 @@
 //!
 //! What it provides to an image: boot to 64-bit Rust ([`boot`]), an IDT that turns every fault
 //! into a report and a failing exit ([`idt`]), the console on COM1 and the defmt logger on COM2
-//! ([`serial`], [`logger`]), the exit device ([`exit`]), a calibrated TSC delay ([`time`]), PCI
+//! ([`serial`], [`irq`] for the shared [`crate::rt`]), the exit device ([`exit`]), a calibrated TSC delay ([`time`]), PCI
 //! configuration through ports ([`pci`]), and ACPI/DMAR discovery ([`acpi`]).
 //!
 //! An image is a `#![no_std] #![no_main]` binary that names its main function with
-//! [`crate::entry!`]; main receives a [`BootInfo`] and never returns.
+//! [`crate::entry!`]; main receives a [`BootInfo`] and never returns. The console, the defmt
+//! logger, the panic handler and `entry!` are the shared [`crate::rt`].
 //!
 //! Exit codes: QEMU's `isa-debug-exit` device (port 0xf4) ends QEMU with status
 //! `(value << 1) | 1`. [`EXIT_SUCCESS`] (0x10) gives status 33, the only status the runner
@@ -17,7 +18,7 @@ pub mod acpi;
 mod boot;
 mod idt;
 pub mod io;
-mod logger;
+pub mod irq;
 pub mod pci;
 pub mod serial;
 pub mod time;
@@ -75,8 +76,8 @@ unsafe extern "Rust" {
 
 /// Called by the boot assembly in 64-bit mode with the `hvm_start_info` address.
 extern "C" fn rust_start(start_info: u32) -> ! {
-    Uart::COM1.init();
-    Uart::COM2.init();
+    Uart::CONSOLE.init();
+    Uart::DEFMT.init();
     idt::init();
     let tsc_per_us = time::calibrate();
     let start_info = u64::from(start_info);
@@ -104,22 +105,4 @@ extern "C" fn rust_start(start_info: u32) -> ! {
     );
     // SAFETY: `entry!` defines the function with exactly this signature.
     unsafe { __iommu_platform_main(boot) }
-}
-
-#[panic_handler]
-fn panic(info: &core::panic::PanicInfo) -> ! {
-    crate::console!("PANIC: {}", info);
-    exit_failure()
-}
-
-/// Names the image's main function: `entry!(main)` with `fn main(boot: BootInfo) -> !`.
-#[macro_export]
-macro_rules! entry {
-    ($main:path) => {
-        #[unsafe(export_name = "__iommu_platform_main")]
-        fn __iommu_platform_entry(boot: $crate::x86::BootInfo) -> ! {
-            let main: fn($crate::x86::BootInfo) -> ! = $main;
-            main(boot)
-        }
-    };
 }

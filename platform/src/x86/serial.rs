@@ -1,12 +1,11 @@
 //! 16550 UARTs on the legacy ports: COM1 (0x3f8) is the plain-text console, COM2 (0x2f8)
-//! carries the defmt byte stream.
+//! carries the defmt byte stream (see [`crate::rt`]).
 //!
 //! Register offsets from the PC16550D datasheet: 0 THR/DLL, 1 IER/DLM, 2 FCR, 3 LCR, 4 MCR,
 //! 5 LSR (bit 5 = transmit holding register empty).
 
-use core::fmt;
-
 use super::io::{inb, outb};
+use crate::rt::Serial;
 
 /// One UART.
 #[derive(Clone, Copy, Debug)]
@@ -16,9 +15,9 @@ pub struct Uart {
 
 impl Uart {
     /// COM1: the console (plain text: boot messages, panics, exceptions).
-    pub const COM1: Uart = Uart { base: 0x3f8 };
+    pub const CONSOLE: Uart = Uart { base: 0x3f8 };
     /// COM2: the defmt channel (binary rzCOBS frames, nothing else).
-    pub const COM2: Uart = Uart { base: 0x2f8 };
+    pub const DEFMT: Uart = Uart { base: 0x2f8 };
 
     /// Programs 115200 8N1 with FIFOs on and interrupts off.
     pub fn init(self) {
@@ -34,9 +33,11 @@ impl Uart {
             outb(b + 4, 0x03); // MCR: DTR, RTS
         }
     }
+}
 
+impl Serial for Uart {
     /// Sends one byte, waiting (boundedly) for room in the transmitter.
-    pub fn write_byte(self, byte: u8) {
+    fn write_byte(self, byte: u8) {
         // SAFETY: as in `init`.
         unsafe {
             for _ in 0..100_000 {
@@ -48,28 +49,4 @@ impl Uart {
             outb(self.base, byte);
         }
     }
-
-    /// Sends bytes.
-    pub fn write_bytes(self, bytes: &[u8]) {
-        for &b in bytes {
-            self.write_byte(b);
-        }
-    }
-}
-
-impl fmt::Write for Uart {
-    fn write_str(&mut self, s: &str) -> fmt::Result {
-        self.write_bytes(s.as_bytes());
-        Ok(())
-    }
-}
-
-/// Prints a line of plain text on the console (COM1).
-#[macro_export]
-macro_rules! console {
-    ($($arg:tt)*) => {{
-        use core::fmt::Write as _;
-        let mut uart = $crate::x86::serial::Uart::COM1;
-        let _ = writeln!(uart, $($arg)*);
-    }};
 }
