@@ -19,27 +19,15 @@
 //! invalidation that would block the devices), so the injection tests run only their
 //! uninjected parts here.
 
-use std::cell::Cell;
 use std::marker::PhantomData;
-use std::rc::Rc;
 
-use embedded_hal::delay::DelayNs;
 use iommu_hal::smmuv3::{SmmuBackend, SmmuConfig};
 use iommu_test_harness::model::smmuv3::{Access, SmmuConfig as ModelCfg, SmmuHandle};
+use iommu_test_harness::rig::FakeDelay;
 use iommu_test_harness::server_suite::{
     Faulted, Fixture, POOL_BASE, Recorder, Setup, SuiteServer, config,
 };
 use iommu_test_harness::sim::{SharedMem, SimAlloc};
-
-/// A delay that only counts time: tests never sleep.
-#[derive(Debug, Default, Clone)]
-struct FakeDelay(Rc<Cell<u64>>);
-
-impl DelayNs for FakeDelay {
-    fn delay_ns(&mut self, ns: u32) {
-        self.0.set(self.0.get() + u64::from(ns));
-    }
-}
 
 type Be = SmmuBackend<SmmuHandle, SharedMem, FakeDelay, 2>;
 

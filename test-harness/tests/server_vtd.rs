@@ -6,26 +6,13 @@
 //! The models cannot be told to fail an invalidation or an attach, so the suite's injection
 //! tests only run their uninjected parts here.
 
-use std::cell::Cell;
-use std::rc::Rc;
-
-use embedded_hal::delay::DelayNs;
 use iommu_hal::vtd::{VtdBackend, VtdConfig};
 use iommu_test_harness::model::vtd::{VtdConfig as ModelCfg, VtdHandle};
+use iommu_test_harness::rig::FakeDelay;
 use iommu_test_harness::server_suite::{
     Faulted, Fixture, POOL_BASE, Recorder, Setup, SuiteServer, config,
 };
 use iommu_test_harness::sim::{SharedMem, SimAlloc};
-
-/// A delay that only counts time: tests never sleep.
-#[derive(Debug, Default, Clone)]
-struct FakeDelay(Rc<Cell<u64>>);
-
-impl DelayNs for FakeDelay {
-    fn delay_ns(&mut self, ns: u32) {
-        self.0.set(self.0.get() + u64::from(ns));
-    }
-}
 
 type Be = VtdBackend<VtdHandle, SharedMem, FakeDelay, 2>;
 

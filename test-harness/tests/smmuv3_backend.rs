@@ -8,7 +8,6 @@
 use std::cell::Cell;
 use std::rc::Rc;
 
-use embedded_hal::delay::DelayNs;
 use iommu_hal::backend::{Backend, DomainConfig, Error, ErrorKind, FaultReason, FaultRecord};
 use iommu_hal::pagetable::format::ArmS1;
 use iommu_hal::pagetable::{Gather, LeafSizes, PageTable, Perms, PtError, TableConfig};
@@ -16,17 +15,8 @@ use iommu_hal::smmuv3::{SmmuBackend, SmmuConfig, SmmuError, Timing, WaitFor};
 use iommu_test_harness::model::smmuv3::{
     Access, EventType, SmmuConfig as ModelCfg, SmmuFault, SmmuHandle,
 };
+use iommu_test_harness::rig::{self, FakeDelay};
 use iommu_test_harness::sim::{SharedMem, SimAlloc};
-
-/// A delay that only counts: tests never sleep, and bounded waits become countable.
-#[derive(Debug, Default, Clone)]
-struct FakeDelay(Rc<Cell<u64>>);
-
-impl DelayNs for FakeDelay {
-    fn delay_ns(&mut self, ns: u32) {
-        self.0.set(self.0.get() + ns as u64);
-    }
-}
 
 type Be = SmmuBackend<SmmuHandle, SharedMem, FakeDelay, 2>;
 
@@ -79,26 +69,11 @@ fn rig(model: ModelCfg) -> Rig {
 
 impl Rig {
     fn table(&mut self) -> PageTable<ArmS1> {
-        let info = self.be.unit_info(0);
-        PageTable::new(
-            TableConfig {
-                addr_width: info.addr_width,
-                leaf_sizes: info.leaf_sizes,
-                split_live_blocks: info.split_live_blocks,
-                coherent: info.coherent_walk,
-            },
-            &mut self.alloc,
-        )
-        .expect("table")
+        rig::unit_table(&self.be.unit_info(0), &mut self.alloc)
     }
 
     fn domain(&self, pt: &PageTable<ArmS1>, tag: u16) -> DomainConfig {
-        DomainConfig {
-            tag,
-            root: pt.root(),
-            levels: pt.levels(),
-            addr_width: pt.config().addr_width,
-        }
+        rig::domain(pt, tag)
     }
 
     fn attach(&mut self, sid: u32, pt: &PageTable<ArmS1>, tag: u16) {

@@ -7,7 +7,6 @@
 use std::cell::Cell;
 use std::rc::Rc;
 
-use embedded_hal::delay::DelayNs;
 use iommu_hal::RegisterAccess;
 use iommu_hal::backend::{Backend, DomainConfig, Error, ErrorKind, FaultReason, FaultRecord};
 use iommu_hal::pagetable::format::VtdSl;
@@ -16,17 +15,8 @@ use iommu_hal::vtd::{Timing, VtdBackend, VtdConfig, VtdError, VtdUnit, WaitFor, 
 use iommu_test_harness::model::vtd::{
     FaultReason as HwReason, Granularity, InvalidationRecord, VtdConfig as ModelCfg, VtdHandle,
 };
+use iommu_test_harness::rig::{self, FakeDelay};
 use iommu_test_harness::sim::{SharedMem, SimAlloc};
-
-/// A delay that only counts: tests never sleep, and bounded waits become countable.
-#[derive(Debug, Default, Clone)]
-struct FakeDelay(Rc<Cell<u64>>);
-
-impl DelayNs for FakeDelay {
-    fn delay_ns(&mut self, ns: u32) {
-        self.0.set(self.0.get() + ns as u64);
-    }
-}
 
 type Be = VtdBackend<VtdHandle, SharedMem, FakeDelay, 2>;
 
@@ -57,26 +47,11 @@ fn rig(model: ModelCfg) -> Rig {
 
 impl Rig {
     fn table(&mut self) -> PageTable<VtdSl> {
-        let info = self.be.unit_info(0);
-        PageTable::new(
-            TableConfig {
-                addr_width: info.addr_width,
-                leaf_sizes: info.leaf_sizes,
-                split_live_blocks: info.split_live_blocks,
-                coherent: info.coherent_walk,
-            },
-            &mut self.alloc,
-        )
-        .expect("table")
+        rig::unit_table(&self.be.unit_info(0), &mut self.alloc)
     }
 
     fn domain(&self, pt: &PageTable<VtdSl>, tag: u16) -> DomainConfig {
-        DomainConfig {
-            tag,
-            root: pt.root(),
-            levels: pt.levels(),
-            addr_width: pt.config().addr_width,
-        }
+        rig::domain(pt, tag)
     }
 
     fn attach(&mut self, sid: u16, pt: &PageTable<VtdSl>, tag: u16) {
