@@ -1195,3 +1195,26 @@ fn a_unit_turning_hostile_after_bring_up_gives_errors_not_panics() {
         "{outcomes:?}"
     );
 }
+
+/// A unit that does not snoop (ECAP.C = 0) writes the wait descriptor's status word by DMA:
+/// the backend invalidates it from the CPU caches before each read; a coherent unit needs no
+/// cache maintenance at all.
+#[test]
+fn queue_status_is_invalidated_before_reads_only_on_non_coherent_units() {
+    for coherent in [false, true] {
+        let mut r = rig(ModelCfg::qemu().with_coherent(coherent));
+        assert_eq!(r.be.unit_info(0).coherent_walk, coherent);
+        let mut pt = r.table();
+        r.attach(SID, &pt, 1);
+        r.map(&mut pt, 1, 0x10000, 0x4000_0000, 0x1000, Perms::RW);
+        let before = r.mem.borrow().cpu_syncs;
+        r.unmap(&mut pt, 1, 0x10000, 0x1000);
+        let after = r.mem.borrow().cpu_syncs;
+        if coherent {
+            assert_eq!(after, 0, "coherent: no cache maintenance");
+        } else {
+            assert!(after > before, "non-coherent: status word invalidated before reading");
+        }
+        r.assert_clean();
+    }
+}
