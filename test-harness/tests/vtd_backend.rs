@@ -1213,7 +1213,10 @@ fn queue_status_is_invalidated_before_reads_only_on_non_coherent_units() {
         if coherent {
             assert_eq!(after, 0, "coherent: no cache maintenance");
         } else {
-            assert!(after > before, "non-coherent: status word invalidated before reading");
+            assert!(
+                after > before,
+                "non-coherent: status word invalidated before reading"
+            );
         }
         r.assert_clean();
     }
