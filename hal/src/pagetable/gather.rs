@@ -13,17 +13,22 @@ use crate::mem::{FrameAlloc, PhysAddr, PhysMem};
 /// still holding a stale pointer to such a frame sees only non-present entries. The chain
 /// needs no memory of its own, so one gather covers any range.
 /// Deliberately not `Clone`: two copies would free the same frames twice.
+///
+/// `repr(C)` with `start` and `last` apart: they are written by separate 8-byte stores, and a
+/// copy of [`Gather::span`] right after a call must not read them with one 16-byte load (a
+/// load that spans two pending stores cannot be forwarded from them and stalls).
 #[derive(Debug, Default, PartialEq, Eq)]
+#[repr(C)]
 pub struct Gather {
     /// First byte changed (valid when `changed`).
     start: u64,
-    /// Last byte changed, inclusive (valid when `changed`).
-    last: u64,
-    changed: bool,
     /// Smallest leaf size touched (0 when none).
     min_leaf: u64,
+    /// Last byte changed, inclusive (valid when `changed`).
+    last: u64,
     /// Largest leaf size touched (0 when none).
     max_leaf: u64,
+    changed: bool,
     tables_removed: bool,
     free_head: Option<PhysAddr>,
     free_count: u64,
@@ -82,7 +87,7 @@ impl Gather {
     }
 
     /// Records that leaves of `leaf_size` bytes covering `[iova, iova + len)` changed.
-    #[inline]
+    #[inline(always)]
     pub fn add_range(&mut self, iova: u64, len: u64, leaf_size: u64) {
         if len == 0 {
             return;
