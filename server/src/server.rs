@@ -405,18 +405,17 @@ impl<
         Ok(())
     }
 
-    /// Invalidates `gather` on every unit that may cache `slot`'s translations (only those
-    /// that cache not-present entries when `map_only`), then frees its frames. One
-    /// invalidation per unit. On failure the domain's devices are blocked, the frames wait in
-    /// the domain, and the failed units are retried before the domain's next operation.
-    fn flush(&mut self, slot: usize, mut gather: Gather, map_only: bool) -> Result<(), Fail> {
+    /// Invalidates `gather` on every unit that may cache `slot`'s translations, then frees its
+    /// frames. One invalidation per unit. On failure the domain's devices are blocked, the
+    /// frames wait in the domain, and the failed units are retried before the domain's next
+    /// operation.
+    fn flush(&mut self, slot: usize, mut gather: Gather) -> Result<(), Fail> {
         let tag = tag_of(slot);
-        let cnp = self.cnp_units;
         let Slot::Live(d) = &mut self.domains[slot] else {
             return Err(Fail::NoSuchDomain);
         };
         let ci = d.owner;
-        let mask = if map_only { d.dirty & cnp } else { d.dirty };
+        let mask = d.dirty;
         let mut failed = None;
         if !gather.is_empty() {
             for u in units_in(mask) {
@@ -733,7 +732,7 @@ impl<
         }
         self.clients[ci].frames = c.held_now();
         // Every unit that may have seen the new entries must drop them.
-        let _ = self.flush(slot, undo, false);
+        let _ = self.flush(slot, undo);
         Err(f)
     }
 
@@ -801,7 +800,7 @@ impl<
                 at += len;
             }
             self.clients[ci].frames = c.held_now();
-            let _ = self.flush(slot, gather, false);
+            let _ = self.flush(slot, gather);
             return Err(f);
         }
         self.clients[ci].frames = c.held_now();
@@ -877,7 +876,7 @@ impl<
         let refused = c.quota_refused;
         self.clients[ci].frames = c.held_now();
         let bytes = r.map_err(|e| pt_fail(e, refused))?;
-        self.flush(slot, gather, false)?;
+        self.flush(slot, gather)?;
         Ok(bytes)
     }
 
