@@ -556,19 +556,7 @@ impl<R: RegisterAccess> VtdUnit<R> {
         if cur.present() {
             // Live change: block first, and make sure nothing cached from the old entry
             // survives, before the new fields are written (VT-d spec 6.5.3.3, 9.3).
-            tables::clear_context(mem, pa, coherent);
-            self.flush_write_buffer(delay)?;
-            self.run(
-                mem,
-                delay,
-                &[
-                    Inv::ContextDevice {
-                        did: cur.did(),
-                        sid: rid.sid(),
-                    },
-                    Inv::IotlbDomain { did: cur.did() },
-                ],
-            )?;
+            self.clear_context(mem, delay, pa, cur, rid)?;
         }
         tables::install_context(mem, pa, new, coherent);
         self.flush_write_buffer(delay)?;
@@ -608,6 +596,23 @@ impl<R: RegisterAccess> VtdUnit<R> {
             // entry, which blocks as well).
             return Ok(());
         }
+        self.clear_context(mem, delay, pa, cur, rid)
+    }
+
+    /// Makes the present context entry `cur` at `pa` (device `rid`) non-present, then
+    /// invalidates the device's context-cache entry and its old domain's IOTLB and waits.
+    fn clear_context<M, D>(
+        &mut self,
+        mem: &mut M,
+        delay: &mut D,
+        pa: PhysAddr,
+        cur: ContextEntry,
+        rid: Rid,
+    ) -> Result<(), VtdError>
+    where
+        M: PhysMem + ?Sized,
+        D: DelayNs + ?Sized,
+    {
         tables::clear_context(mem, pa, self.info.coherent_walk);
         self.flush_write_buffer(delay)?;
         self.run(
