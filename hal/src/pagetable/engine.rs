@@ -293,10 +293,11 @@ impl FramePool {
 /// What pass 2 of one call changed, folded into the gather once at the end.
 #[derive(Default)]
 struct Changes {
-    /// A leaf changed; `first..=last` is valid.
-    changed: bool,
+    /// First byte of the changed leaves (valid when `min_leaf != 0`).
     first: u64,
+    /// Last byte of the changed leaves, inclusive (valid when `min_leaf != 0`).
     last: u64,
+    /// Smallest leaf size changed; 0 when no leaf changed.
     min_leaf: u64,
     max_leaf: u64,
     /// Bytes that were mapped and are no longer (unmap).
@@ -307,23 +308,21 @@ struct Changes {
 
 impl Changes {
     fn leaf(&mut self, first: u64, last: u64, leaf: u64) {
-        if self.changed {
-            self.first = self.first.min(first);
-            self.last = self.last.max(last);
-        } else {
-            self.changed = true;
+        if self.min_leaf == 0 {
             self.first = first;
             self.last = last;
-        }
-        if self.min_leaf == 0 || leaf < self.min_leaf {
             self.min_leaf = leaf;
+        } else {
+            self.first = self.first.min(first);
+            self.last = self.last.max(last);
+            self.min_leaf = self.min_leaf.min(leaf);
         }
         self.max_leaf = self.max_leaf.max(leaf);
     }
 
     /// Records everything in `gather`: one span, the smallest and the largest leaf size.
     fn into_gather(self, gather: &mut Gather) {
-        if !self.changed {
+        if self.min_leaf == 0 {
             if let Some(start) = self.table_hint {
                 gather.add_range(start, PAGE_SIZE, PAGE_SIZE);
             }
