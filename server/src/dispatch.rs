@@ -62,18 +62,7 @@ impl<
     /// hold [`iommu_protocol::MAX_MESSAGE`] bytes; if the reply does not fit, a `BadMessage`
     /// error reply is written instead if that fits, else nothing (0).
     pub fn handle(&mut self, client: ClientId, request: &[u8], reply: &mut [u8]) -> usize {
-        self.stats.requests += 1;
-        let answer = match self.client_index(client) {
-            None => Reply::Error(Error::NotPermitted),
-            Some(ci) => match decode_request(request) {
-                Err(e) => Reply::Error(e),
-                Ok(req) => self.execute(ci, req).unwrap_or_else(Reply::Error),
-            },
-        };
-        if let Reply::Error(e) = answer {
-            let i = (e.code() as usize).min(self.stats.errors.len() - 1);
-            self.stats.errors[i] += 1;
-        }
+        let answer = self.answer(client, || decode_request(request));
         match encode_reply(&answer, reply) {
             Ok(n) => n,
             Err(_) => encode_reply(&Reply::Error(Error::BadMessage), reply).unwrap_or(0),
@@ -83,10 +72,23 @@ impl<
     /// Handles one decoded request of the configured client `client`, returning the reply
     /// (a typed entry point for platforms that decode themselves, and for tests).
     pub fn handle_request(&mut self, client: ClientId, request: Request) -> Reply {
+        self.answer(client, || Ok(request))
+    }
+
+    /// Counts the request, checks the client, then (only for a configured client) takes the
+    /// request from `request` and executes it; counts an error reply by its code.
+    fn answer(
+        &mut self,
+        client: ClientId,
+        request: impl FnOnce() -> Result<Request, Error>,
+    ) -> Reply {
         self.stats.requests += 1;
         let answer = match self.client_index(client) {
             None => Reply::Error(Error::NotPermitted),
-            Some(ci) => self.execute(ci, request).unwrap_or_else(Reply::Error),
+            Some(ci) => match request() {
+                Err(e) => Reply::Error(e),
+                Ok(req) => self.execute(ci, req).unwrap_or_else(Reply::Error),
+            },
         };
         if let Reply::Error(e) = answer {
             let i = (e.code() as usize).min(self.stats.errors.len() - 1);
