@@ -302,6 +302,24 @@ pub fn attach<F: Fixture>(f: &mut F, client: ClientId, domain: DomainHandle, dev
     );
 }
 
+/// Attaches a throwaway domain of A to devices 0 and 2, detaches and destroys it. Unit
+/// structures a backend allocates on a first attach (e.g. a VT-d context table for a bus) are
+/// shared, never freed and not charged to anyone: a test counting frames creates them first.
+fn warm_units<F: Fixture>(f: &mut F) {
+    let warm = create(f, A);
+    for dev in [0, 2] {
+        attach(f, A, warm, dev);
+        done(
+            f,
+            A,
+            &Request::Detach {
+                device: DeviceHandle(dev),
+            },
+        );
+    }
+    done(f, A, &Request::DestroyDomain { domain: warm });
+}
+
 /// Queries: `Some((phys, perms))` or `None` for `NotMapped`.
 pub fn query<F: Fixture>(
     f: &mut F,
@@ -1013,20 +1031,7 @@ pub fn attach_detach<F: Fixture>() {
 /// other clients unaffected.
 pub fn client_exit<F: Fixture>() {
     let (mut f, _) = fresh::<F>();
-    // Unit structures a backend allocates on a first attach (e.g. a VT-d context table for a
-    // bus) are shared, never freed and not charged to anyone: create them before counting.
-    let warm = create(&mut f, A);
-    for dev in [0, 2] {
-        attach(&mut f, A, warm, dev);
-        done(
-            &mut f,
-            A,
-            &Request::Detach {
-                device: DeviceHandle(dev),
-            },
-        );
-    }
-    done(&mut f, A, &Request::DestroyDomain { domain: warm });
+    warm_units(&mut f);
     let in_use = f.server_ref().alloc().in_use;
     let b = create(&mut f, B);
     attach(&mut f, B, b, 0);
@@ -1149,18 +1154,7 @@ pub fn domain_cycles_release_frames<F: Fixture>() {
         let _ = faults(f, A);
         assert_eq!(f.server_ref().usage(A), Some((0, 0)));
     };
-    let warm = create(&mut f, A);
-    for dev in [0, 2] {
-        attach(&mut f, A, warm, dev);
-        done(
-            &mut f,
-            A,
-            &Request::Detach {
-                device: DeviceHandle(dev),
-            },
-        );
-    }
-    done(&mut f, A, &Request::DestroyDomain { domain: warm });
+    warm_units(&mut f);
     let in_use = f.server_ref().alloc().in_use;
     let free = free_set(&f);
     for round in 0..12 {
