@@ -1003,16 +1003,7 @@ fn non_coherent_units_get_every_structure_write_cleaned() {
             .unwrap();
         let info = be.unit_info(0);
         assert_eq!(info.coherent_walk, cohacc);
-        let mut pt: PageTable<ArmS1> = PageTable::new(
-            TableConfig {
-                addr_width: info.addr_width,
-                leaf_sizes: info.leaf_sizes,
-                split_live_blocks: info.split_live_blocks,
-                coherent: info.coherent_walk,
-            },
-            &mut alloc,
-        )
-        .unwrap();
+        let mut pt: PageTable<ArmS1> = rig::unit_table(&info, &mut alloc);
         let d = DomainConfig {
             tag: 1,
             root: pt.root(),

@@ -10,7 +10,7 @@ use std::rc::Rc;
 use iommu_hal::RegisterAccess;
 use iommu_hal::backend::{Backend, DomainConfig, Error, ErrorKind, FaultReason, FaultRecord};
 use iommu_hal::pagetable::format::VtdSl;
-use iommu_hal::pagetable::{Gather, LeafSizes, PageTable, Perms, TableConfig};
+use iommu_hal::pagetable::{Gather, LeafSizes, PageTable, Perms};
 use iommu_hal::vtd::{Timing, VtdBackend, VtdConfig, VtdError, VtdUnit, WaitFor, regs};
 use iommu_test_harness::model::vtd::{
     FaultReason as HwReason, Granularity, InvalidationRecord, VtdConfig as ModelCfg, VtdHandle,
@@ -792,16 +792,7 @@ fn two_units_are_independent() {
         Ok(1)
     );
     let info = be.unit_info(1);
-    let mut pt: PageTable<VtdSl> = PageTable::new(
-        TableConfig {
-            addr_width: info.addr_width,
-            leaf_sizes: info.leaf_sizes,
-            split_live_blocks: true,
-            coherent: false,
-        },
-        &mut alloc,
-    )
-    .unwrap();
+    let mut pt: PageTable<VtdSl> = rig::unit_table(&info, &mut alloc);
     let mut g = Gather::new();
     let mut m = mem.clone();
     pt.map(
@@ -814,12 +805,7 @@ fn two_units_are_independent() {
         &mut g,
     )
     .unwrap();
-    let d = DomainConfig {
-        tag: 1,
-        root: pt.root(),
-        levels: pt.levels(),
-        addr_width: info.addr_width,
-    };
+    let d = rig::domain(&pt, 1);
     be.attach(&mut alloc, 1, SID as u32, d).unwrap();
     assert!(u1.dma_read(SID, 0x10000, 4).is_ok());
     assert!(u0.dma_read(SID, 0x10000, 4).is_err());
@@ -1146,16 +1132,7 @@ fn a_unit_turning_hostile_after_bring_up_gives_errors_not_panics() {
                 VtdBackend::new(mem.clone(), FakeDelay::default());
             be.add_unit(regs, &mut alloc, cfg).unwrap();
             let info = be.unit_info(0);
-            let mut pt: PageTable<VtdSl> = PageTable::new(
-                TableConfig {
-                    addr_width: info.addr_width,
-                    leaf_sizes: info.leaf_sizes,
-                    split_live_blocks: true,
-                    coherent: false,
-                },
-                &mut alloc,
-            )
-            .unwrap();
+            let mut pt: PageTable<VtdSl> = rig::unit_table(&info, &mut alloc);
             let mut g = Gather::new();
             let mut m = mem.clone();
             pt.map(
@@ -1168,12 +1145,7 @@ fn a_unit_turning_hostile_after_bring_up_gives_errors_not_panics() {
                 &mut g,
             )
             .unwrap();
-            let d = DomainConfig {
-                tag: 1,
-                root: pt.root(),
-                levels: pt.levels(),
-                addr_width: info.addr_width,
-            };
+            let d = rig::domain(&pt, 1);
             be.attach(&mut alloc, 0, SID as u32, d).unwrap();
             let _ = hw.dma_write(SID, 0x10000, &[1; 4]);
             noisy.set(true);
