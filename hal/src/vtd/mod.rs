@@ -207,6 +207,16 @@ pub fn leaf_sizes(cap: Cap) -> LeafSizes {
     s
 }
 
+/// One page-aligned frame from `alloc`, or `None` (a misaligned frame goes back).
+fn aligned_frame<A: FrameAlloc + ?Sized>(alloc: &mut A) -> Option<PhysAddr> {
+    let f = alloc.alloc_frame()?;
+    if f % PAGE_SIZE != 0 {
+        alloc.free_frame(f);
+        return None;
+    }
+    Some(f)
+}
+
 /// One VT-d remapping unit (one DRHD), brought up in legacy translation mode.
 #[derive(Debug)]
 pub struct VtdUnit<R> {
@@ -287,12 +297,9 @@ impl<R: RegisterAccess> VtdUnit<R> {
         let mut frames: [Option<PhysAddr>; 3] = [None; 3];
         let wanted = if use_queue { 3 } else { 1 };
         for slot in frames.iter_mut().take(wanted) {
-            match alloc.alloc_frame() {
-                Some(f) if f % PAGE_SIZE == 0 => *slot = Some(f),
-                other => {
-                    if let Some(f) = other {
-                        alloc.free_frame(f);
-                    }
+            match aligned_frame(alloc) {
+                Some(f) => *slot = Some(f),
+                None => {
                     for f in frames.iter().flatten() {
                         alloc.free_frame(*f);
                     }
@@ -534,11 +541,7 @@ impl<R: RegisterAccess> VtdUnit<R> {
         let ct = match self.root.context_table(mem, rid.bus) {
             Some(t) => t,
             None => {
-                let f = alloc.alloc_frame().ok_or(VtdError::NoFrame)?;
-                if f % PAGE_SIZE != 0 {
-                    alloc.free_frame(f);
-                    return Err(VtdError::NoFrame);
-                }
+                let f = aligned_frame(alloc).ok_or(VtdError::NoFrame)?;
                 if !coherent {
                     mem.sync_for_device(f, PAGE_SIZE);
                 }
