@@ -138,7 +138,7 @@ const fn size(level: u8) -> u64 {
 /// Physical address of the entry of `table` (at `level`) that translates `va`.
 #[inline]
 const fn entry_addr(table: PhysAddr, va: u64, level: u8) -> PhysAddr {
-    table + ((va >> shift(level)) & (ENTRIES - 1)) * ENTRY_BYTES
+    table + index(va, level) * ENTRY_BYTES
 }
 
 /// Index, in a table at `level`, of the entry that translates `va`.
@@ -345,9 +345,7 @@ impl Changes {
     }
 }
 
-/// The entries of one table that a range `[s, e]` touches, visited in order.
-///
-/// Yields `(entry address, entry first byte, entry last byte, sub-range first, sub-range last)`.
+/// The entries of one table that a range `[s, e]` touches, visited in order, as [`Slot`]s.
 #[derive(Clone, Copy)]
 struct Entries {
     pa: PhysAddr,
