@@ -32,19 +32,87 @@ impl Mmio {
 impl RegisterAccess for Mmio {
     fn read32(&mut self, offset: usize) -> u32 {
         // SAFETY: `new`'s contract: `base + offset` is a register of the block this value owns.
-        unsafe { core::ptr::read_volatile((self.base + offset) as *const u32) }
+        let v = unsafe { core::ptr::read_volatile((self.base + offset) as *const u32) };
+        barrier::after_mmio_read();
+        v
     }
     fn write32(&mut self, offset: usize, value: u32) {
+        barrier::before_mmio_write();
         // SAFETY: as in `read32`.
         unsafe { core::ptr::write_volatile((self.base + offset) as *mut u32, value) }
     }
     fn read64(&mut self, offset: usize) -> u64 {
         // SAFETY: as in `read32`.
-        unsafe { core::ptr::read_volatile((self.base + offset) as *const u64) }
+        let v = unsafe { core::ptr::read_volatile((self.base + offset) as *const u64) };
+        barrier::after_mmio_read();
+        v
     }
     fn write64(&mut self, offset: usize, value: u64) {
+        barrier::before_mmio_write();
         // SAFETY: as in `read32`.
         unsafe { core::ptr::write_volatile((self.base + offset) as *mut u64, value) }
+    }
+}
+
+/// The barriers behind the ordering contract of `iommu_hal::mem::PhysMem` and
+/// `RegisterAccess`, per architecture (the same choices as Linux's `dma_wmb()`, `writel()` and
+/// `readl()` on each).
+///
+/// - x86_64: stores to write-back memory and uncached MMIO stores become visible in program
+///   order (Intel SDM vol. 3, 9.2.2), so only the compiler must be kept from reordering.
+/// - aarch64: `dmb oshst` orders earlier stores before later stores for every observer in the
+///   outer-shareable domain, the SMMU included; `dmb oshld` orders an MMIO read before later
+///   loads (Arm ARM B2.3, "Memory barriers").
+/// - riscv64: `fence w,w` (memory stores before memory stores), `fence w,o` (memory stores
+///   before the device store), `fence i,r` (the device load before later memory loads)
+///   (RISC-V unprivileged ISA, "Memory Ordering Instructions").
+pub mod barrier {
+    /// Orders earlier stores to memory before later stores to memory, as a unit sees them.
+    #[inline(always)]
+    pub fn dma_wmb() {
+        #[cfg(all(target_os = "none", target_arch = "aarch64"))]
+        // SAFETY: a barrier instruction; no memory is accessed.
+        unsafe {
+            core::arch::asm!("dmb oshst", options(nostack, preserves_flags))
+        };
+        #[cfg(all(target_os = "none", target_arch = "riscv64"))]
+        // SAFETY: a fence instruction; no memory is accessed.
+        unsafe {
+            core::arch::asm!("fence w,w", options(nostack, preserves_flags))
+        };
+        core::sync::atomic::compiler_fence(core::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Orders earlier stores to memory before the MMIO store that follows.
+    #[inline(always)]
+    pub fn before_mmio_write() {
+        #[cfg(all(target_os = "none", target_arch = "aarch64"))]
+        // SAFETY: a barrier instruction; no memory is accessed.
+        unsafe {
+            core::arch::asm!("dmb oshst", options(nostack, preserves_flags))
+        };
+        #[cfg(all(target_os = "none", target_arch = "riscv64"))]
+        // SAFETY: a fence instruction; no memory is accessed.
+        unsafe {
+            core::arch::asm!("fence w,o", options(nostack, preserves_flags))
+        };
+        core::sync::atomic::compiler_fence(core::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Orders the MMIO load just made before later loads from memory.
+    #[inline(always)]
+    pub fn after_mmio_read() {
+        #[cfg(all(target_os = "none", target_arch = "aarch64"))]
+        // SAFETY: a barrier instruction; no memory is accessed.
+        unsafe {
+            core::arch::asm!("dmb oshld", options(nostack, preserves_flags))
+        };
+        #[cfg(all(target_os = "none", target_arch = "riscv64"))]
+        // SAFETY: a fence instruction; no memory is accessed.
+        unsafe {
+            core::arch::asm!("fence i,r", options(nostack, preserves_flags))
+        };
+        core::sync::atomic::compiler_fence(core::sync::atomic::Ordering::SeqCst);
     }
 }
 
@@ -82,6 +150,9 @@ impl PhysMem for IdentityMem {
     fn write_u64(&mut self, pa: PhysAddr, value: u64) {
         // SAFETY: as in `read_u64`. An aligned 64-bit store is single-copy atomic.
         unsafe { core::ptr::write_volatile(pa as usize as *mut u64, value) }
+    }
+    fn order_writes(&mut self) {
+        barrier::dma_wmb();
     }
     fn sync_for_device(&mut self, pa: PhysAddr, len: u64) {
         cache::clean(pa, len);

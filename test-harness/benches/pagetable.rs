@@ -65,6 +65,7 @@ impl PhysMem for Flat {
     fn write_u64(&mut self, pa: PhysAddr, value: u64) {
         self.words[Self::idx(pa)].set(value)
     }
+    fn order_writes(&mut self) {}
 }
 
 /// LIFO frame allocator over [`Flat`]; zeroes frames as the `FrameAlloc` contract requires.

@@ -229,6 +229,9 @@ impl<W: RefWalker> PhysMem for Watched<'_, W> {
     fn read_u64(&self, pa: PhysAddr) -> u64 {
         self.mem.read_u64(pa)
     }
+    fn order_writes(&mut self) {
+        self.mem.order_writes()
+    }
     fn write_u64(&mut self, pa: PhysAddr, value: u64) {
         self.mem.write_u64(pa, value);
         self.writes += 1;
@@ -1447,6 +1450,9 @@ impl PhysMem for DeviceView {
     }
     fn write_u64(&mut self, pa: PhysAddr, value: u64) {
         self.cpu.write_u64(pa, value)
+    }
+    fn order_writes(&mut self) {
+        self.cpu.order_writes()
     }
     fn sync_for_device(&mut self, pa: PhysAddr, len: u64) {
         let start = pa & !7;

@@ -23,6 +23,8 @@ pub struct SimMemory {
     pub syncs: u64,
     /// Number of `sync_for_cpu` calls.
     pub cpu_syncs: u64,
+    /// Number of `order_writes` barriers.
+    pub barriers: u64,
 }
 
 impl SimMemory {
@@ -127,6 +129,9 @@ impl PhysMem for SharedMem {
     fn write_u64(&mut self, pa: PhysAddr, value: u64) {
         self.0.borrow_mut().write(pa, value)
     }
+    fn order_writes(&mut self) {
+        self.0.borrow_mut().barriers += 1;
+    }
     fn sync_for_device(&mut self, _pa: PhysAddr, _len: u64) {
         self.0.borrow_mut().syncs += 1;
     }
@@ -141,6 +146,9 @@ impl PhysMem for SimMemory {
     }
     fn write_u64(&mut self, pa: PhysAddr, value: u64) {
         self.write(pa, value)
+    }
+    fn order_writes(&mut self) {
+        self.barriers += 1;
     }
     fn sync_for_device(&mut self, _pa: PhysAddr, _len: u64) {
         self.syncs += 1;

@@ -8,7 +8,9 @@
 use std::cell::Cell;
 use std::rc::Rc;
 
-use iommu_hal::backend::{Backend, DomainConfig, Error, ErrorKind, FaultReason, FaultRecord};
+use iommu_hal::backend::{
+    Backend, BackendError, DomainConfig, ErrorKind, FaultReason, FaultRecord,
+};
 use iommu_hal::pagetable::format::ArmS1;
 use iommu_hal::pagetable::{Gather, LeafSizes, PageTable, Perms, PtError, TableConfig};
 use iommu_hal::smmuv3::{SmmuBackend, SmmuConfig, SmmuError, Timing, WaitFor};
@@ -973,6 +975,9 @@ impl iommu_hal::PhysMem for SyncMem {
     fn write_u64(&mut self, pa: u64, value: u64) {
         self.dirty.borrow_mut().insert(pa);
         self.mem.write_u64(pa, value)
+    }
+    fn order_writes(&mut self) {
+        self.mem.order_writes()
     }
     fn sync_for_device(&mut self, pa: u64, len: u64) {
         self.syncs.set(self.syncs.get() + 1);

@@ -1572,6 +1572,7 @@ mod tests {
                 r.words.insert(pa, value);
             }
         }
+        fn order_writes(&mut self) {}
         fn sync_for_device(&mut self, pa: PhysAddr, len: u64) {
             self.0.borrow_mut().syncs.push((pa, len));
         }

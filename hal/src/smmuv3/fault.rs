@@ -288,6 +288,7 @@ mod tests {
         fn write_u64(&mut self, pa: u64, v: u64) {
             self.insert(pa, v);
         }
+        fn order_writes(&mut self) {}
     }
 
     impl Fake {

@@ -612,6 +612,7 @@ mod tests {
             0
         }
         fn write_u64(&mut self, _: u64, _: u64) {}
+        fn order_writes(&mut self) {}
     }
 
     #[test]

@@ -341,6 +341,7 @@ mod tests {
             self.1 += 1;
             self.0.insert(pa, v);
         }
+        fn order_writes(&mut self) {}
     }
 
     #[test]
