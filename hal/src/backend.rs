@@ -64,10 +64,31 @@ pub enum ErrorKind {
     Other,
 }
 
-/// A backend error: concrete per backend, mapped to one shared [`ErrorKind`].
-pub trait Error: core::fmt::Debug {
+/// A backend error: concrete per backend (with a message a person can act on), mapped to one
+/// shared [`ErrorKind`] on which the server decides.
+pub trait BackendError: core::error::Error {
     /// The kind of this error.
     fn kind(&self) -> ErrorKind;
+}
+
+/// How a unit signals that it has fault records or an error pending (its fault / event /
+/// error interrupt), as the platform provides it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
+pub enum FaultInterrupt {
+    /// A message-signalled interrupt: the unit writes `data` (32 bits) to `address` (VT-d
+    /// FEDATA/FEADDR, AMD-Vi MSI capability, RISC-V IOMMU MSI configuration table, SMMUv3
+    /// `*_IRQ_CFG0..2`).
+    Msi {
+        /// The address the unit writes to (on x86, the local APIC's 0xFEEx_xxxx window).
+        address: u64,
+        /// The 32-bit value it writes.
+        data: u32,
+    },
+    /// The unit's wired interrupt lines, routed by the platform (e.g. the SMMUv3 event queue
+    /// and GERROR SPIs of a GIC, RISC-V IOMMU wires to a PLIC/APLIC).
+    Wired,
 }
 
 /// Why a DMA was refused, as recorded by the unit.
@@ -107,7 +128,7 @@ pub trait Backend {
     /// The page-table format the units walk.
     type Format: Format;
     /// The backend's concrete error.
-    type Error: Error;
+    type Error: BackendError;
 
     /// How many units this backend drives.
     fn unit_count(&self) -> usize;
@@ -120,6 +141,11 @@ pub trait Backend {
     /// single entry update (never a window of passthrough), invalidates the unit's configuration
     /// caches for the device and waits for that to complete. May allocate unit structures
     /// (e.g. a VT-d context table for a new bus) from `alloc`.
+    ///
+    /// On failure the device may be blocked, or attached to `domain` (the entry written but
+    /// its invalidation not known to have completed), or still attached as before the call;
+    /// never passthrough, and never attached to anything else. The caller treats it as live
+    /// in every domain it may reach and recovers with [`Backend::block`].
     fn attach(
         &mut self,
         alloc: &mut dyn FrameAlloc,
@@ -128,8 +154,17 @@ pub trait Backend {
         domain: DomainConfig,
     ) -> Result<(), Self::Error>;
 
-    /// Blocks `device` on `unit`: its DMA faults from the return of this call on (configuration
-    /// and IOTLB caches invalidated and the invalidation completed).
+    /// Blocks `device` on `unit`: its DMA faults from the return of this call on. The entry is
+    /// made blocking, and the unit's configuration caches for the device (and the IOTLB of the
+    /// domain the entry named, where the entry still tells it) are invalidated and the
+    /// invalidation completed.
+    ///
+    /// Idempotent and never short-cut: a call for a device whose entry already reads as
+    /// blocked still invalidates the device's configuration caches and waits, because an
+    /// earlier call may have cleared the entry and then failed before the unit dropped its
+    /// cached copy. (The IOTLB of a domain the entry no longer names is the caller's to
+    /// invalidate, with [`Backend::invalidate_all`].) On failure the device must be treated as
+    /// still reaching whatever it could reach before.
     fn block(&mut self, unit: UnitIndex, device: u32) -> Result<(), Self::Error>;
 
     /// Invalidates everything `gather` recorded for domain `tag` on `unit` (leaf entries and,
@@ -160,6 +195,18 @@ pub trait Backend {
         let _ = (alloc, unit, tag);
         Ok(())
     }
+
+    /// Programs and unmasks `unit`'s fault interrupt (fault records pending, event or fault
+    /// queue overflow, command-queue or global errors) to be signalled as `irq`. After that
+    /// the platform calls the server's `service_faults` from its interrupt path;
+    /// [`Backend::drain_faults`] acknowledges what it drains so the next record raises a new
+    /// interrupt. A unit that cannot signal `irq` answers with an error of kind
+    /// [`ErrorKind::Unsupported`] and changes nothing.
+    fn enable_fault_interrupt(
+        &mut self,
+        unit: UnitIndex,
+        irq: FaultInterrupt,
+    ) -> Result<(), Self::Error>;
 
     /// Drains the unit's pending fault records into `sink`. Returns whether the unit lost
     /// records (hardware overflow) since the last drain.

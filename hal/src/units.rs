@@ -10,7 +10,9 @@
 use embedded_hal::delay::DelayNs;
 use heapless::Vec;
 
-use crate::backend::{Backend, DomainConfig, Error, FaultRecord, UnitIndex, UnitInfo};
+use crate::backend::{
+    Backend, BackendError, DomainConfig, FaultInterrupt, FaultRecord, UnitIndex, UnitInfo,
+};
 use crate::mem::{FrameAlloc, PhysMem};
 use crate::pagetable::{Format, Gather};
 
@@ -20,7 +22,7 @@ pub trait Unit: Sized {
     /// The page-table format the unit walks.
     type Format: Format;
     /// The unit's error.
-    type Error: Error;
+    type Error: BackendError;
     /// The register access handle the unit is brought up with.
     type Regs;
     /// What bring-up may be told (limits, options).
@@ -116,6 +118,11 @@ pub trait Unit: Sized {
         let _ = (mem, delay, alloc, tag);
         Ok(())
     }
+
+    /// See [`Backend::enable_fault_interrupt`].
+    fn enable_interrupt<M>(&mut self, mem: &mut M, irq: FaultInterrupt) -> Result<(), Self::Error>
+    where
+        M: PhysMem + ?Sized;
 
     /// See [`Backend::drain_faults`]; `unit` is this unit's index, for the records.
     fn drain<M>(
@@ -260,6 +267,15 @@ where
     ) -> Result<(), U::Error> {
         let (u, mem, delay) = self.parts(unit)?;
         u.release_tag(mem, delay, alloc, tag)
+    }
+
+    fn enable_fault_interrupt(
+        &mut self,
+        unit: UnitIndex,
+        irq: FaultInterrupt,
+    ) -> Result<(), U::Error> {
+        let (u, mem, _) = self.parts(unit)?;
+        u.enable_interrupt(mem, irq)
     }
 
     fn drain_faults(

@@ -1,9 +1,7 @@
 //! The server state and its operations, in terms of the hal API (the wire format is handled in
 //! [`crate::dispatch`]).
 
-use iommu_hal::backend::{
-    Backend, DomainConfig, Error as BackendError, ErrorKind, FaultRecord, UnitIndex,
-};
+use iommu_hal::backend::{Backend, BackendError, DomainConfig, ErrorKind, FaultRecord, UnitIndex};
 use iommu_hal::pagetable::{
     Format, Gather, LeafSizes, PageTable, Perms, PtError, TableConfig, Translation,
 };
@@ -120,6 +118,7 @@ impl<const Q: usize> ClientState<Q> {
 /// clients (also capped by the units' tag space), `DEVICES` configured devices over all
 /// clients, `FAULTS` queued fault records per client.
 pub struct Server<
+    'a,
     B: Backend,
     M: PhysMem,
     A: FrameAlloc,
@@ -133,7 +132,7 @@ pub struct Server<
     pub(crate) mem: M,
     pub(crate) alloc: A,
     pub(crate) notify: N,
-    pub(crate) config: Config,
+    pub(crate) config: Config<'a>,
     pub(crate) table_config: TableConfig,
     pub(crate) units: usize,
     /// Units that cache not-present entries: maps are invalidated there too.
@@ -161,6 +160,7 @@ const fn tag_of(slot: usize) -> u16 {
 }
 
 impl<
+    'a,
     B: Backend,
     M: PhysMem,
     A: FrameAlloc,
@@ -169,7 +169,7 @@ impl<
     const DOMAINS: usize,
     const DEVICES: usize,
     const FAULTS: usize,
-> Server<B, M, A, N, CLIENTS, DOMAINS, DEVICES, FAULTS>
+> Server<'a, B, M, A, N, CLIENTS, DOMAINS, DEVICES, FAULTS>
 {
     /// Validates `config` against the backend's units, derives the one table configuration
     /// every domain uses, and blocks every configured device (no device is ever passthrough).
@@ -183,7 +183,7 @@ impl<
         mut mem: M,
         mut alloc: A,
         notify: N,
-        config: Config,
+        config: Config<'a>,
     ) -> Result<Self, ConfigError> {
         let units = backend.unit_count();
         if units == 0 || units > 64 {
@@ -247,9 +247,11 @@ impl<
             dev_base[ci] = next;
             next += c.devices.len();
             for d in c.devices {
-                backend
-                    .block(d.unit, d.device)
-                    .map_err(|e| ConfigError::Backend(e.kind()))?;
+                for id in d.ids() {
+                    backend
+                        .block(d.unit, id)
+                        .map_err(|e| ConfigError::Backend(e.kind()))?;
+                }
             }
         }
 
@@ -302,7 +304,7 @@ impl<
         self.table_config
     }
     /// The configuration the server was built with.
-    pub fn config(&self) -> &Config {
+    pub fn config(&self) -> &Config<'a> {
         &self.config
     }
     /// How many domains client `id` holds and how many page-table frames they use, or `None`
@@ -933,7 +935,7 @@ impl<
                 let owner = config.clients.iter().enumerate().find_map(|(ci, c)| {
                     c.devices
                         .iter()
-                        .position(|d| d.unit == rec.unit && d.device == rec.device)
+                        .position(|d| d.answers_to(rec.unit, rec.device))
                         .map(|h| (ci, h))
                 });
                 let Some((ci, h)) = owner else {

@@ -20,8 +20,8 @@ use std::marker::PhantomData;
 use std::vec::Vec;
 
 use iommu_hal::backend::{
-    Backend, DomainConfig, Error as BackendError, ErrorKind, FaultReason, FaultRecord, UnitIndex,
-    UnitInfo,
+    Backend, BackendError, DomainConfig, ErrorKind, FaultInterrupt, FaultReason, FaultRecord,
+    UnitIndex, UnitInfo,
 };
 use iommu_hal::pagetable::{Format, Gather, LeafSizes};
 use iommu_hal::{FrameAlloc, PhysMem};
@@ -101,6 +101,18 @@ pub enum MockError {
     BadDevice,
 }
 
+impl core::fmt::Display for MockError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(match self {
+            MockError::Timeout => "mock unit: injected timeout",
+            MockError::Hardware => "mock unit: injected hardware error",
+            MockError::BadDevice => "mock unit: unit index or device id out of range",
+        })
+    }
+}
+
+impl std::error::Error for MockError {}
+
 impl BackendError for MockError {
     fn kind(&self) -> ErrorKind {
         match self {
@@ -166,6 +178,8 @@ struct Unit {
     faults: VecDeque<FaultRecord>,
     overflowed: bool,
     invalidations: u64,
+    /// How the unit signals faults, once enabled.
+    interrupt: Option<FaultInterrupt>,
 }
 
 /// A mock backend of `spec.units` units walking tables of format `F`, checked by the
@@ -517,6 +531,16 @@ impl<F: Format, W: RefWalker> Backend for MockBackend<F, W> {
         u.iotlb.retain(|&(t, _), _| t != tag);
         u.negative.retain(|&(t, _)| t != tag);
         u.walk_cache.retain(|&(t, _), _| t != tag);
+        Ok(())
+    }
+
+    fn enable_fault_interrupt(
+        &mut self,
+        unit: UnitIndex,
+        irq: FaultInterrupt,
+    ) -> Result<(), MockError> {
+        let u = self.units.get_mut(unit).ok_or(MockError::BadDevice)?;
+        u.interrupt = Some(irq);
         Ok(())
     }
 

@@ -8,7 +8,9 @@ use std::cell::Cell;
 use std::rc::Rc;
 
 use iommu_hal::RegisterAccess;
-use iommu_hal::backend::{Backend, DomainConfig, Error, ErrorKind, FaultReason, FaultRecord};
+use iommu_hal::backend::{
+    Backend, BackendError, DomainConfig, ErrorKind, FaultReason, FaultRecord,
+};
 use iommu_hal::pagetable::format::VtdSl;
 use iommu_hal::pagetable::{Gather, LeafSizes, PageTable, Perms};
 use iommu_hal::vtd::{Timing, VtdBackend, VtdConfig, VtdError, VtdUnit, WaitFor, regs};

@@ -30,7 +30,9 @@ use heapless::Vec;
 
 #[cfg(doc)]
 use crate::backend::Backend;
-use crate::backend::{DomainConfig, Error, ErrorKind, FaultRecord, UnitIndex, UnitInfo};
+use crate::backend::{
+    BackendError, DomainConfig, ErrorKind, FaultInterrupt, FaultRecord, UnitIndex, UnitInfo,
+};
 use crate::mem::{FrameAlloc, PAGE_SIZE, PhysAddr, PhysMem, RegisterAccess};
 use crate::pagetable::format::ArmS1;
 use crate::pagetable::{Format, Gather, LeafSizes};
@@ -100,7 +102,63 @@ pub enum SmmuError {
     TooManyDomains,
 }
 
-impl Error for SmmuError {
+impl core::fmt::Display for WaitFor {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            WaitFor::Cr0Ack(v) => write!(f, "SMMU_CR0ACK to equal CR0 {v:#x}"),
+            WaitFor::Gbpa => f.write_str("SMMU_GBPA.Update to clear"),
+            WaitFor::CmdqSpace => f.write_str("a free slot in the Command queue"),
+            WaitFor::CmdqSync => f.write_str("CMDQ_CONS to pass the batch's CMD_SYNC"),
+        }
+    }
+}
+
+impl core::fmt::Display for SmmuError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            SmmuError::Timeout(w) => write!(
+                f,
+                "SMMUv3 did not answer in time: waited for {w} (unit hung, or Timing too short)"
+            ),
+            SmmuError::CommandError { code, opcode } => write!(
+                f,
+                "SMMUv3 command queue stopped on opcode {opcode:#04x} (CMDQ_CONS.ERR {code}); \
+                 the command was skipped and the queue resumed"
+            ),
+            SmmuError::GlobalError { gerror } => write!(
+                f,
+                "SMMUv3 global error (GERROR bits {gerror:#x}) acknowledged; SFM_ERR needs a reset"
+            ),
+            SmmuError::BadQueuePointer => {
+                f.write_str("SMMUv3 CMDQ_CONS is ahead of what this driver produced")
+            }
+            SmmuError::NoFrame => {
+                f.write_str("no free frame for a stream table, context descriptor or queue")
+            }
+            SmmuError::BadUnit => f.write_str("no SMMUv3 unit with that index"),
+            SmmuError::BadDevice => f.write_str("StreamID outside the unit's stream table"),
+            SmmuError::BadTag => f.write_str("ASID 0 or beyond the unit's ASID size"),
+            SmmuError::BadDomain => f.write_str(
+                "domain's address width is unsupported, or its root is unaligned or beyond \
+                 the output address size",
+            ),
+            SmmuError::Unsupported => f.write_str(
+                "SMMUv3 lacks something this driver needs (stage 1, AArch64 tables, 4 KiB \
+                 granule, little-endian walks) or the request is not supported",
+            ),
+            SmmuError::TooManyUnits => {
+                f.write_str("the SMMUv3 backend holds as many units as it can")
+            }
+            SmmuError::TooManyDomains => {
+                f.write_str("the unit holds as many context descriptors as it can")
+            }
+        }
+    }
+}
+
+impl core::error::Error for SmmuError {}
+
+impl BackendError for SmmuError {
     fn kind(&self) -> ErrorKind {
         match self {
             SmmuError::Timeout(_) => ErrorKind::Timeout,
@@ -968,6 +1026,13 @@ impl<R: RegisterAccess, const CDS: usize> Unit for SmmuUnit<R, CDS> {
         D: DelayNs + ?Sized,
     {
         self.release_cd(mem, delay, alloc, tag).map(|_| ())
+    }
+
+    fn enable_interrupt<M>(&mut self, _mem: &mut M, _irq: FaultInterrupt) -> Result<(), SmmuError>
+    where
+        M: PhysMem + ?Sized,
+    {
+        Err(SmmuError::Unsupported)
     }
 
     fn drain<M>(

@@ -22,7 +22,9 @@ use embedded_hal::delay::DelayNs;
 
 #[cfg(doc)]
 use crate::backend::Backend;
-use crate::backend::{DomainConfig, Error, ErrorKind, FaultRecord, UnitIndex, UnitInfo};
+use crate::backend::{
+    BackendError, DomainConfig, ErrorKind, FaultInterrupt, FaultRecord, UnitIndex, UnitInfo,
+};
 use crate::mem::{FrameAlloc, PAGE_SIZE, PhysAddr, PhysMem, RegisterAccess};
 use crate::pagetable::format::VtdSl;
 use crate::pagetable::{Format, Gather, LeafSizes};
@@ -84,7 +86,59 @@ pub enum VtdError {
     TooManyUnits,
 }
 
-impl Error for VtdError {
+impl core::fmt::Display for WaitFor {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            WaitFor::Gsts(bit) => write!(f, "GSTS to follow GCMD bit {bit:#010x}"),
+            WaitFor::Ccmd => f.write_str("CCMD.ICC to clear (context-cache invalidation)"),
+            WaitFor::Iotlb => f.write_str("IOTLB.IVT to clear (IOTLB invalidation)"),
+            WaitFor::Queue => f.write_str("the invalidation wait descriptor's status write"),
+            WaitFor::QueueSpace => f.write_str("a free slot in the invalidation queue"),
+            WaitFor::QueueIdle => {
+                f.write_str("the queue left enabled by earlier software to drain")
+            }
+            WaitFor::Pmen => f.write_str("PMEN.PRS to clear"),
+        }
+    }
+}
+
+impl core::fmt::Display for VtdError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            VtdError::Timeout(w) => write!(
+                f,
+                "VT-d unit did not answer in time: waited for {w} (unit hung, or Timing too short)"
+            ),
+            VtdError::QueueError { fsts } => write!(
+                f,
+                "VT-d invalidation queue error (FSTS {fsts:#x}): a descriptor was rejected; \
+                 the queue was recovered"
+            ),
+            VtdError::InvalidationRejected => {
+                f.write_str("VT-d register-based invalidation was not performed (granularity 0)")
+            }
+            VtdError::NoFrame => {
+                f.write_str("no free frame for a VT-d root table, context table or queue")
+            }
+            VtdError::BadUnit => f.write_str("no VT-d unit with that index"),
+            VtdError::BadDevice => f.write_str("device id is not a 16-bit PCI requester id"),
+            VtdError::BadTag => f.write_str("domain id 0 or beyond what CAP.ND allows"),
+            VtdError::BadDomain => f.write_str(
+                "domain's address width is not in SAGAW, or its root is unaligned or beyond \
+                 the host address width",
+            ),
+            VtdError::Unsupported => f.write_str(
+                "VT-d unit lacks something this driver needs (SAGAW, QI on version 6+, \
+                 registers within the mapped block) or the request is not supported",
+            ),
+            VtdError::TooManyUnits => f.write_str("the VT-d backend holds as many units as it can"),
+        }
+    }
+}
+
+impl core::error::Error for VtdError {}
+
+impl BackendError for VtdError {
     fn kind(&self) -> ErrorKind {
         match self {
             VtdError::Timeout(_) => ErrorKind::Timeout,
@@ -821,6 +875,13 @@ impl<R: RegisterAccess> Unit for VtdUnit<R> {
         D: DelayNs + ?Sized,
     {
         self.invalidate_all(mem, delay, tag)
+    }
+
+    fn enable_interrupt<M>(&mut self, _mem: &mut M, _irq: FaultInterrupt) -> Result<(), VtdError>
+    where
+        M: PhysMem + ?Sized,
+    {
+        Err(VtdError::Unsupported)
     }
 
     fn drain<M>(
