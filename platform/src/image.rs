@@ -13,7 +13,6 @@
 //! 4. [`exit`]: `PASS` and the success exit, or `FAIL` with the reason.
 
 use core::cell::RefCell;
-use core::mem::MaybeUninit;
 use core::sync::atomic::{AtomicBool, Ordering};
 
 use iommu_hal::backend::Backend;
@@ -49,22 +48,6 @@ static mut SECRET: Pages<1> = Pages([[0; PAGE]; 1]);
 static mut FRAME_POOL: [Frame; FRAMES] = [Frame::ZERO; FRAMES];
 /// Whether [`Memory::take`] handed the memory out.
 static TAKEN: AtomicBool = AtomicBool::new(false);
-
-/// The configuration lives in statics filled once at run time (the device's id and the memory
-/// addresses are only known then).
-static mut CLIENT1_DEVICES: MaybeUninit<[DeviceGrant; 1]> = MaybeUninit::uninit();
-static mut CLIENT1_REGIONS: MaybeUninit<[RegionGrant; 1]> = MaybeUninit::uninit();
-static mut CLIENT2_REGIONS: MaybeUninit<[RegionGrant; 1]> = MaybeUninit::uninit();
-static mut CLIENTS: MaybeUninit<[ClientConfig; 2]> = MaybeUninit::uninit();
-
-/// Stores `value` in `slot` and returns it for the rest of the program.
-///
-/// # Safety
-/// Called at most once per slot, before anything reads it.
-unsafe fn init_static<T>(slot: *mut MaybeUninit<T>, value: T) -> &'static T {
-    // SAFETY: the caller's contract: exclusive, first and only initialisation.
-    unsafe { (*slot).write(value) }
-}
 
 /// The image's memory, handed out once.
 pub struct Memory {
@@ -133,63 +116,8 @@ pub fn passthrough_check<E: DmaEngine>(
     Ok(())
 }
 
-/// The static configuration: client 1 owns `device` and its region, client 2 only its own
-/// 64 KiB; `reserved` is reserved in every domain.
-///
-/// # Safety
-/// Called at most once.
-unsafe fn static_config(
-    device: DeviceGrant,
-    client1: &DmaRegion,
-    reserved: &'static [IovaRange],
-) -> Config {
-    let c2_base = (&raw const CLIENT2_MEM) as u64;
-    let c2_len = core::mem::size_of::<Pages<16>>() as u64;
-    // SAFETY: the caller's contract: each slot is initialised exactly once, here, before the
-    // server reads it.
-    unsafe {
-        let devices = init_static(&raw mut CLIENT1_DEVICES, [device]);
-        let regions1 = init_static(
-            &raw mut CLIENT1_REGIONS,
-            [RegionGrant {
-                base: client1.phys(0),
-                len: client1.len() as u64,
-                perms: Perms::RW,
-            }],
-        );
-        let regions2 = init_static(
-            &raw mut CLIENT2_REGIONS,
-            [RegionGrant {
-                base: c2_base,
-                len: c2_len,
-                perms: Perms::RW,
-            }],
-        );
-        let clients = init_static(
-            &raw mut CLIENTS,
-            [
-                ClientConfig {
-                    id: ClientId(1),
-                    devices,
-                    regions: regions1,
-                    max_domains: 4,
-                    max_table_frames: 64,
-                },
-                ClientConfig {
-                    id: ClientId(2),
-                    devices: &[],
-                    regions: regions2,
-                    max_domains: 1,
-                    max_table_frames: 8,
-                },
-            ],
-        );
-        Config { clients, reserved }
-    }
-}
-
 /// The server every image runs.
-pub type ImageServer<B> = Server<B, IdentityMem, FramePool, NoNotify>;
+pub type ImageServer<'a, B> = Server<'a, B, IdentityMem, FramePool, NoNotify>;
 
 /// Builds the server over `backend` (its units up) and `mem` with the static configuration
 /// (client 1 owns `device`, `reserved` is reserved in every domain and must not be empty),
@@ -198,8 +126,8 @@ pub type ImageServer<B> = Server<B, IdentityMem, FramePool, NoNotify>;
 pub fn serve<B, E>(
     backend: B,
     mem: Memory,
-    device: DeviceGrant,
-    reserved: &'static [IovaRange],
+    device: DeviceGrant<'_>,
+    reserved: &[IovaRange],
     edu: &mut E,
     log_backend: impl FnOnce(&B),
 ) -> Result<(), &'static str>
@@ -212,10 +140,42 @@ where
         client1: mut mem1,
         pool,
     } = mem;
-    // SAFETY: `mem` is the only `Memory` (`Memory::take`), consumed here: this runs once.
-    let config = unsafe { static_config(device, &mem1, reserved) };
+    // The configuration, built here at run time (the device's id and the memory addresses are
+    // only known now) and borrowed by the server for as long as it runs: client 1 owns
+    // `device` and its region, client 2 only its own 64 KiB.
+    let devices = [device];
+    let regions1 = [RegionGrant {
+        base: mem1.phys(0),
+        len: mem1.len() as u64,
+        perms: Perms::RW,
+    }];
+    let regions2 = [RegionGrant {
+        base: (&raw const CLIENT2_MEM) as u64,
+        len: core::mem::size_of::<Pages<16>>() as u64,
+        perms: Perms::RW,
+    }];
+    let clients = [
+        ClientConfig {
+            id: ClientId(1),
+            devices: &devices,
+            regions: &regions1,
+            max_domains: 4,
+            max_table_frames: 64,
+        },
+        ClientConfig {
+            id: ClientId(2),
+            devices: &[],
+            regions: &regions2,
+            max_domains: 1,
+            max_table_frames: 8,
+        },
+    ];
+    let config = Config {
+        clients: &clients,
+        reserved,
+    };
     // SAFETY: memory is identity mapped; the server touches only frames from the pool.
-    let server: ImageServer<B> = Server::new(
+    let server: ImageServer<'_, B> = Server::new(
         backend,
         unsafe { IdentityMem::new() },
         pool,

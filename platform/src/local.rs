@@ -22,7 +22,7 @@ pub trait RequestHandler {
 }
 
 impl<B, M, A, N, const C: usize, const D: usize, const V: usize, const F: usize> RequestHandler
-    for Server<B, M, A, N, C, D, V, F>
+    for Server<'_, B, M, A, N, C, D, V, F>
 where
     B: Backend,
     M: PhysMem,

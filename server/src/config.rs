@@ -1,9 +1,12 @@
 //! The static configuration: who may do what.
 //!
-//! Like Hubris's build-time generated owner tables, the configuration is plain data, built in a
-//! `const` or `static` and handed to [`crate::Server::new`], which validates it once. Nothing in
-//! it changes at run time; the client identity it is compared against comes from the platform
-//! (seL4 badge, Hubris task index), never from a message.
+//! Like Hubris's build-time generated owner tables, the configuration is plain data handed to
+//! [`crate::Server::new`], which validates it once. It borrows its tables for the server's
+//! lifetime `'a`: a `const` or `static` (`'static`) where everything is known at build time,
+//! or arrays built at run time on the stack of the function that then runs the server, where
+//! addresses and requester ids are discovered at boot; neither needs unsafe code. Nothing in it
+//! changes while the server runs; the client identity it is compared against comes from the
+//! platform (seL4 badge, Hubris task index), never from a message.
 
 use iommu_hal::backend::UnitIndex;
 use iommu_hal::pagetable::Perms;
@@ -15,17 +18,55 @@ use iommu_protocol::IovaRange;
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct ClientId(pub u32);
 
-/// One device a client owns: a requester / stream id on one unit.
+/// One device a client owns: a requester / stream id on one unit, and the other ids its DMA
+/// may carry.
 ///
 /// The client names it with a `DeviceHandle` equal to its index in
 /// [`ClientConfig::devices`].
+///
+/// **Aliases.** A device's DMA may reach the unit under ids other than its own: a
+/// conventional PCI device behind a PCIe-to-PCI bridge is seen with the bridge's secondary bus
+/// and devfn 0, devices with DMA-alias quirks use a sibling function's id (the set Linux's
+/// `pci_for_each_dma_alias` walks). The platform lists those in `aliases`; the server attaches
+/// and blocks the device under every one of them and routes their faults to the device. Two
+/// devices that share an id cannot be isolated from each other (Linux puts them in one IOMMU
+/// group): grant them as one device (one entry listing both ids), never to two clients; the
+/// configuration is refused otherwise.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
-pub struct DeviceGrant {
+pub struct DeviceGrant<'a> {
     /// Index of the unit (within the backend) the device sits behind.
     pub unit: UnitIndex,
     /// Requester id (VT-d source id, SMMU stream id, ...) as the unit sees it.
     pub device: u32,
+    /// Further ids the device's DMA may carry on the same unit (empty for most devices).
+    pub aliases: &'a [u32],
+}
+
+impl<'a> DeviceGrant<'a> {
+    /// A device with no alias.
+    pub const fn new(unit: UnitIndex, device: u32) -> Self {
+        DeviceGrant {
+            unit,
+            device,
+            aliases: &[],
+        }
+    }
+
+    /// Every id the device's DMA may carry: its own first, then its aliases.
+    pub fn ids(&self) -> impl Iterator<Item = u32> + 'a {
+        core::iter::once(self.device).chain(self.aliases.iter().copied())
+    }
+
+    /// Whether `id` on `unit` is one of this device's ids.
+    pub fn answers_to(&self, unit: UnitIndex, id: u32) -> bool {
+        self.unit == unit && (self.device == id || self.aliases.contains(&id))
+    }
+
+    /// Whether this device and `other` share an id on the same unit.
+    pub fn overlaps(&self, other: &DeviceGrant<'_>) -> bool {
+        self.unit == other.unit && self.ids().any(|id| other.answers_to(self.unit, id))
+    }
 }
 
 /// A physical region a client may map, and with which permissions.
@@ -56,30 +97,30 @@ impl RegionGrant {
 /// Everything one client may do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
-pub struct ClientConfig {
+pub struct ClientConfig<'a> {
     /// The platform's identity of the client.
     pub id: ClientId,
     /// Devices it owns; a device's handle is its index here.
-    pub devices: &'static [DeviceGrant],
+    pub devices: &'a [DeviceGrant<'a>],
     /// Physical regions it may map. A mapping must lie wholly within one region.
-    pub regions: &'static [RegionGrant],
+    pub regions: &'a [RegionGrant],
     /// Most domains it may hold at once.
     pub max_domains: u32,
     /// Most page-table frames its domains may hold at once (root tables included).
     pub max_table_frames: u32,
 }
 
-/// The whole static configuration.
+/// The whole configuration.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
-pub struct Config {
+pub struct Config<'a> {
     /// Every client the server will answer. Requests from any other id get `NotPermitted`.
-    pub clients: &'static [ClientConfig],
+    pub clients: &'a [ClientConfig<'a>],
     /// IOVA windows no domain may map, ascending and disjoint, 4 KiB granular (e.g. the x86
     /// interrupt window `0xFEE0_0000..=0xFEEF_FFFF`, which VT-d never translates). The usable
     /// ranges `Info` reports are the domain's address space minus these; at most
     /// [`iommu_protocol::MAX_IOVA_RANGES`] ranges may result.
-    pub reserved: &'static [IovaRange],
+    pub reserved: &'a [IovaRange],
 }
 
 /// Why [`crate::Server::new`] refused a configuration or a backend.
@@ -92,7 +133,8 @@ pub enum ConfigError {
     TooManyDevices,
     /// Two clients share a [`ClientId`] (index of the second).
     DuplicateClient(usize),
-    /// A `(unit, device)` pair is granted twice (client index, device index of the second).
+    /// A `(unit, id)` pair is granted twice, as a device or an alias (client index, device
+    /// index of the second).
     DeviceOverlap(usize, usize),
     /// A device names a unit the backend does not drive (client index, device index).
     NoSuchUnit(usize, usize),
@@ -114,9 +156,9 @@ pub enum ConfigError {
     Backend(iommu_hal::backend::ErrorKind),
 }
 
-impl Config {
+impl Config<'_> {
     /// An empty configuration (no clients): useful as a placeholder.
-    pub const EMPTY: Config = Config {
+    pub const EMPTY: Config<'static> = Config {
         clients: &[],
         reserved: &[],
     };
@@ -140,11 +182,15 @@ impl Config {
                 if d.unit >= units {
                     return Err(ConfigError::NoSuchUnit(ci, di));
                 }
-                let dup_here = c.devices[..di].iter().any(|o| o == d);
+                let twice_in_itself = d
+                    .ids()
+                    .enumerate()
+                    .any(|(i, id)| d.ids().skip(i + 1).any(|o| o == id));
+                let dup_here = c.devices[..di].iter().any(|o| o.overlaps(d));
                 let dup_before = self.clients[..ci]
                     .iter()
-                    .any(|o| o.devices.iter().any(|od| od == d));
-                if dup_here || dup_before {
+                    .any(|o| o.devices.iter().any(|od| od.overlaps(d)));
+                if twice_in_itself || dup_here || dup_before {
                     return Err(ConfigError::DeviceOverlap(ci, di));
                 }
             }
@@ -266,8 +312,8 @@ mod tests {
         assert!(usable_ranges(0xffff, &[bad]).is_none());
     }
 
-    static DEVS_A: [DeviceGrant; 1] = [DeviceGrant { unit: 0, device: 8 }];
-    static DEVS_B: [DeviceGrant; 1] = [DeviceGrant { unit: 0, device: 8 }];
+    static DEVS_A: [DeviceGrant; 1] = [DeviceGrant::new(0, 8)];
+    static DEVS_B: [DeviceGrant; 1] = [DeviceGrant::new(0, 8)];
 
     #[test]
     fn overlapping_devices_are_refused() {
@@ -293,5 +339,66 @@ mod tests {
         };
         assert_eq!(c.validate(1, 4, 4), Err(ConfigError::DeviceOverlap(1, 0)));
         assert_eq!(c.validate(1, 1, 4), Err(ConfigError::TooManyClients));
+    }
+
+    #[test]
+    fn aliases_count_as_ids() {
+        // Two devices behind one PCIe-to-PCI bridge share the bridge's alias 0x100.
+        let a = [DeviceGrant {
+            unit: 0,
+            device: 0x118,
+            aliases: &[0x100],
+        }];
+        let b = [DeviceGrant {
+            unit: 0,
+            device: 0x120,
+            aliases: &[0x100],
+        }];
+        let other_unit = [DeviceGrant {
+            unit: 1,
+            device: 0x120,
+            aliases: &[0x100],
+        }];
+        let client = |id, devices| ClientConfig {
+            id: ClientId(id),
+            devices,
+            regions: &[],
+            max_domains: 1,
+            max_table_frames: 8,
+        };
+        let shared = [client(1, &a), client(2, &b)];
+        let c = Config {
+            clients: &shared,
+            reserved: &[],
+        };
+        assert_eq!(c.validate(2, 4, 4), Err(ConfigError::DeviceOverlap(1, 0)));
+        let apart = [client(1, &a), client(2, &other_unit)];
+        let c = Config {
+            clients: &apart,
+            reserved: &[],
+        };
+        assert_eq!(c.validate(2, 4, 4), Ok(2));
+        let both = [DeviceGrant {
+            unit: 0,
+            device: 0x118,
+            aliases: &[0x120, 0x100],
+        }];
+        let group = [client(1, &both)];
+        let c = Config {
+            clients: &group,
+            reserved: &[],
+        };
+        assert_eq!(c.validate(1, 4, 4), Ok(1));
+        let repeated = [DeviceGrant {
+            unit: 0,
+            device: 0x118,
+            aliases: &[0x118],
+        }];
+        let bad = [client(1, &repeated)];
+        let c = Config {
+            clients: &bad,
+            reserved: &[],
+        };
+        assert_eq!(c.validate(1, 4, 4), Err(ConfigError::DeviceOverlap(0, 0)));
     }
 }

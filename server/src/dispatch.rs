@@ -43,6 +43,7 @@ fn wire_reason(r: HalReason) -> FaultReason {
 }
 
 impl<
+    'a,
     B: Backend,
     M: PhysMem,
     A: FrameAlloc,
@@ -51,7 +52,7 @@ impl<
     const DOMAINS: usize,
     const DEVICES: usize,
     const FAULTS: usize,
-> Server<B, M, A, N, CLIENTS, DOMAINS, DEVICES, FAULTS>
+> Server<'a, B, M, A, N, CLIENTS, DOMAINS, DEVICES, FAULTS>
 {
     /// Handles one request of `client` (the identity the platform's IPC gives: seL4 badge,
     /// Hubris task index; never read from the message) and writes the encoded reply into

@@ -10,7 +10,8 @@
 //!
 //! # Using it
 //!
-//! The platform builds a [`Config`] (plain `static` data, like Hubris's generated tables),
+//! The platform builds a [`Config`] (plain data like Hubris's generated tables: `static` when
+//! known at build time, or arrays built at boot that the server borrows for its lifetime),
 //! then [`Server::new`]`(backend, mem, alloc, notify, config)`, and from its receive loop calls
 //! [`Server::handle`]`(client, request_bytes, reply_buf)` with the client identity its IPC
 //! gives (seL4 badge, Hubris task index), [`Server::client_exited`] when a client is gone, and

@@ -24,7 +24,7 @@ use crate::sim::{SharedMem, SimAlloc};
 
 /// The server type every fixture builds: simulated memory, the simulated frame allocator, a
 /// recording notification hook; 4 clients, 16 domains, 16 devices, 8 queued faults per client.
-pub type SuiteServer<B> = Server<B, SharedMem, SimAlloc, Recorder, 4, 16, 16, 8>;
+pub type SuiteServer<B> = Server<'static, B, SharedMem, SimAlloc, Recorder, 4, 16, 16, 8>;
 
 /// Queued faults per client in [`SuiteServer`].
 pub const QUEUE: usize = 8;
@@ -115,18 +115,9 @@ pub const UNOWNED: (usize, u32) = (0, 0x99);
 
 /// A's devices, as (unit, requester id); handle = index.
 pub static A_DEVICES: [DeviceGrant; 3] = [
-    DeviceGrant {
-        unit: 0,
-        device: 0x10,
-    },
-    DeviceGrant {
-        unit: 0,
-        device: 0x11,
-    },
-    DeviceGrant {
-        unit: 1,
-        device: 0x20,
-    },
+    DeviceGrant::new(0, 0x10),
+    DeviceGrant::new(0, 0x11),
+    DeviceGrant::new(1, 0x20),
 ];
 /// A's memory: 64 MiB read-write, then 2 MiB read-only and an adjacent 2 MiB read-write.
 pub static A_REGIONS: [RegionGrant; 3] = [
@@ -146,19 +137,13 @@ pub static A_REGIONS: [RegionGrant; 3] = [
         perms: iommu_hal::pagetable::Perms::RW,
     },
 ];
-static B_DEVICES: [DeviceGrant; 1] = [DeviceGrant {
-    unit: 0,
-    device: 0x30,
-}];
+static B_DEVICES: [DeviceGrant; 1] = [DeviceGrant::new(0, 0x30)];
 static B_REGIONS: [RegionGrant; 1] = [RegionGrant {
     base: 0x4000_0000,
     len: 0x400_0000,
     perms: iommu_hal::pagetable::Perms::RW,
 }];
-static C_DEVICES: [DeviceGrant; 1] = [DeviceGrant {
-    unit: 1,
-    device: 0x40,
-}];
+static C_DEVICES: [DeviceGrant; 1] = [DeviceGrant::new(1, 0x40)];
 static C_REGIONS: [RegionGrant; 1] = [RegionGrant {
     base: 0x8000_0000,
     len: 0x4000_0000,
@@ -203,7 +188,7 @@ pub const MSI: IovaRange = IovaRange {
 static RESERVED: [IovaRange; 1] = [MSI];
 
 /// The configuration every fixture serves.
-pub fn config() -> Config {
+pub fn config() -> Config<'static> {
     Config {
         clients: &CLIENTS,
         reserved: &RESERVED,

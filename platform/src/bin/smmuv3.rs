@@ -244,10 +244,7 @@ mod image {
             }
         }
 
-        let device = DeviceGrant {
-            unit: edu_unit.ok_or("edu's SMMU was not brought up")?,
-            device: found.sid,
-        };
+        let device = DeviceGrant::new(edu_unit.ok_or("edu's SMMU was not brought up")?, found.sid);
         image::serve(backend, mem, device, &[MSI_WINDOW], &mut edu, |backend| {
             for u in 0..found.machine.smmus.len() {
                 if let Some(c) = backend.counters(u) {

@@ -169,10 +169,7 @@ mod image {
             );
         }
 
-        let device = DeviceGrant {
-            unit: found.unit,
-            device: u32::from(found.edu.rid()),
-        };
+        let device = DeviceGrant::new(found.unit, u32::from(found.edu.rid()));
         image::serve(backend, mem, device, &[MSI_WINDOW], &mut edu, |backend| {
             for u in 0..found.dmar.units.len() {
                 if let Some(c) = backend.counters(u) {
