@@ -297,7 +297,11 @@ impl<
             Err(_) => return Err(ConfigError::LeafSizes),
         }
 
-        let total_domains: u64 = config.clients.iter().map(|c| u64::from(c.max_domains)).sum();
+        let total_domains: u64 = config
+            .clients
+            .iter()
+            .map(|c| u64::from(c.max_domains))
+            .sum();
         if total_domains > usable_slots as u64 {
             return Err(ConfigError::DomainQuotas {
                 total: total_domains,
@@ -453,9 +457,7 @@ impl<
     /// Whether some device other than `except` on `unit` may reach `slot`.
     fn other_on_unit(&self, slot: usize, unit: UnitIndex, except: usize) -> bool {
         (0..self.device_count).any(|g| {
-            g != except
-                && self.devices[g].reaches() == Some(slot)
-                && self.grant(g).unit == unit
+            g != except && self.devices[g].reaches() == Some(slot) && self.grant(g).unit == unit
         })
     }
 
@@ -721,13 +723,7 @@ impl<
             return Ok(());
         };
         let mut pool = Uncharged(&mut self.alloc);
-        release_domain(
-            &mut self.backend,
-            &mut pool,
-            &mut self.stats,
-            d,
-            tag,
-        )?;
+        release_domain(&mut self.backend, &mut pool, &mut self.stats, d, tag)?;
         if let Slot::Quarantined(d) = core::mem::replace(&mut self.domains[slot], Slot::Free) {
             free_domain(d, &mut self.mem, &mut pool);
         }

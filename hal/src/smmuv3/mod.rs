@@ -746,7 +746,12 @@ impl<R: RegisterAccess, const CDS: usize> SmmuUnit<R, CDS> {
     /// Allocates the level-2 stream table holding `device`'s STE if the stream table is
     /// 2-level and it has none (see [`crate::backend::Backend::prepare`]); every STE of the
     /// new table is invalid, so the device stays blocked.
-    pub fn prepare<M, A>(&mut self, mem: &mut M, alloc: &mut A, device: u32) -> Result<(), SmmuError>
+    pub fn prepare<M, A>(
+        &mut self,
+        mem: &mut M,
+        alloc: &mut A,
+        device: u32,
+    ) -> Result<(), SmmuError>
     where
         M: PhysMem + ?Sized,
         A: FrameAlloc + ?Sized,
