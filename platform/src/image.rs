@@ -25,7 +25,7 @@ use crate::arch;
 use crate::dma::DmaEngine;
 use crate::local::LocalTransport;
 use crate::mem::{DmaRegion, Frame, FramePool, IdentityMem};
-use crate::scenario::{self, Layout, REGION_LEN};
+use crate::scenario::{self, FaultEvidence, Layout, REGION_LEN};
 
 const PAGE: usize = 4096;
 /// Page-table and unit-structure frames for the server and the backend (4 MiB).
@@ -122,13 +122,38 @@ pub type ImageServer<'a, B> = Server<'a, B, IdentityMem, FramePool, NoNotify>;
 /// Builds the server over `backend` (its units up) and `mem` with the static configuration
 /// (client 1 owns `device`, `reserved` is reserved in every domain and must not be empty),
 /// runs the client scenario with `edu` doing the DMA, and logs the server's statistics, then
-/// the backend's (`log_backend`).
+/// the backend's (`log_backend`). The units record every fault ([`FaultEvidence::Records`]).
 pub fn serve<B, E>(
     backend: B,
     mem: Memory,
     device: DeviceGrant<'_>,
     reserved: &[IovaRange],
     edu: &mut E,
+    log_backend: impl FnOnce(&B),
+) -> Result<(), &'static str>
+where
+    B: Backend,
+    E: DmaEngine,
+{
+    serve_with(
+        backend,
+        mem,
+        device,
+        reserved,
+        edu,
+        FaultEvidence::Records,
+        log_backend,
+    )
+}
+
+/// [`serve`], for units that tell about refused DMA as `faults` says.
+pub fn serve_with<B, E>(
+    backend: B,
+    mem: Memory,
+    device: DeviceGrant<'_>,
+    reserved: &[IovaRange],
+    edu: &mut E,
+    faults: FaultEvidence,
     log_backend: impl FnOnce(&B),
 ) -> Result<(), &'static str>
 where
@@ -198,6 +223,7 @@ where
         iova_base: IOVA_BASE,
         forbidden_phys: (&raw const SECRET) as u64,
         reserved_iova,
+        faults,
     };
     let t0 = arch::time::micros();
     let result = scenario::run(

@@ -6,7 +6,7 @@
 //! hosted runtime. This is where the unsafe code that touches hardware lives, each block with a
 //! `// SAFETY:` comment.
 //!
-//! Architecture-independent pieces ([`mem`], [`pci`], [`bars`], [`dmar`], [`devtree`], [`dma`],
+//! Architecture-independent pieces ([`mem`], [`pci`], [`bars`], [`dmar`], [`ivrs`], [`devtree`], [`dma`],
 //! [`edu`], [`local`]) build and are tested on the host too; the runtimes (`x86`, `aarch64`),
 //! the client scenario the images run (`scenario`, which logs with defmt) and what every image
 //! does around it (`image`) exist only on bare-metal targets.
@@ -22,6 +22,7 @@ pub mod dmar;
 pub mod edu;
 #[cfg(target_os = "none")]
 pub mod image;
+pub mod ivrs;
 pub mod local;
 pub mod mem;
 pub mod pci;
