@@ -277,7 +277,7 @@ impl CmdBuffer {
     /// Submits `cmds` followed by a COMPLETION_WAIT and waits until its store lands.
     /// Commands are written as space allows (the tail is published whenever the buffer is
     /// full and at the end), so any number of commands completes. A stop on a command error
-    /// seen while waiting is recovered ([`CmdBuffer::recover`]) and reported as
+    /// seen while waiting is recovered (see the module documentation) and reported as
     /// [`AmdError::CommandError`] once the batch's COMPLETION_WAIT has completed.
     #[allow(clippy::too_many_arguments)]
     pub fn run<R, M, D>(
