@@ -337,3 +337,24 @@ fn completion_wait_stores_and_interrupts() {
     assert_ne!(u.hw.borrow().status() & ST_COMWAIT_INT, 0);
     assert_eq!(u.hw.borrow().msis, vec![(0xfee0_0000, 0x33)]);
 }
+
+#[test]
+fn a_range_must_cover_a_large_page_to_drop_it() {
+    for partial in [false, true] {
+        let mut u = unit(ModelCfg {
+            partial_range_invalidates: partial,
+            ..ModelCfg::qemu()
+        });
+        u.dte(8, V | TV | (3 << 9) | 0x30_0000 | IR | IW, 7);
+        u.pte(0x30_0000, 0, table(2, 0x31_0000));
+        u.pte(0x31_0000, 1, 0x60_0000 | PR | IR | IW); // 2 MiB at IOVA 0x20_0000
+        assert_eq!(u.hw.translate(8, 0x20_1000, false), Ok(0x60_1000));
+        u.pte(0x31_0000, 1, 0);
+        // One 4 KiB page inside the 2 MiB page.
+        assert!(u.inv_pages(7, 0x20_1000));
+        assert_eq!(u.hw.translate(8, 0x20_1000, false).is_ok(), !partial);
+        // The whole 2 MiB page.
+        assert!(u.inv_pages(7, 0x20_0000 | 0xf_f000 | 1));
+        assert!(u.hw.translate(8, 0x20_1000, false).is_err());
+    }
+}

@@ -110,7 +110,8 @@ pub struct AmdStats {
     pub dte_fetches: u64,
     /// IOTLB hits (including negative ones).
     pub iotlb_hits: u64,
-    /// IOTLB hits whose result differs from a walk of memory now.
+    /// IOTLB hits, and walks through cached page directory entries, whose result differs
+    /// from a walk of memory now.
     pub stale_hits: u64,
     /// Walks that started below a cached page directory entry.
     pub pde_hits: u64,
@@ -604,11 +605,13 @@ impl AmdModel {
         }
         // Page-directory cache: start below the deepest cached pointer.
         let mut start = (root, mode, dread, dwrite);
+        let mut from_cache = false;
         for level in 1..mode {
             let key = (domain, level, iova >> tables::level_shift(level + 1));
             if let Some(p) = self.pde_cache.get(&key) {
                 self.stats.pde_hits += 1;
                 start = (p.table, p.level, p.read, p.write);
+                from_cache = true;
                 break;
             }
         }
@@ -625,6 +628,10 @@ impl AmdModel {
         for p in pdes {
             let key = (domain, p.level, iova >> tables::level_shift(p.level + 1));
             self.pde_cache.insert(key, p);
+        }
+        // A walk through a cached directory entry that memory no longer agrees with.
+        if from_cache && res != fresh {
+            self.stats.stale_hits += 1;
         }
         match res {
             Ok(l) => {

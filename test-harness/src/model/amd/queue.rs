@@ -10,7 +10,9 @@
 //!   second quadword S (0), PDE (1), GN (2), reserved 11:3, Address 63:12. With S = 0 one
 //!   4 KiB page; with S = 1 a naturally aligned range twice as large as the lowest zero
 //!   Address bit at or above bit 12. Without PDE only leaf translations go; with PDE the
-//!   cached page directory entries of the range too.
+//!   cached page directory entries of the range too. A translation of a page larger than the
+//!   range goes only when the range covers all of it (unless
+//!   [`super::AmdModelConfig::partial_range_invalidates`]).
 //! - 4h INVALIDATE_IOTLB_PAGES (device IOTLBs; legal with IotlbSup, nothing to do here).
 //! - 5h INVALIDATE_INTERRUPT_TABLE: DeviceID 15:0 (interrupt remapping is not modelled).
 //! - 6h PREFETCH_IOMMU_PAGES (with PreFSup), 7h COMPLETE_PPR_REQUEST (with PPRSup): no effect.
@@ -155,9 +157,15 @@ impl AmdModel {
     /// Drops the domain's translations overlapping `[first, last]`, and with `pde` its cached
     /// page directory entries overlapping it.
     fn invalidate_pages(&mut self, domain: u16, first: u64, last: u64, pde: bool) {
+        let partial = self.cfg.partial_range_invalidates;
         self.iotlb.retain(|&(d, base), e| {
             let end = base.saturating_add((1u64 << e.shift) - 1);
-            !(d == domain && base <= last && end >= first)
+            let hit = if partial {
+                base <= last && end >= first
+            } else {
+                base >= first && end <= last
+            };
+            !(d == domain && hit)
         });
         if pde {
             self.pde_cache.retain(|&(d, level, prefix), _| {

@@ -109,6 +109,10 @@ pub struct AmdModelConfig {
     pub cmd_hung: bool,
     /// Events are written to the event log (QEMU 10.0: false, its log records nothing).
     pub log_events: bool,
+    /// INVALIDATE_IOMMU_PAGES drops every IOTLB entry its range overlaps. Default false: only
+    /// entries the range covers entirely, the conservative reading, so that a driver whose
+    /// range cuts through a large page is caught.
+    pub partial_range_invalidates: bool,
 }
 
 impl Default for AmdModelConfig {
@@ -126,6 +130,7 @@ impl Default for AmdModelConfig {
             run_delay_reads: 0,
             cmd_hung: false,
             log_events: true,
+            partial_range_invalidates: false,
         }
     }
 }
