@@ -203,8 +203,12 @@ mod image {
         let cfg = RefCell::new(unsafe { PortConfig::new() });
         let found = discover(boot, &mut cfg.borrow_mut())?;
         for u in found.ivrs.units() {
-            // SAFETY: the IOMMU's register block, identity mapped (uncached) by the boot code;
-            // only read here, before the backend takes the unit.
+            // The boot code maps the low 4 GiB only.
+            if u.base % 0x4000 != 0 || u.base > (1 << 32) - regs::MMIO_SIZE as u64 {
+                return Err("IOMMU registers unaligned or above 4 GiB (not mapped by this image)");
+            }
+            // SAFETY: the IOMMU's register block, identity mapped (uncached) by the boot code
+            // (checked just above); only read here, before the backend takes the unit.
             let ctl = unsafe { Mmio::new(u.base as usize) }.read64(regs::CONTROL);
             if ctl & regs::control::IOMMU_EN != 0 {
                 return Err("translation already enabled at boot");
