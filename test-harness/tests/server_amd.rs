@@ -5,14 +5,16 @@
 //! cached DTE or translation may disagree with memory (`stale_hits`, `stale_dte_hits`).
 //!
 //! The suite's "caches not-present entries" setup is the capability header's NpCache bit, so
-//! both variants run. The models cannot be told to fail one invalidation or one attach only,
-//! so the injection tests run only their uninjected parts here.
+//! both variants run. Failures are injected behind the models' registers
+//! (`iommu_test_harness::inject`, at the Command Buffer Tail Pointer): a hung command buffer,
+//! a lost submission, an illegal command, a COMPLETION_WAIT that never stores.
 //!
 //! Beyond the suite: a blocked device (configured but never attached, and one no client
 //! owns) faults and is reported as blocked, and the same server over a backend that forgets
 //! its IOTLB invalidations is caught by the model.
 
 use iommu_hal::amd::{AmdBackend, AmdConfig, AmdRegs};
+use iommu_test_harness::inject::{Doorbell, Faulty, Injector, UnitFault};
 use iommu_test_harness::model::amd::{AmdHandle, AmdModelConfig as ModelCfg};
 use iommu_test_harness::rig::FakeDelay;
 use iommu_test_harness::server_suite::{
@@ -20,7 +22,7 @@ use iommu_test_harness::server_suite::{
 };
 use iommu_test_harness::sim::{SharedMem, SimAlloc};
 
-type Be = AmdBackend<AmdHandle, AmdHandle, SharedMem, FakeDelay, 2>;
+type Be = AmdBackend<Faulty<AmdHandle>, AmdHandle, SharedMem, FakeDelay, 2>;
 
 /// The units' configuration: the IOMMU capability at the model's offset, a device table for
 /// bus 0 (every device of the suite lives there).
@@ -35,14 +37,29 @@ fn unit_config() -> AmdConfig {
 struct AmdFixture {
     server: SuiteServer<Be>,
     units: [AmdHandle; 2],
+    injectors: [Injector; 2],
+    /// A fault was injected at some point: lost invalidations leave stale entries, which the
+    /// suite then judges by what DMA reaches.
+    injected: bool,
 }
 
 impl AmdFixture {
-    /// The models' violation logs are empty and no cached entry disagreed with memory.
+    /// The models' violation logs are empty (but for the illegal commands a test injected)
+    /// and, until a fault is injected, no cached entry disagreed with memory.
     fn check_models(&self) {
         for (u, hw) in self.units.iter().enumerate() {
             let v = hw.violations();
-            assert!(v.is_empty(), "unit {u} violations: {v:?}");
+            if self.injectors[u].plan().corrupted == 0 {
+                assert!(v.is_empty(), "unit {u} violations: {v:?}");
+            } else {
+                assert!(
+                    v.iter().all(|m| m.starts_with("illegal command")),
+                    "unit {u} violations: {v:?}"
+                );
+            }
+            if self.injected {
+                continue;
+            }
             let s = hw.stats();
             assert_eq!(s.stale_hits, 0, "unit {u}: stale IOTLB hits");
             assert_eq!(s.stale_dte_hits, 0, "unit {u}: stale DTE hits");
@@ -50,7 +67,8 @@ impl AmdFixture {
     }
 }
 
-fn build_units(setup: &Setup) -> ([AmdHandle; 2], Be, SharedMem, SimAlloc) {
+#[allow(clippy::type_complexity)]
+fn build_units(setup: &Setup) -> ([AmdHandle; 2], [Injector; 2], Be, SharedMem, SimAlloc) {
     let mem = SharedMem::new();
     let mut alloc = SimAlloc::new(mem.clone(), POOL_BASE, setup.pool_frames);
     let mut be = Be::new(mem.clone(), FakeDelay::default());
@@ -58,24 +76,30 @@ fn build_units(setup: &Setup) -> ([AmdHandle; 2], Be, SharedMem, SimAlloc) {
         let np = setup.caches_not_present & (1 << u) != 0;
         AmdHandle::new(mem.clone(), ModelCfg::qemu().with_np_cache(np))
     });
-    for hw in &units {
+    let injectors = [Injector::default(), Injector::default()];
+    for (hw, inj) in units.iter().zip(&injectors) {
         let regs = AmdRegs {
-            mmio: hw.clone(),
+            mmio: Faulty::new(hw.clone(), Doorbell::AmdCmdTail, mem.clone(), inj.clone()),
             config: hw.clone(),
         };
         be.add_unit(regs, &mut alloc, unit_config())
             .expect("unit bring-up");
     }
-    (units, be, mem, alloc)
+    (units, injectors, be, mem, alloc)
 }
 
 impl Fixture for AmdFixture {
     type Backend = Be;
 
     fn build(setup: &Setup, notify: Recorder) -> Self {
-        let (units, be, mem, alloc) = build_units(setup);
+        let (units, injectors, be, mem, alloc) = build_units(setup);
         let server = SuiteServer::new(be, mem, alloc, notify, config()).expect("server");
-        let f = AmdFixture { server, units };
+        let f = AmdFixture {
+            server,
+            units,
+            injectors,
+            injected: false,
+        };
         f.check_models();
         f
     }
@@ -90,11 +114,15 @@ impl Fixture for AmdFixture {
         self.check_models();
         r.map_err(|_| Faulted)
     }
-    fn fail_invalidations(&mut self, _on: bool) -> bool {
-        false
+    fn inject(&mut self, unit: usize, fault: UnitFault) -> bool {
+        self.injected = true;
+        self.injectors[unit].inject(fault);
+        true
     }
-    fn fail_next_attach(&mut self) -> bool {
-        false
+    fn heal(&mut self) {
+        for i in &self.injectors {
+            i.heal();
+        }
     }
 }
 
@@ -117,6 +145,24 @@ mod random {
     }
 }
 
+/// Random request streams with unit failures injected (issue 10): the isolation invariant
+/// holds after every step, and everything recovers once the units do.
+mod random_faults {
+    use iommu_test_harness::server_suite::{fault_op_strategy, run_fault_stream};
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+        #[test]
+        fn isolation_survives_unit_failures(
+            ops in prop::collection::vec(fault_op_strategy(), 1..40)
+        ) {
+            run_fault_stream::<super::AmdFixture>(&ops);
+        }
+    }
+}
+
 mod amd_only {
     use super::*;
     use iommu_hal::backend::{
@@ -125,6 +171,7 @@ mod amd_only {
     use iommu_hal::pagetable::Gather;
     use iommu_hal::{FrameAlloc, amd::AmdError};
     use iommu_protocol::{FaultReason, Perms};
+    use iommu_test_harness::inject::UnitFault;
     use iommu_test_harness::server_suite::{
         A, UNOWNED, attach, create, dma, faults, map, query, unmap,
     };
@@ -218,7 +265,7 @@ mod amd_only {
     impl Fixture for ForgetfulFixture {
         type Backend = Forgetful;
         fn build(setup: &Setup, notify: Recorder) -> Self {
-            let (units, be, mem, alloc) = build_units(setup);
+            let (units, _, be, mem, alloc) = build_units(setup);
             let be = Forgetful {
                 inner: be,
                 forget: false,
@@ -237,12 +284,10 @@ mod amd_only {
                 .translate(rid as u16, iova, write)
                 .map_err(|_| Faulted)
         }
-        fn fail_invalidations(&mut self, _on: bool) -> bool {
+        fn inject(&mut self, _unit: usize, _fault: UnitFault) -> bool {
             false
         }
-        fn fail_next_attach(&mut self) -> bool {
-            false
-        }
+        fn heal(&mut self) {}
     }
 
     /// With the invalidation skipped, the model's IOTLB still translates the unmapped page
