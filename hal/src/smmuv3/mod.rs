@@ -487,6 +487,9 @@ impl<R: RegisterAccess, const CDS: usize> SmmuUnit<R, CDS> {
             .write32(regs::CR1, regs::cr1::value(self.info.coherent_walk));
         self.regs
             .write32(regs::CR2, regs::cr2::RECINVSID | regs::cr2::PTM);
+        // The stream table's blocked STEs (and the queues' zeroing) are visible before the
+        // unit is pointed at them: register writes are ordered after memory writes
+        // (RegisterAccess's contract).
         self.regs.write64(
             regs::STRTAB_BASE,
             regs::strtab::RA | (self.strtab.base & regs::strtab::ADDR_MASK),
@@ -695,6 +698,8 @@ impl<R: RegisterAccess, const CDS: usize> SmmuUnit<R, CDS> {
                     // The tag now names another table: invalid first, then the new fields,
                     // V last; then nothing cached from the old CD or ASID may survive.
                     tables::write_dw0(mem, s.frame, 0, coherent);
+                    // V = 0 is visible before any other dword changes.
+                    mem.order_writes();
                     tables::write_struct(mem, s.frame, &new_cd_dw, coherent);
                     s.root = domain.root;
                     s.addr_width = domain.addr_width;

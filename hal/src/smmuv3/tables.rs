@@ -21,6 +21,12 @@
 //! doubleword other than the one holding `V` / `Config` is written first, and that
 //! doubleword last, in one 64-bit store. Blocking a live STE is that one store of dword 0
 //! with `V = 0` (the other dwords are then IGNORED).
+//!
+//! "First" and "last" are as the SMMU sees them, not only in program order (the contract of
+//! [`PhysMem`]): every store that makes a structure reachable or valid (an STE or CD dword 0,
+//! a level-1 descriptor) is a [`PhysMem::publish_u64`], a write barrier and the store, so the
+//! other dwords, what the structure points at (a CD, a level-2 table, page tables) and the
+//! cache cleans of a non-coherent SMMU are visible before it.
 
 use crate::mem::{PAGE_SIZE, PhysAddr, PhysMem};
 
@@ -214,9 +220,11 @@ pub const fn s1_cd(p: CdParams) -> Dwords {
 
 /// Writes the structure `new` at `pa` (an STE or CD) so that the SMMU never sees it valid
 /// with stale fields: doublewords 1 to 7 first (only those that change), then dword 0 (V,
-/// Config / ASID) in one 64-bit store. Correct both for a structure that is currently
-/// invalid (V = 0: its other dwords are IGNORED) and for a live one whose dwords 1-7 do not
-/// change (moving an STE between CDs). Returns whether anything was written.
+/// Config / ASID) in one published 64-bit store (barrier, then store). Correct both for a
+/// structure that is currently invalid (V = 0: its other dwords are IGNORED) and for a live
+/// one whose dwords 1-7 do not change (moving an STE between CDs). A live structure whose
+/// other dwords change must first be made invalid with [`write_dw0`] and that ordered with
+/// [`PhysMem::order_writes`]. Returns whether anything was written.
 pub fn write_struct<M: PhysMem + ?Sized>(
     mem: &mut M,
     pa: PhysAddr,
@@ -235,7 +243,7 @@ pub fn write_struct<M: PhysMem + ?Sized>(
         mem.sync_for_device(pa + 8, 56);
     }
     if mem.read_u64(pa) != new[0] {
-        mem.write_u64(pa, new[0]);
+        mem.publish_u64(pa, new[0]);
         if !coherent {
             mem.sync_for_device(pa, 8);
         }
@@ -244,10 +252,11 @@ pub fn write_struct<M: PhysMem + ?Sized>(
     changed
 }
 
-/// Replaces only dword 0 of a live structure in one 64-bit store (e.g. blocking an STE or
-/// invalidating a CD: dword 0 with V = 0).
+/// Replaces only dword 0 of a live structure in one published 64-bit store (e.g. blocking an
+/// STE or invalidating a CD: dword 0 with V = 0). Writes that must not be seen before it (a
+/// rewrite of the other dwords) need an [`PhysMem::order_writes`] after it.
 pub fn write_dw0<M: PhysMem + ?Sized>(mem: &mut M, pa: PhysAddr, dw0: u64, coherent: bool) {
-    mem.write_u64(pa, dw0);
+    mem.publish_u64(pa, dw0);
     if !coherent {
         mem.sync_for_device(pa, 8);
     }
@@ -314,10 +323,12 @@ impl StreamTable {
         Some(l2 + (sid as u64 & (STES_PER_FRAME - 1)) * STE_SIZE)
     }
 
-    /// Links the level-2 table `l2` (already filled with blocked STEs) for `sid`.
+    /// Links the level-2 table `l2` (already filled with blocked STEs, and cleaned on a
+    /// non-coherent SMMU) for `sid`, published: the blocked STEs are visible before the
+    /// descriptor that makes them reachable.
     pub fn set_l2<M: PhysMem + ?Sized>(&self, mem: &mut M, sid: u32, l2: PhysAddr, coherent: bool) {
         let pa = self.l1_desc_pa(sid);
-        mem.write_u64(pa, l1::desc(l2));
+        mem.publish_u64(pa, l1::desc(l2));
         if !coherent {
             mem.sync_for_device(pa, L1_DESC_SIZE);
         }
