@@ -252,11 +252,12 @@ pub fn write_struct<M: PhysMem + ?Sized>(
     changed
 }
 
-/// Replaces only dword 0 of a live structure in one published 64-bit store (e.g. blocking an
-/// STE or invalidating a CD: dword 0 with V = 0). Writes that must not be seen before it (a
-/// rewrite of the other dwords) need an [`PhysMem::order_writes`] after it.
+/// Replaces only dword 0 of a live structure in one 64-bit store (e.g. blocking an STE or
+/// invalidating a CD: dword 0 with V = 0). Such a store makes nothing reachable, so no barrier
+/// precedes it; writes that must not be seen before it (a rewrite of the other dwords) need a
+/// [`PhysMem::order_writes`] after it.
 pub fn write_dw0<M: PhysMem + ?Sized>(mem: &mut M, pa: PhysAddr, dw0: u64, coherent: bool) {
-    mem.publish_u64(pa, dw0);
+    mem.write_u64(pa, dw0);
     if !coherent {
         mem.sync_for_device(pa, 8);
     }
