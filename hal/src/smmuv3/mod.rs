@@ -661,55 +661,29 @@ impl<R: RegisterAccess, const CDS: usize> SmmuUnit<R, CDS> {
             return Err(SmmuError::TooManyDomains);
         }
 
-        // Frames first: a shortage changes nothing.
-        let need_l2 = self.strtab.ste_pa(mem, sid).is_none();
-        let l2 = if need_l2 {
-            Some(alloc_one(alloc).ok_or(SmmuError::NoFrame)?)
-        } else {
-            None
+        // Frames first: a shortage changes nothing. Where the STE is (in the level-2 table
+        // already linked, or in the one allocated now) is settled before anything is written.
+        let (ste_pa, l2) = match self.strtab.ste_pa(mem, sid) {
+            Some(pa) => (pa, None),
+            None => {
+                let f = alloc_one(alloc).ok_or(SmmuError::NoFrame)?;
+                (StreamTable::l2_ste_pa(f, sid), Some(f))
+            }
         };
-        let new_cd = if slot.is_none() {
-            match alloc_one(alloc) {
-                Some(f) => Some(f),
-                None => {
-                    if let Some(f) = l2 {
-                        alloc.free_frame(f);
-                    }
+        let free_l2 = |alloc: &mut A| {
+            if let Some(f) = l2 {
+                alloc.free_frame(f);
+            }
+        };
+        // The CD: the tag's own, or a new one, recorded before anything is written (the list
+        // has room, checked above; were it full, nothing would have changed either).
+        let (idx, new_cd) = match slot {
+            Some(i) => (i, false),
+            None => {
+                let Some(f) = alloc_one(alloc) else {
+                    free_l2(alloc);
                     return Err(SmmuError::NoFrame);
-                }
-            }
-        } else {
-            None
-        };
-
-        let mut cmds: Vec<Cmd, 4> = Vec::new();
-        if let Some(l2) = l2 {
-            tables::fill_blocked(mem, l2, coherent);
-            self.strtab.set_l2(mem, sid, l2, coherent);
-        }
-        let Some(ste_pa) = self.strtab.ste_pa(mem, sid) else {
-            return Err(SmmuError::BadDevice);
-        };
-        let new_cd_dw = tables::s1_cd(params);
-        let (idx, cd_pa) = match (slot, new_cd) {
-            (Some(i), _) => {
-                let s = &mut self.cds[i];
-                if s.root != domain.root || s.addr_width != domain.addr_width {
-                    // The tag now names another table: invalid first, then the new fields,
-                    // V last; then nothing cached from the old CD or ASID may survive.
-                    tables::write_dw0(mem, s.frame, 0, coherent);
-                    // V = 0 is visible before any other dword changes.
-                    mem.order_writes();
-                    tables::write_struct(mem, s.frame, &new_cd_dw, coherent);
-                    s.root = domain.root;
-                    s.addr_width = domain.addr_width;
-                    let _ = cmds.push(Cmd::CfgiAll);
-                    let _ = cmds.push(Cmd::TlbiNhAsid { asid: domain.tag });
-                }
-                (i, s.frame)
-            }
-            (None, Some(f)) => {
-                tables::write_struct(mem, f, &new_cd_dw, coherent);
+                };
                 let s = CdSlot {
                     tag: domain.tag,
                     frame: f,
@@ -719,14 +693,37 @@ impl<R: RegisterAccess, const CDS: usize> SmmuUnit<R, CDS> {
                 };
                 if self.cds.push(s).is_err() {
                     alloc.free_frame(f);
+                    free_l2(alloc);
                     return Err(SmmuError::TooManyDomains);
                 }
-                // Nothing an earlier user of this ASID left in the TLB may be used.
-                let _ = cmds.push(Cmd::TlbiNhAsid { asid: domain.tag });
-                (self.cds.len() - 1, f)
+                (self.cds.len() - 1, true)
             }
-            (None, None) => return Err(SmmuError::TooManyDomains),
         };
+
+        let mut cmds: Vec<Cmd, 4> = Vec::new();
+        if let Some(l2) = l2 {
+            tables::fill_blocked(mem, l2, coherent);
+            self.strtab.set_l2(mem, sid, l2, coherent);
+        }
+        let new_cd_dw = tables::s1_cd(params);
+        let s = &mut self.cds[idx];
+        let cd_pa = s.frame;
+        if new_cd {
+            tables::write_struct(mem, cd_pa, &new_cd_dw, coherent);
+            // Nothing an earlier user of this ASID left in the TLB may be used.
+            let _ = cmds.push(Cmd::TlbiNhAsid { asid: domain.tag });
+        } else if s.root != domain.root || s.addr_width != domain.addr_width {
+            // The tag now names another table: invalid first, then the new fields, V last;
+            // then nothing cached from the old CD or ASID may survive.
+            tables::write_dw0(mem, cd_pa, 0, coherent);
+            // V = 0 is visible before any other dword changes.
+            mem.order_writes();
+            tables::write_struct(mem, cd_pa, &new_cd_dw, coherent);
+            s.root = domain.root;
+            s.addr_width = domain.addr_width;
+            let _ = cmds.push(Cmd::CfgiAll);
+            let _ = cmds.push(Cmd::TlbiNhAsid { asid: domain.tag });
+        }
 
         let cur = tables::ste_state(mem.read_u64(ste_pa));
         let changed = tables::write_struct(mem, ste_pa, &tables::s1_ste(cd_pa, coherent), coherent);
@@ -738,7 +735,7 @@ impl<R: RegisterAccess, const CDS: usize> SmmuUnit<R, CDS> {
                 o.users = o.users.saturating_sub(1);
             }
         }
-        if changed || need_l2 {
+        if changed || l2.is_some() {
             let _ = cmds.push(Cmd::CfgiSte { sid, leaf: false });
             let _ = cmds.push(Cmd::CfgiCd { sid });
         }

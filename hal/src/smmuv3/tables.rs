@@ -320,8 +320,13 @@ impl StreamTable {
         if d & l1::SPAN_MASK != SPLIT as u64 + 1 {
             return None;
         }
-        let l2 = d & l1::L2PTR_MASK;
-        Some(l2 + (sid as u64 & (STES_PER_FRAME - 1)) * STE_SIZE)
+        Some(Self::l2_ste_pa(d & l1::L2PTR_MASK, sid))
+    }
+
+    /// Address of the STE of `sid` within the level-2 table `l2` that holds it (2-level
+    /// tables only; the table need not be linked yet).
+    pub const fn l2_ste_pa(l2: PhysAddr, sid: u32) -> PhysAddr {
+        l2 + (sid as u64 & (STES_PER_FRAME - 1)) * STE_SIZE
     }
 
     /// Links the level-2 table `l2` (already filled with blocked STEs, and cleaned on a
