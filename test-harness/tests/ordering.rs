@@ -387,11 +387,12 @@ fn smmuv3_first_attach_installs_level2_table_cd_and_ste() {
             mem: r.mem,
         }
     });
-    // The level-1 descriptor (the level-2 table's blocked STEs, poison otherwise) and the STE
-    // (its CD and the domain's tables) are caught. The CD's own barrier is not observable
-    // here: a new CD is unreachable until the STE that points at it is published, and that
-    // publication orders it too.
-    assert_eq!(caught, [true, false, true], "L1 descriptor, CD, STE");
+    // The level-1 descriptor (the level-2 table's blocked STEs, poison otherwise) is caught.
+    // The CD's and the STE's barriers are not observable here: the STE goes from invalid to
+    // valid, so its other dwords are made observed with CFGI_STE + CMD_SYNC before V is set
+    // (SMMUv3 3.21.3.1), and that doorbell orders everything written before it (the new CD,
+    // which no valid STE reached yet, and the domain's tables) as well.
+    assert_eq!(caught, [true, false, false], "L1 descriptor, CD, STE");
 }
 
 #[test]
@@ -475,11 +476,11 @@ fn smmuv3_cd_rewritten_under_a_live_stream() {
             mem: r.mem,
         }
     });
-    // V = 0 made visible before the other dwords change, and the new dword 0 after them, are
-    // both caught. The STE of the newly attached device is not observable here: its level-2
-    // table exists, and the only dword besides dword 0 that changes (attributes of CD
-    // fetches) leaves a valid STE either way.
-    assert_eq!(caught, [true, true, false], "CD V = 0, CD dword 0, STE");
+    // The CD is retargeted by the update procedure of SMMUv3 3.21.3.1: V = 0, CFGI + CMD_SYNC,
+    // the other dwords, CFGI + CMD_SYNC, V = 1. Each step is ordered by a doorbell, so the
+    // barriers before the new dword 0 and before the other device's STE add nothing
+    // observable; the sweep shows the procedure holds with each of them dropped.
+    assert_eq!(caught, [false, false], "CD dword 0, STE");
 }
 
 #[test]
@@ -535,7 +536,120 @@ fn smmuv3_linear_stream_table() {
             mem: r.mem,
         }
     });
-    assert_eq!(caught, [false, true], "CD, STE");
+    // As on a 2-level table: the STE goes from invalid to valid through CFGI_STE + CMD_SYNC.
+    assert_eq!(caught, [false, false], "CD, STE");
+}
+
+/// SMMUv3 3.21.3.1: the SMMU may read a structure's dwords in any order and cache it even
+/// while invalid, so a structure the SMMU can reach goes from invalid to valid only after its
+/// other dwords were made observed by a CFGI and a completed CMD_SYNC, and a valid one is
+/// changed in more than dword 0 only after it was made invalid the same way. Every store is
+/// recorded with the number of CMD_SYNCs the model had completed by then.
+#[test]
+fn smmuv3_structures_follow_the_update_procedure() {
+    use std::cell::RefCell;
+    use std::rc::Rc;
+
+    #[derive(Clone)]
+    struct Recording {
+        mem: SharedMem,
+        hw: SmmuHandle,
+        log: Rc<RefCell<Vec<(u64, u64, u64)>>>,
+    }
+    impl PhysMem for Recording {
+        fn read_u64(&self, pa: u64) -> u64 {
+            self.mem.read_u64(pa)
+        }
+        fn write_u64(&mut self, pa: u64, value: u64) {
+            let syncs = self.hw.stats().syncs;
+            self.log.borrow_mut().push((pa, value, syncs));
+            self.mem.write_u64(pa, value)
+        }
+        fn order_writes(&mut self) {}
+    }
+    type Be = SmmuBackend<SmmuHandle, Recording, FakeDelay, 1>;
+
+    let dev = SharedMem::new();
+    let hw = SmmuHandle::new(dev.clone(), SmmuModelCfg::default());
+    let rec = Recording {
+        mem: dev.clone(),
+        hw: hw.clone(),
+        log: Default::default(),
+    };
+    let mut alloc = SimAlloc::new(dev.clone(), POOL, 1024);
+    let mut be = Be::new(rec.clone(), FakeDelay::default());
+    be.add_unit(hw.clone(), &mut alloc, SmmuConfig::default())
+        .expect("bring-up");
+    let info = be.unit_info(0);
+    let mut m = rec.clone();
+    let mut table = |width: u32, phys: u64| {
+        let mut pt = PageTable::<ArmS1>::new(
+            iommu_hal::pagetable::TableConfig {
+                addr_width: width,
+                ..rig::unit_table_config(&info)
+            },
+            &mut alloc,
+        )
+        .expect("table");
+        let mut g = Gather::new();
+        pt.map(&mut m, &mut alloc, IOVA, phys, 0x1000, Perms::RW, &mut g)
+            .expect("map");
+        pt
+    };
+    let a = table(48, PHYS_A);
+    let b = table(39, PHYS_B);
+    let stores = |pa: u64, len: u64| -> Vec<(u64, u64, u64)> {
+        rec.log
+            .borrow()
+            .iter()
+            .copied()
+            .filter(|&(p, _, _)| (pa..pa + len).contains(&p))
+            .collect()
+    };
+
+    // An STE going from invalid to valid.
+    rec.log.borrow_mut().clear();
+    be.attach(&mut alloc, 0, SSID2, dom(&a, 7)).expect("attach");
+    let ste = be
+        .unit(0)
+        .unwrap()
+        .stream_table()
+        .ste_pa(&dev, SSID2)
+        .unwrap();
+    let fields = stores(ste + 8, 56);
+    // (The level-2 table is new: its blocked dword 0 is stored first.)
+    let v: Vec<_> = stores(ste, 8)
+        .into_iter()
+        .filter(|s| s.1 & 1 != 0)
+        .collect();
+    assert!(!fields.is_empty() && v.len() == 1, "{fields:x?} {v:x?}");
+    assert!(
+        v[0].2 > fields.iter().map(|f| f.2).max().unwrap(),
+        "STE V set before a CMD_SYNC completed after its other dwords: {fields:x?} {v:x?}"
+    );
+
+    // A CD reachable through SSID2's valid STE, retargeted to another table (39 bits).
+    rec.log.borrow_mut().clear();
+    be.attach(&mut alloc, 0, SSID, dom(&b, 7)).expect("attach");
+    let cd = be.unit(0).unwrap().context_descriptors()[0].frame;
+    let dw0 = stores(cd, 8);
+    let fields = stores(cd + 8, 56);
+    assert_eq!(dw0.len(), 2, "V = 0, then the new dword 0: {dw0:x?}");
+    assert_eq!(dw0[0].1 & (1 << 31), 0);
+    assert_ne!(dw0[1].1 & (1 << 31), 0);
+    assert!(!fields.is_empty());
+    let first = fields.iter().map(|f| f.2).min().unwrap();
+    let last = fields.iter().map(|f| f.2).max().unwrap();
+    assert!(
+        first > dw0[0].2,
+        "CD fields changed before V = 0 was observed: {dw0:x?} {fields:x?}"
+    );
+    assert!(
+        dw0[1].2 > last,
+        "CD V set before its other dwords were observed: {dw0:x?} {fields:x?}"
+    );
+    assert_eq!(hw.probe(SSID2, IOVA, Access::Read), Ok(PHYS_B));
+    assert_eq!(hw.probe(SSID, IOVA, Access::Read), Ok(PHYS_B));
 }
 
 #[test]

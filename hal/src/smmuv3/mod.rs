@@ -628,11 +628,13 @@ impl<R: RegisterAccess, const CDS: usize> SmmuUnit<R, CDS> {
     /// Allocates from `alloc` the level-2 stream table holding the device (2-level tables,
     /// first device of its 64-StreamID group) and the domain's CD (first attach of the tag
     /// on this unit); a CD whose tag is attached again with another root table is rewritten
-    /// (made invalid first) and every cached configuration and TLB entry of the ASID is
+    /// (made invalid, then its other dwords, then V, each step made observed with CFGI_ALL +
+    /// CMD_SYNC: SMMUv3 3.21.3.1) and every cached configuration and TLB entry of the ASID is
     /// invalidated. The STE is then written with dword 0 (V, Config, S1ContextPtr) last, so
     /// it switches from blocked (or from the previous domain's CD) to the new CD in one
-    /// store: never a window of bypass. CFGI_STE + CFGI_CD (+ TLBI_NH_ASID for a new or
-    /// rewritten CD) and a CMD_SYNC follow, and complete before this returns.
+    /// store: never a window of bypass; a blocked STE's other dwords are made observed
+    /// (CFGI_STE + CMD_SYNC) before V is set (3.21.3.1). CFGI_STE + CFGI_CD (+ TLBI_NH_ASID
+    /// for a new or rewritten CD) and a CMD_SYNC follow, and complete before this returns.
     pub fn attach<M, D, A>(
         &mut self,
         mem: &mut M,
@@ -706,27 +708,47 @@ impl<R: RegisterAccess, const CDS: usize> SmmuUnit<R, CDS> {
             self.strtab.set_l2(mem, sid, l2, coherent);
         }
         let new_cd_dw = tables::s1_cd(params);
-        let s = &mut self.cds[idx];
-        let cd_pa = s.frame;
+        let cd_pa = self.cds[idx].frame;
+        let retarget = !new_cd
+            && (self.cds[idx].root != domain.root || self.cds[idx].addr_width != domain.addr_width);
         if new_cd {
+            // No STE points at it yet, so the SMMU cannot have fetched it: written whole, V
+            // included (SMMUv3 3.21.3.1); the STE's publication below orders it.
             tables::write_struct(mem, cd_pa, &new_cd_dw, coherent);
             // Nothing an earlier user of this ASID left in the TLB may be used.
             let _ = cmds.push(Cmd::TlbiNhAsid { asid: domain.tag });
-        } else if s.root != domain.root || s.addr_width != domain.addr_width {
-            // The tag now names another table: invalid first, then the new fields, V last;
-            // then nothing cached from the old CD or ASID may survive.
+        } else if retarget {
+            // The tag now names another table. SMMUv3 3.21.3.1: the SMMU reads a structure's
+            // dwords in any order and may cache it, so the CD is made invalid and that
+            // completed, its other dwords written and that completed while V = 0, and only
+            // then V set; then nothing cached from the old CD or ASID may survive.
             tables::write_dw0(mem, cd_pa, 0, coherent);
-            // V = 0 is visible before any other dword changes.
-            mem.order_writes();
-            tables::write_struct(mem, cd_pa, &new_cd_dw, coherent);
+            self.run(mem, delay, &[Cmd::CfgiAll])?;
+            if tables::write_fields(mem, cd_pa, &new_cd_dw, coherent) {
+                self.run(mem, delay, &[Cmd::CfgiAll])?;
+            }
+            tables::publish_dw0(mem, cd_pa, new_cd_dw[0], coherent);
+            let s = &mut self.cds[idx];
             s.root = domain.root;
             s.addr_width = domain.addr_width;
             let _ = cmds.push(Cmd::CfgiAll);
             let _ = cmds.push(Cmd::TlbiNhAsid { asid: domain.tag });
         }
 
+        let ste = tables::s1_ste(cd_pa, coherent);
         let cur = tables::ste_state(mem.read_u64(ste_pa));
-        let changed = tables::write_struct(mem, ste_pa, &tables::s1_ste(cd_pa, coherent), coherent);
+        let mut changed = false;
+        if cur == SteState::Invalid && tables::write_fields(mem, ste_pa, &ste, coherent) {
+            // SMMUv3 3.21.3.1: the SMMU may hold this invalid STE cached, in whole or in
+            // part, and need not read V before the other dwords; they are made observed while
+            // V = 0 (CFGI_STE, CMD_SYNC) before V is set. A valid STE only ever changes in
+            // dword 0 here (another CD), one single-copy-atomic store.
+            let _ = cmds.push(Cmd::CfgiSte { sid, leaf: false });
+            self.run(mem, delay, &cmds)?;
+            cmds.clear();
+            changed = true;
+        }
+        changed |= tables::write_struct(mem, ste_pa, &ste, coherent);
         if cur != SteState::S1(cd_pa) {
             self.cds[idx].users = self.cds[idx].users.saturating_add(1);
             if let SteState::S1(old) = cur

@@ -218,14 +218,28 @@ pub const fn s1_cd(p: CdParams) -> Dwords {
     ]
 }
 
-/// Writes the structure `new` at `pa` (an STE or CD) so that the SMMU never sees it valid
-/// with stale fields: doublewords 1 to 7 first (only those that change), then dword 0 (V,
-/// Config / ASID) in one published 64-bit store (barrier, then store). Correct both for a
-/// structure that is currently invalid (V = 0: its other dwords are IGNORED) and for a live
-/// one whose dwords 1-7 do not change (moving an STE between CDs). A live structure whose
-/// other dwords change must first be made invalid with [`write_dw0`] and that ordered with
-/// [`PhysMem::order_writes`]. Returns whether anything was written.
+/// Writes the structure `new` at `pa` (an STE or CD) in one go: doublewords 1 to 7 first
+/// (only those that change, see [`write_fields`]), then dword 0 (V, Config / ASID) published
+/// (see [`publish_dw0`]). Only for a structure the SMMU cannot have fetched, i.e. one no
+/// valid pointer reaches (a new CD before any STE points at it: SMMUv3 3.21.3.1, "structures
+/// might be fully initialized prior to a pointer to the structure becoming observable"), or
+/// for a change of dword 0 alone (moving an STE between CDs: one single-copy-atomic store).
+/// A reachable structure going from invalid to valid needs an invalidation between the two
+/// steps (the SMMU may have cached it, and need not read V first); see
+/// [`super::SmmuUnit::attach`]. Returns whether anything was written.
 pub fn write_struct<M: PhysMem + ?Sized>(
+    mem: &mut M,
+    pa: PhysAddr,
+    new: &Dwords,
+    coherent: bool,
+) -> bool {
+    let fields = write_fields(mem, pa, new, coherent);
+    publish_dw0(mem, pa, new[0], coherent) || fields
+}
+
+/// Writes doublewords 1 to 7 of `new` at `pa`, those that differ from memory, and cleans them
+/// for a non-coherent SMMU. Returns whether any changed.
+pub fn write_fields<M: PhysMem + ?Sized>(
     mem: &mut M,
     pa: PhysAddr,
     new: &Dwords,
@@ -242,20 +256,32 @@ pub fn write_struct<M: PhysMem + ?Sized>(
     if changed && !coherent {
         mem.sync_for_device(pa + 8, 56);
     }
-    if mem.read_u64(pa) != new[0] {
-        mem.publish_u64(pa, new[0]);
-        if !coherent {
-            mem.sync_for_device(pa, 8);
-        }
-        changed = true;
-    }
     changed
+}
+
+/// Stores `dw0` as dword 0 at `pa` if it differs, published: a write barrier first, so every
+/// earlier write (the other dwords, what the structure points at, the cache cleans of a
+/// non-coherent SMMU) is visible before it. Returns whether it was written.
+pub fn publish_dw0<M: PhysMem + ?Sized>(
+    mem: &mut M,
+    pa: PhysAddr,
+    dw0: u64,
+    coherent: bool,
+) -> bool {
+    if mem.read_u64(pa) == dw0 {
+        return false;
+    }
+    mem.publish_u64(pa, dw0);
+    if !coherent {
+        mem.sync_for_device(pa, 8);
+    }
+    true
 }
 
 /// Replaces only dword 0 of a live structure in one 64-bit store (e.g. blocking an STE or
 /// invalidating a CD: dword 0 with V = 0). Such a store makes nothing reachable, so no barrier
-/// precedes it; writes that must not be seen before it (a rewrite of the other dwords) need a
-/// [`PhysMem::order_writes`] after it.
+/// precedes it. The SMMU sees the structure invalid only once a CFGI of it and a CMD_SYNC have
+/// completed (SMMUv3 3.21.3.1); its other dwords may change only after that.
 pub fn write_dw0<M: PhysMem + ?Sized>(mem: &mut M, pa: PhysAddr, dw0: u64, coherent: bool) {
     mem.write_u64(pa, dw0);
     if !coherent {
