@@ -29,9 +29,14 @@
 //! Writes are ordered so that the IOMMU never sees a half-written entry: words 3, 2 and 1
 //! are written while word 0 still blocks (or says what it said before), then word 0, which
 //! carries V, TV, Mode, the root and the permissions, is published in one 64-bit store
-//! after [`PhysMem::order_writes`] ([`PhysMem::publish_u64`]). An entry that translates is
-//! never changed in place: it is blocked first (one store of word 0) and that change
-//! invalidated and completed, so no cached copy of the old entry outlives the new DomainID.
+//! after [`PhysMem::order_writes`] ([`PhysMem::publish_u64`]): the other words and the
+//! domain's page tables are visible to the IOMMU before the entry that reaches them. An entry
+//! that translates is never changed in place: it is blocked first (one store of word 0) and
+//! that change invalidated and completed, so no cached copy of the old entry outlives the new
+//! DomainID. A blocking store makes nothing reachable and needs no barrier before it; the
+//! command buffer's tail write orders it before the INVALIDATE_DEVTAB_ENTRY that follows
+//! (the register half of the [`PhysMem`] contract), as the Device Table Base write orders
+//! the blocked entries of a new table.
 
 use crate::mem::{PAGE_SIZE, PhysAddr, PhysMem};
 
@@ -192,13 +197,13 @@ impl DeviceTable {
     }
 
     /// Fills every entry with [`Dte::blocked`] (word 0 only: the frames are zero). Called
-    /// before the table is handed to the IOMMU.
+    /// before the table is handed to the IOMMU (the Device Table Base register write orders
+    /// these stores before it).
     pub fn block_all<M: PhysMem + ?Sized>(self, mem: &mut M) {
         let w0 = Dte::blocked().0[0];
         for i in 0..u64::from(self.entries()) {
             mem.write_u64(self.base + i * DTE_SIZE, w0);
         }
-        mem.order_writes();
     }
 
     /// Installs `new` at `pa`, whose current word 0 does not translate (blocked, or never
@@ -213,9 +218,9 @@ impl DeviceTable {
 
     /// Makes the entry at `pa` blocking in one 64-bit store of word 0 (V = 1, TV = 1,
     /// Mode = 0, IR = IW = 0); the other words keep what they held (DomainID only names the
-    /// events the blocked device raises).
+    /// events the blocked device raises). A plain store: it makes nothing reachable.
     pub fn block<M: PhysMem + ?Sized>(mem: &mut M, pa: PhysAddr) {
-        mem.publish_u64(pa, Dte::blocked().0[0]);
+        mem.write_u64(pa, Dte::blocked().0[0]);
     }
 }
 

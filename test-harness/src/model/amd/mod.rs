@@ -674,6 +674,45 @@ impl AmdModel {
         }
     }
 
+    /// What the unit could see at this moment: a translation of `device`'s access at `iova`
+    /// from memory alone (the DTE and the tables as they are), consulting and filling no
+    /// cache and raising no event. Returns the physical address and the DomainID of the DTE
+    /// used (0 for an untranslated pass).
+    pub fn probe(&self, device: u16, iova: u64, write: bool) -> Result<(u64, u16), AmdFault> {
+        if self.control & CTL_IOMMU_EN == 0 {
+            return Ok((iova, 0));
+        }
+        if u64::from(device) >= self.devtab_entries() {
+            return Err(AmdFault::BeyondTable);
+        }
+        let pa = (self.devtab & 0x000f_ffff_ffff_f000) + u64::from(device) * 32;
+        let dte = tables::read_dte(&self.mem, pa);
+        match dte.kind() {
+            DteKind::PassThrough => Ok((iova, 0)),
+            DteKind::Illegal(_) => Err(AmdFault::IllegalDte),
+            DteKind::Untranslated { read, write: w } => {
+                if (write && w) || (!write && read) {
+                    Ok((iova, dte.domain()))
+                } else {
+                    Err(AmdFault::PageFault { present: true })
+                }
+            }
+            DteKind::Translated {
+                root,
+                mode,
+                read,
+                write: w,
+            } => match self.fresh_walk(root, mode, read, w, iova) {
+                Ok(l) if (write && l.write) || (!write && l.read) => {
+                    Ok((l.phys + (iova - l.iova_base), dte.domain()))
+                }
+                Ok(_) => Err(AmdFault::PageFault { present: true }),
+                Err(WalkError::Malformed(_)) => Err(AmdFault::PageFault { present: true }),
+                Err(_) => Err(AmdFault::PageFault { present: false }),
+            },
+        }
+    }
+
     /// A DMA read of `len` bytes by `device` at `iova`, page by page; the first page that
     /// faults ends the transfer with its fault.
     pub fn dma_read(&mut self, device: u16, iova: u64, len: usize) -> Result<Vec<u8>, AmdFault> {
@@ -776,6 +815,10 @@ impl AmdHandle {
     /// See [`AmdModel::dma_write`].
     pub fn dma_write(&self, device: u16, iova: u64, data: &[u8]) -> Result<(), AmdFault> {
         self.0.borrow_mut().dma_write(device, iova, data)
+    }
+    /// See [`AmdModel::probe`].
+    pub fn probe(&self, device: u16, iova: u64, write: bool) -> Result<(u64, u16), AmdFault> {
+        self.0.borrow().probe(device, iova, write)
     }
     /// See [`AmdModel::stats`].
     pub fn stats(&self) -> AmdStats {
