@@ -574,7 +574,10 @@ mod tests {
             find_capability(&mut cfg, Bdf::new(0, 2, 0), CAP_ID_PCIE),
             Some(0x40)
         );
-        assert_eq!(aliases(&mut cfg, Bdf::new(1, 3, 0)), Ok(vec![0x0118, 0x0100]));
+        assert_eq!(
+            aliases(&mut cfg, Bdf::new(1, 3, 0)),
+            Ok(vec![0x0118, 0x0100])
+        );
         // The device at devfn 0 behind it: its own id is the alias (listed once).
         cfg.add(Bdf::new(1, 0, 0), EDU.0, EDU.1, 0);
         assert_eq!(aliases(&mut cfg, Bdf::new(1, 0, 0)), Ok(vec![0x0100]));
@@ -588,7 +591,10 @@ mod tests {
         cfg.bridge(Bdf::new(0, 2, 0), 1, 2, Some(port_type::ROOT_PORT));
         cfg.bridge(Bdf::new(1, 0, 0), 2, 2, Some(port_type::PCIE_TO_PCI));
         cfg.add(Bdf::new(2, 3, 0), EDU.0, EDU.1, 0);
-        assert_eq!(aliases(&mut cfg, Bdf::new(2, 3, 0)), Ok(vec![0x0218, 0x0200]));
+        assert_eq!(
+            aliases(&mut cfg, Bdf::new(2, 3, 0)),
+            Ok(vec![0x0218, 0x0200])
+        );
         // Behind the root port alone, edu keeps its own id.
         cfg.add(Bdf::new(1, 4, 0), EDU.0, EDU.1, 0);
         assert_eq!(aliases(&mut cfg, Bdf::new(1, 4, 0)), Ok(vec![0x0120]));
@@ -620,7 +626,10 @@ mod tests {
         cfg.bridge(Bdf::new(1, 0, 0), 2, 2, None);
         cfg.bridge(Bdf::new(2, 0, 0), 1, 1, None);
         cfg.add(Bdf::new(2, 3, 0), EDU.0, EDU.1, 0);
-        assert_eq!(aliases(&mut cfg, Bdf::new(2, 3, 0)), Err(AliasError::BusLoop));
+        assert_eq!(
+            aliases(&mut cfg, Bdf::new(2, 3, 0)),
+            Err(AliasError::BusLoop)
+        );
         let mut cfg = FakeCfg::default();
         for b in 0..9u8 {
             cfg.bridge(Bdf::new(b, 0, 0), b + 1, 9, None);
@@ -643,7 +652,8 @@ mod tests {
         let b = Bdf::new(0, 5, 0);
         cfg.add(b, EDU.0, EDU.1, 0);
         assert_eq!(find_capability(&mut cfg, b, CAP_ID_PCIE), None, "no list");
-        cfg.words.insert((b.rid(), 0x04), u32::from(STATUS_CAP_LIST) << 16);
+        cfg.words
+            .insert((b.rid(), 0x04), u32::from(STATUS_CAP_LIST) << 16);
         cfg.words.insert((b.rid(), 0x34), 0x40);
         cfg.words.insert((b.rid(), 0x40), 0x4001); // links to itself
         assert_eq!(find_capability(&mut cfg, b, CAP_ID_PCIE), None);

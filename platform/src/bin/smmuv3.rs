@@ -48,7 +48,7 @@ mod image {
     use iommu_platform::bars::{BarAllocator, BarWindow};
     use iommu_platform::devtree::{self, Machine};
     use iommu_platform::edu::{self, Edu};
-    use iommu_platform::image::{self, Memory};
+    use iommu_platform::image::{self, Delivery, Memory};
     use iommu_platform::mem::{IdentityMem, Mmio};
     use iommu_platform::pci::{self, Bdf, Ecam};
     use iommu_protocol::IovaRange;
@@ -245,13 +245,21 @@ mod image {
         }
 
         let device = DeviceGrant::new(edu_unit.ok_or("edu's SMMU was not brought up")?, found.sid);
-        image::serve(backend, mem, device, &[MSI_WINDOW], &mut edu, |backend| {
-            for u in 0..found.machine.smmus.len() {
-                if let Some(c) = backend.counters(u) {
-                    defmt::info!("SMMU unit {=usize} counters: {}", u, c);
+        image::serve(
+            backend,
+            mem,
+            device,
+            &[MSI_WINDOW],
+            Delivery::Polling,
+            &mut edu,
+            |backend| {
+                for u in 0..found.machine.smmus.len() {
+                    if let Some(c) = backend.counters(u) {
+                        defmt::info!("SMMU unit {=usize} counters: {}", u, c);
+                    }
                 }
-            }
-        })
+            },
+        )
     }
 
     fn main(boot: BootInfo) -> ! {

@@ -8,8 +8,11 @@
 //! 3. Bring every DRHD up with the VT-d backend (`iommu_hal::vtd`), build the server
 //!    (`iommu_server`) with a static configuration granting client 1 the edu device and 8 MiB
 //!    of RAM, and client 2 only 64 KiB of its own RAM.
-//! 4. Run the client scenario (`iommu_platform::scenario`): the clients talk to the server only
-//!    through encoded protocol messages, and edu does real DMA through VT-d.
+//! 4. Enable the local APIC and program every unit's fault event as a message to it
+//!    (`iommu_platform::x86::apic`), so faults reach the server by interrupt.
+//! 5. Run the client scenario (`iommu_platform::scenario`): the clients talk to the server only
+//!    through encoded protocol messages, edu does real DMA through VT-d, and the client learns
+//!    of its faults from the server's notification.
 //!
 //! Prints `PASS` and exits with the success code only if every step passed. Run with
 //! `cargo run -p iommu-test-harness --bin qemu -- vtd`. On the host this file builds to an
@@ -33,11 +36,12 @@ mod stub {
 
 #[cfg(all(target_os = "none", target_arch = "x86_64"))]
 mod image {
+    use iommu_hal::backend::{Backend, FaultInterrupt};
     use iommu_hal::mem::RegisterAccess;
     use iommu_hal::vtd::{VtdBackend, VtdConfig};
     use iommu_platform::dmar::Dmar;
     use iommu_platform::edu::{self, Edu};
-    use iommu_platform::image::{self, Memory};
+    use iommu_platform::image::{self, Delivery, Memory};
     use iommu_platform::mem::{IdentityMem, Mmio};
     use iommu_platform::pci::{self, Bdf, ConfigSpace, Topology};
     use iommu_platform::x86::pci::PortConfig;
@@ -204,13 +208,34 @@ mod image {
             device: u32::from(found.edu.rid()),
             aliases: &aliases,
         };
-        image::serve(backend, mem, device, &[MSI_WINDOW], &mut edu, |backend| {
-            for u in 0..found.dmar.units.len() {
-                if let Some(c) = backend.counters(u) {
-                    defmt::info!("VT-d unit {=usize} counters: {}", u, c);
+        // Faults arrive by interrupt: every unit's fault event is a message to this CPU's
+        // local APIC (VT-d 7.3; never remapped, and QEMU runs with intremap=off).
+        let irq = x86::apic::fault_interrupt().map_err(|e| {
+            defmt::error!("local APIC: {}", e);
+            "cannot take fault interrupts"
+        })?;
+        defmt::info!(
+            "local APIC enabled: fault interrupts at vector {=u8:#x}",
+            x86::apic::FAULT_VECTOR
+        );
+        let irqs: heapless::Vec<(usize, FaultInterrupt), MAX_UNITS> =
+            (0..backend.unit_count()).map(|u| (u, irq)).collect();
+        let delivery = Delivery::Interrupts(&irqs);
+        image::serve(
+            backend,
+            mem,
+            device,
+            &[MSI_WINDOW],
+            delivery,
+            &mut edu,
+            |backend| {
+                for u in 0..found.dmar.units.len() {
+                    if let Some(c) = backend.counters(u) {
+                        defmt::info!("VT-d unit {=usize} counters: {}", u, c);
+                    }
                 }
-            }
-        })
+            },
+        )
     }
 
     fn main(boot: BootInfo) -> ! {
