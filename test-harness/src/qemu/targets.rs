@@ -156,6 +156,32 @@ pub const TARGETS: &[Target] = &[
         // Semihosting exit code 0 (iommu_platform::aarch64::EXIT_SUCCESS).
         success_status: 0,
     },
+    Target {
+        name: "smmuv3-gicv3",
+        about: "the smmuv3 image on a GICv3 (its SMMU interrupts through the GICv3 distributor)",
+        rust_target: "aarch64-unknown-none",
+        package: "iommu-platform",
+        bin: "smmuv3",
+        qemu: "qemu-system-aarch64",
+        qemu_args: &[
+            "-machine",
+            "virt,iommu=smmuv3,gic-version=3",
+            "-cpu",
+            "cortex-a57",
+            "-device",
+            "edu,dma_mask=0xffffffffff",
+            "-m",
+            "256M",
+            "-display",
+            "none",
+            "-nodefaults",
+            "-no-reboot",
+            "-semihosting-config",
+            "enable=on,target=native",
+        ],
+        channels: Channels::TwoSerials,
+        success_status: 0,
+    },
 ];
 
 /// The target named `name`.
