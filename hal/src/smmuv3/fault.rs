@@ -307,6 +307,8 @@ impl EventQueue {
             if n == 0 && !lost {
                 break;
             }
+            // Hands the slots back to the SMMU; RegisterAccess orders this write after the
+            // reads of the records above, so none is overwritten before it was read.
             regs.write32(self.cons_off, self.cons | self.ovack);
         }
         (overflow || abort, total)
