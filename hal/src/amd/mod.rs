@@ -952,9 +952,15 @@ impl<R: RegisterAccess, C: ConfigAccess> Unit for AmdUnit<R, C> {
         self.invalidate_all(mem, delay, tag)
     }
 
-    fn enable_interrupt<M>(&mut self, _mem: &mut M, irq: FaultInterrupt) -> Result<(), AmdError>
+    fn enable_interrupt<M, D>(
+        &mut self,
+        _mem: &mut M,
+        _delay: &mut D,
+        irq: FaultInterrupt,
+    ) -> Result<(), AmdError>
     where
         M: PhysMem + ?Sized,
+        D: DelayNs + ?Sized,
     {
         AmdUnit::enable_interrupt(self, irq)
     }

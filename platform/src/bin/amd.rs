@@ -11,9 +11,12 @@
 //!    and the event log either records the fault or (QEMU 10.0, whose event log records
 //!    nothing) does not. The scenario then checks refused DMA by the data, and by the fault
 //!    records too when the unit produces them.
-//! 5. Build the server (client 1 owns edu, with the IVHD's aliases of its DeviceID) and run
-//!    the client scenario (`iommu_platform::scenario`). Faults are polled (each client call
-//!    services them): the event-log interrupt is not wired up in this image yet.
+//! 5. Enable the local APIC and program every unit's event-log interrupt as a message to it
+//!    through the IOMMU's PCI MSI capability (`iommu_platform::x86::apic`).
+//! 6. Build the server (client 1 owns edu, with the IVHD's aliases of its DeviceID) and run
+//!    the client scenario (`iommu_platform::scenario`): faults reach the server by interrupt
+//!    where the unit logs them; QEMU 10.0's event log logs nothing, so there no interrupt
+//!    comes and the scenario does not wait for one.
 //!
 //! Prints `PASS` and exits with the success code only if every step passed. Run with
 //! `cargo run -p iommu-test-harness --bin qemu -- amd`. On the host this file builds to an
@@ -41,11 +44,11 @@ mod image {
 
     use heapless::Vec;
     use iommu_hal::amd::{AmdBackend, AmdConfig, AmdRegs, ConfigAccess, regs};
-    use iommu_hal::backend::Backend;
+    use iommu_hal::backend::{Backend, FaultInterrupt};
     use iommu_hal::mem::RegisterAccess;
     use iommu_platform::dma::DmaEngine;
     use iommu_platform::edu::{self, Edu};
-    use iommu_platform::image::{self, Memory};
+    use iommu_platform::image::{self, Delivery, Memory};
     use iommu_platform::ivrs::Ivrs;
     use iommu_platform::mem::{IdentityMem, Mmio};
     use iommu_platform::pci::{self, Bdf, ConfigSpace};
@@ -288,12 +291,25 @@ mod image {
             device: u32::from(rid),
             aliases: &aliases,
         };
+        // The event-log interrupt of every unit is a message to this CPU's local APIC (never
+        // remapped: QEMU runs with intremap=off), sent through the IOMMU's MSI capability.
+        let irq = x86::apic::fault_interrupt().map_err(|e| {
+            defmt::error!("local APIC: {}", e);
+            "cannot take fault interrupts"
+        })?;
+        defmt::info!(
+            "local APIC enabled: fault interrupts at vector {=u8:#x}",
+            x86::apic::FAULT_VECTOR
+        );
         let units = found.ivrs.units().count();
+        let irqs: Vec<(usize, FaultInterrupt), MAX_UNITS> =
+            (0..backend.unit_count()).map(|u| (u, irq)).collect();
         image::serve_with(
             backend,
             mem,
             device,
             &[MSI_WINDOW],
+            Delivery::Interrupts(&irqs),
             &mut edu,
             faults,
             |backend| {

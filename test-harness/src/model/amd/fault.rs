@@ -5,8 +5,9 @@
 //! in the second quadword. The log is a ring at the Event Log Base with `2^EventLen` records;
 //! the IOMMU writes at the tail and advances the Tail Pointer, software consumes from the
 //! head. A record that finds the log full is dropped, EventOverflow is set and logging stops
-//! (EventLogRun = 0) until software restarts the log. With EventIntEn, EventLogInt is set and
-//! an interrupt signalled for every record written and for an overflow.
+//! (EventLogRun = 0) until software restarts the log. With EventIntEn, EventLogInt is set for
+//! every record written and for an overflow, and an interrupt signalled when it becomes set
+//! (software acknowledges it, RW1C, to have the next record interrupt again).
 
 use super::AmdModel;
 use super::regs::*;
@@ -101,13 +102,17 @@ impl AmdModel {
         self.event_interrupt();
     }
 
-    /// EventLogInt and, with EventIntEn, an interrupt.
+    /// EventLogInt and, with EventIntEn, an interrupt when EventLogInt becomes set (a unit
+    /// whose driver never acknowledges it raises no second one).
     fn event_interrupt(&mut self) {
         if self.control & CTL_EVT_INT_EN == 0 {
             return;
         }
+        let was = self.status & ST_EVT_INT != 0;
         self.status |= ST_EVT_INT;
-        self.signal_msi();
+        if !was {
+            self.signal_msi();
+        }
     }
 
     /// Sends the MSI the PCI function is programmed with, if MSI and Bus Master are enabled;
