@@ -1,16 +1,18 @@
 //! The ACPI I/O Virtualization Reporting Structure (IVRS): where the AMD IOMMUs are and which
 //! devices each one translates.
 //!
-//! Layouts from the AMD I/O Virtualization Technology (IOMMU) Specification (pub. 48882),
-//! chapter 5 "ACPI Tables": the IVRS header with IVinfo, I/O Virtualization Hardware Definition
-//! blocks (IVHD, types 10h, 11h and 40h) with their device entries, and I/O Virtualization
-//! Memory Definition blocks (IVMD, types 20h to 22h; counted, not used). The parser reads a
-//! byte slice with bounds checks everywhere; malformed tables give an [`IvrsError`], never a
-//! panic.
+//! Layouts from the AMD I/O Virtualization Technology (IOMMU) Specification (pub. 48882 rev
+//! 3.11), chapter 5 "I/O Virtualization ACPI Table", 5.2 "I/O Virtualization Reporting
+//! Structure (IVRS)": the IVRS header with IVinfo (5.2.1, Tables 85 to 88), I/O
+//! Virtualization Hardware Definition blocks (IVHD, types 10h, 11h and 40h; 5.2.2.1, Tables
+//! 89 to 102) with their device entries (Tables 103 to 110), and I/O Virtualization Memory
+//! Definition blocks (IVMD, types 20h to 22h; 5.2.2.2, Tables 111 to 113; counted, not used).
+//! The parser reads a byte slice with bounds checks everywhere; malformed tables give an
+//! [`IvrsError`], never a panic.
 //!
 //! One IOMMU may be described by IVHD blocks of several types (QEMU writes a 10h and an 11h
-//! block for its one unit): software uses the blocks of the highest type it understands and
-//! ignores the others ([`Ivrs::units`]).
+//! block for its one unit): this parser uses the blocks of the highest type it understands
+//! and ignores the others ([`Ivrs::units`]), as Linux does.
 //!
 //! Device entries name DeviceIDs (`bus << 8 | devfn`), singly (Select), in ranges (Start of
 //! Range ... End of Range), or all of them (All). An Alias entry says that requests of its
@@ -37,9 +39,11 @@ const IVHD10_LEN: usize = 24;
 /// IVHD header length of types 11h and 40h (EFR image and EFR image 2 added).
 const IVHD11_LEN: usize = 40;
 
-/// IVHD device entry types (chapter 5, IVHD device entries).
+/// IVHD device entry types (5.2.2.1, Tables 105 and 107 for the 4- and 8-byte entries,
+/// Table 110 for type F0h). A type's length follows from its range (Table 103): 00h to 3Fh
+/// are 4 bytes, 40h to 7Fh 8 bytes, F0h variable.
 pub mod entry {
-    /// 4-byte padding.
+    /// Reserved 4-byte entry type (skipped).
     pub const PAD4: u8 = 0x00;
     /// All DeviceIDs.
     pub const ALL: u8 = 0x01;
@@ -49,7 +53,7 @@ pub mod entry {
     pub const START_OF_RANGE: u8 = 0x03;
     /// Last DeviceID of a range.
     pub const END_OF_RANGE: u8 = 0x04;
-    /// 8-byte padding.
+    /// Reserved 8-byte entry type (skipped).
     pub const PAD8: u8 = 0x40;
     /// One DeviceID whose requests carry the alias DeviceID in bytes 6:5.
     pub const ALIAS_SELECT: u8 = 0x42;
@@ -59,9 +63,11 @@ pub mod entry {
     pub const EXT_SELECT: u8 = 0x46;
     /// A range with extended data (ended by [`END_OF_RANGE`]).
     pub const EXT_START_OF_RANGE: u8 = 0x47;
-    /// A special device (IOAPIC, HPET) and the DeviceID its requests carry.
+    /// A special device (IOAPIC, HPET; variety in byte 7, Table 109) and the DeviceID its
+    /// requests carry (bytes 6:5).
     pub const SPECIAL: u8 = 0x48;
-    /// An ACPI namespace device (variable length: 22 bytes and the UID).
+    /// An ACPI namespace device (variable length: 22 bytes and the UID, whose length is
+    /// byte 21).
     pub const ACPI_HID: u8 = 0xf0;
 }
 
@@ -94,7 +100,8 @@ pub struct DeviceRange {
     pub first: u16,
     /// Last DeviceID (inclusive).
     pub last: u16,
-    /// DTE setting byte (INITPass, EIntPass, NMIPass, SysMgt, Lint0/1Pass).
+    /// DTE setting byte (Table 106: INITPass 0, EIntPass 1, NMIPass 2, ATCPermit 3, SysMgt
+    /// 5:4, Lint0Pass 6, Lint1Pass 7).
     pub setting: u8,
 }
 
@@ -128,8 +135,8 @@ pub struct Special {
 pub struct Ivhd {
     /// Block type: 10h, 11h or 40h.
     pub kind: u8,
-    /// IVHD Flags (HtTunEn 0, PassPW 1, ResPassPW 2, Isoc 3, IotlbSup 4, Coherent 5,
-    /// PreFSup 6, PPRSup 7).
+    /// IVHD Flags (Table 92: HtTunEn 0, PassPW 1, ResPassPW 2, Isoc 3, IotlbSup 4,
+    /// Coherent 5, PreFSup 6, PPRSup 7; Table 101 for type 40h).
     pub flags: u8,
     /// The IOMMU's own PCI DeviceID.
     pub device_id: u16,
@@ -139,11 +146,12 @@ pub struct Ivhd {
     pub base: u64,
     /// PCI segment group.
     pub segment: u16,
-    /// IOMMU Info (MSI number in bits 4:0, UnitID in 12:8).
+    /// IOMMU Info (Table 93: MSI number in bits 4:0, UnitID in 12:8).
     pub info: u16,
-    /// IOMMU Feature Reporting (type 10h) or IOMMU Attributes (types 11h, 40h).
+    /// IOMMU Feature Reporting (type 10h, Table 94) or IOMMU Attributes (types 11h and 40h,
+    /// Tables 98 and 102).
     pub attributes: u32,
-    /// The EFR image (types 11h, 40h).
+    /// The EFR Register Image, an exact copy of MMIO 0030h (types 11h and 40h, offset 24).
     pub efr: Option<u64>,
     /// The DeviceIDs the unit translates.
     pub ranges: Vec<DeviceRange, MAX_RANGES>,
@@ -190,8 +198,8 @@ impl Ivhd {
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[cfg_attr(target_os = "none", derive(defmt::Format))]
 pub struct Ivrs {
-    /// IVinfo: EFRSup (bit 0), DMA remap support (bit 1), GVAsize (7:5), PAsize (14:8),
-    /// VAsize (21:15), HTAtsResv (22).
+    /// IVinfo (Table 88): EFRSup (bit 0), DMA remap support (bit 1), GVAsize (7:5), PAsize
+    /// (14:8), VAsize (21:15), HtAtsResv (22).
     pub iv_info: u32,
     /// Every IVHD block, in table order.
     pub blocks: Vec<Ivhd, MAX_BLOCKS>,
@@ -382,7 +390,9 @@ fn parse_ivhd(b: &[u8], at: usize) -> Result<Ivhd, IvrsError> {
 }
 
 impl Ivrs {
-    /// EFRSup: the IVHD EFR images are valid.
+    /// EFRSup (IVinfo bit 0): the IOMMUs implement the Extended Feature Register; without
+    /// it IVHD type 11h and type 10h's Feature Reporting field are reserved (Tables 88, 91
+    /// and 95).
     pub fn efr_sup(&self) -> bool {
         self.iv_info & 1 != 0
     }

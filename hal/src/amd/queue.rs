@@ -1,6 +1,6 @@
-//! The command buffer and the commands this driver issues (AMD IOMMU spec 2.4 "Commands";
-//! registers: 3.4 Command Buffer Base Address, Head and Tail Pointer Registers, MMIO
-//! 0008h / 2000h / 2008h).
+//! The command buffer and the commands this driver issues (AMD IOMMU spec rev 3.11, 2.4
+//! "Commands"; registers: Command Buffer Base Address Register, MMIO 0008h, 3.4.1; Command
+//! Buffer Head and Tail Pointer Registers, MMIO 2000h / 2008h, 3.4.15).
 //!
 //! The command buffer is a ring of 16-byte commands in memory. Software writes commands at
 //! the tail and publishes them by writing the Command Buffer Tail Pointer Register; the
@@ -8,17 +8,22 @@
 //! buffer is empty when head equals tail, so it holds one command less than its size.
 //!
 //! Every batch ends with a COMPLETION_WAIT whose store (`s` = 1) writes a sequence number to
-//! a status word in memory: COMPLETION_WAIT completes only after every earlier command has
-//! completed (2.4.1), so the status word changing is the proof that the batch took effect.
-//! Every wait is bounded.
+//! a status word in memory: COMPLETION_WAIT does not finish until every older command has
+//! completely executed (2.4.1), so the status word changing is the proof that the batch took
+//! effect. Every wait is bounded.
 //!
-//! Errors: on an illegal command (unknown opcode, reserved bits set, a form the unit does not
-//! support) the IOMMU logs ILLEGAL_COMMAND_ERROR, stops fetching with the head pointer at the
-//! offending command and clears CmdBufRun in the Status Register; a command it cannot fetch
-//! gives COMMAND_HARDWARE_ERROR the same way. This driver notices the stop while it waits,
-//! replaces the offending command by a harmless COMPLETION_WAIT (storing to a scratch word),
-//! restarts the buffer (CmdBufEn cleared, the head pointer written back, CmdBufEn set) and
-//! reports [`AmdError::CommandError`] once its own COMPLETION_WAIT has completed.
+//! Errors (2.4, 2.5.6, 2.5.7): on an illegal command (unknown opcode, reserved bits set, a
+//! form the unit does not support) the IOMMU logs ILLEGAL_COMMAND_ERROR, halts command
+//! processing and clears CmdBufRun in the Status Register; a command it cannot fetch gives
+//! COMMAND_HARDWARE_ERROR the same way. The head pointer advances only past a command that
+//! was fetched and validated (3.4.15), so it names the offending command, although 2.4 warns
+//! that it "may have advanced past the command in error"; the ILLEGAL_COMMAND_ERROR record
+//! holds the command's address. This driver notices the stop while it waits, replaces the
+//! command at the head by a harmless COMPLETION_WAIT (storing to a scratch word), restarts
+//! the buffer (CmdBufEn cleared, the head pointer written back, CmdBufEn set: the restart
+//! procedure of 2.4) and reports [`AmdError::CommandError`] once its own COMPLETION_WAIT has
+//! completed. It trusts the head pointer and does not look the address up in the event
+//! log.
 
 use embedded_hal::delay::DelayNs;
 
@@ -34,7 +39,7 @@ pub const LOG2_ENTRIES: u32 = 8;
 /// Commands in the buffer.
 pub const ENTRIES: u32 = 1 << LOG2_ENTRIES;
 
-/// Command opcodes (bits 63:60 of the first word; 2.4).
+/// Command opcodes (bits 63:60 of the first word; 2.4, Figure 43).
 pub mod op {
     /// 2.4.1 COMPLETION_WAIT.
     pub const COMPLETION_WAIT: u64 = 0x1;
@@ -50,30 +55,32 @@ pub mod op {
     pub const SHIFT: u32 = 60;
 }
 
-/// INVALIDATE_IOMMU_PAGES second-word flags (2.4.3).
+/// INVALIDATE_IOMMU_PAGES second-word flags (2.4.3, Table 36).
 pub mod pages {
-    /// S (bit 0): the range is larger than 4 KiB; its size is given by the position of the
-    /// lowest zero bit of Address at or above bit 12 (the range is naturally aligned and
-    /// twice as large as that bit's value).
+    /// S (bit 0): the range is larger than 4 KiB; its size is given by the first zero bit
+    /// of Address starting from bit 12 (the range is naturally aligned and twice as large as
+    /// that bit's value; Table 14 "Example Page Size Encodings").
     pub const S: u64 = 1 << 0;
     /// PDE (bit 1): invalidate cached page directory entries too, not only leaf entries.
     pub const PDE: u64 = 1 << 1;
-    /// GN (bit 2): the PASID field is valid (guest translation; never set here).
+    /// GN (bit 2): Address is a guest virtual address of the PASID (guest translation; never
+    /// set here).
     pub const GN: u64 = 1 << 2;
     /// Address bits 63:12.
     pub const ADDR_MASK: u64 = !0xfff;
-    /// The address that, with S = 1, covers every address of the domain: every bit from 12
-    /// to 62 set, bit 63 clear (a 2^64-byte range).
+    /// The address that, with S = 1 and PDE = 1, invalidates everything cached for the
+    /// domain: Address bits 63:12 = 7_FFFF_FFFF_FFFFh (2.4.3, software note).
     pub const ALL: u64 = 0x7fff_ffff_ffff_f000;
 }
 
-/// COMPLETION_WAIT first-word flags (2.4.1).
+/// COMPLETION_WAIT first-word flags (2.4.1, Table 34).
 pub mod wait {
     /// s (bit 0): store StoreData to StoreAddress when the wait completes.
     pub const S: u64 = 1 << 0;
     /// i (bit 1): set ComWaitInt (and interrupt when ComWaitIntEn) when the wait completes.
     pub const I: u64 = 1 << 1;
-    /// f (bit 2): flush queue (wait for earlier commands' effects on outstanding requests).
+    /// f (bit 2): flush queue: later commands are not started until the wait finishes (with
+    /// 0 the IOMMU may start later independent commands). Never set here.
     pub const F: u64 = 1 << 2;
     /// StoreAddress bits 51:3.
     pub const ADDR_MASK: u64 = 0x000f_ffff_ffff_fff8;
@@ -165,8 +172,9 @@ impl Cmd {
 /// The INVALIDATE_IOMMU_PAGES Address and S for the inclusive byte range `[first, last]`
 /// (2.4.3): one 4 KiB page as itself with S = 0; otherwise the smallest naturally aligned
 /// power-of-two block holding both ends, as its base with every address bit from 12 up to
-/// (not including) the block's top bit set, and S = 1. `None` when that block is larger than
-/// 2^51 bytes (use [`pages::ALL`]).
+/// (not including) the block's top bit set, and S = 1 (Table 14). `None` when that block is
+/// larger than 2^51 bytes (Table 14 shows encodings within the 52-bit address space; such a
+/// range uses [`pages::ALL`]).
 pub fn pages_for_span(first: u64, last: u64) -> Option<(u64, bool)> {
     if last < first {
         return None;

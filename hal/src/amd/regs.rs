@@ -1,51 +1,59 @@
 //! AMD-Vi register map: the MMIO register block, and the IOMMU's PCI capability block.
 //!
-//! Source: AMD I/O Virtualization Technology (IOMMU) Specification, pub. 48882, rev. 3.x,
-//! chapter 3 "Registers": the IOMMU Capability Block Registers in the IOMMU's PCI
-//! configuration space (Capability Header, Base Address, Range, Miscellaneous Information),
-//! and the MMIO registers (one 16 KiB block: control registers from offset 0000h, the
-//! head/tail pointers and the status register from offset 2000h). Each register is named
-//! next to its MMIO offset so the citation can be checked in any revision.
+//! Source: AMD I/O Virtualization Technology (IOMMU) Specification, pub. 48882 rev 3.11
+//! (the revision named in [`super`]), chapter 3 "Registers": 3.2 "IOMMU Base Capability Block
+//! Registers" in the IOMMU's PCI configuration space (Capability Header, Base Address
+//! Low/High, Range, Miscellaneous Information 0), and 3.4 "IOMMU MMIO Registers": 3.4.1
+//! "Control and Status Registers" (offsets 0000h to 0030h), 3.4.15 "Command and Event Log
+//! Pointer Registers" (2000h to 2018h) and 3.4.16 "Command and Event Status Register"
+//! (2020h). Each register is named next to its MMIO offset, so the citation can be checked
+//! in any revision.
 //!
-//! 64-bit registers are accessed with 64-bit accesses; the pointers use bits 18:4 (a byte
-//! offset into the buffer, 16-byte aligned).
+//! The spec allows aligned register accesses of 1 to 8 bytes (3.4); this driver uses 64-bit
+//! accesses only. The head and tail pointers use bits 18:4 (a 16-byte aligned byte offset
+//! into the buffer).
 
-/// Device Table Base Address Register (MMIO 0000h): DevTabBase (bits 51:12), Size (bits
-/// 8:0, the table is `Size + 1` 4 KiB pages).
+/// Device Table Base Address Register (MMIO 0000h, 3.4.1): DevTabBase (bits 51:12), Size
+/// (bits 8:0, the table is `Size + 1` 4 KiB pages).
 pub const DEVTAB_BASE: usize = 0x0000;
-/// Command Buffer Base Address Register (MMIO 0008h): ComBase (bits 51:12), ComLen (bits
-/// 59:56, `2^ComLen` entries of 16 bytes, at least 8).
+/// Command Buffer Base Address Register (MMIO 0008h, 3.4.1): ComBase (bits 51:12), ComLen
+/// (bits 59:56, `2^ComLen` entries of 16 bytes; values below 1000b are reserved).
 pub const CMD_BASE: usize = 0x0008;
-/// Event Log Base Address Register (MMIO 0010h): EventBase (bits 51:12), EventLen (bits
-/// 59:56, `2^EventLen` entries of 16 bytes, at least 8).
+/// Event Log Base Address Register (MMIO 0010h, 3.4.1): EventBase (bits 51:12), EventLen
+/// (bits 59:56, `2^EventLen` entries of 16 bytes, at least 256 entries).
 pub const EVT_BASE: usize = 0x0010;
-/// IOMMU Control Register (MMIO 0018h); bits in [`control`].
+/// IOMMU Control Register (MMIO 0018h, 3.4.1); bits in [`control`].
 pub const CONTROL: usize = 0x0018;
-/// IOMMU Exclusion Base Register (MMIO 0020h): ExEn (bit 0) and Allow (bit 1) make the
+/// IOMMU Exclusion Base Register (MMIO 0020h, 3.4.1; named "Exclusion Base Register /
+/// Completion Store Base Register" in rev 3.11): ExEn (bit 0) and Allow (bit 1) make the
 /// exclusion range bypass translation; this driver writes 0 (no exclusion range).
 pub const EXCL_BASE: usize = 0x0020;
-/// IOMMU Exclusion Range Limit Register (MMIO 0028h).
+/// IOMMU Exclusion Range Limit Register (MMIO 0028h, 3.4.1).
 pub const EXCL_LIMIT: usize = 0x0028;
-/// IOMMU Extended Feature Register (MMIO 0030h), valid when the capability header's EFRSup
-/// is set; decoded by [`Efr`].
+/// IOMMU Extended Feature Register (MMIO 0030h, 3.4.1), implemented when the capability
+/// header's EFRSup is set (otherwise the offset is reserved); decoded by [`Efr`].
 pub const EFR: usize = 0x0030;
-/// Command Buffer Head Pointer Register (MMIO 2000h): CmdHeadPtr (bits 18:4), advanced by
-/// the IOMMU.
+/// Command Buffer Head Pointer Register (MMIO 2000h, 3.4.15): CmdHeadPtr (bits 18:4),
+/// advanced by the IOMMU after it fetched and validated a command; writing it while
+/// CmdBufRun = 1 is undefined.
 pub const CMD_HEAD: usize = 0x2000;
-/// Command Buffer Tail Pointer Register (MMIO 2008h): CmdTailPtr (bits 18:4), written by
-/// software.
+/// Command Buffer Tail Pointer Register (MMIO 2008h, 3.4.15): CmdTailPtr (bits 18:4),
+/// written by software.
 pub const CMD_TAIL: usize = 0x2008;
-/// Event Log Head Pointer Register (MMIO 2010h): EventHeadPtr (bits 18:4), written by
-/// software.
+/// Event Log Head Pointer Register (MMIO 2010h, 3.4.15): EventHeadPtr (bits 18:4), written
+/// by software.
 pub const EVT_HEAD: usize = 0x2010;
-/// Event Log Tail Pointer Register (MMIO 2018h): EventTailPtr (bits 18:4), advanced by the
-/// IOMMU.
+/// Event Log Tail Pointer Register (MMIO 2018h, 3.4.15): EventTailPtr (bits 18:4), advanced
+/// by the IOMMU.
 pub const EVT_TAIL: usize = 0x2018;
-/// IOMMU Status Register (MMIO 2020h); bits in [`status`].
+/// IOMMU Status Register (MMIO 2020h, 3.4.16 "Command and Event Status Register"); bits in
+/// [`status`].
 pub const STATUS: usize = 0x2020;
 
-/// Size of the MMIO register block the IOMMU decodes (16 KiB; the capability block's Base
-/// Address Low register aligns the base to it).
+/// Size of the MMIO register block this driver maps: 16 KiB, the whole block of a unit
+/// without performance counters (EFR PCSup = 0; 3.2, Base Address Low: the block is then
+/// 16 KiB and 16 KiB aligned). With PCSup = 1 the block is 512 KiB (counters from 4000h up);
+/// every register this driver uses lies in its first 16 KiB.
 pub const MMIO_SIZE: usize = 0x4000;
 
 /// Head and tail pointer registers: the byte offset of an entry in bits 18:4.
@@ -71,25 +79,29 @@ pub const fn buffer_base(base: u64, log2: u32) -> u64 {
     (base & BASE_MASK) | (((log2 & 0xf) as u64) << 56)
 }
 
-/// IOMMU Control Register bits (MMIO 0018h).
+/// IOMMU Control Register bits (MMIO 0018h, 3.4.1).
 pub mod control {
-    /// IommuEn (bit 0): translation and interrupt remapping are active.
+    /// IommuEn (bit 0): IOMMU enable (command fetching also needs it: see [`CMD_BUF_EN`]).
     pub const IOMMU_EN: u64 = 1 << 0;
     /// HtTunEn (bit 1): HyperTransport tunnel translation.
     pub const HT_TUN_EN: u64 = 1 << 1;
     /// EventLogEn (bit 2): events are written to the event log.
     pub const EVENT_LOG_EN: u64 = 1 << 2;
-    /// EventIntEn (bit 3): an interrupt is signalled when EventLogInt is set (new event, or
-    /// the log overflowed).
+    /// EventIntEn (bit 3): an interrupt is signalled when EventLogInt = 1 (a record was
+    /// written) or EventOverflow = 1 (the log overflowed) in the Status Register.
     pub const EVENT_INT_EN: u64 = 1 << 3;
-    /// ComWaitIntEn (bit 4): a COMPLETION_WAIT with `i` set raises an interrupt.
+    /// ComWaitIntEn (bit 4): an interrupt is signalled when ComWaitInt = 1 (set by a
+    /// COMPLETION_WAIT with `i`).
     pub const COM_WAIT_INT_EN: u64 = 1 << 4;
     /// InvTimeOut (bits 7:5): device IOTLB invalidation timeout (not used: no ATS).
     pub const INV_TIMEOUT_MASK: u64 = 0b111 << 5;
-    /// Coherent (bit 10): the IOMMU's accesses to the device table, page tables, command
-    /// buffer and event log snoop the processor caches.
+    /// Coherent (bit 10, reset 1): the IOMMU's device table reads are snooped by the
+    /// processor. It covers device table reads only: page table walks are snooped per device
+    /// when the DTE's SD (snoop disable) is 0 (2.2.2.1, Table 7), and command buffer reads
+    /// and COMPLETION_WAIT stores are always coherent (2.4, 2.4.1).
     pub const COHERENT: u64 = 1 << 10;
-    /// CmdBufEn (bit 12): the IOMMU fetches commands from the command buffer.
+    /// CmdBufEn (bit 12): with IommuEn, the IOMMU fetches commands from the command buffer
+    /// and sets CmdBufRun; writing 1 (re)starts a stopped buffer, 0 halts fetching.
     pub const CMD_BUF_EN: u64 = 1 << 12;
     /// PPRLogEn (bit 13), PprIntEn (bit 14), PPREn (bit 15): peripheral page requests
     /// (never enabled here).
@@ -100,20 +112,22 @@ pub mod control {
     pub const GA_EN: u64 = 1 << 17;
 }
 
-/// IOMMU Status Register bits (MMIO 2020h).
+/// IOMMU Status Register bits (MMIO 2020h, 3.4.16).
 pub mod status {
     /// EventOverflow (bit 0, RW1C): an event could not be logged because the log was full;
-    /// the IOMMU stopped logging.
+    /// no record is written while it is set. Interrupts when EventIntEn is set.
     pub const EVENT_OVERFLOW: u64 = 1 << 0;
-    /// EventLogInt (bit 1, RW1C): an event was written (or the log overflowed) while
-    /// EventIntEn was set.
+    /// EventLogInt (bit 1, RW1C): the IOMMU wrote a record to the event log (set whether or
+    /// not EventIntEn is; an overflow sets EventOverflow, not this bit). Interrupts when
+    /// EventIntEn is set.
     pub const EVENT_LOG_INT: u64 = 1 << 1;
     /// ComWaitInt (bit 2, RW1C): a COMPLETION_WAIT with `i` set completed.
     pub const COM_WAIT_INT: u64 = 1 << 2;
-    /// EventLogRun (bit 3, RO): the event log is running.
+    /// EventLogRun (bit 3, RO): events are logged as they occur (0: discarded).
     pub const EVENT_LOG_RUN: u64 = 1 << 3;
-    /// CmdBufRun (bit 4, RO): the command buffer is running; cleared when CmdBufEn is
-    /// cleared or when the IOMMU stops on a command error.
+    /// CmdBufRun (bit 4, RO): the IOMMU may fetch commands; cleared when CmdBufEn is
+    /// cleared or when the IOMMU stops on ILLEGAL_COMMAND_ERROR or COMMAND_HARDWARE_ERROR,
+    /// and set again only when software writes CmdBufEn = 1.
     pub const CMD_BUF_RUN: u64 = 1 << 4;
     /// PprOverflow (bit 5, RW1C), PprInt (bit 6, RW1C).
     pub const PPR_W1C: u64 = (1 << 5) | (1 << 6);
@@ -121,7 +135,7 @@ pub mod status {
     pub const W1C: u64 = EVENT_OVERFLOW | EVENT_LOG_INT | COM_WAIT_INT | PPR_W1C;
 }
 
-/// The IOMMU Extended Feature Register (MMIO 0030h), decoded on demand.
+/// The IOMMU Extended Feature Register (MMIO 0030h, 3.4.1), decoded on demand.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct Efr(pub u64);
@@ -147,7 +161,8 @@ impl Efr {
     pub const fn gt_sup(self) -> bool {
         bits(self.0, 4, 1) != 0
     }
-    /// IASup (bit 6): INVALIDATE_IOMMU_ALL supported.
+    /// IASup (bit 6): INVALIDATE_IOMMU_ALL supported (without it the command is an
+    /// ILLEGAL_COMMAND_ERROR; 2.4.8).
     pub const fn ia_sup(self) -> bool {
         bits(self.0, 6, 1) != 0
     }
@@ -164,7 +179,8 @@ impl Efr {
         bits(self.0, 9, 1) != 0
     }
     /// HATS (bits 11:10): host address translation size, the most page-table levels the
-    /// IOMMU walks: 00b 4 levels, 01b 5 levels, 10b 6 levels, 11b reserved.
+    /// IOMMU walks (the limit on DTE Mode and on Next Level): 00b 4 levels, 01b 5 levels,
+    /// 10b 6 levels, 11b reserved.
     pub const fn hats(self) -> u32 {
         bits(self.0, 10, 2) as u32
     }
@@ -187,18 +203,20 @@ impl Efr {
     pub const fn dev_tbl_seg_sup(self) -> u32 {
         bits(self.0, 38, 2) as u32
     }
-    /// MsiCapMmioSup (bit 46): the MSI capability registers are mirrored in MMIO.
+    /// MsiCapMmioSup (bit 46): the MSI capability registers are also reachable in MMIO
+    /// (3.4.8).
     pub const fn msi_cap_mmio_sup(self) -> bool {
         bits(self.0, 46, 1) != 0
     }
 }
 
-/// IOMMU Capability Block, offsets from the capability's position in the IOMMU's PCI
+/// IOMMU Capability Block (3.2), offsets from the capability's position in the IOMMU's PCI
 /// configuration space (the IVHD's Capability Offset).
 pub mod cap {
     /// Capability Header (offset 00h); decoded by [`super::CapHeader`].
     pub const HEADER: u16 = 0x00;
-    /// Base Address Low (offset 04h): Enable (bit 0), BaseAddress 31:14.
+    /// Base Address Low (offset 04h): Enable (bit 0, locks the capability registers),
+    /// BaseAddress 31:14 (bits 18:14 must be 0 when PCSup = 1).
     pub const BASE_LOW: u16 = 0x04;
     /// Base Address High (offset 08h): BaseAddress 63:32.
     pub const BASE_HIGH: u16 = 0x08;
@@ -212,7 +230,7 @@ pub mod cap {
     pub const TYPE_IOMMU: u32 = 0b011;
 }
 
-/// The IOMMU Capability Header (PCI capability block offset 00h), decoded on demand.
+/// The IOMMU Capability Header (capability block offset 00h, 3.2), decoded on demand.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct CapHeader(pub u32);
@@ -226,7 +244,7 @@ impl CapHeader {
     pub const fn cap_type(self) -> u32 {
         bits(self.0 as u64, 16, 3) as u32
     }
-    /// CapRev (bits 23:19).
+    /// CapRev (bits 23:19; 0_0001b).
     pub const fn rev(self) -> u32 {
         bits(self.0 as u64, 19, 5) as u32
     }
@@ -234,12 +252,12 @@ impl CapHeader {
     pub const fn iotlb_sup(self) -> bool {
         bits(self.0 as u64, 24, 1) != 0
     }
-    /// HtTunnel (bit 25).
+    /// HtTunnel (bit 25): HyperTransport tunnel translation supported.
     pub const fn ht_tunnel(self) -> bool {
         bits(self.0 as u64, 25, 1) != 0
     }
-    /// NpCache (bit 26): the IOMMU caches page-table entries that are not present, so a
-    /// map must be invalidated too.
+    /// NpCache (bit 26): the IOMMU caches page-table entries that are not present, so any
+    /// change to a PDE or PTE, a map too, must be invalidated.
     pub const fn np_cache(self) -> bool {
         bits(self.0 as u64, 26, 1) != 0
     }
@@ -253,22 +271,24 @@ impl CapHeader {
     }
 }
 
-/// Miscellaneous Information Register 0 (PCI capability block offset 10h).
+/// Miscellaneous Information Register 0 (capability block offset 10h, 3.2).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct MiscInfo(pub u32);
 
 impl MiscInfo {
-    /// MsiNum (bits 4:0): the MSI message number the IOMMU uses for its event log and
-    /// command completion interrupts.
+    /// MsiNum (bits 4:0): the MSI / MSI-X vector of the IOMMU's event log and command
+    /// completion interrupts (0 with MSI).
     pub const fn msi_num(self) -> u32 {
         bits(self.0 as u64, 0, 5) as u32
     }
-    /// PAsize (bits 14:8): physical address bits the IOMMU can reach (0: not reported).
+    /// PAsize (bits 14:8): the widest system physical address the IOMMU generates, in bits
+    /// (40, 48 or 52; other values are reserved, and this driver treats 0 as not reported).
     pub const fn pa_size(self) -> u32 {
         bits(self.0 as u64, 8, 7) as u32
     }
-    /// VAsize (bits 21:15): input (virtual / IOVA) address bits the IOMMU translates (0: not
+    /// VAsize (bits 21:15): the widest input (IOVA) address the IOMMU translates, in bits
+    /// (32, 40, 48 or 64; other values are reserved, and this driver treats 0 as not
     /// reported).
     pub const fn va_size(self) -> u32 {
         bits(self.0 as u64, 15, 7) as u32
@@ -276,7 +296,8 @@ impl MiscInfo {
 }
 
 /// The PCI MSI capability (PCI Local Bus Specification 3.0, section 6.8.1), through which the
-/// IOMMU signals its interrupts.
+/// IOMMU signals its interrupts (48882 rev 3.11, 3.1 "PCI Resources": MSI or MSI-X, and
+/// Miscellaneous Information Register 0's MsiNum).
 pub mod msi {
     /// Capability ID of MSI.
     pub const ID: u8 = 0x05;

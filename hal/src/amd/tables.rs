@@ -1,30 +1,40 @@
-//! The device table and its 256-bit entries (AMD IOMMU spec 2.2.2 "Device Table Entry
-//! Format"; the table itself: 3.4 Device Table Base Address Register, MMIO 0000h).
+//! The device table and its 256-bit entries (AMD IOMMU spec rev 3.11, 2.2.2 "Device Table",
+//! 2.2.2.1 "Device Table Entry Format": Table 7 "Device Table Entry (DTE) Field Definitions"
+//! and Table 8 "V, TV, and GV Fields in Device Table Entry"; the table itself: 3.4.1, Device
+//! Table Base Address Register, MMIO 0000h).
 //!
 //! The device table is indexed by DeviceID (the PCI requester id `bus << 8 | devfn`); each
 //! entry (DTE) is 32 bytes, four 64-bit words. The fields this driver uses:
 //!
 //! - word 0: V (bit 0), TV (bit 1), Mode (bits 11:9, the number of page-table levels),
-//!   Host Page Table Root Pointer (bits 51:12), IR (bit 61), IW (bit 62);
-//! - word 1: DomainID (bits 15:0); every other field zero (I, SE, SA, IoCtl = 00b "port I/O
-//!   aborted", Cache, SD, EX = 0 "no exclusion range", SysMgt = 00b "system management
-//!   DMA aborted");
+//!   Host Page Table Root Pointer (bits 51:12), IR (bit 61), IW (bit 62); every other bit
+//!   zero (HAD = 00b: the IOMMU sets no Accessed / Dirty bits; no PPR, no guest translation);
+//! - word 1: DomainID (bits 15:0); every other field zero (I = 0: ATS requests aborted;
+//!   SE = SA = 0: I/O page faults logged; IoCtl = 00b: port I/O aborted; SD = 0: page table
+//!   walks snooped; EX = 0: the exclusion range does not apply; SysMgt = 00b: DMA to the
+//!   system management range aborted);
 //! - word 2: interrupt remapping (IV = 0; this driver does not remap interrupts);
 //! - word 3: zero.
 //!
-//! What the V / TV / Mode / IR / IW combinations do to a device's DMA (2.2.2, the DTE field
-//! table):
+//! What the V / TV / Mode / IR / IW combinations do to a device's DMA (Tables 7 and 8; the
+//! events from Table 44 "IO_PAGE_FAULT Event Types"):
 //!
-//! - V = 0: the entry is not valid and the IOMMU *passes the DMA through untranslated*. An
-//!   all-zero table therefore lets every device reach all memory; it is never installed.
+//! - V = 0: the entry is not valid and the IOMMU *passes the DMA through untranslated*
+//!   (Table 8: "all addresses are forwarded without translation"). An all-zero table
+//!   therefore lets every device reach all memory; it is never installed.
+//! - V = 1, TV = 0: no translation information; a request that needs a walk is terminated
+//!   with IO_PAGE_FAULT. Never written by this driver.
 //! - V = 1, TV = 1, Mode = 0: translation disabled; addresses pass unchanged but *access is
-//!   controlled by IR and IW*. With IR = IW = 0 every access is refused, target-aborted and
-//!   logged as IO_PAGE_FAULT (unless SA/SE suppress it, which this driver never sets). This
-//!   is the **blocked** entry ([`Dte::blocked`]): every device not attached has it, from
-//!   bring-up on.
+//!   controlled by IR and IW* (Table 7, IR / IW: with Mode = 000b they alone grant or deny).
+//!   With IR = IW = 0 every access is target-aborted and logged as IO_PAGE_FAULT (unless SA /
+//!   SE suppress it, which this driver never sets). This is the **blocked** entry
+//!   ([`Dte::blocked`]): every device not attached has it, from bring-up on.
 //! - V = 1, TV = 1, Mode = 1..6: translated through a Mode-level table rooted at the pointer;
 //!   IR and IW are ANDed with the table's permissions, so an attached entry sets both
-//!   ([`Dte::translated`]). Mode 7 is reserved (ILLEGAL_DEV_TABLE_ENTRY).
+//!   ([`Dte::translated`]). Mode 7 is reserved: a request through it is target-aborted with
+//!   IO_PAGE_FAULT ("reserved paging mode in Device Table entry", Table 44).
+//! - A non-zero reserved bit, or a reserved IoCtl encoding, is ILLEGAL_DEV_TABLE_ENTRY
+//!   (Table 43).
 //!
 //! Writes are ordered so that the IOMMU never sees a half-written entry: words 3, 2 and 1
 //! are written while word 0 still blocks (or says what it said before), then word 0, which
@@ -49,13 +59,14 @@ pub const MAX_DTES: u32 = 0x1_0000;
 /// Pages of the largest device table (2 MiB).
 pub const MAX_PAGES: u32 = (MAX_DTES as u64 / DTES_PER_PAGE) as u32;
 
-/// DTE word 0 fields (2.2.2).
+/// DTE word 0 fields (2.2.2.1, Table 7).
 pub mod dte {
     /// V (bit 0): the entry is valid. 0 = DMA passes untranslated.
     pub const V: u64 = 1 << 0;
-    /// TV (bit 1): the translation fields (Mode, root pointer) are valid.
+    /// TV (bit 1): the translation fields (IR, IW, Mode, root pointer, GV) are valid.
     pub const TV: u64 = 1 << 1;
-    /// Mode (bits 11:9): 0 translation disabled, 1..6 levels of the host page table.
+    /// Mode (bits 11:9): 0 translation disabled, 1..6 levels of the host page table (a
+    /// `12 + 9 * Mode`-bit address space, 64 bits for Mode 6), 7 reserved.
     pub const MODE_SHIFT: u32 = 9;
     /// The Mode field.
     pub const MODE_MASK: u64 = 0b111 << MODE_SHIFT;
@@ -65,7 +76,7 @@ pub mod dte {
     pub const IR: u64 = 1 << 61;
     /// IW (bit 62): the device may write.
     pub const IW: u64 = 1 << 62;
-    /// Word 1: DomainID (bits 15:0).
+    /// Word 1: DomainID (bits 15:0, DTE bits 79:64).
     pub const DOMAIN_MASK: u64 = 0xffff;
 }
 
@@ -176,7 +187,7 @@ impl DeviceTable {
         self.pages * DTES_PER_PAGE as u32
     }
 
-    /// The Device Table Base Address Register value (3.4, MMIO 0000h).
+    /// The Device Table Base Address Register value (3.4.1, MMIO 0000h).
     pub const fn register(self) -> u64 {
         super::regs::devtab_base(self.base, self.pages)
     }
@@ -217,8 +228,12 @@ impl DeviceTable {
     }
 
     /// Makes the entry at `pa` blocking in one 64-bit store of word 0 (V = 1, TV = 1,
-    /// Mode = 0, IR = IW = 0); the other words keep what they held (DomainID only names the
-    /// events the blocked device raises). A plain store: it makes nothing reachable.
+    /// Mode = 0, IR = IW = 0); the other words keep what they held (DomainID then only tags
+    /// the events the blocked device raises). A plain store: it makes nothing reachable.
+    ///
+    /// The entry may so share its DomainID with entries that still translate. Table 7 asks
+    /// devices sharing a DomainID to agree on a non-zero Mode and on the root pointer; a
+    /// blocked entry has Mode 0, whose root pointer the IOMMU ignores (Table 7, Mode).
     pub fn block<M: PhysMem + ?Sized>(mem: &mut M, pa: PhysAddr) {
         mem.write_u64(pa, Dte::blocked().0[0]);
     }

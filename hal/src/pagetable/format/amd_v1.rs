@@ -1,28 +1,34 @@
 //! AMD-Vi (AMD I/O Virtualization) "v1" host page tables.
 //!
-//! Source: AMD I/O Virtualization Technology (IOMMU) Specification, pub. 48882, rev. 3.x,
-//! section 2.2.3 "I/O Page Tables for Host Translations" (page directory entry and page table
-//! entry formats, large pages via Next Level = 0, level skipping, permission rules) and section
-//! 2.2.2 (the device table entry's `Mode` field, which names the number of levels).
+//! Source: AMD I/O Virtualization Technology (IOMMU) Specification, pub. 48882 rev 3.11,
+//! section 2.2.3 "I/O Page Tables for Host Translations" (Table 15 "Page Table Level
+//! Parameters", Table 17 / Figure 9 for the page translation entry (PTE), Table 18 / Figure 10
+//! for the page directory entry (PDE), large pages via Next Level = 0, level skipping,
+//! permission rules) and section 2.2.2.1 (Table 7: the device table entry's `Mode` field,
+//! which names the number of levels).
 //!
 //! Level names: the spec numbers levels from 1 (4 KiB PTEs) upward, so engine level `n` is spec
 //! level `n + 1`. A table entry at engine level `n` points to a table at engine level `n - 1`,
 //! which is spec level `n`: its Next Level field is `n`. Address widths 39 / 48 / 57 / 64 use
 //! 3 / 4 / 5 / 6 levels (DTE Mode 3..6); with 64 bits the top table (spec level 6) is indexed
-//! by bits 63:57 only, so it holds 128 entries.
+//! by bits 63:57 only (Table 15), so it holds 128 entries.
 //!
-//! Bits used (section 2.2.3, PDE and PTE formats):
+//! Bits used (section 2.2.3, Tables 17 and 18):
 //! - bit 0 `PR` (present).
-//! - bits 11:9 `Next Level`: the level of the table pointed to (PDE), or 0 for a page. A PDE
-//!   with Next Level = 0 maps a page of its level's full size (2 MiB at spec level 2, 1 GiB at
-//!   level 3, 512 GiB at level 4). The value 7 (sized pages whose size is encoded in the
-//!   address bits) and level-skipping Next Level values are allowed by the spec but never
-//!   written by the engine.
+//! - bits 11:9 `Next Level`: the level of the table pointed to (PDE), or 0 for a page (PTE).
+//!   An entry above spec level 1 with Next Level = 0 is a PTE mapping a page of its level's
+//!   default size (Table 15: 2 MiB at spec
+//!   level 2, 1 GiB at level 3, 512 GiB at level 4; spec level 6 has none). The value 7
+//!   (sized pages whose size is encoded in the address bits, Table 14) and level-skipping
+//!   Next Level values are allowed by the spec but never written by the engine.
 //! - bits 51:12: the next table's or the page's address.
 //! - bit 61 `IR` and bit 62 `IW`: read and write permission. They are ANDed along the walk,
 //!   so table entries carry IR = IW = 1 and the leaf alone decides.
 //!
-//! Bits never set: A (5), D (6), U (59), FC (60): zero is their neutral value.
+//! Bits never set: A (5), D (6, PTE only), U (59, PTE only), FC (60, PTE only): zero is their
+//! neutral value (the IOMMU sets A and D only when the DTE's HAD asks, which it never does
+//! here). Reserved and left zero: PTE bits 56:52 and 58:57 (Page Migration State, reserved
+//! without EFR2 TMPMSup), PDE bits 60:52.
 //!
 //! Decoding of encodings the engine never writes (conservative, documented choice): a present
 //! entry with Next Level = 7, or a Next Level that skips levels or points upward, is reported
@@ -33,20 +39,20 @@
 use crate::mem::PhysAddr;
 use crate::pagetable::{Format, Perms, Pte};
 
-/// AMD-Vi host (v1) page-table format (AMD IOMMU spec section 2.2.3).
+/// AMD-Vi host (v1) page-table format (AMD IOMMU spec rev 3.11, section 2.2.3).
 #[derive(Debug, Clone, Copy)]
 pub struct AmdV1;
 
-/// Bit 0, PR: present (AMD IOMMU 2.2.3).
+/// Bit 0, PR: present (AMD IOMMU 2.2.3, Tables 16 to 18).
 const PR: u64 = 1 << 0;
-/// Bits 11:9, Next Level (AMD IOMMU 2.2.3).
+/// Bits 11:9, Next Level (AMD IOMMU 2.2.3, Tables 17 and 18).
 const NEXT_LEVEL_SHIFT: u32 = 9;
 const NEXT_LEVEL_MASK: u64 = 0x7 << NEXT_LEVEL_SHIFT;
-/// Bits 51:12, address (AMD IOMMU 2.2.3).
+/// Bits 51:12, address (AMD IOMMU 2.2.3, Tables 17 and 18).
 const ADDR: u64 = 0x000f_ffff_ffff_f000;
-/// Bit 61, IR: read permission (AMD IOMMU 2.2.3).
+/// Bit 61, IR: read permission (AMD IOMMU 2.2.3, Tables 17 and 18).
 const IR: u64 = 1 << 61;
-/// Bit 62, IW: write permission (AMD IOMMU 2.2.3).
+/// Bit 62, IW: write permission (AMD IOMMU 2.2.3, Tables 17 and 18).
 const IW: u64 = 1 << 62;
 
 const fn level_mask(level: u8) -> u64 {
