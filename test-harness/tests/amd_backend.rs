@@ -757,6 +757,32 @@ fn event_interrupt_through_the_msi_capability() {
     let _ = &mut r;
 }
 
+/// EventLogInt is set for every record, also before EventIntEn (48882 rev 3.11, 3.4.16). A
+/// record logged before the interrupt was enabled must not keep the next one from
+/// interrupting: enabling acknowledges EventLogInt.
+#[test]
+fn records_before_the_interrupt_was_enabled_do_not_mute_it() {
+    let mut r = rig(ModelCfg::qemu());
+    let _ = r.hw.translate(DEV, 0x1000, false);
+    assert_ne!(r.hw.borrow().status() & regs::status::EVENT_LOG_INT, 0);
+    let irq = FaultInterrupt::Msi {
+        address: 0xfee0_0000,
+        data: 0x42,
+    };
+    r.be.enable_fault_interrupt(0, irq).unwrap();
+    assert_eq!(r.hw.borrow().status() & regs::status::EVENT_LOG_INT, 0);
+    let before = r.hw.borrow().msis.len();
+    let _ = r.hw.translate(DEV, 0x2000, false);
+    assert_eq!(
+        r.hw.borrow().msis.len(),
+        before + 1,
+        "the first record after enabling interrupts"
+    );
+    let (recs, _) = r.drain();
+    assert_eq!(recs.len(), 2);
+    assert!(r.hw.violations().is_empty());
+}
+
 // ---- command errors, bounded waits, hostile registers ------------------------------------
 
 /// Wraps the model; when armed, corrupts the first command of the next submission (after the

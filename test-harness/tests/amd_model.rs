@@ -100,28 +100,86 @@ fn dte_valid_bits_decide_passthrough_block_and_translation() {
     u.dte(3, V | TV | IR, 0);
     assert_eq!(u.hw.translate(3, 0x5000, false), Ok(0x5000));
     assert!(u.hw.translate(3, 0x5000, true).is_err());
-    // Reserved / unsupported fields and Mode 7: ILLEGAL_DEV_TABLE_ENTRY.
+    // Mode 7 (reserved paging mode) and TV = 0: IO_PAGE_FAULT, not ILLEGAL_DEV_TABLE_ENTRY
+    // (48882 rev 3.11 Table 44; Table 43 lists what is ILLEGAL_DEV_TABLE_ENTRY).
     u.dte(4, V | TV | (7 << 9), 0);
-    assert_eq!(u.hw.translate(4, 0, false), Err(AmdFault::IllegalDte));
+    assert_eq!(
+        u.hw.translate(4, 0, false),
+        Err(AmdFault::PageFault { present: true })
+    );
+    u.dte(6, V | IR | IW, 0);
+    assert_eq!(
+        u.hw.translate(6, 0x1000, true),
+        Err(AmdFault::PageFault { present: true })
+    );
+    // Reserved / unsupported fields, and the reserved IoCtl = 11b: ILLEGAL_DEV_TABLE_ENTRY.
     u.dte(5, V | TV | (1 << 55), 0);
     assert_eq!(u.hw.translate(5, 0, false), Err(AmdFault::IllegalDte));
+    u.dte(7, V | TV | IR, 0);
+    u.mem.borrow_mut().write(DEVTAB + 7 * 32 + 8, 3 << 35);
+    assert_eq!(u.hw.translate(7, 0, false), Err(AmdFault::IllegalDte));
     let codes: Vec<EventCode> = u.hw.borrow().events.iter().map(|e| e.code).collect();
     assert_eq!(
         codes,
         [
             EventCode::IoPageFault,
             EventCode::IoPageFault,
+            EventCode::IoPageFault,
+            EventCode::IoPageFault,
             EventCode::IllegalDevTableEntry,
             EventCode::IllegalDevTableEntry
         ]
     );
-    // Beyond the one-page table: refused, and a violation of the driver.
-    assert_eq!(u.hw.translate(0x80, 0, false), Err(AmdFault::BeyondTable));
+    // Beyond the one-page table: IO_PAGE_FAULT (Table 44), and a violation of the driver.
+    assert_eq!(
+        u.hw.translate(0x80, 0x5000, false),
+        Err(AmdFault::BeyondTable)
+    );
+    let last = *u.hw.borrow().events.last().unwrap();
+    assert_eq!(
+        (last.code, last.device, last.addr),
+        (EventCode::IoPageFault, 0x80, 0x5000)
+    );
     assert!(
         u.hw.violations()
             .iter()
             .any(|v| v.contains("beyond the device table"))
     );
+}
+
+/// The IO_PAGE_FAULT flags as 48882 rev 3.11 Table 57 defines them: a permission violation
+/// is PR = 1 with PE = 1; a reserved bit is PR = 1, PE = 0, RZ = 1; an invalid level
+/// encoding PR = 1, PE = 0, RZ = 0; a not-present entry PR = 0.
+#[test]
+fn io_page_fault_records_carry_pr_pe_rz() {
+    const PR_F: u64 = 1 << 52;
+    const RW_F: u64 = 1 << 53;
+    const PE_F: u64 = 1 << 54;
+    const RZ_F: u64 = 1 << 55;
+    const FLAGS: u64 = PR_F | RW_F | PE_F | RZ_F;
+    let u = unit(ModelCfg::qemu());
+    u.dte(8, V | TV | (3 << 9) | 0x30_0000 | IR | IW, 7);
+    u.pte(0x30_0000, 0, table(2, 0x31_0000));
+    u.pte(0x31_0000, 0, table(1, 0x32_0000));
+    u.pte(0x32_0000, 1, 0x40_0000 | PR | IR); // read-only page at IOVA 0x1000
+    u.pte(0x32_0000, 2, 0x41_0000 | PR | IR | IW | (1 << 52)); // reserved bit 52
+    u.pte(0x32_0000, 3, table(1, 0x33_0000)); // Next Level not below the level
+    let flags = |iova: u64, write: bool| {
+        let _ = u.hw.translate(8, iova, write);
+        let e = u.hw.borrow().events.last().unwrap().encode();
+        assert_eq!(e[0] >> 60, 2, "IO_PAGE_FAULT");
+        assert_eq!((e[0] >> 32) & 0xffff, 7, "DomainID");
+        e[0] & FLAGS
+    };
+    assert_eq!(flags(0x1000, true), PR_F | PE_F | RW_F);
+    assert_eq!(flags(0x2000, false), PR_F | RZ_F);
+    assert_eq!(flags(0x3000, false), PR_F);
+    assert_eq!(flags(0x4000, true) & (PR_F | PE_F | RZ_F), 0, "not present");
+    // A blocked DTE (Mode 0, IR = IW = 0) refuses by permission too.
+    u.dte(9, V | TV, 0);
+    let _ = u.hw.translate(9, 0x1000, false);
+    let e = u.hw.borrow().events.last().unwrap().encode();
+    assert_eq!(e[0] & FLAGS, PR_F | PE_F);
 }
 
 #[test]
@@ -336,6 +394,50 @@ fn completion_wait_stores_and_interrupts() {
     assert!(u.commands(&[[(1 << 60) | 2, 0]]));
     assert_ne!(u.hw.borrow().status() & ST_COMWAIT_INT, 0);
     assert_eq!(u.hw.borrow().msis, vec![(0xfee0_0000, 0x33)]);
+}
+
+/// EventLogInt is set for every record written, whatever EventIntEn says, and an overflow
+/// sets EventOverflow, not EventLogInt (48882 rev 3.11, 3.4.16); with EventIntEn either one
+/// interrupts (3.4.1), including when EventIntEn is set while one is pending.
+#[test]
+fn event_log_int_and_overflow_interrupt_as_the_status_register_says() {
+    let u = unit(ModelCfg::qemu());
+    {
+        let mut m = u.hw.borrow_mut();
+        use iommu_hal::amd::ConfigAccess;
+        ConfigAccess::write32(&mut *m, MSI_OFFSET + 4, 0xfee0_0000);
+        ConfigAccess::write32(&mut *m, MSI_OFFSET + 12, 0x44);
+        ConfigAccess::write32(&mut *m, MSI_OFFSET, 1 << 16);
+        ConfigAccess::write32(&mut *m, 0x04, 0b110);
+    }
+    u.dte(2, V | TV, 0);
+    // A record without EventIntEn: EventLogInt set, no message.
+    let _ = u.hw.translate(2, 0x1000, false);
+    assert_ne!(u.hw.borrow().status() & ST_EVT_INT, 0);
+    assert!(u.hw.borrow().msis.is_empty());
+    // EventIntEn set while EventLogInt is pending: one message.
+    {
+        let mut m = u.hw.borrow_mut();
+        let c = m.control();
+        m.write64(MMIO_CONTROL, c | CTL_EVT_INT_EN);
+    }
+    assert_eq!(u.hw.borrow().msis.len(), 1);
+    // Acknowledged, the next record interrupts again.
+    u.hw.borrow_mut().write64(MMIO_STATUS, ST_EVT_INT);
+    let _ = u.hw.translate(2, 0x2000, false);
+    assert_eq!(u.hw.borrow().msis.len(), 2);
+    // Fill the log (255 records fit), acknowledge, then overflow: EventOverflow alone
+    // interrupts, and EventLogInt stays clear.
+    for i in 0..253u64 {
+        let _ = u.hw.translate(2, i << 12, false);
+    }
+    u.hw.borrow_mut().write64(MMIO_STATUS, ST_EVT_INT);
+    let msis = u.hw.borrow().msis.len();
+    let _ = u.hw.translate(2, 0x9000, false);
+    let st = u.hw.borrow().status();
+    assert_ne!(st & ST_EVT_OVERFLOW, 0);
+    assert_eq!(st & ST_EVT_INT, 0, "an overflow does not set EventLogInt");
+    assert_eq!(u.hw.borrow().msis.len(), msis + 1);
 }
 
 #[test]

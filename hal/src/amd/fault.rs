@@ -1,19 +1,21 @@
-//! The event log and its records (AMD IOMMU spec 2.5 "Event Logging"; registers: 3.4 Event
-//! Log Base Address, Head and Tail Pointer Registers, MMIO 0010h / 2010h / 2018h, and the
-//! Status Register, MMIO 2020h).
+//! The event log and its records (AMD IOMMU spec rev 3.11, 2.5 "Event Logging"; registers:
+//! Event Log Base Address Register, MMIO 0010h, 3.4.1; Event Log Head and Tail Pointer
+//! Registers, MMIO 2010h / 2018h, 3.4.15; Status Register, MMIO 2020h, 3.4.16).
 //!
 //! The IOMMU writes 16-byte event records at the tail and advances the Tail Pointer
 //! Register; software reads records from the head and advances the Head Pointer Register.
 //! When a record cannot be written because the log is full, the IOMMU sets EventOverflow in
-//! the Status Register and stops logging; software restarts it (the event log restart
-//! procedure): wait for EventLogRun = 0, clear EventLogEn, clear EventOverflow (RW1C), set
-//! EventLogEn again. With EventIntEn set, EventLogInt (RW1C) is set and an interrupt
-//! signalled when a record is written; acknowledging EventLogInt before reading the tail
-//! makes the next record raise a new one.
+//! the Status Register and discards events until software restarts logging (2.5.1 "Event Log
+//! Restart Procedure": wait for EventLogRun = 0, clear EventLogEn, clear EventOverflow
+//! (RW1C), set EventLogEn again). EventLogInt (RW1C) is set for every record written; with
+//! EventIntEn an interrupt is signalled when EventLogInt or EventOverflow is 1 (3.4.1,
+//! 3.4.16). Acknowledging EventLogInt before reading the tail makes the next record raise a
+//! new one.
 //!
-//! Record layout (every event type): DeviceID in bits 15:0, a type-specific field in bits
-//! 47:32 (DomainID for IO_PAGE_FAULT), flags in bits 59:48, EventCode in bits 63:60, and a
-//! 64-bit address in the second word.
+//! Record layout of the device records read here (Table 57 for IO_PAGE_FAULT, Table 56 for
+//! ILLEGAL_DEV_TABLE_ENTRY): DeviceID in bits 15:0, DomainID in bits 47:32 (IO_PAGE_FAULT;
+//! a PASID when GN = 1, never here), flags in bits 59:48, EventCode in bits 63:60, and the
+//! 64-bit address in the second word (a table address for the hardware-error records).
 
 use super::AmdCounters;
 use super::regs::{self, control, status};
@@ -28,12 +30,14 @@ pub const LOG2_ENTRIES: u32 = 8;
 /// Records in the log.
 pub const ENTRIES: u32 = 1 << LOG2_ENTRIES;
 
-/// EventCode values (bits 63:60; 2.5).
+/// EventCode values (bits 63:60; 2.5, Table 42 "Event Type Summary").
 pub mod code {
-    /// 2.5.2 ILLEGAL_DEV_TABLE_ENTRY: the DTE used for a request had reserved or
-    /// inconsistent fields.
+    /// 2.5.2 ILLEGAL_DEV_TABLE_ENTRY: the DTE used for a request had a non-zero reserved
+    /// bit or a reserved encoding (Table 43).
     pub const ILLEGAL_DEV_TABLE_ENTRY: u8 = 0x1;
-    /// 2.5.3 IO_PAGE_FAULT: a request was refused by translation or permission.
+    /// 2.5.3 IO_PAGE_FAULT: a request was refused by translation or permission (Table 44),
+    /// including a DTE with TV = 0 or the reserved Mode 7, and a DeviceID beyond the device
+    /// table.
     pub const IO_PAGE_FAULT: u8 = 0x2;
     /// 2.5.4 DEV_TAB_HARDWARE_ERROR: the DTE could not be read.
     pub const DEV_TAB_HARDWARE_ERROR: u8 = 0x3;
@@ -48,20 +52,28 @@ pub mod code {
     /// 2.5.9 INVALID_DEVICE_REQUEST: a request the DTE does not allow (e.g. a translation
     /// request without ATS).
     pub const INVALID_DEVICE_REQUEST: u8 = 0x8;
-    /// INVALID_PPR_REQUEST: a peripheral page request that is not allowed.
+    /// 2.5.10 INVALID_PPR_REQUEST: a peripheral page request that is not allowed.
     pub const INVALID_PPR_REQUEST: u8 = 0x9;
 }
 
-/// IO_PAGE_FAULT flags (bits 59:48 of the first word; 2.5.3).
+/// IO_PAGE_FAULT flags (bits 59:48 of the first word, bits 27:16 of its second dword;
+/// 2.5.3, Table 57).
 pub mod flags {
     /// I (bit 51): the request was an interrupt request.
     pub const I: u64 = 1 << 51;
-    /// PR (bit 52): the page (or DTE) was present: the fault is a permission violation.
+    /// PR (bit 52): the request was to a page marked present (a DTE with V = 1 counts); 0:
+    /// to a page marked not present.
     pub const PR: u64 = 1 << 52;
-    /// RW (bit 53): the request was a write.
+    /// RW (bit 53): the request was a write. Meaningful only with PR = 1, TR = 0, I = 0.
     pub const RW: u64 = 1 << 53;
-    /// RZ (bit 55): a reserved bit was set in a page-table entry.
+    /// PE (bit 54): the device lacked the permission the request needed. Meaningful only
+    /// with PR = 1.
+    pub const PE: u64 = 1 << 54;
+    /// RZ (bit 55): 1 = a non-zero reserved bit in the entry, 0 = an invalid level encoding.
+    /// Meaningful only with PR = 1 (and PE = 0).
     pub const RZ: u64 = 1 << 55;
+    /// TR (bit 56): the request was a translation (ATS) request.
+    pub const TR: u64 = 1 << 56;
 }
 
 /// One record, split into its fields.
@@ -108,12 +120,15 @@ impl Event {
 }
 
 /// Turns a device record into a [`FaultRecord`] of `unit`. An IO_PAGE_FAULT is classified
-/// against the device's current DTE: a blocked device's is [`FaultReason::Blocked`] (its
-/// translation is disabled and IR = IW = 0); an address beyond the width of the DTE's Mode is
-/// [`FaultReason::AddressSize`]; a reserved bit in a table entry is reported raw; otherwise
-/// PR tells a permission violation from a not-present page. The other device records are
-/// reported raw ([`FaultReason::Other`] with the EventCode); the hardware-error records carry
-/// a table address, not an IOVA, and report IOVA 0.
+/// against the device's current DTE: a device whose DTE does not translate (blocked, or
+/// beyond the table) gets [`FaultReason::Blocked`]; for a translating DTE, an address beyond
+/// the width of its Mode is [`FaultReason::AddressSize`], PR = 0 is
+/// [`FaultReason::NotPresent`], PR = 1 with PE = 1 is [`FaultReason::Permission`], and PR = 1
+/// with PE = 0 (a reserved bit, RZ = 1, or an invalid level encoding, RZ = 0: a malformed
+/// table) is reported raw ([`FaultReason::Other`] with the EventCode). The other device
+/// records are reported raw; the hardware-error records carry a table address, not an IOVA,
+/// and report IOVA 0. `write` is the record's RW flag, which Table 57 defines only for
+/// PR = 1.
 pub fn to_record<M: PhysMem + ?Sized>(
     mem: &M,
     table: DeviceTable,
@@ -131,12 +146,12 @@ pub fn to_record<M: PhysMem + ?Sized>(
                     let width = 12 + 9 * u32::from(levels);
                     if width < 64 && e.addr >> width != 0 {
                         FaultReason::AddressSize
-                    } else if e.word0 & flags::RZ != 0 {
-                        FaultReason::Other(u16::from(code::IO_PAGE_FAULT))
-                    } else if e.word0 & flags::PR != 0 {
+                    } else if e.word0 & flags::PR == 0 {
+                        FaultReason::NotPresent
+                    } else if e.word0 & flags::PE != 0 {
                         FaultReason::Permission
                     } else {
-                        FaultReason::NotPresent
+                        FaultReason::Other(u16::from(code::IO_PAGE_FAULT))
                     }
                 }
                 _ => FaultReason::Blocked,
@@ -256,9 +271,11 @@ impl EventLog {
         (overflow, delivered)
     }
 
-    /// The event log restart procedure after an overflow: when EventLogRun reads 0, clear
-    /// EventLogEn (and EventIntEn), clear EventOverflow (RW1C), then set them again as they
-    /// were. A log still running is left alone (the next drain restarts it).
+    /// The event log restart procedure after an overflow (2.5.1): when EventLogRun reads 0,
+    /// clear EventLogEn (and EventIntEn), clear EventOverflow (RW1C), then set them again as
+    /// they were. When EventLogRun still reads 1, only EventOverflow is cleared (3.4.16: with
+    /// EventOverflow = 1 no record is written even while EventLogRun = 1, and its software
+    /// note resumes logging by clearing it with EventLogEn = 1, which it still is here).
     fn restart<R: RegisterAccess + ?Sized>(&mut self, regs: &mut R) {
         if regs.read64(regs::STATUS) & status::EVENT_LOG_RUN != 0 {
             regs.write64(regs::STATUS, status::EVENT_OVERFLOW);
@@ -300,6 +317,23 @@ mod tests {
     }
 
     #[test]
+    fn io_page_fault_flag_positions() {
+        // Table 57: the flags are bits 27:16 of the record's second dword.
+        let dw1 = |bit: u32| 1u64 << (32 + bit);
+        assert_eq!(
+            (
+                flags::I,
+                flags::PR,
+                flags::RW,
+                flags::PE,
+                flags::RZ,
+                flags::TR
+            ),
+            (dw1(19), dw1(20), dw1(21), dw1(22), dw1(23), dw1(24))
+        );
+    }
+
+    #[test]
     fn io_page_faults_are_classified_against_the_dte() {
         let mut mem = Mem::default();
         let t = DeviceTable::new(0x1_0000, 2);
@@ -318,11 +352,17 @@ mod tests {
                 reason: FaultReason::NotPresent
             }
         );
+        // A permission violation is PR = 1 with PE = 1 (Table 57).
         assert_eq!(
-            to_record(&mem, t, 1, ev(8, flags::PR, 0x1000)).reason,
+            to_record(&mem, t, 1, ev(8, flags::PR | flags::PE, 0x1000)).reason,
             FaultReason::Permission
         );
-        assert!(!to_record(&mem, t, 1, ev(8, flags::PR, 0x1000)).write);
+        assert!(!to_record(&mem, t, 1, ev(8, flags::PR | flags::PE, 0x1000)).write);
+        // PR = 1 with PE = 0 and RZ = 0: an invalid level encoding, not a permission fault.
+        assert_eq!(
+            to_record(&mem, t, 1, ev(8, flags::PR, 0x1000)).reason,
+            FaultReason::Other(2)
+        );
         assert_eq!(
             to_record(&mem, t, 1, ev(8, 0, 1 << 48)).reason,
             FaultReason::AddressSize

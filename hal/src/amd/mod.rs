@@ -1,16 +1,22 @@
 //! AMD-Vi backend: DMA remapping through the device table and AMD v1 host page tables built
 //! by [`crate::pagetable::PageTable`] with [`AmdV1`].
 //!
-//! Source: AMD I/O Virtualization Technology (IOMMU) Specification, pub. 48882, rev. 3.x.
+//! Source: AMD I/O Virtualization Technology (IOMMU) Specification, pub. 48882 rev 3.11
+//! (April 2026). Every section, table and figure number in this module and its submodules,
+//! in [`crate::pagetable::format::AmdV1`], in the AMD-Vi test model and in the IVRS parser
+//! is that revision's; registers are also named by their MMIO offset, which does not change
+//! between revisions.
 //!
-//! - [`regs`]: the MMIO registers and the IOMMU's PCI capability block (chapter 3).
-//! - [`tables`]: the device table and its 256-bit entries (2.2.2).
+//! - [`regs`]: the MMIO registers and the IOMMU's PCI capability block (chapter 3, 3.2 and
+//!   3.4).
+//! - [`tables`]: the device table and its 256-bit entries (2.2.2, 2.2.2.1).
 //! - [`queue`]: the command buffer and its commands (2.4).
 //! - [`fault`]: the event log and its records (2.5).
 //! - this module: [`AmdUnit`] (one IOMMU, an IVHD) and [`AmdBackend`] (all units of a
 //!   machine, implementing [`Backend`]).
 //!
-//! Hardware is reached only through [`RegisterAccess`] (the 16 KiB MMIO block), a
+//! Hardware is reached only through [`RegisterAccess`] (the first 16 KiB of the MMIO block,
+//! [`regs::MMIO_SIZE`]), a
 //! [`ConfigAccess`] to the IOMMU's own PCI function (its capability block and MSI
 //! capability), [`PhysMem`] (device table, command buffer, event log, status word),
 //! [`FrameAlloc`] and a [`DelayNs`] for bounded waits. Every wait gives up with
@@ -24,8 +30,9 @@
 //! 512 GiB, which the v1 format could express but which AMD IOMMUs mistranslate (an erratum
 //! Linux works around by leaving 512 GiB out of its page sizes too).
 //!
-//! Domain tags are DomainIDs (16 bits); DomainID 0 is the one blocked entries carry and is
-//! never used for a domain.
+//! Domain tags are DomainIDs (16 bits); DomainID 0 is the one the entries blocked at bring-up
+//! carry and is never used for a domain (an entry blocked later keeps the DomainID it had:
+//! [`tables::DeviceTable::block`]).
 
 pub mod fault;
 pub mod queue;
@@ -208,7 +215,7 @@ impl ConfigAccess for NoConfig {
 /// What a unit is reached through: its MMIO register block and its PCI function.
 #[derive(Debug)]
 pub struct AmdRegs<R, C = NoConfig> {
-    /// The 16 KiB MMIO register block.
+    /// The MMIO register block (this driver uses its first 16 KiB).
     pub mmio: R,
     /// The IOMMU's PCI configuration space.
     pub config: C,
@@ -393,7 +400,8 @@ pub struct AmdUnit<R, C = NoConfig> {
 }
 
 impl<R: RegisterAccess, C: ConfigAccess> AmdUnit<R, C> {
-    /// Brings a unit up (the sequence of 3.4 and the IOMMU initialisation the spec describes):
+    /// Brings a unit up (2.3.1 "Data Structure Initialization": tables and buffers first,
+    /// then one Control Register write with EventLogEn, CmdBufEn and IommuEn):
     /// 1. reads the capability header and Miscellaneous Information Register 0 (when the PCI
     ///    function is reachable) and the Extended Feature Register (when EFRSup, else the
     ///    IVRS image), refuses a unit whose translation is already on
@@ -467,7 +475,9 @@ impl<R: RegisterAccess, C: ConfigAccess> AmdUnit<R, C> {
             // A unit whose capability header cannot be read may cache not-present entries.
             caches_not_present: cap_header.is_none_or(|h| h.np_cache()),
             split_live_blocks: true,
-            // Control.Coherent is set: the IOMMU's table, buffer and log accesses snoop.
+            // Page table walks are snooped: every DTE this driver writes has SD = 0 (Table 7).
+            // Control.Coherent (set below) covers device table reads; command buffer reads
+            // and COMPLETION_WAIT stores are always coherent (2.4, 2.4.1).
             coherent_walk: true,
             max_tag: u16::MAX,
         };
@@ -794,8 +804,11 @@ impl<R: RegisterAccess, C: ConfigAccess> AmdUnit<R, C> {
     /// Programs the event-log interrupt (see [`Backend::enable_fault_interrupt`]): the MSI
     /// capability of the IOMMU's PCI function gets `address` / `data`, one vector and MSI
     /// Enable; the function's Bus Master Enable is set (a function without it may not send
-    /// messages); then EventIntEn is set in the Control Register. The IOMMU then signals
-    /// when it writes an event record or the log overflows (EventLogInt), and
+    /// messages); then EventIntEn is set in the Control Register, and EventLogInt, which the
+    /// IOMMU sets for every record whether or not EventIntEn is (3.4.16), is acknowledged
+    /// so that the next record interrupts even where the IOMMU signals only when EventLogInt
+    /// becomes set. The IOMMU signals when EventLogInt (a record written) or EventOverflow
+    /// (the log overflowed) is 1 with EventIntEn (3.4.1, EventIntEn), and
     /// [`AmdUnit::drain_faults`] acknowledges EventLogInt. A wired interrupt, a unit whose
     /// PCI function is not reachable or has no MSI capability, or an address a 32-bit
     /// capability cannot hold is [`AmdError::Unsupported`], and nothing changes.
@@ -824,6 +837,9 @@ impl<R: RegisterAccess, C: ConfigAccess> AmdUnit<R, C> {
         let ctl = self.regs.read64(regs::CONTROL);
         self.regs
             .write64(regs::CONTROL, ctl | control::EVENT_INT_EN);
+        // Records written before EventIntEn set EventLogInt too; left set, it would keep an
+        // IOMMU that signals on its 0 -> 1 change from ever interrupting again.
+        self.regs.write64(regs::STATUS, status::EVENT_LOG_INT);
         self.interrupt = Some(irq);
         Ok(())
     }

@@ -1,18 +1,22 @@
-//! Event records and the event log (AMD IOMMU spec 2.5 "Event Logging").
+//! Event records and the event log (AMD IOMMU spec rev 3.11, 2.5 "Event Logging").
 //!
 //! Every record is 16 bytes: DeviceID (bits 15:0), a type-specific field in bits 47:32
 //! (DomainID for IO_PAGE_FAULT), flags in bits 59:48, EventCode in bits 63:60, and an address
-//! in the second quadword. The log is a ring at the Event Log Base with `2^EventLen` records;
-//! the IOMMU writes at the tail and advances the Tail Pointer, software consumes from the
-//! head. A record that finds the log full is dropped, EventOverflow is set and logging stops
-//! (EventLogRun = 0) until software restarts the log. With EventIntEn, EventLogInt is set for
-//! every record written and for an overflow, and an interrupt signalled when it becomes set
-//! (software acknowledges it, RW1C, to have the next record interrupt again).
+//! in the second quadword (Tables 56, 57 and 61). The log is a ring at the Event Log Base with
+//! `2^EventLen` records; the IOMMU writes at the tail and advances the Tail Pointer, software
+//! consumes from the head. The log is full when all slots but one are used; an event that
+//! finds it full is discarded, EventOverflow is set and logging stops (EventLogRun = 0)
+//! until software restarts it (2.5, 2.5.1). EventLogInt is set for every record written,
+//! whatever EventIntEn says (3.4.16). With EventIntEn an interrupt is signalled when
+//! EventLogInt or EventOverflow is 1 (3.4.1): the model sends one MSI each time that
+//! condition becomes true (a record or an overflow while both are clear, or EventIntEn set
+//! while one is pending), so software acknowledges EventLogInt (RW1C) to have the next
+//! record interrupt again.
 
 use super::AmdModel;
 use super::regs::*;
 
-/// Event codes (2.5).
+/// Event codes (2.5, Table 42).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum EventCode {
@@ -41,19 +45,23 @@ pub struct Event {
     pub domain: u16,
     /// The address: the request's IOVA, or the command's physical address.
     pub addr: u64,
-    /// PR: the fault happened at a present entry (a permission violation).
+    /// PR: the request reached a present entry (a DTE with V = 1 counts).
     pub present: bool,
+    /// PE: the request lacked the permission it needed (with PR).
+    pub permission: bool,
     /// RW: the request was a write.
     pub write: bool,
-    /// RZ: a reserved bit or malformed entry was met.
+    /// RZ: a non-zero reserved bit (with PR, not PE; 0 = an invalid level encoding).
     pub reserved: bool,
 }
 
 impl Event {
-    /// The record's two quadwords (IO_PAGE_FAULT flags: PR bit 52, RW bit 53, RZ bit 55).
+    /// The record's two quadwords (IO_PAGE_FAULT flags, Table 57: PR bit 52, RW bit 53, PE
+    /// bit 54, RZ bit 55).
     pub fn encode(&self) -> [u64; 2] {
         let flags = (u64::from(self.present) << 52)
             | (u64::from(self.write) << 53)
+            | (u64::from(self.permission) << 54)
             | (u64::from(self.reserved) << 55);
         [
             u64::from(self.device)
@@ -83,11 +91,12 @@ impl AmdModel {
         let next = (self.evt_tail + 16) % size;
         if next == self.evt_head {
             // Full: dropped, overflow, logging stops until restarted.
+            let before = self.event_interrupt_pending();
             self.status |= ST_EVT_OVERFLOW;
             self.status &= !ST_EVT_RUN;
             self.stats.events_dropped += 1;
             self.stats.overflows += 1;
-            self.event_interrupt();
+            self.event_interrupt(before);
             return;
         }
         let base = self.evt_base & 0x000f_ffff_ffff_f000;
@@ -99,18 +108,21 @@ impl AmdModel {
         }
         self.evt_tail = next;
         self.stats.events_logged += 1;
-        self.event_interrupt();
+        let before = self.event_interrupt_pending();
+        self.status |= ST_EVT_INT;
+        self.event_interrupt(before);
     }
 
-    /// EventLogInt and, with EventIntEn, an interrupt when EventLogInt becomes set (a unit
-    /// whose driver never acknowledges it raises no second one).
-    fn event_interrupt(&mut self) {
-        if self.control & CTL_EVT_INT_EN == 0 {
-            return;
-        }
-        let was = self.status & ST_EVT_INT != 0;
-        self.status |= ST_EVT_INT;
-        if !was {
+    /// Whether the event interrupt condition holds: EventIntEn with EventLogInt or
+    /// EventOverflow (3.4.1, EventIntEn).
+    pub(super) fn event_interrupt_pending(&self) -> bool {
+        self.control & CTL_EVT_INT_EN != 0 && self.status & (ST_EVT_INT | ST_EVT_OVERFLOW) != 0
+    }
+
+    /// Sends the event MSI when the condition became true (it was `before`; a unit whose
+    /// driver never acknowledges EventLogInt raises no second one).
+    pub(super) fn event_interrupt(&mut self, before: bool) {
+        if !before && self.event_interrupt_pending() {
             self.signal_msi();
         }
     }

@@ -1,5 +1,6 @@
 //! A register-level model of an AMD IOMMU (AMD-Vi), written from the AMD I/O Virtualization
-//! Technology (IOMMU) Specification (pub. 48882, rev. 3.x) independently of `iommu_hal::amd`.
+//! Technology (IOMMU) Specification (pub. 48882 rev 3.11, April 2026; every section, table
+//! and figure number in this model is that revision's) independently of `iommu_hal::amd`.
 //!
 //! What it models:
 //! - The MMIO register block behind [`iommu_hal::RegisterAccess`] with its side effects:
@@ -9,9 +10,11 @@
 //!   their structure is in use, head/tail pointers, and a configurable Extended Feature
 //!   Register. The PCI function's configuration space (the IOMMU capability block and an MSI
 //!   capability) sits behind [`iommu_hal::amd::ConfigAccess`].
-//! - Translation: the device table (V / TV / Mode / IR / IW, reserved fields refused with
-//!   ILLEGAL_DEV_TABLE_ENTRY), its own v1 walk ([`tables::walk`]) with level skipping and
-//!   Next Level 7 pages, permissions ANDed from the DTE down.
+//! - Translation: the device table (V / TV / Mode / IR / IW; reserved fields refused with
+//!   ILLEGAL_DEV_TABLE_ENTRY, Table 43; TV = 0, the reserved Mode 7 and a DeviceID beyond the
+//!   table with IO_PAGE_FAULT, Table 44), its own v1 walk ([`tables::walk`]) with level
+//!   skipping and Next Level 7 pages, permissions ANDed from the DTE down. IO_PAGE_FAULT
+//!   records carry PR, PE, RW and RZ as Table 57 defines them.
 //! - Caches that keep entries until the right command: a DTE cache per DeviceID (dropped by
 //!   INVALIDATE_DEVTAB_ENTRY), an IOTLB per DomainID and page (dropped by an
 //!   INVALIDATE_IOMMU_PAGES range overlapping it), a page-directory cache per DomainID and
@@ -26,9 +29,11 @@
 //! What it does not model: interrupt remapping (DTE word 2 is not interpreted), guest
 //! translation, PPR, ATS and device IOTLBs, the exclusion range (software must leave it
 //! disabled: enabling it is a violation), performance counters, hardware error registers,
-//! table accesses that fail. With IommuEn = 0 DMA passes untranslated. A DeviceID beyond
-//! the device table is refused and recorded as a violation (software is to size the table
-//! for every DeviceID behind the unit).
+//! table accesses that fail, Page Migration State (TMPMSup). With IommuEn = 0 DMA passes
+//! untranslated (the model's choice; it is also a violation to turn translation off). A
+//! DeviceID beyond the device table is target-aborted with IO_PAGE_FAULT (Table 44) and also
+//! recorded as a violation (software is to size the table for every DeviceID behind the
+//! unit).
 //!
 //! Software errors the spec leaves undefined (a base register changed while in use, a
 //! pointer written while its structure runs, unknown offsets, ...) are carried out and
@@ -63,7 +68,8 @@ pub enum AmdFault {
     },
     /// ILLEGAL_DEV_TABLE_ENTRY: the DTE has fields the unit refuses.
     IllegalDte,
-    /// The DeviceID is beyond the device table (a violation of the driver).
+    /// The DeviceID is beyond the device table: IO_PAGE_FAULT (Table 44), and a violation of
+    /// the driver.
     BeyondTable,
 }
 
@@ -307,6 +313,7 @@ impl AmdModel {
 
     fn write_control(&mut self, v: u64) {
         let old = self.control;
+        let interrupt_before = self.event_interrupt_pending();
         if v & !CTL_KNOWN != 0 {
             self.violation(format!(
                 "Control write {v:#x} sets bits the model does not implement (guest translation, PPR, ...)"
@@ -328,6 +335,8 @@ impl AmdModel {
             self.cmd_halted = false;
         }
         self.control = v & CTL_KNOWN;
+        // EventIntEn set while EventLogInt or EventOverflow is pending interrupts (3.4.1).
+        self.event_interrupt(interrupt_before);
         // Disabling takes effect at once; enabling after `run_delay_reads` STATUS reads.
         let en = self.control & CTL_IOMMU_EN != 0;
         if !en || self.control & CTL_CMD_BUF_EN == 0 {
@@ -467,12 +476,24 @@ impl AmdModel {
     // ---------------------------------------------------------------- translation
 
     /// The DTE of `device` through the DTE cache.
-    fn lookup_dte(&mut self, device: u16) -> Result<DteView, AmdFault> {
+    fn lookup_dte(&mut self, device: u16, iova: u64, write: bool) -> Result<DteView, AmdFault> {
         if u64::from(device) >= self.devtab_entries() {
             self.violation(format!(
                 "DMA from DeviceID {device:#06x}, beyond the device table of {} entries",
                 self.devtab_entries()
             ));
+            // Table 44: "DeviceID not in the range specified by the Device Table size". No
+            // DTE, so no DomainID and nothing present.
+            self.raise(Event {
+                code: EventCode::IoPageFault,
+                device,
+                domain: 0,
+                addr: iova,
+                present: false,
+                permission: false,
+                write,
+                reserved: false,
+            });
             return Err(AmdFault::BeyondTable);
         }
         let pa = (self.devtab & 0x000f_ffff_ffff_f000) + u64::from(device) * 32;
@@ -492,14 +513,14 @@ impl AmdModel {
         Ok(fresh)
     }
 
+    /// An IO_PAGE_FAULT (2.5.3) unless SA / SE suppress it. `flags` are (PR, PE, RZ).
     fn page_fault(
         &mut self,
         dte: &DteView,
         device: u16,
         iova: u64,
         write: bool,
-        present: bool,
-        reserved: bool,
+        (present, permission, reserved): (bool, bool, bool),
     ) -> AmdFault {
         if !dte.suppress() {
             self.raise(Event {
@@ -508,6 +529,7 @@ impl AmdModel {
                 domain: dte.domain(),
                 addr: iova,
                 present,
+                permission,
                 write,
                 reserved,
             });
@@ -539,7 +561,7 @@ impl AmdModel {
             self.stats.passthrough += 1;
             return Ok(iova);
         }
-        let dte = self.lookup_dte(device)?;
+        let dte = self.lookup_dte(device, iova, write)?;
         let (root, mode, dread, dwrite) = match dte.kind() {
             DteKind::PassThrough => {
                 self.stats.passthrough += 1;
@@ -553,16 +575,27 @@ impl AmdModel {
                     domain: 0,
                     addr: iova,
                     present: false,
+                    permission: false,
                     write,
                     reserved: true,
                 });
                 return Err(AmdFault::IllegalDte);
             }
+            // Table 44. The flags are the model's reading (the spec names none for these):
+            // PR = 1 (a DTE with V = 1 counts as present, Table 57), PE = 0, RZ = 0 (an
+            // invalid encoding rather than a reserved bit).
+            DteKind::NoTranslation => {
+                return Err(self.page_fault(&dte, device, iova, write, (true, false, false)));
+            }
+            DteKind::ReservedMode => {
+                self.violation(format!("DeviceID {device:#06x}: DTE Mode 7 is reserved"));
+                return Err(self.page_fault(&dte, device, iova, write, (true, false, false)));
+            }
             DteKind::Untranslated { read, write: w } => {
                 return if (write && w) || (!write && read) {
                     Ok(iova)
                 } else {
-                    Err(self.page_fault(&dte, device, iova, write, true, false))
+                    Err(self.page_fault(&dte, device, iova, write, (true, true, false)))
                 };
             }
             DteKind::Translated {
@@ -573,7 +606,10 @@ impl AmdModel {
             } => (root, mode, read, write),
         };
         if mode > self.cfg.max_levels() {
+            // An invalid level encoding beyond HATS: IO_PAGE_FAULT (Table 44; HATS limits
+            // DTE Mode, 3.4.1).
             self.violation(format!("DeviceID {device:#06x}: Mode {mode} beyond HATS"));
+            return Err(self.page_fault(&dte, device, iova, write, (true, false, false)));
         }
         let domain = dte.domain();
         // IOTLB: the entry with the greatest base at or below the IOVA that covers it.
@@ -600,8 +636,9 @@ impl AmdModel {
             if cached != now {
                 self.stats.stale_hits += 1;
             }
-            return cached
-                .map_err(|present| self.page_fault(&dte, device, iova, write, present, false));
+            return cached.map_err(|present| {
+                self.page_fault(&dte, device, iova, write, (present, present, false))
+            });
         }
         // Page-directory cache: start below the deepest cached pointer.
         let mut start = (root, mode, dread, dwrite);
@@ -647,7 +684,7 @@ impl AmdModel {
                 if allowed(&l) {
                     Ok(l.phys + (iova - l.iova_base))
                 } else {
-                    Err(self.page_fault(&dte, device, iova, write, true, false))
+                    Err(self.page_fault(&dte, device, iova, write, (true, true, false)))
                 }
             }
             Err(WalkError::NotPresent) => {
@@ -662,14 +699,14 @@ impl AmdModel {
                         },
                     );
                 }
-                Err(self.page_fault(&dte, device, iova, write, false, false))
+                Err(self.page_fault(&dte, device, iova, write, (false, false, false)))
             }
             Err(WalkError::Address) => {
-                Err(self.page_fault(&dte, device, iova, write, false, false))
+                Err(self.page_fault(&dte, device, iova, write, (false, false, false)))
             }
-            Err(WalkError::Malformed(why)) => {
+            Err(WalkError::Malformed { reserved, why }) => {
                 self.violation(format!("DeviceID {device:#06x} at {iova:#x}: {why}"));
-                Err(self.page_fault(&dte, device, iova, write, true, true))
+                Err(self.page_fault(&dte, device, iova, write, (true, false, reserved)))
             }
         }
     }
@@ -690,12 +727,18 @@ impl AmdModel {
         match dte.kind() {
             DteKind::PassThrough => Ok((iova, 0)),
             DteKind::Illegal(_) => Err(AmdFault::IllegalDte),
+            DteKind::NoTranslation | DteKind::ReservedMode => {
+                Err(AmdFault::PageFault { present: true })
+            }
             DteKind::Untranslated { read, write: w } => {
                 if (write && w) || (!write && read) {
                     Ok((iova, dte.domain()))
                 } else {
                     Err(AmdFault::PageFault { present: true })
                 }
+            }
+            DteKind::Translated { mode, .. } if mode > self.cfg.max_levels() => {
+                Err(AmdFault::PageFault { present: true })
             }
             DteKind::Translated {
                 root,
@@ -707,7 +750,7 @@ impl AmdModel {
                     Ok((l.phys + (iova - l.iova_base), dte.domain()))
                 }
                 Ok(_) => Err(AmdFault::PageFault { present: true }),
-                Err(WalkError::Malformed(_)) => Err(AmdFault::PageFault { present: true }),
+                Err(WalkError::Malformed { .. }) => Err(AmdFault::PageFault { present: true }),
                 Err(_) => Err(AmdFault::PageFault { present: false }),
             },
         }
@@ -749,14 +792,16 @@ impl AmdModel {
 
 impl RegisterAccess for AmdModel {
     fn read32(&mut self, offset: usize) -> u32 {
+        // The spec allows aligned accesses of 1 to 8 bytes (3.4); the model takes a driver
+        // that uses anything but 64-bit accesses as a mistake.
         self.violation(format!(
-            "32-bit read at {offset:#x}: the registers are 64-bit"
+            "32-bit read at {offset:#x}: the model expects 64-bit register accesses"
         ));
         (self.read_reg(offset & !7) >> ((offset & 4) * 8)) as u32
     }
     fn write32(&mut self, offset: usize, value: u32) {
         self.violation(format!(
-            "32-bit write of {value:#x} at {offset:#x}: the registers are 64-bit"
+            "32-bit write of {value:#x} at {offset:#x}: the model expects 64-bit register accesses"
         ));
     }
     fn read64(&mut self, offset: usize) -> u64 {

@@ -1,26 +1,34 @@
-//! Command processing (AMD IOMMU spec 2.4 "Commands") and what each invalidation removes
-//! from the model's caches.
+//! Command processing (AMD IOMMU spec rev 3.11, 2.4 "Commands") and what each invalidation
+//! removes from the model's caches.
 //!
-//! Commands are 128 bits: the opcode in bits 63:60 of the first quadword.
-//! - 1h COMPLETION_WAIT: s (bit 0) stores the second quadword to StoreAddress (bits 51:3),
-//!   i (bit 1) sets ComWaitInt (interrupt with ComWaitIntEn), f (bit 2) flush; bits 59:52
-//!   reserved.
-//! - 2h INVALIDATE_DEVTAB_ENTRY: DeviceID in bits 15:0; everything else reserved.
-//! - 3h INVALIDATE_IOMMU_PAGES: PASID 19:0, DomainID 47:32, reserved 31:20 and 59:48;
-//!   second quadword S (0), PDE (1), GN (2), reserved 11:3, Address 63:12. With S = 0 one
-//!   4 KiB page; with S = 1 a naturally aligned range twice as large as the lowest zero
-//!   Address bit at or above bit 12. Without PDE only leaf translations go; with PDE the
-//!   cached page directory entries of the range too. A translation of a page larger than the
-//!   range goes only when the range covers all of it (unless
-//!   [`super::AmdModelConfig::partial_range_invalidates`]).
-//! - 4h INVALIDATE_IOTLB_PAGES (device IOTLBs; legal with IotlbSup, nothing to do here).
-//! - 5h INVALIDATE_INTERRUPT_TABLE: DeviceID 15:0 (interrupt remapping is not modelled).
-//! - 6h PREFETCH_IOMMU_PAGES (with PreFSup), 7h COMPLETE_PPR_REQUEST (with PPRSup): no effect.
-//! - 8h INVALIDATE_IOMMU_ALL (only with IASup): every cache.
+//! Commands are 128 bits: the opcode in bits 63:60 of the first quadword (Figure 43).
+//! - 1h COMPLETION_WAIT (2.4.1, Table 34): s (bit 0) stores the second quadword to
+//!   StoreAddress (bits 51:3), i (bit 1) sets ComWaitInt (interrupt with ComWaitIntEn),
+//!   f (bit 2) flush queue; bits 59:52 reserved. The model executes commands one at a time
+//!   in order, so every wait finds the older commands done.
+//! - 2h INVALIDATE_DEVTAB_ENTRY (2.4.2, Table 35): DeviceID in bits 15:0; everything else
+//!   reserved. It drops the DTE only, no translation (2.4.2).
+//! - 3h INVALIDATE_IOMMU_PAGES (2.4.3, Table 36): PASID 19:0, DomainID 47:32, reserved 31:20
+//!   and 59:48; second quadword S (0), PDE (1), GN (2), reserved 11:3, Address 63:12. With
+//!   S = 0 one 4 KiB page; with S = 1 a naturally aligned range twice as large as the first
+//!   zero Address bit from bit 12 up (Table 14). Without PDE only leaf translations go; with
+//!   PDE the cached page directory entries of the range too. A translation of a page larger
+//!   than the range goes only when the range covers all of it (unless
+//!   [`super::AmdModelConfig::partial_range_invalidates`]; 2.4.3 asks software to cover the
+//!   largest page and lets the IOMMU invalidate more).
+//! - 4h INVALIDATE_IOTLB_PAGES (2.4.4; device IOTLBs, present with IotlbSup, nothing to do
+//!   here).
+//! - 5h INVALIDATE_INTERRUPT_TABLE (2.4.5, Table 38): DeviceID 15:0 (interrupt remapping is
+//!   not modelled).
+//! - 6h PREFETCH_IOMMU_PAGES (2.4.6, with PreFSup), 7h COMPLETE_PPR_REQUEST (2.4.7, with
+//!   PPRSup): no effect.
+//! - 8h INVALIDATE_IOMMU_ALL (2.4.8, Table 41; only with IASup, else ILLEGAL_COMMAND_ERROR):
+//!   every cache.
 //!
 //! Any other opcode, a reserved bit set, or a command the unit does not support stops the
-//! buffer: ILLEGAL_COMMAND_ERROR is logged with the command's address, CmdBufRun clears and
-//! the head stays at the command until software restarts the buffer.
+//! buffer (2.4; 2.5.6): ILLEGAL_COMMAND_ERROR is logged with the command's address, CmdBufRun
+//! clears and the head stays at the command (it advances only past a validated command,
+//! 3.4.15) until software restarts the buffer.
 
 use super::fault::{Event, EventCode};
 use super::regs::*;
@@ -59,6 +67,7 @@ impl AmdModel {
                     domain: 0,
                     addr: pa,
                     present: false,
+                    permission: false,
                     write: false,
                     reserved: false,
                 });
@@ -182,7 +191,7 @@ impl AmdModel {
     }
 }
 
-/// The inclusive range an INVALIDATE_IOMMU_PAGES second quadword names (2.4.3).
+/// The inclusive range an INVALIDATE_IOMMU_PAGES second quadword names (2.4.3, Table 14).
 pub fn decode_range(w1: u64) -> (u64, u64) {
     let addr = w1 & !0xfff;
     if w1 & 1 == 0 {

@@ -1,12 +1,14 @@
 //! The model's register map: the MMIO block and the IOMMU's PCI configuration space, and
 //! how a unit is configured.
 //!
-//! Offsets and fields from the AMD IOMMU specification (pub. 48882, chapter 3 "Registers"):
-//! MMIO 0000h Device Table Base, 0008h Command Buffer Base, 0010h Event Log Base, 0018h
-//! Control, 0020h/0028h Exclusion Base/Limit, 0030h Extended Feature Register, 2000h/2008h
-//! Command Buffer Head/Tail, 2010h/2018h Event Log Head/Tail, 2020h Status. In PCI
-//! configuration space: the IOMMU capability block (Capability Header, Base Address Low/High,
-//! Range, Miscellaneous Information 0) and an MSI capability (PCI Local Bus 3.0, 6.8.1).
+//! Offsets and fields from the AMD IOMMU specification (pub. 48882 rev 3.11, chapter 3
+//! "Registers"): 3.4.1 "Control and Status Registers" (MMIO 0000h Device Table Base, 0008h
+//! Command Buffer Base, 0010h Event Log Base, 0018h Control, 0020h/0028h Exclusion
+//! Base/Limit, 0030h Extended Feature Register), 3.4.15 "Command and Event Log Pointer
+//! Registers" (2000h/2008h Command Buffer Head/Tail, 2010h/2018h Event Log Head/Tail), 3.4.16
+//! "Command and Event Status Register" (2020h). In PCI configuration space: 3.2 "IOMMU Base
+//! Capability Block Registers" (Capability Header, Base Address Low/High, Range,
+//! Miscellaneous Information 0) and an MSI capability (PCI Local Bus 3.0, 6.8.1; 48882 3.1).
 
 /// MMIO 0000h: Device Table Base Address Register.
 pub const MMIO_DEVTAB: usize = 0x0000;
@@ -33,33 +35,33 @@ pub const MMIO_EVT_TAIL: usize = 0x2018;
 /// MMIO 2020h: IOMMU Status Register.
 pub const MMIO_STATUS: usize = 0x2020;
 
-/// Control: IommuEn.
+/// Control: IommuEn (bit 0).
 pub const CTL_IOMMU_EN: u64 = 1 << 0;
-/// Control: EventLogEn.
+/// Control: EventLogEn (bit 2).
 pub const CTL_EVT_LOG_EN: u64 = 1 << 2;
-/// Control: EventIntEn.
+/// Control: EventIntEn (bit 3): interrupt while EventLogInt or EventOverflow is 1.
 pub const CTL_EVT_INT_EN: u64 = 1 << 3;
-/// Control: ComWaitIntEn.
+/// Control: ComWaitIntEn (bit 4).
 pub const CTL_COMWAIT_INT_EN: u64 = 1 << 4;
-/// Control: Coherent.
+/// Control: Coherent (bit 10; device table reads snooped).
 pub const CTL_COHERENT: u64 = 1 << 10;
-/// Control: CmdBufEn.
+/// Control: CmdBufEn (bit 12).
 pub const CTL_CMD_BUF_EN: u64 = 1 << 12;
-/// Control bits the model implements or stores (IommuEn, HtTunEn, EventLogEn, EventIntEn,
-/// ComWaitIntEn, InvTimeOut, PassPW, ResPassPW, Coherent, Isoc, CmdBufEn).
+/// Control bits the model implements or stores (bits 12:0: IommuEn, HtTunEn, EventLogEn,
+/// EventIntEn, ComWaitIntEn, InvTimeOut 7:5, PassPW, ResPassPW, Coherent, Isoc, CmdBufEn).
 pub const CTL_KNOWN: u64 = 0x1fff;
 
-/// Status: EventOverflow (RW1C).
+/// Status: EventOverflow (bit 0, RW1C).
 pub const ST_EVT_OVERFLOW: u64 = 1 << 0;
-/// Status: EventLogInt (RW1C).
+/// Status: EventLogInt (bit 1, RW1C): set for every record written.
 pub const ST_EVT_INT: u64 = 1 << 1;
-/// Status: ComWaitInt (RW1C).
+/// Status: ComWaitInt (bit 2, RW1C).
 pub const ST_COMWAIT_INT: u64 = 1 << 2;
-/// Status: EventLogRun (RO).
+/// Status: EventLogRun (bit 3, RO).
 pub const ST_EVT_RUN: u64 = 1 << 3;
-/// Status: CmdBufRun (RO).
+/// Status: CmdBufRun (bit 4, RO).
 pub const ST_CMD_RUN: u64 = 1 << 4;
-/// Status: PprOverflow (RW1C) and PprInt (RW1C); the model never sets them.
+/// Status: PprOverflow (bit 5, RW1C) and PprInt (bit 6, RW1C); the model never sets them.
 pub const ST_PPR_W1C: u64 = (1 << 5) | (1 << 6);
 /// Status bits that are write-1-to-clear.
 pub const ST_W1C: u64 = ST_EVT_OVERFLOW | ST_EVT_INT | ST_COMWAIT_INT | ST_PPR_W1C;
@@ -72,7 +74,7 @@ pub const EFR_GT: u64 = 1 << 4;
 pub const EFR_PREF: u64 = 1 << 0;
 /// EFR: PPRSup (bit 1).
 pub const EFR_PPR: u64 = 1 << 1;
-/// EFR: HATS (bits 11:10).
+/// EFR: HATS (bits 11:10): 00b 4, 01b 5, 10b 6 levels, 11b reserved.
 pub const EFR_HATS_SHIFT: u32 = 10;
 
 /// QEMU 10.0's amd-iommu EFR (measured 0x29d3, and in the IVRS EFR image): PreFSup, PPRSup,
@@ -174,7 +176,7 @@ impl AmdModelConfig {
             _ => 6,
         }
     }
-    /// The Capability Header dword: CapID 0Fh, CapPtr, CapType 011b, CapRev 00001b,
+    /// The Capability Header dword (3.2): CapID 0Fh, CapPtr, CapType 011b, CapRev 00001b,
     /// IotlbSup (24), HtTunnel (25), NpCache (26), EFRSup (27).
     pub fn cap_header(&self) -> u32 {
         let next = if self.msi { u32::from(MSI_OFFSET) } else { 0 };
@@ -186,7 +188,8 @@ impl AmdModelConfig {
             | (u32::from(self.np_cache) << 26)
             | (u32::from(self.efr_sup) << 27)
     }
-    /// Miscellaneous Information Register 0: MsiNum 0, PAsize (14:8), VAsize (21:15).
+    /// Miscellaneous Information Register 0 (3.2): MsiNum 0 (4:0), PAsize (14:8), VAsize
+    /// (21:15).
     pub fn misc0(&self) -> u32 {
         ((self.pa_size & 0x7f) << 8) | ((self.va_size & 0x7f) << 15)
     }
