@@ -164,7 +164,8 @@ pub enum Doorbell {
     SmmuCmdqProd,
     /// AMD-Vi command buffer: Command Buffer Base (0x0008, base bits 51:12, ComLen bits
     /// 59:56) and Command Buffer Tail Pointer (0x2008, byte offset of the tail in bits 18:4),
-    /// 16-byte commands with the opcode in bits 63:60 (AMD IOMMU spec 3.4, 2.4).
+    /// 16-byte commands with the opcode in bits 63:60 (AMD IOMMU spec rev 3.11, 3.4.1,
+    /// 3.4.15, 2.4).
     AmdCmdTail,
 }
 

@@ -43,7 +43,8 @@ unsafe impl AcpiTable for DmarHeader {
     }
 }
 
-/// The fixed part of the IVRS table (AMD IOMMU spec, chapter 5): IVinfo and 8 reserved bytes.
+/// The fixed part of the IVRS table (AMD IOMMU spec rev 3.11, 5.2.1, Table 85): IVinfo and 8
+/// reserved bytes.
 #[repr(C, packed)]
 struct IvrsHeader {
     header: SdtHeader,
