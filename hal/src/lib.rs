@@ -9,7 +9,7 @@
 //! - [`units`]: the one [`backend::Backend`] implementation over a set of units, which every
 //!   vendor's unit type plugs into.
 //! - [`wait`]: bounded polling of hardware ([`wait::Timing`], [`wait::poll`]).
-//! - One module per vendor (`vtd`, `smmuv3`, ...), each with the same inner shape: `regs`
+//! - One module per vendor (`vtd`, `smmuv3`, `riscv`), each with the same inner shape: `regs`
 //!   (register map), `tables` (context / device / stream tables), `queue` (invalidation or
 //!   command queue), `fault`, and `mod` (the unit and its backend).
 //!
@@ -24,6 +24,7 @@ extern crate std;
 pub mod backend;
 pub mod mem;
 pub mod pagetable;
+pub mod riscv;
 pub mod smmuv3;
 pub mod units;
 pub mod vtd;
