@@ -651,10 +651,30 @@ impl<R: RegisterAccess> RiscvUnit<R> {
         }
     }
 
+    /// Allocates and links the DDT tables `device` lacks (see [`Backend::prepare`]); the
+    /// new tables are all zeros, so the device stays blocked. Idempotent.
+    pub fn prepare<M, A>(
+        &mut self,
+        mem: &mut M,
+        alloc: &mut A,
+        device: u32,
+    ) -> Result<(), RiscvError>
+    where
+        M: PhysMem + ?Sized,
+        A: FrameAlloc + ?Sized,
+    {
+        let did = self.check_device(device)?;
+        self.ddt
+            .ensure(mem, alloc, did)
+            .map(|_| ())
+            .ok_or(RiscvError::NoFrame)
+    }
+
     /// Points `device` at `domain` (see [`Backend::attach`]).
     ///
-    /// Allocates from `alloc` the DDT tables the device lacks (first device of its range),
-    /// linked before the context is written. A device context cannot change two doublewords
+    /// Allocates from `alloc` the DDT tables the device lacks (first device of its range,
+    /// unless [`RiscvUnit::prepare`] was called for it), linked before the context is
+    /// written. Nothing is allocated per domain. A device context cannot change two doublewords
     /// in one store and the unit may read it at any time, so a live context naming another
     /// domain is replaced break-before-make (as chapter 6 "Guidelines for enabling and
     /// disabling ATS and/or PRI" does for a valid context): `tc.V` = 0 in one store, then
@@ -932,6 +952,18 @@ impl<R: RegisterAccess> Unit for RiscvUnit<R> {
 
     fn unit_counters(&self) -> RiscvCounters {
         self.counters()
+    }
+
+    fn prepare_device<M>(
+        &mut self,
+        mem: &mut M,
+        alloc: &mut dyn FrameAlloc,
+        device: u32,
+    ) -> Result<(), RiscvError>
+    where
+        M: PhysMem + ?Sized,
+    {
+        self.prepare(mem, alloc, device)
     }
 
     fn attach_device<M, D>(
