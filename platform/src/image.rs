@@ -119,6 +119,22 @@ pub fn passthrough_check<E: DmaEngine>(
 /// The server every image runs.
 pub type ImageServer<'a, B> = Server<'a, B, IdentityMem, FramePool, NoNotify>;
 
+/// What an image's IOMMU does differently from what the scenario expects by default.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Quirks {
+    /// The unit's fault records tell reads from writes (false for QEMU 10.0's RISC-V IOMMU,
+    /// which records every translation fault as a write).
+    pub fault_directions: bool,
+}
+
+impl Default for Quirks {
+    fn default() -> Self {
+        Quirks {
+            fault_directions: true,
+        }
+    }
+}
+
 /// Builds the server over `backend` (its units up) and `mem` with the static configuration
 /// (client 1 owns `device`, `reserved` is reserved in every domain and must not be empty),
 /// runs the client scenario with `edu` doing the DMA, and logs the server's statistics, then
@@ -129,6 +145,31 @@ pub fn serve<B, E>(
     device: DeviceGrant<'_>,
     reserved: &[IovaRange],
     edu: &mut E,
+    log_backend: impl FnOnce(&B),
+) -> Result<(), &'static str>
+where
+    B: Backend,
+    E: DmaEngine,
+{
+    serve_with(
+        backend,
+        mem,
+        device,
+        reserved,
+        edu,
+        Quirks::default(),
+        log_backend,
+    )
+}
+
+/// [`serve`] for a unit with `quirks`.
+pub fn serve_with<B, E>(
+    backend: B,
+    mem: Memory,
+    device: DeviceGrant<'_>,
+    reserved: &[IovaRange],
+    edu: &mut E,
+    quirks: Quirks,
     log_backend: impl FnOnce(&B),
 ) -> Result<(), &'static str>
 where
@@ -198,6 +239,7 @@ where
         iova_base: IOVA_BASE,
         forbidden_phys: (&raw const SECRET) as u64,
         reserved_iova,
+        fault_directions: quirks.fault_directions,
     };
     let t0 = arch::time::micros();
     let result = scenario::run(

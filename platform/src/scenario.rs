@@ -78,6 +78,10 @@ pub struct Layout {
     pub forbidden_phys: u64,
     /// An IOVA inside a window the server reserves (e.g. the x86 MSI window).
     pub reserved_iova: u64,
+    /// Whether the unit's fault records tell reads from writes. When false (QEMU 10.0's
+    /// RISC-V IOMMU reports every translation fault as a write), an expected fault matches
+    /// whatever direction it reports.
+    pub fault_directions: bool,
 }
 
 /// Which step failed, and how.
@@ -291,7 +295,7 @@ impl<T: Transport, E: DmaEngine> Ctx<'_, T, E> {
             if r.device != self.layout.device || r.iova & !(SZ_4K - 1) != page {
                 return Err(self.fail("fault record for another device or page"));
             }
-            matched |= r.write == write && r.reason == reason;
+            matched |= (r.write == write || !self.layout.fault_directions) && r.reason == reason;
         }
         if matched {
             Ok(())

@@ -1123,14 +1123,24 @@ fn prepare_takes_the_shared_tables_up_front() {
     r.be.prepare(&mut r.alloc, 0, 0x8000).unwrap();
     assert_eq!(r.alloc.in_use, used + 2, "level-1 table and leaf table");
     r.be.prepare(&mut r.alloc, 0, 0x8001).unwrap();
-    assert_eq!(r.alloc.in_use, used + 2, "idempotent, shared by the leaf's ids");
+    assert_eq!(
+        r.alloc.in_use,
+        used + 2,
+        "idempotent, shared by the leaf's ids"
+    );
     // Still blocked.
     assert_eq!(r.read(0x8000, 0, 8).unwrap_err().cause, BLOCKED);
     r.attach(0x8000, &pt, 1);
     assert_eq!(r.alloc.in_use, used + 2, "attach allocates nothing more");
-    assert_eq!(r.be.prepare(&mut r.alloc, 0, 1 << 24), Err(RiscvError::BadDevice));
+    assert_eq!(
+        r.be.prepare(&mut r.alloc, 0, 1 << 24),
+        Err(RiscvError::BadDevice)
+    );
     r.alloc.fail_in(0);
-    assert_eq!(r.be.prepare(&mut r.alloc, 0, 0x1_0000), Err(RiscvError::NoFrame));
+    assert_eq!(
+        r.be.prepare(&mut r.alloc, 0, 0x1_0000),
+        Err(RiscvError::NoFrame)
+    );
     r.alloc.no_failures();
     let _ = r.drain();
     r.assert_clean();

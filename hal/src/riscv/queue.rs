@@ -32,8 +32,8 @@ pub const CMD_SIZE: u64 = 16;
 pub const MAX_LOG2_ENTRIES: u32 = 8;
 /// The most commands one batch may carry (an `IOFENCE.C` is added).
 pub const MAX_BATCH: usize = 20;
-/// The most address-specific `IOTINVAL.VMA` commands one gather may take (one per leaf of
-/// the smallest size touched) before a whole-PSCID invalidation is used instead.
+/// The most address-specific `IOTINVAL.VMA` commands one gather may take (one per 4 KiB
+/// page) before a whole-PSCID invalidation is used instead.
 pub const MAX_ADDR_CMDS: u64 = 16;
 
 /// Command opcodes (3.1, table "IOMMU command opcodes").
@@ -143,10 +143,15 @@ pub const fn opcode_func3(d0: u64) -> (u8, u8) {
 /// - a gather that removed or replaced non-leaf entries, or has no leaf span, takes the
 ///   whole PSCID (`AV` = 0), because address-specific invalidations reach only cached leaf
 ///   entries (3.1.1, table "IOTINVAL.VMA operands and operations");
-/// - else one address-specific command per leaf of the smallest size touched, when at most
-///   [`MAX_ADDR_CMDS`] cover the span (each removes every cached leaf holding its address,
-///   whatever the leaf's size);
+/// - else one address-specific command per 4 KiB page of the span, when at most
+///   [`MAX_ADDR_CMDS`] cover it;
 /// - else the whole PSCID.
+///
+/// Address-specific commands step by 4 KiB whatever the leaf size: the spec has a command
+/// remove every cached entry holding a leaf for its address, but an IOMMU that caches a large
+/// leaf as 4 KiB pieces may remove only the piece holding the address (QEMU 10.0's
+/// riscv-iommu does: its IOTLB is keyed by 4 KiB page and `AV` matches the page exactly), so a
+/// gather of large leaves takes the whole PSCID.
 pub fn iotinval_for_gather(pscid: u32, gather: &Gather) -> Vec<Cmd, MAX_BATCH> {
     let mut out = Vec::new();
     let all = Cmd::IotinvalVma {
@@ -155,19 +160,16 @@ pub fn iotinval_for_gather(pscid: u32, gather: &Gather) -> Vec<Cmd, MAX_BATCH> {
     };
     match gather.span() {
         Some((first, last)) if !gather.tables_removed() => {
-            let step = gather.min_leaf().max(PAGE_SIZE);
-            if step.is_power_of_two() {
-                let start = first & !(step - 1);
-                let n = (last - start) / step + 1;
-                if n <= MAX_ADDR_CMDS {
-                    for i in 0..n {
-                        let _ = out.push(Cmd::IotinvalVma {
-                            pscid: Some(pscid),
-                            addr: Some(start + i * step),
-                        });
-                    }
-                    return out;
+            let start = first & !(PAGE_SIZE - 1);
+            let n = (last - start) / PAGE_SIZE + 1;
+            if n <= MAX_ADDR_CMDS {
+                for i in 0..n {
+                    let _ = out.push(Cmd::IotinvalVma {
+                        pscid: Some(pscid),
+                        addr: Some(start + i * PAGE_SIZE),
+                    });
                 }
+                return out;
             }
             let _ = out.push(all);
         }
@@ -477,10 +479,10 @@ mod tests {
                 addr: Some(a)
             })
         );
-        // A 2 MiB leaf: one command.
+        // A 2 MiB leaf: 512 pages, the whole PSCID (see the function's documentation).
         let mut g = Gather::new();
         g.add_range(0x20_0000, 0x20_0000, 0x20_0000);
-        assert_eq!(iotinval_for_gather(5, &g).len(), 1);
+        assert_eq!(iotinval_for_gather(5, &g)[..], [all(5)]);
         // 17 pages: too many, the whole PSCID.
         let mut g = Gather::new();
         g.add_range(0, 17 * PAGE_SIZE, PAGE_SIZE);

@@ -16,7 +16,9 @@
 //! - its own first-stage walker ([`tables::walk`], privileged spec 4.3.2) and caches that
 //!   keep entries until the right `IOTINVAL.VMA`: an IOTLB of leaves keyed by (PSCID or
 //!   global, level, VPN) and a cache of non-leaf entries keyed by PSCID; address-specific
-//!   invalidations reach only leaves (3.1.1). A cached entry that disagrees with memory when
+//!   invalidations reach only leaves (3.1.1). Optionally large leaves are cached as 4 KiB
+//!   pieces that an address-specific invalidation removes one at a time, as QEMU 10.0 does
+//!   ([`RiscvConfig::splinter_leaves`]). A cached entry that disagrees with memory when
 //!   used is counted ([`RiscvStats::stale_hits`], [`RiscvStats::stale_dc_hits`]), and a PSCID
 //!   found naming two different first-stage tables is noted as misuse (the spec leaves the
 //!   result unpredictable);
@@ -122,6 +124,8 @@ struct TlbKey {
 struct TlbEntry {
     root: u64,
     va_base: u64,
+    /// log2 of the bytes the entry covers: the leaf's size, or 12 for a splintered piece.
+    size_log2: u32,
     leaf: Leaf,
 }
 
@@ -839,7 +843,7 @@ impl RiscvModel {
                     }
                     Some(a) => {
                         self.tlb.retain(|k, e| {
-                            let size = 1u64 << e.leaf.size_log2();
+                            let size = 1u64 << e.size_log2;
                             let covers = e.va_base <= a && a - e.va_base < size;
                             let space = match pscid {
                                 None => true,
@@ -1064,10 +1068,14 @@ impl RiscvModel {
                 Ok(leaf) => {
                     // Leaves with A = 0 fault (no hardware A/D update) and are not cached.
                     if leaf.pte & pte::A != 0 {
-                        let shift = leaf.size_log2();
+                        let (level, shift) = if self.cfg.splinter_leaves {
+                            (0, 12)
+                        } else {
+                            (leaf.level, leaf.size_log2())
+                        };
                         let key = TlbKey {
                             pscid: (leaf.pte & (1 << 5) == 0).then_some(fs.pscid),
-                            level: leaf.level,
+                            level,
                             vpn: va >> shift,
                         };
                         self.tlb.insert(
@@ -1075,6 +1083,7 @@ impl RiscvModel {
                             TlbEntry {
                                 root: fs.root,
                                 va_base: va & !((1u64 << shift) - 1),
+                                size_log2: shift,
                                 leaf,
                             },
                         );

@@ -167,12 +167,19 @@ pub struct RiscvConfig {
     pub complete_invalidation_at_fence: bool,
     /// Writable bits of each `icvec` field (vectors supported = `2^icvec_bits`).
     pub icvec_bits: u32,
+    /// Large leaves are cached as 4 KiB pieces, and an address-specific `IOTINVAL.VMA`
+    /// removes only the piece holding its address (QEMU 10.0 `hw/riscv/riscv-iommu.c` keys
+    /// its IOTLB by 4 KiB page and matches `ADDR` exactly). The spec asks for every entry
+    /// holding a leaf for the address to go, so this is stricter on the driver: it must not
+    /// rely on one address reaching a whole large leaf.
+    pub splinter_leaves: bool,
 }
 
 impl RiscvConfig {
     /// What QEMU 10.0's `riscv-iommu-pci` reports (capabilities 0x78c2cf0f10 measured:
     /// version 1.0, Sv32/39/48/57 and the x4 modes, MSI_FLAT, MSI_MRIF, ATS, HPM, DBG, PAS
-    /// 56, PD8, IGS = MSI), with every DDT mode supported.
+    /// 56, PD8, IGS = MSI), with every DDT mode supported and large leaves cached as 4 KiB
+    /// pieces, as QEMU does.
     pub fn qemu() -> RiscvConfig {
         RiscvConfig {
             version: 0x10,
@@ -196,6 +203,7 @@ impl RiscvConfig {
             cq_hung: false,
             complete_invalidation_at_fence: true,
             icvec_bits: 4,
+            splinter_leaves: true,
         }
     }
 
