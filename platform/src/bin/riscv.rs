@@ -20,8 +20,10 @@
 //!    client 2 only 64 KiB of its own RAM.
 //! 5. Run the client scenario (`iommu_platform::scenario`) shared with the other images: the
 //!    clients talk to the server only through encoded protocol messages, and edu does real
-//!    DMA through the IOMMU. Faults are drained when the clients call (polling): the IOMMU's
-//!    interrupt is not taken yet.
+//!    DMA through the IOMMU. A unit that signals by wire gets its fault interrupt enabled
+//!    (`fqcsr.fie`, `cqcsr.cie`, every cause on vector 0), but the interrupt is not taken
+//!    yet: faults are drained when the clients call (polling), each drain acknowledging
+//!    `ipsr`.
 //!
 //! Prints `PASS` and exits with status 0 (the `sifive_test` device) only if every step
 //! passed. Run with `cargo run -p iommu-test-harness --bin qemu -- riscv`. On the host this
@@ -47,6 +49,7 @@ mod stub {
 #[cfg(all(target_os = "none", target_arch = "riscv64"))]
 mod image {
     use heapless::Vec;
+    use iommu_hal::backend::{Backend, FaultInterrupt};
     use iommu_hal::mem::RegisterAccess;
     use iommu_hal::riscv::regs::{self, Cap, ddtp};
     use iommu_hal::riscv::{RiscvBackend, RiscvConfig};
@@ -279,11 +282,26 @@ mod image {
                 if unit.wired() { "wired" } else { "MSI" },
                 unit.ddt()
             );
+            if unit.wired() {
+                // Vector 0 (every cause) on the unit's first wire. The interrupt is not taken
+                // yet (interrupts stay masked): faults are drained when the clients call, and
+                // each drain acknowledges `ipsr`, which lowers the wire.
+                backend
+                    .enable_fault_interrupt(index, FaultInterrupt::Wired)
+                    .map_err(|e| {
+                        defmt::error!("IOMMU {=usize} interrupt: {}", i, e);
+                        "IOMMU interrupt refused"
+                    })?;
+                defmt::info!(
+                    "IOMMU {=usize}: fault interrupt on wire 0 ({=?} in the device tree), polled",
+                    i,
+                    found.machine.riscv_iommus[i].interrupts.first()
+                );
+            }
             if i == found.iommu {
                 edu_unit = Some(index);
             }
         }
-        let _ = &found.machine;
 
         let device = DeviceGrant::new(edu_unit.ok_or("edu's IOMMU was not brought up")?, found.did);
         // QEMU 10.0 records every translation fault as a write/AMO (TTYP 3), reads too.

@@ -128,6 +128,34 @@ pub const TARGETS: &[Target] = &[
         // The sifive_test finisher's PASS (iommu_platform::riscv64::EXIT_SUCCESS).
         success_status: 0,
     },
+    Target {
+        name: "riscv-pci",
+        about: "riscv64 virt + RISC-V IOMMU (riscv-iommu-pci) + edu: the riscv image with the PCI form of the IOMMU",
+        rust_target: "riscv64gc-unknown-none-elf",
+        package: "iommu-platform",
+        bin: "riscv",
+        qemu: "qemu-system-riscv64",
+        qemu_args: &[
+            "-machine",
+            "virt",
+            "-bios",
+            "none",
+            // The IOMMU at 00:01.0 (its registers in BAR0, which the image assigns), edu
+            // behind it at 00:02.0.
+            "-device",
+            "riscv-iommu-pci",
+            "-device",
+            "edu,dma_mask=0xffffffffff",
+            "-m",
+            "256M",
+            "-display",
+            "none",
+            "-nodefaults",
+            "-no-reboot",
+        ],
+        channels: Channels::Muxed,
+        success_status: 0,
+    },
 ];
 
 /// The target named `name`.
