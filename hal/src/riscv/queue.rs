@@ -139,7 +139,11 @@ pub const fn opcode_func3(d0: u64) -> (u8, u8) {
     ((d0 & 0x7f) as u8, ((d0 >> FUNC3_SHIFT) & 7) as u8)
 }
 
-/// The `IOTINVAL.VMA` commands for one gather of domain `pscid` (no fence):
+/// The `IOTINVAL.VMA` commands for one gather of domain `pscid` (no fence). Spec 1.0 offers
+/// two forms for a host address space, address-specific (`AV` = 1, leaves only) and
+/// whole-PSCID (`AV` = 0); the later Non-leaf PTE Invalidation and Address Range Invalidation
+/// extensions are not used.
+///
 /// - a gather that removed or replaced non-leaf entries, or has no leaf span, takes the
 ///   whole PSCID (`AV` = 0), because address-specific invalidations reach only cached leaf
 ///   entries (3.1.1, table "IOTINVAL.VMA operands and operations");
