@@ -7,15 +7,16 @@
 //! `// SAFETY:` comment.
 //!
 //! Architecture-independent pieces ([`mem`], [`pci`], [`bars`], [`dmar`], [`devtree`], [`dma`],
-//! [`edu`], [`local`]) build and are tested on the host too; the runtimes (`x86`, `aarch64`, `riscv64`),
-//! the client scenario the images run (`scenario`, which logs with defmt) and what every image
-//! does around it (`image`) exist only on bare-metal targets.
+//! [`edu`], [`local`], [`clock`]) build and are tested on the host too; the runtimes (`x86`,
+//! `aarch64`, `riscv64`), the client scenario the images run (`scenario`, which logs with defmt)
+//! and what every image does around it (`image`) exist only on bare-metal targets.
 #![no_std]
 
 #[cfg(test)]
 extern crate std;
 
 pub mod bars;
+pub mod clock;
 pub mod devtree;
 pub mod dma;
 pub mod dmar;
