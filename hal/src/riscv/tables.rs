@@ -11,14 +11,15 @@
 //! level `LEVELS - 1` the root that `ddtp` points at.
 //!
 //! A non-leaf entry is `V` (bit 0) and the next table's `PPN` (bits 53:10). Tables below the
-//! root are allocated on the first attach of a device they cover, filled with zeros (every
-//! entry invalid) and linked with [`PhysMem::publish_u64`], so the unit never reaches a table
-//! before its zeros. Invalid entries are never cached (chapter 6 "Caching invalid entries"),
-//! so linking a table needs no invalidation.
+//! root are allocated on the first attach of a device they cover (or at server start, see
+//! `super::RiscvUnit::prepare`), filled with zeros (every entry invalid) and made reachable
+//! with one [`PhysMem::publish_u64`], so the unit never reaches a table before its zeros.
+//! Invalid entries are never cached (chapter 6 "Caching invalid entries"), so linking a table
+//! needs no invalidation.
 //!
 //! A device whose context has `tc.V` = 0 is blocked: its requests fault with "DDT entry not
-//! valid" (cause 258) and are reported with the IOVA. Nothing passes through: the unit runs
-//! in a table mode, never `Bare`.
+//! valid" (cause 258) and are reported with the IOVA (QEMU 10.0 reports them without it).
+//! Nothing passes through: the unit runs in a table mode, never `Bare`.
 //!
 //! Device contexts are written so that the unit never sees a half-written one: the unit may
 //! read a context's doublewords in any order, so a context is only ever changed while
@@ -308,9 +309,10 @@ impl Ddt {
 
     /// Allocates and links the tables `device_id` lacks, returning its device context's
     /// address. Frames are allocated first: if one cannot be had, every frame obtained goes
-    /// back and nothing is linked. Each new table is all zeros (every entry invalid) and is
-    /// linked into its parent with [`PhysMem::publish_u64`], deepest first, so a table is
-    /// reachable only after its own contents and links are visible.
+    /// back and nothing is linked. Each new table is all zeros (every entry invalid); the new
+    /// tables are linked to each other while unreachable, and into the existing table last
+    /// with [`PhysMem::publish_u64`], so they are reachable only after their contents and
+    /// links are visible.
     pub fn ensure<M, A>(&self, mem: &mut M, alloc: &mut A, device_id: u32) -> Option<PhysAddr>
     where
         M: PhysMem + ?Sized,
@@ -336,12 +338,13 @@ impl Ddt {
             }
         }
         // frames[i] is the new table of level `missing - 1 - i`: frames[0] right below
-        // `table`, the last one the leaf. Links are written from the bottom up, each while
-        // its parent is still unreachable, the last one into the existing `table`.
+        // `table`, the last one the leaf. Links between new tables are written while none of
+        // them is reachable; the one link into the existing `table` is published last, after
+        // a barrier that orders the new tables' zeros and links before it.
         for i in (1..missing as usize).rev() {
             let parent_level = missing - i as u32;
             let pa = self.entry_pa(frames[i - 1], device_id, parent_level);
-            mem.publish_u64(pa, ddte(frames[i]));
+            mem.write_u64(pa, ddte(frames[i]));
         }
         if missing > 0 {
             let pa = self.entry_pa(table, device_id, missing);
@@ -428,7 +431,7 @@ mod tests {
     }
 
     #[test]
-    fn tables_are_linked_bottom_up_after_a_barrier() {
+    fn tables_become_reachable_with_one_published_link() {
         let mut mem = Mem::default();
         let t = Ddt {
             root: 0x10_0000,
@@ -444,9 +447,10 @@ mod tests {
         assert_eq!(
             mem.log,
             [
-                (0x20_1000, ddte(0x20_2000), true),
+                (0x20_1000, ddte(0x20_2000), false),
                 (0x10_0000, ddte(0x20_1000), true)
-            ]
+            ],
+            "the unreachable link first, the published one last"
         );
         assert_eq!(t.missing_tables(&mem, 0x19), 0);
         // Another DDI[1]: only a leaf.

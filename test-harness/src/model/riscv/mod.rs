@@ -985,6 +985,64 @@ impl RiscvModel {
         }
     }
 
+    /// The first-stage context device `did`'s requests would use now, from a fresh walk of
+    /// the DDT (no cache, nothing counted or recorded): `(PSCID, iosatp.MODE, root)`, or the
+    /// fault cause; a valid context with first stage Bare is `(0, 0, 0)`.
+    pub fn probe_context(&self, did: u32) -> Result<(u32, u64, u64), u16> {
+        match self.mode() {
+            MODE_OFF => return Err(cause::ALL_DISALLOWED),
+            MODE_BARE => return Ok((0, 0, 0)),
+            _ => {}
+        }
+        let root = ((self.ddtp & DDTP_PPN) >> 10) << 12;
+        let pa = tables::locate_dc(&self.mem, &self.cfg, root, self.levels(), did)
+            .map_err(|f| f.cause)?;
+        let dc = Dc::read(&self.mem, pa, self.cfg.dc_size());
+        if !dc.valid() {
+            return Err(cause::DDT_INVALID);
+        }
+        match dc.check(&self.cfg, self.fctl & FCTL_BE != 0) {
+            Err(_) => Err(cause::DDT_MISCONFIGURED),
+            Ok(DcKind::Bare) => Ok((0, 0, 0)),
+            Ok(DcKind::FirstStage(fs)) => Ok((fs.pscid, fs.mode, fs.root)),
+        }
+    }
+
+    /// What an access of device `did` at `iova` would reach now through a fresh walk of
+    /// memory (DDT, device context, first-stage tables): the physical address or the fault
+    /// cause. Touches no cache, counts nothing and records no fault, so it can be asked at any
+    /// moment (e.g. between two stores of a driver).
+    pub fn probe(&self, did: u32, iova: u64, write: bool) -> Result<u64, u16> {
+        match self.mode() {
+            MODE_OFF => return Err(cause::ALL_DISALLOWED),
+            MODE_BARE => return Ok(iova),
+            _ => {}
+        }
+        let root = ((self.ddtp & DDTP_PPN) >> 10) << 12;
+        let pa = tables::locate_dc(&self.mem, &self.cfg, root, self.levels(), did)
+            .map_err(|f| f.cause)?;
+        let dc = Dc::read(&self.mem, pa, self.cfg.dc_size());
+        if !dc.valid() {
+            return Err(cause::DDT_INVALID);
+        }
+        let fs = match dc.check(&self.cfg, self.fctl & FCTL_BE != 0) {
+            Err(_) => return Err(cause::DDT_MISCONFIGURED),
+            Ok(DcKind::Bare) => return Ok(iova),
+            Ok(DcKind::FirstStage(fs)) => fs,
+        };
+        let page = if write {
+            cause::WRITE_PAGE
+        } else {
+            cause::READ_PAGE
+        };
+        let leaf =
+            tables::walk(&self.mem, &fs, iova, &mut tables::NoWalkCache).map_err(|_| page)?;
+        if !tables::permits(&leaf, write) {
+            return Err(page);
+        }
+        Ok(leaf.pa_base | (iova & ((1u64 << leaf.size_log2()) - 1)))
+    }
+
     fn tlb_lookup(&self, pscid: u32, va: u64) -> Option<TlbEntry> {
         for level in 0..5u32 {
             let vpn = va >> (12 + 9 * level);
@@ -1185,6 +1243,14 @@ impl RiscvHandle {
     /// See [`RiscvModel::dma_write`].
     pub fn dma_write(&self, did: u32, iova: u64, data: &[u8]) -> Result<(), RiscvFault> {
         self.0.borrow_mut().dma_write(did, iova, data)
+    }
+    /// See [`RiscvModel::probe`].
+    pub fn probe(&self, did: u32, iova: u64, write: bool) -> Result<u64, u16> {
+        self.0.borrow().probe(did, iova, write)
+    }
+    /// See [`RiscvModel::probe_context`].
+    pub fn probe_context(&self, did: u32) -> Result<(u32, u64, u64), u16> {
+        self.0.borrow().probe_context(did)
     }
     /// A snapshot of the counters.
     pub fn stats(&self) -> RiscvStats {
