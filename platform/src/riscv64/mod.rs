@@ -74,9 +74,9 @@ pub struct BootInfo {
     /// Physical address of the flattened device tree (`a1` at entry), when an FDT header is
     /// there.
     pub dtb: Option<u64>,
-    /// The `mtime` rate from the device tree, in Hz (`None`: not found, the timer runs on a
-    /// fallback rate that makes waits longer, never shorter).
-    pub timebase_hz: Option<u64>,
+    /// The `mtime` rate in Hz and its source (the device tree's `timebase-frequency`, or,
+    /// when missing or implausible, a fallback rate that makes waits longer, never shorter).
+    pub timer: crate::clock::Rate,
 }
 
 /// Whether an FDT header starts at `addr`.
@@ -100,24 +100,21 @@ extern "C" fn rust_start(hart: u64, dtb: u64) -> ! {
     Uart::CONSOLE.init();
     let dtb = fdt_at(dtb).then_some(dtb);
     // The timer's rate and the CLINT come from the device tree.
-    let mut timebase_hz = None;
+    let (mut clint, mut timebase) = (None, None);
     if let Some(addr) = dtb {
         // SAFETY: an FDT header is at `dtb`, in RAM QEMU filled and nothing writes.
         if let Ok(m) = unsafe { crate::devtree::parse_at(addr) } {
-            timebase_hz = m.timebase_hz;
-            time::init(m.clint.map(|r| r.base), m.timebase_hz);
+            (clint, timebase) = (m.clint.map(|r| r.base), m.timebase_hz);
         }
     }
-    let boot = BootInfo {
-        hart,
-        dtb,
-        timebase_hz,
-    };
+    let timer = time::init(clint, timebase);
+    let boot = BootInfo { hart, dtb, timer };
     crate::console!(
-        "iommu-platform riscv64: booted in M-mode on hart {}, DTB at {:#x} (0: none), timebase {} Hz",
+        "iommu-platform riscv64: booted in M-mode on hart {}, DTB at {:#x} (0: none), timebase {} Hz ({:?})",
         hart,
         dtb.unwrap_or(0),
-        timebase_hz.unwrap_or(0)
+        timer.value,
+        timer.source
     );
     // SAFETY: `entry!` defines the function with exactly this signature; without it the
     // linker script resolves the name to `no_main`, which ignores the argument.
