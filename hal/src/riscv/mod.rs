@@ -1021,9 +1021,15 @@ impl<R: RegisterAccess> Unit for RiscvUnit<R> {
         self.invalidate_all(mem, delay, tag)
     }
 
-    fn enable_interrupt<M>(&mut self, mem: &mut M, irq: FaultInterrupt) -> Result<(), RiscvError>
+    fn enable_interrupt<M, D>(
+        &mut self,
+        mem: &mut M,
+        _delay: &mut D,
+        irq: FaultInterrupt,
+    ) -> Result<(), RiscvError>
     where
         M: PhysMem + ?Sized,
+        D: DelayNs + ?Sized,
     {
         RiscvUnit::enable_interrupt(self, mem, irq)
     }

@@ -20,10 +20,12 @@
 //!    client 2 only 64 KiB of its own RAM.
 //! 5. Run the client scenario (`iommu_platform::scenario`) shared with the other images: the
 //!    clients talk to the server only through encoded protocol messages, and edu does real
-//!    DMA through the IOMMU. A unit that signals by wire gets its fault interrupt enabled
-//!    (`fqcsr.fie`, `cqcsr.cie`, every cause on vector 0), but the interrupt is not taken
-//!    yet: faults are drained when the clients call (polling), each drain acknowledging
-//!    `ipsr`.
+//!    DMA through the IOMMU. Faults arrive by interrupt: a unit that signals by wire gets
+//!    every cause on vector 0 (`icvec`), its first `interrupts` line enabled at the PLIC for
+//!    the hart's machine-mode context, and `fqcsr.fie`/`cqcsr.cie` set; the trap vector takes
+//!    the machine external interrupt, the PLIC names the line, and the server drains the unit
+//!    (which clears `ipsr` and lowers the line). A unit that signals by MSI (the PCI form) has
+//!    no MSI target on this machine (no IMSIC): its faults are drained by polling.
 //!
 //! Prints `PASS` and exits with status 0 (the `sifive_test` device) only if every step
 //! passed. Run with `cargo run -p iommu-test-harness --bin qemu -- riscv`. On the host this
@@ -49,18 +51,18 @@ mod stub {
 #[cfg(all(target_os = "none", target_arch = "riscv64"))]
 mod image {
     use heapless::Vec;
-    use iommu_hal::backend::{Backend, FaultInterrupt};
+    use iommu_hal::backend::{FaultInterrupt, UnitIndex};
     use iommu_hal::mem::RegisterAccess;
     use iommu_hal::riscv::regs::{self, Cap, ddtp};
     use iommu_hal::riscv::{RiscvBackend, RiscvConfig};
     use iommu_platform::bars::{BarAllocator, BarWindow};
     use iommu_platform::devtree::{self, MAX_RISCV_IOMMUS, Machine, RiscvIommuAt};
     use iommu_platform::edu::{self, Edu};
-    use iommu_platform::image::{self, Memory, Quirks};
+    use iommu_platform::image::{self, Delivery, Memory, Quirks};
     use iommu_platform::mem::{IdentityMem, Mmio};
     use iommu_platform::pci::{self, Bdf, Ecam};
-    use iommu_platform::riscv64::BootInfo;
     use iommu_platform::riscv64::time::MtimeDelay;
+    use iommu_platform::riscv64::{BootInfo, plic};
     use iommu_protocol::IovaRange;
     use iommu_server::DeviceGrant;
 
@@ -263,6 +265,7 @@ mod image {
         let mut backend: RiscvBackend<Mmio, IdentityMem, MtimeDelay, MAX_RISCV_IOMMUS> =
             RiscvBackend::new(unsafe { IdentityMem::new() }, MtimeDelay);
         let mut edu_unit = None;
+        let mut wired: heapless::Vec<UnitIndex, MAX_RISCV_IOMMUS> = heapless::Vec::new();
         for (i, &base) in found.bases.iter().enumerate() {
             // SAFETY: the IOMMU's register block; the backend is its only user from now on.
             let regs = unsafe { Mmio::new(base as usize) };
@@ -283,20 +286,7 @@ mod image {
                 unit.ddt()
             );
             if unit.wired() {
-                // Vector 0 (every cause) on the unit's first wire. The interrupt is not taken
-                // yet (interrupts stay masked): faults are drained when the clients call, and
-                // each drain acknowledges `ipsr`, which lowers the wire.
-                backend
-                    .enable_fault_interrupt(index, FaultInterrupt::Wired)
-                    .map_err(|e| {
-                        defmt::error!("IOMMU {=usize} interrupt: {}", i, e);
-                        "IOMMU interrupt refused"
-                    })?;
-                defmt::info!(
-                    "IOMMU {=usize}: fault interrupt on wire 0 ({=?} in the device tree), polled",
-                    i,
-                    found.machine.riscv_iommus[i].interrupts.first()
-                );
+                wired.push(index).map_err(|_| "too many IOMMUs")?;
             }
             if i == found.iommu {
                 edu_unit = Some(index);
@@ -304,6 +294,17 @@ mod image {
         }
 
         let device = DeviceGrant::new(edu_unit.ok_or("edu's IOMMU was not brought up")?, found.did);
+        // Faults arrive by interrupt: each wired unit's vector 0 (every cause) on its first
+        // line at the PLIC. Units that signal by MSI (the PCI form) have nowhere to send them
+        // on this machine (no IMSIC): their faults are drained by polling.
+        let lines = wire_interrupts(&found.machine, &wired)?;
+        let units: heapless::Vec<(UnitIndex, FaultInterrupt), MAX_RISCV_IOMMUS> =
+            lines.iter().map(|&u| (u, FaultInterrupt::Wired)).collect();
+        let delivery = if units.is_empty() {
+            Delivery::Polling
+        } else {
+            Delivery::Interrupts(&units)
+        };
         // QEMU 10.0 records every translation fault as a write/AMO (TTYP 3), reads too.
         let quirks = Quirks {
             fault_directions: false,
@@ -313,16 +314,67 @@ mod image {
             mem,
             device,
             &[MSI_WINDOW],
+            delivery,
             &mut edu,
             quirks,
-            |backend| {
+            |backend: &RiscvBackend<Mmio, IdentityMem, MtimeDelay, MAX_RISCV_IOMMUS>| {
                 for u in 0..found.bases.len() {
                     if let Some(c) = backend.counters(u) {
                         defmt::info!("RISC-V IOMMU unit {=usize} counters: {}", u, c);
                     }
                 }
+                if plic::other_interrupts() != 0 {
+                    defmt::warn!(
+                        "PLIC: {=u32} interrupt(s) that were no fault line",
+                        plic::other_interrupts()
+                    );
+                }
             },
         )
+    }
+
+    /// Sets the PLIC up and enables the fault line (vector 0: the first `interrupts` entry) of
+    /// each wired unit in `wired` (indexes into both the backend and `machine.riscv_iommus`,
+    /// which the image brings up in order). Returns the units whose line was enabled; none
+    /// when the machine describes no PLIC.
+    fn wire_interrupts(
+        machine: &Machine,
+        wired: &[UnitIndex],
+    ) -> Result<heapless::Vec<UnitIndex, MAX_RISCV_IOMMUS>, &'static str> {
+        let mut out = heapless::Vec::new();
+        if wired.is_empty() {
+            return Ok(out);
+        }
+        let Some(p) = &machine.plic else {
+            defmt::warn!("no PLIC in the device tree");
+            return Ok(out);
+        };
+        defmt::info!("PLIC: {}", p);
+        plic::init(p).map_err(|e| {
+            defmt::error!("PLIC: {}", e);
+            "cannot set the PLIC up"
+        })?;
+        for &u in wired {
+            let Some(&line) = machine
+                .riscv_iommus
+                .get(u)
+                .and_then(|m| m.interrupts.first())
+            else {
+                defmt::warn!("IOMMU {=usize}: no interrupt in the device tree", u);
+                continue;
+            };
+            plic::enable_fault_line(line).map_err(|e| {
+                defmt::error!("PLIC source {=u32}: {}", line, e);
+                "cannot enable an IOMMU interrupt at the PLIC"
+            })?;
+            defmt::info!(
+                "IOMMU {=usize}: fault vector 0 on PLIC source {=u32}",
+                u,
+                line
+            );
+            out.push(u).map_err(|_| "too many IOMMUs")?;
+        }
+        Ok(out)
     }
 
     fn main(boot: BootInfo) -> ! {

@@ -3,7 +3,8 @@
 //! its own identity map).
 //!
 //! What it provides to an image: boot to Rust with FP on and a stack (`boot`), a trap vector
-//! that turns every exception into a report and a failing exit (`trap`), the 16550 console
+//! that turns every exception into a report and a failing exit and takes the PLIC's
+//! machine-mode interrupt (`trap`, [`plic`]), the 16550 console
 //! carrying both plain text and the defmt frames ([`serial`]), interrupt masking for the
 //! shared [`crate::rt`] ([`irq`]), the `sifive_test` exit ([`exit`]), the CLINT's `mtime` as a
 //! `DelayNs` at the device tree's `timebase-frequency` ([`time`]), and the device tree's
@@ -20,6 +21,7 @@
 
 mod boot;
 pub mod irq;
+pub mod plic;
 pub mod serial;
 pub mod time;
 mod trap;
