@@ -29,7 +29,7 @@ use crate::fault_log::FaultLog;
 use crate::local::LocalTransport;
 use crate::mem::{DmaRegion, Frame, FramePool, IdentityMem};
 use crate::pci::Bdf;
-use crate::scenario::{self, FaultSignal, Layout, REGION_LEN};
+use crate::scenario::{self, FaultEvidence, FaultSignal, Layout, REGION_LEN};
 
 const PAGE: usize = 4096;
 /// Page-table and unit-structure frames for the server and the backend (4 MiB).
@@ -210,26 +210,11 @@ impl<B: Backend> FaultSignal for Signal<'_, '_, B> {
     }
 }
 
-/// What an image's IOMMU does differently from what the scenario expects by default.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Quirks {
-    /// The unit's fault records tell reads from writes (false for QEMU 10.0's RISC-V IOMMU,
-    /// which records every translation fault as a write).
-    pub fault_directions: bool,
-}
-
-impl Default for Quirks {
-    fn default() -> Self {
-        Quirks {
-            fault_directions: true,
-        }
-    }
-}
-
 /// Builds the server over `backend` (its units up) and `mem` with the static configuration
 /// (client 1 owns `device`, `reserved` is reserved in every domain and must not be empty),
 /// sets up fault delivery (`delivery`), runs the client scenario with `edu` doing the DMA,
-/// and logs the server's statistics, then the backend's (`log_backend`).
+/// and logs the server's statistics, then the backend's (`log_backend`). The units record
+/// every fault ([`FaultEvidence::Records`]).
 pub fn serve<B, E>(
     backend: B,
     mem: Memory,
@@ -250,12 +235,12 @@ where
         reserved,
         delivery,
         edu,
-        Quirks::default(),
+        FaultEvidence::Records,
         log_backend,
     )
 }
 
-/// [`serve`] for a unit with `quirks`.
+/// [`serve`], for units that tell about refused DMA as `faults` says.
 #[allow(clippy::too_many_arguments)]
 pub fn serve_with<B, E>(
     backend: B,
@@ -264,7 +249,7 @@ pub fn serve_with<B, E>(
     reserved: &[IovaRange],
     delivery: Delivery<'_>,
     edu: &mut E,
-    quirks: Quirks,
+    faults: FaultEvidence,
     log_backend: impl FnOnce(&B),
 ) -> Result<(), &'static str>
 where
@@ -361,7 +346,7 @@ where
         iova_base: IOVA_BASE,
         forbidden_phys: (&raw const SECRET) as u64,
         reserved_iova,
-        fault_directions: quirks.fault_directions,
+        faults,
     };
     let mut signal = Signal {
         server: &server,

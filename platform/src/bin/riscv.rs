@@ -58,11 +58,12 @@ mod image {
     use iommu_platform::bars::{BarAllocator, BarWindow};
     use iommu_platform::devtree::{self, MAX_RISCV_IOMMUS, Machine, RiscvIommuAt};
     use iommu_platform::edu::{self, Edu};
-    use iommu_platform::image::{self, Delivery, Memory, Quirks};
+    use iommu_platform::image::{self, Delivery, Memory};
     use iommu_platform::mem::{IdentityMem, Mmio};
     use iommu_platform::pci::{self, Bdf, Ecam};
     use iommu_platform::riscv64::time::MtimeDelay;
     use iommu_platform::riscv64::{BootInfo, plic};
+    use iommu_platform::scenario::FaultEvidence;
     use iommu_protocol::IovaRange;
     use iommu_server::DeviceGrant;
 
@@ -306,9 +307,6 @@ mod image {
             Delivery::Interrupts(&units)
         };
         // QEMU 10.0 records every translation fault as a write/AMO (TTYP 3), reads too.
-        let quirks = Quirks {
-            fault_directions: false,
-        };
         image::serve_with(
             backend,
             mem,
@@ -316,7 +314,7 @@ mod image {
             &[MSI_WINDOW],
             delivery,
             &mut edu,
-            quirks,
+            FaultEvidence::RecordsWithoutDirection,
             |backend: &RiscvBackend<Mmio, IdentityMem, MtimeDelay, MAX_RISCV_IOMMUS>| {
                 for u in 0..found.bases.len() {
                     if let Some(c) = backend.counters(u) {
