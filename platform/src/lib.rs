@@ -10,6 +10,11 @@
 //! [`edu`], [`local`]) build and are tested on the host too; the runtimes (`x86`, `aarch64`),
 //! the client scenario the images run (`scenario`, which logs with defmt) and what every image
 //! does around it (`image`) exist only on bare-metal targets.
+//!
+//! With the `microkit` feature (on `aarch64-unknown-none`) the crate is instead the runtime of
+//! seL4 Microkit protection domains ([`microkit`]): the bare-metal runtimes, their console,
+//! logger and panic handler are left out, and `microkit::pd` provides those of a PD. The
+//! host-testable part of [`microkit`] is always built.
 #![no_std]
 
 #[cfg(test)]
@@ -20,25 +25,26 @@ pub mod devtree;
 pub mod dma;
 pub mod dmar;
 pub mod edu;
-#[cfg(target_os = "none")]
+#[cfg(all(target_os = "none", not(feature = "microkit")))]
 pub mod image;
 pub mod local;
 pub mod mem;
+pub mod microkit;
 pub mod pci;
-#[cfg(target_os = "none")]
+#[cfg(all(target_os = "none", not(feature = "microkit")))]
 pub mod rt;
 #[cfg(target_os = "none")]
 pub mod scenario;
 
-#[cfg(all(target_arch = "x86_64", target_os = "none"))]
+#[cfg(all(target_arch = "x86_64", target_os = "none", not(feature = "microkit")))]
 pub mod x86;
 
-#[cfg(all(target_arch = "aarch64", target_os = "none"))]
+#[cfg(all(target_arch = "aarch64", target_os = "none", not(feature = "microkit")))]
 pub mod aarch64;
 
 /// The runtime of the architecture being built for (`x86` or `aarch64`).
-#[cfg(all(target_arch = "aarch64", target_os = "none"))]
+#[cfg(all(target_arch = "aarch64", target_os = "none", not(feature = "microkit")))]
 pub use aarch64 as arch;
 /// The runtime of the architecture being built for (`x86` or `aarch64`).
-#[cfg(all(target_arch = "x86_64", target_os = "none"))]
+#[cfg(all(target_arch = "x86_64", target_os = "none", not(feature = "microkit")))]
 pub use x86 as arch;

@@ -80,6 +80,29 @@ pub struct Layout {
     pub reserved_iova: u64,
 }
 
+/// How the client learns that the server routed fault records to it (e.g. an seL4
+/// notification from the server PD, raised from the IOMMU's fault interrupt). Where a step
+/// expects a fault, the scenario waits for the signal before it asks for the records, and
+/// fails if it does not come.
+pub trait FaultSignal {
+    /// Waits (boundedly) for the signal; whether it came.
+    fn wait(&mut self) -> bool;
+    /// Forgets a signal that is pending, without waiting.
+    fn clear(&mut self);
+}
+
+/// No signal: the client just asks for the records (images where server and client share
+/// one thread and the server drains before each request).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NoSignal;
+
+impl FaultSignal for NoSignal {
+    fn wait(&mut self) -> bool {
+        true
+    }
+    fn clear(&mut self) {}
+}
+
 /// Which step failed, and how.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, defmt::Format)]
 pub struct Failure {
@@ -114,6 +137,7 @@ struct Ctx<'a, T: Transport, E: DmaEngine> {
     layout: Layout,
     step: u8,
     summary: Summary,
+    signal: &'a mut dyn FaultSignal,
 }
 
 impl<T: Transport, E: DmaEngine> Ctx<'_, T, E> {
@@ -268,7 +292,19 @@ impl<T: Transport, E: DmaEngine> Ctx<'_, T, E> {
         }
     }
 
+    /// Waits for the fault signal, then takes every pending fault record.
+    fn signalled_faults(&mut self) -> Result<Vec<FaultRecord, 64>, Failure> {
+        if !self.signal.wait() {
+            return Err(self.fail("fault not signalled by the server"));
+        }
+        let records = self.faults()?;
+        // Later records of the same transfer may have signalled again meanwhile.
+        self.signal.clear();
+        Ok(records)
+    }
+
     fn expect_no_faults(&mut self) -> Result<(), Failure> {
+        self.signal.clear();
         if self.faults()?.is_empty() {
             Ok(())
         } else {
@@ -285,7 +321,7 @@ impl<T: Transport, E: DmaEngine> Ctx<'_, T, E> {
         reason: FaultReason,
     ) -> Result<(), Failure> {
         let page = self.iova(iova_off) & !(SZ_4K - 1);
-        let records = self.faults()?;
+        let records = self.signalled_faults()?;
         let mut matched = false;
         for r in &records {
             if r.device != self.layout.device || r.iova & !(SZ_4K - 1) != page {
@@ -335,6 +371,26 @@ where
     V: Transport,
     E: DmaEngine,
 {
+    run_with(client, intruder, stranger, dma, mem, layout, &mut NoSignal)
+}
+
+/// [`run`], where faults are also announced by `signal` (which every expected fault must
+/// raise).
+pub fn run_with<T, U, V, E>(
+    client: &mut Client<T>,
+    intruder: &mut Client<U>,
+    stranger: &mut Client<V>,
+    dma: &mut E,
+    mem: &mut DmaRegion,
+    layout: Layout,
+    signal: &mut dyn FaultSignal,
+) -> Result<Summary, Failure>
+where
+    T: Transport,
+    U: Transport,
+    V: Transport,
+    E: DmaEngine,
+{
     let mut cx = Ctx {
         client,
         dma,
@@ -342,6 +398,7 @@ where
         layout,
         step: 0,
         summary: Summary::default(),
+        signal,
     };
     if cx.mem.len() < REGION_LEN || cx.mem.phys(0) % SZ_2M != 0 || layout.iova_base % SZ_2M != 0 {
         return Err(cx.fail("region or IOVA base too small or not 2 MiB aligned"));
@@ -704,7 +761,7 @@ fn step6<T: Transport, E: DmaEngine>(
         .device_write(0, cx.iova(IOVA_BOUNCE), PAGE as u32)
         .map_err(|_| cx.fail("device write did not complete"))?;
     cx.check_mem(BOUNCE, "memory after DMA of a detached device", |_| 0x33)?;
-    let records = cx.faults()?;
+    let records = cx.signalled_faults()?;
     if records.is_empty() || records.iter().any(|r| r.device != cx.layout.device) {
         return Err(cx.fail("blocked DMA of the detached device not reported"));
     }
