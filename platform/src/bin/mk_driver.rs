@@ -4,7 +4,8 @@
 //!
 //! What it maps (`platform/microkit/iommu.system`): edu's BAR0 (`edu_bar`, uncached) and its
 //! own DMA memory (`driver_dma`, 8 MiB in 2 MiB pages, whose physical address the tool patches
-//! into `dma_paddr`). Nothing of the SMMU, of the PCI ECAM, or of the server's tables. The
+//! into `dma_paddr`). It is told where the server's tables are (`forbidden_paddr`), to try to
+//! map them (refused: granted to no client). Nothing of the SMMU, of the PCI ECAM, or of the server's tables. The
 //! server PD owns the PCI bus: it placed edu's BAR0 at the address the system description
 //! gives `edu_bar` and enabled memory decoding and bus mastering before it started answering
 //! calls, so the driver's first call (Hello) also waits for that.
@@ -26,12 +27,12 @@ mod pd {
     use embedded_hal::delay::DelayNs;
     use iommu_platform::edu::Edu;
     use iommu_platform::mem::{DmaRegion, Mmio};
+    use iommu_platform::microkit::Channel;
     use iommu_platform::microkit::pd::Pd;
     use iommu_platform::microkit::sys::Sel4;
     use iommu_platform::microkit::system::{self, driver as ch};
     use iommu_platform::microkit::time::{self, CounterDelay};
     use iommu_platform::microkit::transport::PpcTransport;
-    use iommu_platform::microkit::{Channel, abi::ChannelSet};
     use iommu_platform::scenario::{self, FaultSignal, Layout};
     use iommu_protocol::DeviceHandle;
     use iommu_protocol::client::Client;
@@ -40,7 +41,7 @@ mod pd {
     iommu_platform::microkit_setvar!(edu_bar_vaddr => bar_vaddr);
     iommu_platform::microkit_setvar!(dma_vaddr => region_vaddr);
     iommu_platform::microkit_setvar!(dma_paddr => region_paddr);
-    iommu_platform::microkit_setvar!(secret_paddr => forbidden_paddr);
+    iommu_platform::microkit_setvar!(forbidden_paddr => forbidden_phys);
 
     /// Where the scenario puts its IOVAs: 16 MiB, below edu's default 28-bit DMA limit.
     const IOVA_BASE: u64 = 0x100_0000;
@@ -87,13 +88,14 @@ mod pd {
             "the server does not answer"
         })?;
         defmt::info!(
-            "driver: server up (protocol {=u16}); edu BAR0 at {=u64:#x} mapped at {=u64:#x}, DMA region {=u64:#x} + {=u64:#x} mapped at {=u64:#x}",
+            "driver: server up (protocol {=u16}); edu BAR0 at {=u64:#x} mapped at {=u64:#x}, DMA region {=u64:#x} + {=u64:#x} mapped at {=u64:#x}; the server's tables (not granted) at {=u64:#x}",
             version,
             system::EDU_BAR_PADDR,
             bar_vaddr(),
             region_paddr(),
             system::DRIVER_DMA_SIZE,
-            region_vaddr()
+            region_vaddr(),
+            forbidden_phys()
         );
         // SAFETY: edu's BAR0, mapped uncached at `bar_vaddr` by the system description; the
         // `Edu` driver is its only user.
@@ -123,7 +125,7 @@ mod pd {
             device: DeviceHandle(0),
             foreign_device: DeviceHandle(1),
             iova_base: IOVA_BASE,
-            forbidden_phys: forbidden_paddr(),
+            forbidden_phys: forbidden_phys(),
             reserved_iova: RESERVED_IOVA,
         };
         let t0 = time::micros();
@@ -156,7 +158,6 @@ mod pd {
     }
 
     fn main(pd: Pd) -> ! {
-        let _ = ChannelSet::default();
         match run(&pd) {
             Ok(()) => {
                 defmt::println!("PASS");

@@ -125,7 +125,7 @@ impl EventLoop {
                 }
                 let mut reply = [0u8; MAX_BYTES];
                 let n = handler
-                    .protected(kernel, ch, decoded.map(|b| &*b), &mut reply)
+                    .protected(kernel, ch, decoded, &mut reply)
                     .min(MAX_BYTES);
                 // `n <= MAX_BYTES`, so packing cannot fail; an empty reply if it ever did.
                 let info = message::pack(&reply[..n], |i, v| kernel.set_mr(i, v))
@@ -177,12 +177,15 @@ pub(crate) mod fake {
         Call(Channel, MsgInfo, Vec<u64>),
     }
 
+    /// How the fake answers a PPC: (channel, message info, registers) to (reply, registers).
+    pub type Answer = fn(Channel, MsgInfo, &[u64]) -> (MsgInfo, Vec<u64>);
+
     /// Delivers `events` (badge, info, registers) in order; answers PPCs with `answer`.
     pub struct FakeKernel {
         pub events: VecDeque<(u64, MsgInfo, Vec<u64>)>,
         pub mrs: Vec<u64>,
         pub did: Vec<Did>,
-        pub answer: fn(Channel, MsgInfo, &[u64]) -> (MsgInfo, Vec<u64>),
+        pub answer: Answer,
     }
 
     impl FakeKernel {
@@ -313,7 +316,7 @@ mod tests {
             k.did,
             [
                 Did::Notify(Channel(1)),
-                Did::Reply(MsgInfo::new(4, 1), std::vec![0x1e_140a_03]),
+                Did::Reply(MsgInfo::new(4, 1), std::vec![0x1e14_0a03]),
                 Did::IrqAck(Channel(9)),
                 Did::Notify(Channel(1)),
                 Did::Reply(MsgInfo::new(1, 1), std::vec![7]),

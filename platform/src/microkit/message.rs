@@ -53,11 +53,11 @@ pub fn pack(bytes: &[u8], mut set: impl FnMut(usize, u64)) -> Option<MsgInfo> {
 
 /// Reads the message `info` describes from message registers through `get` into `out`, and
 /// returns its bytes.
-pub fn unpack<'o>(
+pub fn unpack(
     info: MsgInfo,
     get: impl Fn(usize) -> u64,
-    out: &'o mut [u8],
-) -> Result<&'o [u8], FrameError> {
+    out: &mut [u8],
+) -> Result<&[u8], FrameError> {
     if info.extra_caps() != 0 {
         return Err(FrameError::Capabilities);
     }

@@ -111,9 +111,10 @@ impl Pd {
 
 /// The PD's name (up to the first NUL of `microkit_name`).
 pub fn name() -> &'static str {
+    let name: *const [u8; symbols::NAME_LEN] = &raw const microkit_name;
     // SAFETY: the tool wrote the name before boot; nothing writes it at run time, so a shared
     // reference for the program's lifetime is sound.
-    let bytes: &'static [u8; symbols::NAME_LEN] = unsafe { &*(&raw const microkit_name) };
+    let bytes: &'static [u8; symbols::NAME_LEN] = unsafe { &*name };
     let len = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
     core::str::from_utf8(&bytes[..len]).unwrap_or("?")
 }

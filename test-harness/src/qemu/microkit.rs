@@ -251,8 +251,19 @@ fn build_pds(t: &MicrokitTarget) -> Result<Vec<(String, PathBuf)>, String> {
     let defmt_log = std::env::var("DEFMT_LOG").unwrap_or_else(|_| "debug".into());
     let mut cmd = Command::new(&cargo);
     cmd.current_dir(workspace_root())
-        .args(["build", "--release", "--message-format=json-render-diagnostics"])
-        .args(["-p", t.package, "--features", t.feature, "--target", t.rust_target]);
+        .args([
+            "build",
+            "--release",
+            "--message-format=json-render-diagnostics",
+        ])
+        .args([
+            "-p",
+            t.package,
+            "--features",
+            t.feature,
+            "--target",
+            t.rust_target,
+        ]);
     for (_, bin) in t.pds {
         cmd.args(["--bin", bin]);
     }
@@ -470,7 +481,9 @@ fn boot(
     );
     let mut why = log.failures(timed_out, t.expected_fault);
     if let Some(st) = status {
-        why.push(format!("QEMU exited by itself ({st}); a Microkit system never exits"));
+        why.push(format!(
+            "QEMU exited by itself ({st}); a Microkit system never exits"
+        ));
     }
     Ok(why)
 }
@@ -495,7 +508,13 @@ mod tests {
                 bytes: None
             }
         );
-        assert_eq!(classify("~iommu:zz"), Line::Defmt { pd: "iommu", bytes: None });
+        assert_eq!(
+            classify("~iommu:zz"),
+            Line::Defmt {
+                pd: "iommu",
+                bytes: None
+            }
+        );
         assert_eq!(classify("MON|INFO: up"), Line::Text("MON|INFO: up"));
         assert_eq!(classify("~no colon"), Line::Text("~no colon"));
     }
