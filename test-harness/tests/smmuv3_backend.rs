@@ -536,11 +536,15 @@ fn block_and_reattach() {
     assert_eq!(r.read(SID, 0x1000, 1).unwrap(), vec![0x44]);
     r.be.block(0, SID).unwrap();
     assert_eq!(r.read(SID, 0x1000, 1), Err(BAD_STE));
-    // Blocking again (and blocking a device never attached) needs no command.
-    let syncs = r.counters().syncs;
+    // Blocking again is never short-cut (an earlier block may have failed after writing the
+    // STE): CFGI_STE and a CMD_SYNC again. A StreamID whose level-2 table was never
+    // allocated was never valid and needs nothing.
+    let (syncs, cfgi) = (r.counters().syncs, r.counters().cfgi_ste);
     r.be.block(0, SID).unwrap();
+    assert_eq!(r.counters().syncs, syncs + 1);
+    assert_eq!(r.counters().cfgi_ste, cfgi + 1);
     r.be.block(0, 0x0400).unwrap();
-    assert_eq!(r.counters().syncs, syncs);
+    assert_eq!(r.counters().syncs, syncs + 1);
     r.attach(SID, &pt, 5);
     assert_eq!(r.read(SID, 0x1000, 1).unwrap(), vec![0x44]);
     r.assert_clean();

@@ -743,11 +743,37 @@ impl<R: RegisterAccess, const CDS: usize> SmmuUnit<R, CDS> {
         self.run(mem, delay, &cmds)
     }
 
+    /// Allocates the level-2 stream table holding `device`'s STE if the stream table is
+    /// 2-level and it has none (see [`crate::backend::Backend::prepare`]); every STE of the
+    /// new table is invalid, so the device stays blocked.
+    pub fn prepare<M, A>(
+        &mut self,
+        mem: &mut M,
+        alloc: &mut A,
+        device: u32,
+    ) -> Result<(), SmmuError>
+    where
+        M: PhysMem + ?Sized,
+        A: FrameAlloc + ?Sized,
+    {
+        let sid = self.check_sid(device)?;
+        if self.strtab.ste_pa(mem, sid).is_some() {
+            return Ok(());
+        }
+        let coherent = self.info.coherent_walk;
+        let l2 = alloc_one(alloc).ok_or(SmmuError::NoFrame)?;
+        tables::fill_blocked(mem, l2, coherent);
+        self.strtab.set_l2(mem, sid, l2, coherent);
+        Ok(())
+    }
+
     /// Blocks `device` (see [`Backend::block`]): its STE becomes invalid (V = 0, 5.2) in one
     /// 64-bit store of dword 0, then CFGI_STE, TLBI_NH_ASID of the domain it was attached
     /// to, and a CMD_SYNC. The device's DMA is then terminated and recorded as C_BAD_STE
     /// (drained as [`crate::backend::FaultReason::Blocked`]). A device without a level-2
-    /// table, or already blocked, needs nothing.
+    /// table was never valid and needs nothing; an STE already invalid is still invalidated
+    /// (CFGI_STE and CMD_SYNC), since an earlier block may have failed before its CFGI_STE
+    /// completed.
     pub fn block<M, D>(&mut self, mem: &mut M, delay: &mut D, device: u32) -> Result<(), SmmuError>
     where
         M: PhysMem + ?Sized,
@@ -755,13 +781,15 @@ impl<R: RegisterAccess, const CDS: usize> SmmuUnit<R, CDS> {
     {
         let sid = self.check_sid(device)?;
         let Some(pa) = self.strtab.ste_pa(mem, sid) else {
+            // No level-2 table: the StreamID was never valid since bring-up.
             return Ok(());
         };
         let cur = tables::ste_state(mem.read_u64(pa));
-        if cur == SteState::Invalid {
-            return Ok(());
+        if cur != SteState::Invalid {
+            tables::write_dw0(mem, pa, tables::blocked_ste()[0], self.info.coherent_walk);
         }
-        tables::write_dw0(mem, pa, tables::blocked_ste()[0], self.info.coherent_walk);
+        // Even an STE that already reads invalid is invalidated again: an earlier block may
+        // have written it and failed before the CFGI_STE completed (never short-cut).
         let mut cmds: Vec<Cmd, 2> = Vec::new();
         let _ = cmds.push(Cmd::CfgiSte { sid, leaf: true });
         if let SteState::S1(cd) = cur
@@ -955,6 +983,18 @@ impl<R: RegisterAccess, const CDS: usize> Unit for SmmuUnit<R, CDS> {
 
     fn unit_counters(&self) -> SmmuCounters {
         self.counters()
+    }
+
+    fn prepare_device<M>(
+        &mut self,
+        mem: &mut M,
+        alloc: &mut dyn FrameAlloc,
+        device: u32,
+    ) -> Result<(), SmmuError>
+    where
+        M: PhysMem + ?Sized,
+    {
+        self.prepare(mem, alloc, device)
     }
 
     fn attach_device<M, D>(
