@@ -9,8 +9,8 @@
 //! place for edu's BAR (`edu_bar_paddr`).
 //!
 //! `init`:
-//! 1. checks the SMMU (off, not aborting, coherent: its table walks snoop the caches, so the
-//!    table memory can be mapped cached) and brings it up with the SMMUv3 backend: stream
+//! 1. checks the SMMU (off, and coherent: its table walks snoop the caches, so the table
+//!    memory can be mapped cached) and brings it up with the SMMUv3 backend: stream
 //!    table, queues and page tables from `iommu_tables`, every stream aborted;
 //! 2. finds edu on the PCI bus; its StreamID is its requester id (virt's `iommu-map` is the
 //!    identity);
@@ -38,7 +38,7 @@ mod pd {
     use iommu_hal::backend::{Backend, BackendError, ErrorKind, FaultInterrupt};
     use iommu_hal::mem::RegisterAccess;
     use iommu_hal::pagetable::Perms;
-    use iommu_hal::smmuv3::regs::{self, Idr0, cr0, gbpa};
+    use iommu_hal::smmuv3::regs::{self, Idr0, cr0};
     use iommu_hal::smmuv3::{SmmuBackend, SmmuConfig};
     use iommu_platform::bars::{BarAllocator, BarWindow};
     use iommu_platform::edu;
@@ -81,8 +81,8 @@ mod pd {
         panic!("server initialisation failed");
     }
 
-    /// Reads the SMMU's identification before the backend takes it: off, not aborting, and
-    /// coherent (SMMUv3 6.3.1 IDR0.COHACC, 6.3.9 CR0, 6.3.14 GBPA).
+    /// Reads the SMMU's identification before the backend takes it: it must be off and
+    /// coherent (SMMUv3 6.3.1 IDR0.COHACC, 6.3.9 CR0); GBPA (6.3.14) is logged.
     fn check_smmu(base: usize) -> Result<(), &'static str> {
         // SAFETY: the SMMU's register block, mapped uncached at `base`; read only here,
         // before the backend takes it.
@@ -107,7 +107,6 @@ mod pd {
             // region mapped uncached, which this system description does not do.
             return Err("SMMU is not coherent (IDR0.COHACC = 0): map iommu_tables uncached");
         }
-        let _ = gbpav & gbpa::ABORT;
         Ok(())
     }
 
@@ -241,7 +240,7 @@ mod pd {
         let pending = Cell::new(ChannelSet::default());
         let notify = ChannelNotify::new(&clients_by_channel, &pending);
         let server =
-            match Server::<_, _, _, _, 2, 4, 2, 16>::new(backend, mem, pool, notify, config) {
+            match Server::<_, _, _, _, 2, 8, 2, 16>::new(backend, mem, pool, notify, config) {
                 Ok(s) => s,
                 Err(e) => {
                     defmt::error!("server: {}", e);

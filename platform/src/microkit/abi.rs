@@ -55,8 +55,8 @@ pub const BASE_IRQ_CAP: u64 = 138;
 // --- Badges (libmicrokit's event loop; the tool's capDL builder) ---
 
 /// Badge bit 63: the message came through an endpoint capability of a PPC channel; bits 5:0
-/// are the receiving PD's identifier of that channel (manual, "Protected procedures": "the
-/// channel argument is passed by the system and is unforgeable").
+/// are the receiving PD's identifier of that channel (manual, "libmicrokit", `protected`: the
+/// channel argument "is passed by the system and is unforgeable").
 pub const BADGE_PPC: u64 = 1 << 63;
 /// Badge bit 62: a fault of a child PD; bits 7:0 are the child's identifier.
 pub const BADGE_FAULT: u64 = 1 << 62;
@@ -115,7 +115,8 @@ impl ChannelSet {
     }
 }
 
-// --- Message info (seL4 manual 4.1, "Message Registers"; libsel4 `seL4_MessageInfo`) ---
+// --- Message info (seL4 reference manual, "Message Registers"; libsel4's `seL4_MessageInfo`
+// bitfield) ---
 
 /// The message info word of an IPC: label (bits 63:12), capsUnwrapped (11:9), extraCaps (8:7),
 /// length in message registers (6:0).

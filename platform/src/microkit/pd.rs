@@ -3,8 +3,8 @@
 //!
 //! Entry (manual, "Protection Domains"; the tool's capDL builder): the PD's thread starts at
 //! the ELF entry point `_start` with the stack pointer at the top of the PD's stack
-//! (`stack_size` in the system description), the IPC buffer one guard page above it, all
-//! other registers zero, FP/SIMD available (`fpu`, default true). The ELF's loadable segments
+//! (`stack_size` in the system description) and the IPC buffer one guard page above it, with
+//! FP/SIMD available (`fpu`, default true). The ELF's loadable segments
 //! are mapped with their permissions; `.bss` is zero. `_start` records the IPC buffer, starts
 //! the counter clock and calls the PD's main function, named with [`crate::pd_main!`].
 //!
