@@ -31,6 +31,10 @@ pub mod transport;
 pub mod pd;
 #[cfg(all(target_os = "none", target_arch = "aarch64", feature = "microkit"))]
 pub mod sys;
+/// The generic timer's physical counter as a clock and a `DelayNs` (the bare-metal aarch64
+/// runtime's module, shared). A PD runs at EL0: it may read `CNTPCT_EL0` and `CNTFRQ_EL0`
+/// because Microkit builds its AArch64 kernels with the physical counter exported to user
+/// level (`KernelArmExportPCNTUser` in the SDK's kernel options).
 #[cfg(all(target_os = "none", target_arch = "aarch64", feature = "microkit"))]
 #[path = "../aarch64/time.rs"]
 pub mod time;
