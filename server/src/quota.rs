@@ -43,16 +43,3 @@ impl<A: FrameAlloc + ?Sized> FrameAlloc for Counting<'_, A> {
         self.inner.free_frame(pa)
     }
 }
-
-/// A [`FrameAlloc`] that hands frames back to the global pool without charging anyone: for the
-/// frames of quarantined domains, whose client's count was already reset.
-pub(crate) struct Uncharged<'a, A: FrameAlloc + ?Sized>(pub(crate) &'a mut A);
-
-impl<A: FrameAlloc + ?Sized> FrameAlloc for Uncharged<'_, A> {
-    fn alloc_frame(&mut self) -> Option<PhysAddr> {
-        None
-    }
-    fn free_frame(&mut self, pa: PhysAddr) {
-        self.0.free_frame(pa)
-    }
-}

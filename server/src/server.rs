@@ -9,7 +9,7 @@ use iommu_hal::{FrameAlloc, PAGE_SIZE, PhysMem};
 
 use crate::config::{ClientId, Config, ConfigError, DeviceGrant, usable_ranges};
 use crate::faults::{FaultQueue, Notify, QueuedFault};
-use crate::quota::{Counting, Uncharged};
+use crate::quota::Counting;
 use iommu_protocol::{IovaRange, MAX_IOVA_RANGES};
 
 /// Why an operation was refused: the protocol's error codes.
@@ -126,8 +126,13 @@ impl DevState {
 }
 
 pub(crate) struct ClientState<const Q: usize> {
+    /// Domains held, quarantined ones included.
     pub(crate) domains: u32,
+    /// Frames held (tables, pending frees, per-domain unit structures), quarantined domains'
+    /// included.
     pub(crate) frames: u64,
+    /// Domains of earlier incarnations waiting in quarantine.
+    pub(crate) quarantined: u32,
     pub(crate) next_handle: u32,
     pub(crate) faults: FaultQueue<Q>,
 }
@@ -137,6 +142,7 @@ impl<const Q: usize> ClientState<Q> {
         ClientState {
             domains: 0,
             frames: 0,
+            quarantined: 0,
             next_handle: 1,
             faults: FaultQueue::new(),
         }
@@ -171,6 +177,8 @@ pub struct Server<
     pub(crate) cnp_units: u64,
     /// Domain slots usable (`DOMAINS` capped by the smallest tag space).
     pub(crate) usable_slots: usize,
+    /// The highest physical address every unit can reach (the smallest output width).
+    pub(crate) phys_last: u64,
     /// The usable IOVA ranges of every domain (address space minus reserved windows).
     pub(crate) ranges: heapless::Vec<IovaRange, MAX_IOVA_RANGES>,
     /// Index of each client's first device in `devices`.
@@ -253,8 +261,10 @@ impl<
         let mut coherent = true;
         let mut cnp_units = 0u64;
         let mut max_tag = u16::MAX;
+        let mut phys_width = 64u32;
         for u in 0..units {
             let info = backend.unit_info(u);
+            phys_width = phys_width.min(info.phys_width);
             if info.addr_width != first.addr_width {
                 return Err(ConfigError::AddressWidth);
             }
@@ -353,6 +363,11 @@ impl<
             units,
             cnp_units,
             usable_slots,
+            phys_last: if phys_width >= 64 {
+                u64::MAX
+            } else {
+                (1u64 << phys_width) - 1
+            },
             ranges,
             dev_base,
             device_count: next,
@@ -590,8 +605,18 @@ impl<
     }
 
     /// Checks that client `ci` may map `[phys, phys + len)` with `perms`: the whole range in
-    /// one granted region whose permissions include `perms`.
+    /// one granted region whose permissions include `perms`, and addressable by every unit
+    /// (`OutOfRange` beyond the smallest output address width, checked after the grant so
+    /// that nothing is learnt about memory the client was not given).
     fn check_grant(&self, ci: usize, phys: u64, len: u64, perms: Perms) -> Result<(), Fail> {
+        self.check_granted(ci, phys, len, perms)?;
+        if phys + (len - 1) > self.phys_last {
+            return Err(Fail::OutOfRange);
+        }
+        Ok(())
+    }
+
+    fn check_granted(&self, ci: usize, phys: u64, len: u64, perms: Perms) -> Result<(), Fail> {
         let ok = self.config.clients[ci].regions.iter().any(|r| {
             r.contains(phys, len)
                 && (!perms.read || r.perms.read)
@@ -633,18 +658,9 @@ impl<
             return Err(Fail::QuotaExceeded);
         }
         let free = |d: &[Slot<B::Format>]| d.iter().position(|s| matches!(s, Slot::Free));
-        let slot = match free(&self.domains[..self.usable_slots]) {
-            Some(s) => s,
-            None => {
-                // Quarantined domains may have become reclaimable.
-                for s in 0..self.usable_slots {
-                    if matches!(self.domains[s], Slot::Quarantined(_)) {
-                        let _ = self.reclaim(s);
-                    }
-                }
-                free(&self.domains[..self.usable_slots]).ok_or(Fail::OutOfTableMemory)?
-            }
-        };
+        // Quotas add up to at most the usable slots (checked at start) and quarantined domains
+        // count against their owner's quota, so a client within quota always finds a slot.
+        let slot = free(&self.domains[..self.usable_slots]).ok_or(Fail::OutOfTableMemory)?;
         let table_config = self.table_config;
         let mut c = Counting::new(
             &mut self.alloc,
@@ -713,7 +729,8 @@ impl<
     }
 
     /// Retries the teardown of quarantined domain `slot`: possible once no device may reach
-    /// it. Its frames go back to the global pool (its client's count was reset at exit).
+    /// it. Its frames and its domain count go back to its owner, which kept them charged
+    /// since the exit that quarantined it (so that no other client's quota promise broke).
     pub(crate) fn reclaim(&mut self, slot: usize) -> Result<(), Fail> {
         if self.reached(slot) {
             return Err(Fail::HardwareTimeout);
@@ -722,13 +739,40 @@ impl<
         let Slot::Quarantined(d) = &mut self.domains[slot] else {
             return Ok(());
         };
-        let mut pool = Uncharged(&mut self.alloc);
-        release_domain(&mut self.backend, &mut pool, &mut self.stats, d, tag)?;
+        let ci = d.owner;
+        let limit = self.config.clients[ci].max_table_frames;
+        let mut c = Counting::new(&mut self.alloc, &mut self.clients[ci].frames, limit);
+        release_domain(&mut self.backend, &mut c, &mut self.stats, d, tag)?;
         if let Slot::Quarantined(d) = core::mem::replace(&mut self.domains[slot], Slot::Free) {
-            free_domain(d, &mut self.mem, &mut pool);
+            free_domain(d, &mut self.mem, &mut c);
         }
+        self.clients[ci].domains -= 1;
+        self.clients[ci].quarantined -= 1;
         self.stats.reclaimed_domains += 1;
         Ok(())
+    }
+
+    /// Retries what client `ci`'s quarantined domains wait for (blocking the devices that may
+    /// still reach them, then their teardown); called before each of the client's requests,
+    /// so only the client whose unit failed pays for the retries.
+    pub(crate) fn retry_quarantined(&mut self, ci: usize) {
+        if self.clients[ci].quarantined == 0 {
+            return;
+        }
+        for slot in 0..DOMAINS {
+            if !matches!(&self.domains[slot], Slot::Quarantined(d) if d.owner == ci) {
+                continue;
+            }
+            for g in 0..self.device_count {
+                if self.devices[g].reaches() == Some(slot) && self.block_device(g).is_err() {
+                    break;
+                }
+            }
+            // `block_device` reclaims once the last device is blocked; else try here.
+            if matches!(self.domains[slot], Slot::Quarantined(_)) {
+                let _ = self.reclaim(slot);
+            }
+        }
     }
 
     /// Attaches client `ci`'s device to its domain. A device attached to another domain is
@@ -1045,17 +1089,19 @@ impl<
                 if let Slot::Live(d) = core::mem::replace(&mut self.domains[slot], Slot::Free) {
                     self.domains[slot] = Slot::Quarantined(d);
                 }
+                self.clients[ci].quarantined += 1;
                 self.stats.quarantined_domains += 1;
             }
         }
         // Devices still reaching an earlier incarnation's quarantined domain: retried.
-        let base = self.dev_base[ci];
-        for g in base..base + self.config.clients[ci].devices.len() {
-            if self.devices[g].reaches().is_some() {
-                let _ = self.block_device(g);
-            }
-        }
+        self.retry_quarantined(ci);
+        // A fresh client, but what quarantined domains still hold stays charged to it.
+        let kept = &self.clients[ci];
+        let (domains, frames, quarantined) = (kept.domains, kept.frames, kept.quarantined);
         self.clients[ci] = ClientState::new();
+        self.clients[ci].domains = domains;
+        self.clients[ci].frames = frames;
+        self.clients[ci].quarantined = quarantined;
     }
 
     /// Drains every unit's fault records and routes each to the client owning the device.

@@ -7,6 +7,7 @@
 //! benchmarks, and the QEMU runner.
 
 pub mod conformance;
+pub mod inject;
 pub mod mock;
 pub mod model;
 pub mod rig;
