@@ -406,6 +406,8 @@ impl<R: RegisterAccess> VtdUnit<R> {
             self.set_enable(delay, gcmd::QIE, false)?;
         }
         // VT-d spec 11.4.6 / 11.4.4 SRTP: root table (legacy mode, TTM = 00), then wait RTPS.
+        // The root table's zeroing is visible before the unit latches it: register writes are
+        // ordered after memory writes (RegisterAccess's contract).
         self.regs
             .write64(regs::RTADDR, self.root.base() & regs::rtaddr::ADDR_MASK);
         self.one_shot(delay, gcmd::SRTP, true)?;
