@@ -92,9 +92,10 @@ pub struct Pd {
     pub masks: Masks,
     /// Whether the PD is passive (this runtime does not support passive PDs: it reports it).
     pub passive: bool,
-    /// Counter frequency in Hz (`CNTFRQ_EL0`, readable at EL0 on Microkit's AArch64 kernels,
-    /// which export the physical counter to user level).
-    pub counter_hz: Option<u64>,
+    /// The counter's frequency (Hz) and its source: `CNTFRQ_EL0`, readable at EL0 on
+    /// Microkit's AArch64 kernels, which export the physical counter to user level (a PD has
+    /// no device tree; an implausible register value falls back to waits that err long).
+    pub counter: crate::clock::Rate,
 }
 
 impl Pd {
@@ -137,7 +138,10 @@ fn patched() -> Pd {
     Pd {
         masks,
         passive,
-        counter_hz: None,
+        counter: crate::clock::Rate {
+            value: crate::clock::COUNTER_FALLBACK_HZ,
+            source: crate::clock::Source::Fallback,
+        },
     }
 }
 
@@ -167,7 +171,7 @@ const PAGE: usize = 4096;
 extern "C" fn rust_start(initial_sp: usize) -> ! {
     sys::set_ipc_buffer(initial_sp + PAGE);
     let mut pd = patched();
-    pd.counter_hz = super::time::init();
+    pd.counter = super::time::init(None);
     if pd.passive {
         crate::pd_println!(
             "{}: passive PDs are not supported by this runtime (remove passive=\"true\")",
