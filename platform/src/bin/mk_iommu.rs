@@ -20,8 +20,8 @@
 //!    edu;
 //! 4. places edu's BAR0 at `edu_bar` and enables memory decoding and bus mastering (edu's DMA
 //!    is blocked by the SMMU until client 1 attaches it);
-//! 5. enables the SMMU's wired event-queue and global-error interrupts and enters the event
-//!    loop: protected calls are requests (the client is the channel's), the interrupts drain
+//! 5. enables the SMMU's wired event-queue and global-error interrupts (hal's
+//!    `enable_fault_interrupt(unit, Wired)`), drains once, and enters the event loop: protected calls are requests (the client is the channel's), the interrupts drain
 //!    the fault records, notify the owners and are acknowledged.
 //!
 //! A failure in `init` prints `FAIL` and stops the PD (the monitor reports it); no client
@@ -35,7 +35,7 @@ fn main() {}
 mod pd {
     use core::cell::Cell;
 
-    use iommu_hal::backend::{Backend, BackendError, ErrorKind, FaultInterrupt};
+    use iommu_hal::backend::{Backend, FaultInterrupt};
     use iommu_hal::mem::RegisterAccess;
     use iommu_hal::pagetable::Perms;
     use iommu_hal::smmuv3::regs::{self, Idr0, cr0};
@@ -110,28 +110,6 @@ mod pd {
         Ok(())
     }
 
-    // --- Temporary: until hal's SMMUv3 `enable_fault_interrupt(unit, Wired)` lands ---
-    /// SMMU_IRQ_CTRL (SMMUv3 6.3.21): GERROR_IRQEN bit 0, EVENTQ_IRQEN bit 2.
-    const IRQ_CTRL: usize = 0x50;
-    /// SMMU_IRQ_CTRLACK (6.3.22).
-    const IRQ_CTRLACK: usize = 0x54;
-    /// TEMPORARY local helper: enables the SMMU's wired event-queue and GERROR interrupts when
-    /// the backend answers `Unsupported`. Remove once `hal::smmuv3` implements
-    /// `enable_fault_interrupt(unit, FaultInterrupt::Wired)`.
-    fn enable_wired_irqs_locally(base: usize) -> Result<(), &'static str> {
-        // SAFETY: the SMMU's register block; IRQ_CTRL and IRQ_CTRLACK are registers the
-        // backend does not use.
-        let mut r = unsafe { Mmio::new(base) };
-        r.write32(IRQ_CTRL, 1 << 0 | 1 << 2);
-        for _ in 0..1000 {
-            if r.read32(IRQ_CTRLACK) == 1 << 0 | 1 << 2 {
-                return Ok(());
-            }
-        }
-        Err("SMMU_IRQ_CTRLACK did not follow IRQ_CTRL")
-    }
-    // --- end of the temporary helper ---
-
     fn main(pd: Pd) -> ! {
         defmt::info!(
             "iommu: SMMU regs at {=u64:#x}, ECAM at {=u64:#x}, tables {=u64:#x} + {=u64:#x} mapped at {=u64:#x}",
@@ -162,7 +140,7 @@ mod pd {
         };
         let mut backend: Smmu = SmmuBackend::new(mem, CounterDelay);
         // SAFETY: the SMMU's register block (both 64 KiB pages), mapped uncached; the backend
-        // is its only user from now on (but for the temporary interrupt helper).
+        // is its only user from now on.
         let regs = unsafe { Mmio::new(smmu_base) };
         let unit = match backend.add_unit(regs, &mut pool, SmmuConfig::default()) {
             Ok(u) => u,
@@ -270,24 +248,14 @@ mod pd {
 
         // 5. Fault interrupts, then the event loop.
         let mut server = server;
-        match server
+        if let Err(e) = server
             .backend_mut()
             .enable_fault_interrupt(unit, FaultInterrupt::Wired)
         {
-            Ok(()) => defmt::info!("SMMU fault interrupts enabled (wired)"),
-            Err(e) if e.kind() == ErrorKind::Unsupported => {
-                defmt::warn!(
-                    "backend cannot enable wired interrupts yet: using the temporary local helper"
-                );
-                if let Err(why) = enable_wired_irqs_locally(smmu_base) {
-                    fail_stop(why);
-                }
-            }
-            Err(e) => {
-                defmt::error!("fault interrupt: {}", e);
-                fail_stop("cannot enable the SMMU's fault interrupts");
-            }
+            defmt::error!("fault interrupt: {}", e);
+            fail_stop("cannot enable the SMMU's wired fault interrupts");
         }
+        defmt::info!("SMMU fault interrupts enabled (wired: event queue and GERROR)");
         let irqs = ChannelSet(ch::EVENTQ_IRQ.bit() | ch::GERROR_IRQ.bit());
         let mut handler = match ServerPd::new(server, &clients_by_channel, irqs, &pending) {
             Ok(h) => h,
@@ -296,8 +264,10 @@ mod pd {
                 fail_stop("bad channel table");
             }
         };
-        defmt::info!("iommu: serving clients 1 (channel 0) and 2 (channel 1)");
         let mut kernel = pd.kernel();
+        // Records pending before the interrupt was enabled may raise none.
+        handler.drain(&mut kernel);
+        defmt::info!("iommu: serving clients 1 (channel 0) and 2 (channel 1)");
         EventLoop::new().run(&mut kernel, &mut handler, pd.masks.irqs)
     }
 }

@@ -153,6 +153,17 @@ impl<'t, H: RequestHandler> ServerPd<'t, H> {
     pub fn stats(&self) -> ServeStats {
         self.stats
     }
+
+    /// Drains the IOMMU's fault records into the owners' queues and signals each owner that
+    /// received records. The fault interrupt's path; also called once after the interrupt is
+    /// enabled, since records already pending then may raise no interrupt.
+    pub fn drain<K: Kernel>(&mut self, kernel: &mut K) {
+        self.server.service_faults();
+        for c in self.pending.take().iter() {
+            self.stats.client_signals += 1;
+            kernel.notify(c);
+        }
+    }
 }
 
 impl<K: Kernel, H: RequestHandler> Handler<K> for ServerPd<'_, H> {
@@ -162,11 +173,7 @@ impl<K: Kernel, H: RequestHandler> Handler<K> for ServerPd<'_, H> {
             return;
         }
         self.stats.fault_irqs += 1;
-        self.server.service_faults();
-        for c in self.pending.take().iter() {
-            self.stats.client_signals += 1;
-            kernel.notify(c);
-        }
+        self.drain(kernel);
         kernel.irq_ack(ch);
     }
 

@@ -29,7 +29,7 @@ fn main() -> ExitCode {
         match a.as_str() {
             "--list" => {
                 for t in TARGETS {
-                    println!("{:10} {}", t.name, t.about);
+                    println!("{:20} {}", t.name, t.about);
                 }
                 for t in MICROKIT_TARGETS {
                     println!("{:10} {} (needs MICROKIT_SDK)", t.name, t.about);
