@@ -60,7 +60,8 @@ mod pd {
         fn wait(&mut self, timeout_us: u64) -> bool {
             let start = time::micros();
             loop {
-                if self.take() {
+                if self.kernel.poll_notifications().contains(self.channel) {
+                    self.signals = self.signals.wrapping_add(1);
                     return true;
                 }
                 if time::micros() - start > timeout_us {
