@@ -33,7 +33,7 @@ mod pd {
     use iommu_platform::microkit::system::{self, driver as ch};
     use iommu_platform::microkit::time::{self, CounterDelay};
     use iommu_platform::microkit::transport::PpcTransport;
-    use iommu_platform::scenario::{self, FaultSignal, Layout};
+    use iommu_platform::scenario::{self, FaultEvidence, FaultSignal, Layout};
     use iommu_protocol::DeviceHandle;
     use iommu_protocol::client::Client;
 
@@ -130,6 +130,8 @@ mod pd {
             iova_base: IOVA_BASE,
             forbidden_phys: forbidden_phys(),
             reserved_iova: RESERVED_IOVA,
+            // The SMMUv3 records every refused access: the records are required.
+            faults: FaultEvidence::Records,
         };
         let t0 = time::micros();
         let result = scenario::run(
