@@ -3,7 +3,8 @@
 
 use iommu_hal::backend::{Backend, BackendError, DomainConfig, ErrorKind, FaultRecord, UnitIndex};
 use iommu_hal::pagetable::{
-    Format, Gather, LeafSizes, PageTable, Perms, PtError, TableConfig, Translation,
+    FindFree, Format, Gather, LeafSizes, Map, PageTable, Perms, PtError, Span, TableConfig,
+    Translation, Unmap,
 };
 use iommu_hal::{FrameAlloc, PAGE_SIZE, PhysMem};
 
@@ -31,7 +32,7 @@ fn pt_fail(e: PtError, quota_refused: bool) -> Fail {
     match e {
         PtError::Misaligned => Fail::Misaligned,
         PtError::ZeroLength => Fail::InvalidArgument,
-        PtError::OutOfRange => Fail::OutOfRange,
+        PtError::OutOfRange | PtError::PhysOutOfRange => Fail::OutOfRange,
         PtError::Overlap => Fail::Overlap,
         PtError::NoFrame if quota_refused => Fail::QuotaExceeded,
         PtError::NoFrame => Fail::OutOfTableMemory,
@@ -197,6 +198,7 @@ impl<
         let mut coherent = true;
         let mut cnp_units = 0u64;
         let mut max_tag = u16::MAX;
+        let mut phys_width = 64;
         for u in 0..units {
             let info = backend.unit_info(u);
             if info.addr_width != first.addr_width {
@@ -209,6 +211,7 @@ impl<
                 cnp_units |= 1 << u;
             }
             max_tag = max_tag.min(info.max_tag);
+            phys_width = phys_width.min(info.phys_width);
         }
         if !B::Format::ADDR_WIDTHS.contains(&first.addr_width)
             || B::Format::levels_for(first.addr_width).is_none()
@@ -230,6 +233,7 @@ impl<
         let ranges = usable_ranges(last_iova, config.reserved).ok_or(ConfigError::Reserved)?;
         let table_config = TableConfig {
             addr_width: first.addr_width,
+            phys_width,
             leaf_sizes: leaf,
             split_live_blocks: split,
             coherent,
@@ -682,9 +686,17 @@ impl<
         let Slot::Live(d) = &mut self.domains[slot] else {
             return Err(Fail::NoSuchDomain);
         };
-        let r = d
-            .table
-            .map(&mut self.mem, &mut c, iova, phys, len, perms, &mut gather);
+        let r = d.table.map(
+            &mut self.mem,
+            &mut c,
+            Map {
+                iova,
+                phys,
+                len,
+                perms,
+            },
+            &mut gather,
+        );
         let refused = c.quota_refused;
         self.clients[ci].frames = c.held_now();
         if let Err(e) = r {
@@ -708,7 +720,13 @@ impl<
         let Slot::Live(d) = &mut self.domains[slot] else {
             return Err(Fail::NoSuchDomain);
         };
-        let mask = d.dirty & cnp;
+        // A map that replaced leafless tables by one leaf removed tables: every unit that may
+        // cache them must drop them before their frames go back.
+        let mask = if gather.tables_removed() {
+            d.dirty
+        } else {
+            d.dirty & cnp
+        };
         let mut failed = None;
         if !gather.is_empty() {
             for u in units_in(mask) {
@@ -730,7 +748,8 @@ impl<
         };
         let mut undo = gather;
         for &(i, l) in ranges {
-            let _ = d.table.unmap(&mut self.mem, &mut c, i, l, &mut undo);
+            let req = Unmap { iova: i, len: l };
+            let _ = d.table.undo(&mut self.mem, &mut c, req, &mut undo);
         }
         self.clients[ci].frames = c.held_now();
         // Every unit that may have seen the new entries must drop them.
@@ -765,10 +784,14 @@ impl<
         }
         self.ensure_clean(slot)?;
         // The whole IOVA range must be free before anything is written.
-        match self
-            .table(slot)
-            .find_free(&self.mem, total, PAGE_SIZE, iova, last)
-        {
+        match self.table(slot).find_free(
+            &self.mem,
+            FindFree {
+                len: total,
+                align: PAGE_SIZE,
+                within: Span { first: iova, last },
+            },
+        ) {
             Ok(Some(at)) if at == iova => {}
             Ok(_) => return Err(Fail::Overlap),
             Err(e) => return Err(pt_fail(e, false)),
@@ -784,10 +807,17 @@ impl<
         let mut failure = None;
         let mut done = 0usize;
         for &(phys, len) in segments {
-            if let Err(e) = d
-                .table
-                .map(&mut self.mem, &mut c, at, phys, len, perms, &mut gather)
-            {
+            if let Err(e) = d.table.map(
+                &mut self.mem,
+                &mut c,
+                Map {
+                    iova: at,
+                    phys,
+                    len,
+                    perms,
+                },
+                &mut gather,
+            ) {
                 failure = Some(pt_fail(e, c.quota_refused));
                 break;
             }
@@ -798,7 +828,8 @@ impl<
             // Undo exactly what this request mapped (exact ranges: no split, no allocation).
             let mut at = iova;
             for &(_, len) in &segments[..done] {
-                let _ = d.table.unmap(&mut self.mem, &mut c, at, len, &mut gather);
+                let req = Unmap { iova: at, len };
+                let _ = d.table.undo(&mut self.mem, &mut c, req, &mut gather);
                 at += len;
             }
             self.clients[ci].frames = c.held_now();
@@ -830,10 +861,17 @@ impl<
         self.ensure_clean(slot)?;
         let mut found = None;
         for r in &self.ranges {
-            match self
-                .table(slot)
-                .find_free(&self.mem, len, align, r.first, r.last)
-            {
+            match self.table(slot).find_free(
+                &self.mem,
+                FindFree {
+                    len,
+                    align,
+                    within: Span {
+                        first: r.first,
+                        last: r.last,
+                    },
+                },
+            ) {
                 Ok(Some(iova)) => {
                     found = Some(iova);
                     break;
@@ -874,7 +912,9 @@ impl<
         let Slot::Live(d) = &mut self.domains[slot] else {
             return Err(Fail::NoSuchDomain);
         };
-        let r = d.table.unmap(&mut self.mem, &mut c, iova, len, &mut gather);
+        let r = d
+            .table
+            .unmap(&mut self.mem, &mut c, Unmap { iova, len }, &mut gather);
         let refused = c.quota_refused;
         self.clients[ci].frames = c.held_now();
         let bytes = r.map_err(|e| pt_fail(e, refused))?;

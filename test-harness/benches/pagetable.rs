@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use criterion::measurement::WallTime;
 use criterion::{BenchmarkGroup, Criterion, criterion_group};
 use iommu_hal::pagetable::format::{AmdV1, ArmS1, RiscvSv, VtdSl};
-use iommu_hal::pagetable::{Format, Gather, LeafSizes, PageTable, Perms, TableConfig};
+use iommu_hal::pagetable::{Format, Gather, LeafSizes, Map, PageTable, Perms, TableConfig, Unmap};
 use iommu_hal::{FrameAlloc, PhysAddr, PhysMem};
 
 const K4: u64 = 1 << 12;
@@ -118,6 +118,7 @@ impl<F: Format> Engine<F> {
         let mut alloc = FlatAlloc::new(mem.clone());
         let cfg = TableConfig {
             addr_width,
+            phys_width: 52,
             leaf_sizes: LeafSizes::STANDARD,
             split_live_blocks: true,
             coherent: true,
@@ -139,10 +140,12 @@ impl<F: Format> Engine<F> {
         e.pt.map(
             &mut e.mem,
             &mut e.alloc,
-            NEIGHBOUR,
-            PHYS_BASE,
-            K4,
-            Perms::R,
+            Map {
+                iova: NEIGHBOUR,
+                phys: PHYS_BASE,
+                len: K4,
+                perms: Perms::R,
+            },
             &mut g,
         )
         .expect("map neighbour");
@@ -169,17 +172,19 @@ impl<F: Format> Engine<F> {
             .map(
                 &mut self.mem,
                 &mut self.alloc,
-                iova,
-                phys,
-                len,
-                Perms::RW,
+                Map {
+                    iova,
+                    phys,
+                    len,
+                    perms: Perms::RW,
+                },
                 &mut g,
             )
             .expect("map");
         self.flush(&mut g);
         let n = self
             .pt
-            .unmap(&mut self.mem, &mut self.alloc, iova, len, &mut g)
+            .unmap(&mut self.mem, &mut self.alloc, Unmap { iova, len }, &mut g)
             .expect("unmap");
         assert_eq!(n, len);
         self.flush(&mut g);
@@ -194,10 +199,12 @@ impl<F: Format> Engine<F> {
                 .map(
                     &mut self.mem,
                     &mut self.alloc,
-                    iova + off,
-                    phys + off,
-                    K4,
-                    Perms::RW,
+                    Map {
+                        iova: iova + off,
+                        phys: phys + off,
+                        len: K4,
+                        perms: Perms::RW,
+                    },
                     &mut g,
                 )
                 .expect("map");
@@ -207,7 +214,15 @@ impl<F: Format> Engine<F> {
         let mut off = 0;
         while off < len {
             self.pt
-                .unmap(&mut self.mem, &mut self.alloc, iova + off, K4, &mut g)
+                .unmap(
+                    &mut self.mem,
+                    &mut self.alloc,
+                    Unmap {
+                        iova: iova + off,
+                        len: K4,
+                    },
+                    &mut g,
+                )
                 .expect("unmap");
             self.flush(&mut g);
             off += K4;

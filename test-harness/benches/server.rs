@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use criterion::{Criterion, criterion_group};
 use iommu_hal::backend::Backend;
 use iommu_hal::pagetable::format::VtdSl;
-use iommu_hal::pagetable::{Gather, PageTable, Perms as HalPerms};
+use iommu_hal::pagetable::{Gather, Map, PageTable, Perms as HalPerms, Unmap};
 use iommu_protocol::{
     DeviceHandle, DomainHandle, MAX_MESSAGE, Perms, Reply, Request, decode_reply, encode_request,
 };
@@ -118,6 +118,7 @@ impl EnginePath {
         );
         let cfg = iommu_hal::pagetable::TableConfig {
             addr_width: 48,
+            phys_width: 52,
             leaf_sizes: iommu_hal::pagetable::LeafSizes::STANDARD,
             split_live_blocks: true,
             coherent: true,
@@ -136,10 +137,12 @@ impl EnginePath {
             .map(
                 &mut self.mem,
                 &mut self.alloc,
-                IOVA,
-                PHYS,
-                len,
-                HalPerms::RW,
+                Map {
+                    iova: IOVA,
+                    phys: PHYS,
+                    len,
+                    perms: HalPerms::RW,
+                },
                 &mut g,
             )
             .unwrap();
@@ -149,7 +152,12 @@ impl EnginePath {
         let mut g = Gather::new();
         let n = self
             .table
-            .unmap(&mut self.mem, &mut self.alloc, IOVA, len, &mut g)
+            .unmap(
+                &mut self.mem,
+                &mut self.alloc,
+                Unmap { iova: IOVA, len },
+                &mut g,
+            )
             .unwrap();
         self.backend.invalidate(0, 1, &g).unwrap();
         g.release(&mut self.mem, &mut self.alloc);
