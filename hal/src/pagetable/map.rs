@@ -267,7 +267,12 @@ impl<F: Format> PageTable<F> {
             }
             self.write_leaves(mem, node, a..=b, out, fill.perms);
             if node.level < self.top() {
-                bump(mem, self.path.node[usize::from(node.level) + 1], span.first, n as i64);
+                bump(
+                    mem,
+                    self.path.node[usize::from(node.level) + 1],
+                    span.first,
+                    n as i64,
+                );
             }
             if !self.config.coherent {
                 mem.sync_for_device(node.table + a * ENTRY_BYTES, n * ENTRY_BYTES);
@@ -304,7 +309,12 @@ impl<F: Format> PageTable<F> {
             let pa = node.entry(span.first);
             mem.publish_u64(pa, F::encode_table(top_new.table, node.level));
             if node.level < self.top() {
-                bump(mem, self.path.node[usize::from(node.level) + 1], span.first, 1);
+                bump(
+                    mem,
+                    self.path.node[usize::from(node.level) + 1],
+                    span.first,
+                    1,
+                );
             }
             if !self.config.coherent {
                 mem.sync_for_device(pa, ENTRY_BYTES);
@@ -495,8 +505,7 @@ impl<F: Format> PageTable<F> {
             cost = if self.leafable(l, delta) {
                 0
             } else {
-                Self::table_cost(l - 1)
-                    .saturating_add(super::walk::ENTRIES.saturating_mul(cost))
+                Self::table_cost(l - 1).saturating_add(super::walk::ENTRIES.saturating_mul(cost))
             };
         }
         cost
@@ -528,7 +537,11 @@ impl<F: Format, M: PhysMem + ?Sized, A: FrameAlloc + ?Sized> Writer<'_, F, M, A>
                         self.changes.leaf(slot.entry, size(node.level));
                     } else {
                         let level = node.level - 1;
-                        let shadow = if level > 0 { self.pool.take(self.mem) } else { 0 };
+                        let shadow = if level > 0 {
+                            self.pool.take(self.mem)
+                        } else {
+                            0
+                        };
                         let child = Node {
                             table: self.pool.take(self.mem),
                             shadow,

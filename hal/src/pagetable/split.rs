@@ -42,8 +42,11 @@ impl<F: Format> PageTable<F> {
         }
         // A kept part of an entry holding an end of the hole always needs a table below it.
         let part = |first: u64, last: u64| {
-            Self::table_cost(level - 1)
-                .saturating_add(self.fresh_cost(level - 1, Span { first, last }, delta))
+            Self::table_cost(level - 1).saturating_add(self.fresh_cost(
+                level - 1,
+                Span { first, last },
+                delta,
+            ))
         };
         if b - a == sz - 1 {
             // The hole lies in one entry: that entry is split again, unless the hole is all
@@ -69,7 +72,11 @@ impl<F: Format, M: PhysMem + ?Sized, A: FrameAlloc + ?Sized> Writer<'_, F, M, A>
     /// every part of it except `slot.part`, installed with one publishing store.
     pub fn split(&mut self, node: Node, slot: Slot, phys: PhysAddr, perms: Perms) {
         let level = node.level - 1;
-        let shadow = if level > 0 { self.pool.take(self.mem) } else { 0 };
+        let shadow = if level > 0 {
+            self.pool.take(self.mem)
+        } else {
+            0
+        };
         let new = Node {
             table: self.pool.take(self.mem),
             shadow,

@@ -541,10 +541,9 @@ fn alloc_failure_at_each_step_changes_nothing() {
 fn one_table_path_alloc_failure_changes_nothing() {
     // 4 KiB into an empty table: 3 new tables, 2 of them with shadows; a 2 MiB leaf in a
     // fresh 1 GiB region: 2 tables, both with shadows.
-    for (iova, phys, len, need, tables) in [
-        (M2 + K4, 0x8000, K4, 5, 3),
-        (G1 + M2, 4 * M2, M2, 4, 2),
-    ] {
+    for (iova, phys, len, need, tables) in
+        [(M2 + K4, 0x8000, K4, 5, 3), (G1 + M2, 4 * M2, M2, 4, 2)]
+    {
         let mut r = Rig::<ArmS1>::new(cfg(48));
         // A page under another root entry: the root is not empty, nothing else is shared.
         let far = 1 << 39;
@@ -1000,4 +999,3 @@ fn random_ops_agree_with_a_model() {
         random_ops::<RiscvSv>(39, true, seed + 300);
     }
 }
-

@@ -315,8 +315,13 @@ impl<F: Format, M: PhysMem + ?Sized, A: FrameAlloc + ?Sized> Writer<'_, F, M, A>
                     };
                     if left == 0 {
                         if slot.covered() {
-                            self.pt
-                                .unlink(self.mem, self.alloc, node, slot.entry.first, self.gather);
+                            self.pt.unlink(
+                                self.mem,
+                                self.alloc,
+                                node,
+                                slot.entry.first,
+                                self.gather,
+                            );
                             self.pt.forget_path();
                             removed += 1;
                         } else if n > 0 {
