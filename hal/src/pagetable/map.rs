@@ -149,24 +149,32 @@ impl<F: Format> PageTable<F> {
         if !(perms.read || perms.write) || !F::supports_perms(perms) {
             return Err(PtError::PermsUnsupported);
         }
-        if len == PAGE_SIZE && self.path.depth == 0 && (iova ^ self.path.iova) >> 21 == 0 {
-            // One page into the remembered 4 KiB-page table.
-            let node = self.path.node[0];
+        if let Some(level) = self.one_leaf(iova, len)
+            && (level == 0 || self.leafable(level, phys.wrapping_sub(iova)))
+        {
+            // One leaf into its table on the remembered path: the fast road.
+            let node = self.path.node[usize::from(level)];
             if cfg!(debug_assertions) {
                 self.path_start(mem, span);
             }
             let pa = node.entry(iova);
-            if !matches!(F::decode(mem.read_u64(pa), 0), Pte::Absent) {
-                return Err(PtError::Overlap);
+            match F::decode(mem.read_u64(pa), level) {
+                Pte::Absent => {
+                    mem.write_u64(pa, F::encode_leaf(phys, perms, level));
+                    self.counters.leaf_writes += 1;
+                    if level < self.top() {
+                        bump(mem, self.path.node[usize::from(level) + 1], iova, 1);
+                    }
+                    if !self.config.coherent {
+                        mem.sync_for_device(pa, ENTRY_BYTES);
+                    }
+                    gather.add_span(iova, span.last, len);
+                    return Ok(());
+                }
+                Pte::Leaf { .. } => return Err(PtError::Overlap),
+                // A table where one leaf fits: the narrow road decides.
+                Pte::Table(_) => {}
             }
-            mem.write_u64(pa, F::encode_leaf(phys, perms, 0));
-            self.counters.leaf_writes += 1;
-            bump(mem, self.path.node[1], iova, 1);
-            if !self.config.coherent {
-                mem.sync_for_device(pa, ENTRY_BYTES);
-            }
-            gather.add_span(iova, span.last, PAGE_SIZE);
-            return Ok(());
         }
         let fill = Fill {
             delta: phys.wrapping_sub(iova),
@@ -214,6 +222,18 @@ impl<F: Format> PageTable<F> {
                 break (0, 0);
             }
             if !in_one_entry(span, node.level) {
+                // Several whole entries of this table, each one leaf: leaves here, if every
+                // entry is absent (anything else goes the general way).
+                let m = size(node.level) - 1;
+                if span.first & m == 0
+                    && span.last & m == m
+                    && self.leafable(node.level, fill.delta)
+                {
+                    let (a, b) = (index(span.first, node.level), index(span.last, node.level));
+                    if (a..=b).all(|i| mem.read_u64(node.table + i * ENTRY_BYTES) == 0) {
+                        break (0, node.level);
+                    }
+                }
                 return Ok(Road::Wide);
             }
             match F::decode(mem.read_u64(node.entry(span.first)), node.level) {

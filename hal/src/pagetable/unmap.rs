@@ -11,7 +11,7 @@ use super::map::{Changes, Road, Run, Writer};
 use super::table::PageTable;
 use super::walk::{ENTRY_BYTES, Node, Slots, covers, in_one_entry, index, size};
 use super::{Format, Gather, PtError, Pte, Span, Unmap};
-use crate::mem::{FrameAlloc, PAGE_SIZE, PhysMem};
+use crate::mem::{FrameAlloc, PhysMem};
 
 impl<F: Format> PageTable<F> {
     /// Unmaps exactly the pages of the `req.len` bytes from `req.iova`; returns the bytes that
@@ -36,28 +36,34 @@ impl<F: Format> PageTable<F> {
     ) -> Result<u64, PtError> {
         let span = self.check_range(req.iova, req.len)?;
         let iova = span.first;
-        if req.len == PAGE_SIZE && self.path.depth == 0 && (iova ^ self.path.iova) >> 21 == 0 {
-            // One page of the remembered 4 KiB-page table.
-            let node = self.path.node[0];
+        if let Some(level) = self.one_leaf(iova, req.len) {
+            // One leaf of its table on the remembered path: the fast road.
+            let node = self.path.node[usize::from(level)];
             if cfg!(debug_assertions) {
                 self.path_start(mem, span);
             }
             let pa = node.entry(iova);
-            if !matches!(F::decode(mem.read_u64(pa), 0), Pte::Leaf { .. }) {
-                return Ok(0);
+            match F::decode(mem.read_u64(pa), level) {
+                Pte::Absent => return Ok(0),
+                Pte::Leaf { .. } => {
+                    mem.write_u64(pa, 0);
+                    self.counters.leaf_writes += 1;
+                    if !self.config.coherent {
+                        mem.sync_for_device(pa, ENTRY_BYTES);
+                    }
+                    gather.add_span(iova, span.last, req.len);
+                    // One entry never covers its table: an empty table enters the reserve.
+                    if level < self.top() {
+                        let parent = self.path.node[usize::from(level) + 1];
+                        if bump(mem, parent, iova, -1) == 0 {
+                            self.keep_empty_below(mem, alloc, parent, iova, gather);
+                        }
+                    }
+                    return Ok(req.len);
+                }
+                // A table's whole span: the general road.
+                Pte::Table(_) => {}
             }
-            mem.write_u64(pa, 0);
-            self.counters.leaf_writes += 1;
-            if !self.config.coherent {
-                mem.sync_for_device(pa, ENTRY_BYTES);
-            }
-            gather.add_span(iova, span.last, PAGE_SIZE);
-            // One page never covers its table: an empty table enters the reserve.
-            let parent = self.path.node[1];
-            if bump(mem, parent, iova, -1) == 0 {
-                self.keep_empty_below(mem, alloc, parent, iova, gather);
-            }
-            return Ok(PAGE_SIZE);
         }
         self.unmap_slow(mem, alloc, span, gather)
     }
@@ -115,6 +121,18 @@ impl<F: Format> PageTable<F> {
                 break;
             }
             if !in_one_entry(span, node.level) {
+                // Several whole entries of this table: here if none of them is a table.
+                let m = size(node.level) - 1;
+                if span.first & m == 0 && span.last & m == m {
+                    let (a, b) = (index(span.first, node.level), index(span.last, node.level));
+                    let level = node.level;
+                    if (a..=b).all(|i| {
+                        let e = mem.read_u64(node.table + i * ENTRY_BYTES);
+                        !matches!(F::decode(e, level), Pte::Table(_))
+                    }) {
+                        break;
+                    }
+                }
                 return Road::Wide;
             }
             match F::decode(mem.read_u64(node.entry(span.first)), node.level) {

@@ -212,6 +212,23 @@ impl<F: Format> PageTable<F> {
         node
     }
 
+    /// The level whose one entry `len` bytes from `iova` are, when that entry's table is on
+    /// the remembered path (the fast roads of map and unmap); `iova` is 4 KiB aligned.
+    #[inline(always)]
+    pub(super) fn one_leaf(&self, iova: u64, len: u64) -> Option<u8> {
+        let level = match len {
+            0x1000 => 0,
+            0x20_0000 => 1,
+            0x4000_0000 => 2,
+            0x80_0000_0000 => 3,
+            _ => return None,
+        };
+        let top = self.top();
+        let in_table =
+            level == top || (level < top && (iova ^ self.path.iova) >> shift(level + 1) == 0);
+        (level >= self.path.depth && in_table && iova & (len - 1) == 0).then_some(level)
+    }
+
     /// Remembers `node` (reached on the way to `iova`) as the lowest table of the path; the
     /// tables above it must already be in `self.path.node`.
     #[inline(always)]
