@@ -137,10 +137,28 @@ pub trait Backend {
     /// backend answers with the first unit's info.
     fn unit_info(&self, unit: UnitIndex) -> UnitInfo;
 
+    /// Allocates from `alloc` every structure shared between domains that `device` on `unit`
+    /// needs before it can be attached (e.g. a VT-d context table for its bus, an SMMUv3
+    /// level-2 stream table for its StreamID span), leaving the device blocked. The server
+    /// calls it once per configured device id at start, so that [`Backend::attach`] then
+    /// allocates only per-domain structures, which the server charges to the domain's owner
+    /// (and gets back through [`Backend::release_tag`]). Idempotent. The default prepares
+    /// nothing (backends whose shared structures are all allocated at bring-up).
+    fn prepare(
+        &mut self,
+        alloc: &mut dyn FrameAlloc,
+        unit: UnitIndex,
+        device: u32,
+    ) -> Result<(), Self::Error> {
+        let _ = (alloc, unit, device);
+        Ok(())
+    }
+
     /// Points `device` on `unit` at `domain`'s tables, replacing any previous attachment with a
     /// single entry update (never a window of passthrough), invalidates the unit's configuration
-    /// caches for the device and waits for that to complete. May allocate unit structures
-    /// (e.g. a VT-d context table for a new bus) from `alloc`.
+    /// caches for the device and waits for that to complete. May allocate per-domain unit
+    /// structures (e.g. an SMMUv3 context descriptor) from `alloc`, and shared ones that
+    /// [`Backend::prepare`] was not asked for.
     ///
     /// On failure the device may be blocked, or attached to `domain` (the entry written but
     /// its invalidation not known to have completed), or still attached as before the call;

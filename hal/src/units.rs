@@ -56,6 +56,20 @@ pub trait Unit: Sized {
     /// The unit's counters.
     fn unit_counters(&self) -> Self::Counters;
 
+    /// See [`Backend::prepare`]; the default prepares nothing.
+    fn prepare_device<M>(
+        &mut self,
+        mem: &mut M,
+        alloc: &mut dyn FrameAlloc,
+        device: u32,
+    ) -> Result<(), Self::Error>
+    where
+        M: PhysMem + ?Sized,
+    {
+        let _ = (mem, alloc, device);
+        Ok(())
+    }
+
     /// See [`Backend::attach`].
     fn attach_device<M, D>(
         &mut self,
@@ -231,6 +245,16 @@ where
             .get(unit)
             .or_else(|| self.units.first())
             .map_or(U::NO_UNIT, U::unit_info)
+    }
+
+    fn prepare(
+        &mut self,
+        alloc: &mut dyn FrameAlloc,
+        unit: UnitIndex,
+        device: u32,
+    ) -> Result<(), U::Error> {
+        let (u, mem, _) = self.parts(unit)?;
+        u.prepare_device(mem, alloc, device)
     }
 
     fn attach(

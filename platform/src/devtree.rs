@@ -414,6 +414,37 @@ pub unsafe fn parse_at(addr: u64) -> Result<Machine, DtError> {
     parse(blob)
 }
 
+/// The generic timer's `clock-frequency` (the node compatible with `arm,armv8-timer` or
+/// `arm,armv7-timer`), when the device tree gives one: firmware that does not program
+/// CNTFRQ_EL0 correctly states the frequency there (Linux's arch timer binding).
+pub fn timer_frequency(dtb: &[u8]) -> Option<u64> {
+    let fdt = Fdt::new(dtb).ok()?;
+    let node = fdt
+        .all_nodes()
+        .find(|n| is_compatible(*n, "arm,armv8-timer") || is_compatible(*n, "arm,armv7-timer"))?;
+    match node.property("clock-frequency")?.value {
+        [a, b, c, d] => Some(u64::from(u32::from_be_bytes([*a, *b, *c, *d]))),
+        _ => None,
+    }
+}
+
+/// [`timer_frequency`] of the flattened device tree at physical address `addr`.
+///
+/// # Safety
+/// As for [`parse_at`].
+pub unsafe fn timer_frequency_at(addr: u64) -> Option<u64> {
+    // SAFETY: the caller's contract: a 40-byte header is readable at `addr`.
+    let header = unsafe { core::slice::from_raw_parts(addr as usize as *const u8, 40) };
+    let magic = u32::from_be_bytes([header[0], header[1], header[2], header[3]]);
+    let total = u32::from_be_bytes([header[4], header[5], header[6], header[7]]) as usize;
+    if magic != 0xd00d_feed || total < 40 {
+        return None;
+    }
+    // SAFETY: the caller's contract: `totalsize` bytes are readable.
+    let blob = unsafe { core::slice::from_raw_parts(addr as usize as *const u8, total) };
+    timer_frequency(blob)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -422,6 +453,90 @@ mod tests {
     /// -m 256M -nodefaults -device edu` with two `-serial`s (written with `dumpdtb=` and cut
     /// to the end of its strings block).
     static QEMU_VIRT_SMMUV3: &[u8] = include_bytes!("../tests/data/qemu-virt-smmuv3.dtb");
+
+    /// A flattened device tree with a root node and one `timer` child carrying
+    /// `compatible = compat` and, when given, `clock-frequency` (Devicetree specification
+    /// 0.4, chapter 5: header, empty reservation map, structure block, strings block).
+    fn timer_fdt(compat: &str, hz: Option<u32>) -> std::vec::Vec<u8> {
+        use std::vec::Vec;
+        let be = |v: u32| v.to_be_bytes();
+        let mut strings: Vec<u8> = Vec::new();
+        let mut structure: Vec<u8> = Vec::new();
+        let pad = |v: &mut Vec<u8>| {
+            while v.len() % 4 != 0 {
+                v.push(0);
+            }
+        };
+        let mut prop = |st: &mut Vec<u8>, name: &str, value: &[u8]| {
+            let off = strings.len() as u32;
+            strings.extend_from_slice(name.as_bytes());
+            strings.push(0);
+            st.extend_from_slice(&be(3)); // FDT_PROP
+            st.extend_from_slice(&be(value.len() as u32));
+            st.extend_from_slice(&be(off));
+            st.extend_from_slice(value);
+            pad(st);
+        };
+        structure.extend_from_slice(&be(1)); // FDT_BEGIN_NODE, root
+        structure.extend_from_slice(&[0, 0, 0, 0]);
+        prop(&mut structure, "#address-cells", &be(2));
+        prop(&mut structure, "#size-cells", &be(2));
+        structure.extend_from_slice(&be(1));
+        structure.extend_from_slice(b"timer\0");
+        pad(&mut structure);
+        let mut c = compat.as_bytes().to_vec();
+        c.push(0);
+        prop(&mut structure, "compatible", &c);
+        if let Some(hz) = hz {
+            prop(&mut structure, "clock-frequency", &be(hz));
+        }
+        structure.extend_from_slice(&be(2)); // FDT_END_NODE (timer)
+        structure.extend_from_slice(&be(2)); // FDT_END_NODE (root)
+        structure.extend_from_slice(&be(9)); // FDT_END
+        let off_rsv = 40u32;
+        let off_struct = off_rsv + 16;
+        let off_strings = off_struct + structure.len() as u32;
+        let total = off_strings + strings.len() as u32;
+        let mut blob = Vec::new();
+        for v in [
+            0xd00d_feed,
+            total,
+            off_struct,
+            off_strings,
+            off_rsv,
+            17,
+            16,
+            0,
+            strings.len() as u32,
+            structure.len() as u32,
+        ] {
+            blob.extend_from_slice(&be(v));
+        }
+        blob.extend_from_slice(&[0; 16]);
+        blob.extend_from_slice(&structure);
+        blob.extend_from_slice(&strings);
+        blob
+    }
+
+    #[test]
+    fn timer_frequency_from_the_device_tree() {
+        // QEMU's virt machine leaves it to CNTFRQ_EL0.
+        assert_eq!(timer_frequency(QEMU_VIRT_SMMUV3), None);
+        assert_eq!(
+            timer_frequency(&timer_fdt("arm,armv8-timer", Some(24_000_000))),
+            Some(24_000_000)
+        );
+        assert_eq!(
+            timer_frequency(&timer_fdt("arm,armv7-timer", Some(19_200_000))),
+            Some(19_200_000)
+        );
+        assert_eq!(timer_frequency(&timer_fdt("arm,armv8-timer", None)), None);
+        assert_eq!(
+            timer_frequency(&timer_fdt("vendor,other-timer", Some(1))),
+            None
+        );
+        assert_eq!(timer_frequency(&[0u8; 8]), None);
+    }
 
     #[test]
     fn qemu_virt_with_smmuv3() {

@@ -7,7 +7,7 @@
 //! `// SAFETY:` comment.
 //!
 //! Architecture-independent pieces ([`mem`], [`pci`], [`bars`], [`dmar`], [`devtree`], [`dma`],
-//! [`edu`], [`local`]) build and are tested on the host too; the runtimes (`x86`, `aarch64`),
+//! [`edu`], [`local`], [`clock`]) build and are tested on the host too; the runtimes (`x86`, `aarch64`),
 //! the client scenario the images run (`scenario`, which logs with defmt) and what every image
 //! does around it (`image`) exist only on bare-metal targets.
 #![no_std]
@@ -16,6 +16,7 @@
 extern crate std;
 
 pub mod bars;
+pub mod clock;
 pub mod devtree;
 pub mod dma;
 pub mod dmar;

@@ -154,6 +154,23 @@ pub enum ConfigError {
     Reserved,
     /// Creating the tables or blocking a device failed at start-up (the backend's error kind).
     Backend(iommu_hal::backend::ErrorKind),
+    /// The clients' `max_domains` add up to more domains than the units' tags (and the
+    /// server's `DOMAINS`) allow at once: one client could take a domain another was promised.
+    DomainQuotas {
+        /// Sum of the clients' `max_domains`.
+        total: u64,
+        /// Domain slots usable at once.
+        slots: u64,
+    },
+    /// The clients' `max_table_frames` add up to more frames than the pool holds (after the
+    /// units' shared structures were taken from it): one client could exhaust the pool
+    /// another was promised.
+    FrameQuotas {
+        /// Sum of the clients' `max_table_frames`.
+        total: u64,
+        /// Frames the pool could hand out at once.
+        pool: u64,
+    },
 }
 
 impl Config<'_> {

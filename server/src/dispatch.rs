@@ -86,10 +86,13 @@ impl<
         self.stats.requests += 1;
         let answer = match self.client_index(client) {
             None => Reply::Error(Error::NotPermitted),
-            Some(ci) => match request() {
-                Err(e) => Reply::Error(e),
-                Ok(req) => self.execute(ci, req).unwrap_or_else(Reply::Error),
-            },
+            Some(ci) => {
+                self.retry_quarantined(ci);
+                match request() {
+                    Err(e) => Reply::Error(e),
+                    Ok(req) => self.execute(ci, req).unwrap_or_else(Reply::Error),
+                }
+            }
         };
         if let Reply::Error(e) = answer {
             let i = (e.code() as usize).min(self.stats.errors.len() - 1);

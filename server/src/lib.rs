@@ -40,14 +40,18 @@
 //!   is `DeviceBusy` (detach first); attaching it again to its own domain is `Done`. `Detach`
 //!   of an unattached device is `Done`. `DestroyDomain` with devices attached is `DomainBusy`.
 //! - **Quotas.** `CreateDomain` beyond `max_domains` is `QuotaExceeded`. Page-table frames
-//!   (roots included) are charged per request through a counting wrapper around the global
-//!   allocator: refused by the quota is `QuotaExceeded`, by the pool `OutOfTableMemory`.
-//!   Frames come back to the quota when freed (after the invalidation). Unit structures that
-//!   a backend allocates in `attach` come from the global pool and are not charged: shared
-//!   ones (e.g. VT-d context tables, SMMUv3 level-2 stream tables) are never freed; per-domain
-//!   ones (e.g. SMMUv3 context descriptors) go back to the global pool through
-//!   `Backend::release_tag` when the domain is destroyed (after its devices are blocked and
-//!   the domain-wide invalidation completed, before its tables are freed and its tag reused).
+//!   (roots included) and per-domain unit structures (e.g. SMMUv3 context descriptors,
+//!   allocated by `Backend::attach` and returned by `Backend::release_tag` when the domain is
+//!   destroyed, after its devices are blocked and the domain-wide invalidation completed) are
+//!   charged to the client per request through a counting wrapper around the global
+//!   allocator: refused by the quota is `QuotaExceeded`. Frames come back to the quota when
+//!   freed (after the invalidation). Unit structures shared between domains (VT-d context
+//!   tables, SMMUv3 level-2 stream tables) are taken from the pool at start for every
+//!   configured device (`Backend::prepare`) and never freed. [`Server::new`] refuses
+//!   quotas that could not all be honoured at once: `max_domains` adding up to more than the
+//!   usable tags, `max_table_frames` adding up to more than the pool holds after start (it
+//!   takes them all once to be sure). So a client within its quota never meets
+//!   `OutOfTableMemory`, and cannot learn from it that another client is busy.
 //! - **Strict invalidation.** An `Unmap` replies only after `Backend::invalidate` returned Ok
 //!   on every unit where a device of the domain is, or was since the last domain-wide
 //!   invalidation there, attached; freed table frames go back to the pool only after that.
@@ -55,19 +59,40 @@
 //!   units that cache non-present entries only. `MapSg` maps into one gather after checking
 //!   every segment's grant and that the whole IOVA range is free; a failure mid-way unmaps what
 //!   the request mapped and invalidates, so nothing changed.
+//! - **Hardware failure: the invariant.** *A device the server cannot prove blocked is
+//!   treated as live.* Every configured device is `Blocked` (the last block of each of its ids
+//!   completed), `Attached` to a domain, or `Unsure` about one (an attach, detach or block of
+//!   it failed: it may reach that domain, or be blocked; the server cannot tell). A domain a
+//!   device is attached to or unsure about is *pinned*: its tables, frames, tag and unit
+//!   structures are never freed or reused, its units stay in the set invalidated on every
+//!   change, and `DestroyDomain` blocks unsure devices first and fails while it cannot.
+//!   Nothing answers `Done` for a state the hardware may not be in: `Detach` of an unsure
+//!   device retries the block and answers its outcome; an `Attach` that fails part-way blocks
+//!   the device again at once and answers the error (the device stays unsure if even that
+//!   fails). Backends make the block idempotent and never short-cut it (a repeated block
+//!   invalidates the unit's cached copy again even when the entry already reads blocked).
+//!   Every request concerning an unsure device (`Attach`, `Detach`, `DestroyDomain`, client
+//!   exit) retries the block until it succeeds.
 //! - **Failed invalidation** (`HardwareTimeout` / `HardwareError`): the domain's devices are
-//!   blocked (best effort), the failed units are marked stale and the frames the change
-//!   freed wait in the domain; every later request on the domain first retries a domain-wide
-//!   invalidation of those units and fails the same way while the unit does not answer. A
-//!   failed `Map`/`MapSg` is undone in the tables. A failed `Unmap` stays unmapped in the
-//!   tables (the removed translations cannot be rebuilt), so for `Unmap` the protocol's
+//!   blocked (those that cannot be become unsure), the failed units are marked stale and the
+//!   frames the change freed wait in the domain; every later request on the domain first
+//!   retries a domain-wide invalidation of those units (counted in
+//!   [`Stats::invalidations`]) and fails the same way while the unit does not answer. A unit
+//!   left stale by a detach whose domain-wide invalidation failed is invalidated before the
+//!   domain is destroyed, so its tag never serves another domain with stale entries behind
+//!   it. A failed `Map`/`MapSg` is undone in the tables. A failed `Unmap` stays unmapped in
+//!   the tables (the removed translations cannot be rebuilt), so for `Unmap` the protocol's
 //!   "tables restored" does not hold: the range must be treated as possibly still reachable
 //!   until a later request on the domain succeeds, and the devices must be re-attached.
 //! - **Client exit** tears down every domain of the client (devices blocked, domain-wide
 //!   invalidation, per-domain unit structures released, tables freed), drops its queued
-//!   faults and restarts its handle numbering. A domain whose invalidation or release fails
-//!   then is quarantined: its tag and frames stay reserved for good
-//!   ([`Stats::quarantined_domains`]); the client's quota is restored regardless.
+//!   faults and restarts its handle numbering. A domain whose teardown fails is quarantined:
+//!   its devices keep their state (an unsure one stays known, so the client's next
+//!   incarnation can `Detach` it, which retries the block), and its tag, unit structures,
+//!   frames and domain count stay charged to the client (so that no other client's quota
+//!   promise breaks) until the teardown is retried successfully: before each request of that
+//!   client, and when one of its devices is proven blocked ([`Stats::quarantined_domains`],
+//!   [`Stats::reclaimed_domains`]).
 //! - **Faults** are routed to the owner of `(unit, requester id)` as its device handle, into a
 //!   bounded queue per client; overflow is counted and reported once as `lost` in the next
 //!   `Faults` reply; records of unowned devices are counted ([`Stats::faults_unowned`]) and

@@ -8,7 +8,7 @@ use iommu_hal::pagetable::{
 };
 use iommu_hal::{FrameAlloc, PAGE_SIZE, PhysMem};
 
-use crate::config::{ClientId, Config, ConfigError, usable_ranges};
+use crate::config::{ClientId, Config, ConfigError, DeviceGrant, usable_ranges};
 use crate::faults::{FaultQueue, Notify, QueuedFault};
 use crate::quota::Counting;
 use iommu_protocol::{IovaRange, MAX_IOVA_RANGES};
@@ -65,10 +65,15 @@ pub struct Stats {
     pub hw_fault_overflows: u64,
     /// Failed `drain_faults` calls.
     pub drain_errors: u64,
-    /// Domains that could not be torn down because an invalidation (or the release of their
-    /// unit structures) failed while their client was exiting; their tag and table frames
-    /// stay reserved forever.
+    /// Domains that could not be torn down while their client was exiting (a device could
+    /// not be proven blocked, or an invalidation or the release of their unit structures
+    /// failed). Their tag, unit structures and table frames stay reserved until a later
+    /// retry succeeds ([`Stats::reclaimed_domains`]).
     pub quarantined_domains: u64,
+    /// Quarantined domains whose teardown was later completed (tag and frames reused).
+    pub reclaimed_domains: u64,
+    /// Block attempts that failed: the device stays treated as live (see the crate docs).
+    pub failed_blocks: u64,
 }
 
 pub(crate) struct Domain<F: Format> {
@@ -90,13 +95,45 @@ pub(crate) struct Domain<F: Format> {
 pub(crate) enum Slot<F: Format> {
     Free,
     Live(Domain<F>),
-    /// Torn down while an invalidation could not complete: tag and frames stay reserved.
-    Quarantined(#[allow(dead_code)] Domain<F>),
+    /// Its client is gone but the teardown could not complete (a device could not be proven
+    /// blocked, or an invalidation or release failed): tag, unit structures and frames stay
+    /// reserved, and the teardown is retried ([`Server::reclaim`]).
+    Quarantined(Domain<F>),
+}
+
+/// What the server can prove about a configured device (over every id it may carry).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum DevState {
+    /// Blocked under every id: the last block of each completed.
+    Blocked,
+    /// Attached to the domain in this slot under every id.
+    Attached(u16),
+    /// An attach, detach or block of it failed: it may reach the domain in this slot (or be
+    /// blocked; the server cannot tell). Treated as attached there: the domain's tables, tag
+    /// and unit structures are never freed or reused, its units stay dirty, and every request
+    /// concerning the device (Attach, Detach, DestroyDomain of that domain, client exit)
+    /// first retries blocking it.
+    Unsure(u16),
+}
+
+impl DevState {
+    /// The slot of the domain the device may reach, if any.
+    pub(crate) fn reaches(self) -> Option<usize> {
+        match self {
+            DevState::Blocked => None,
+            DevState::Attached(s) | DevState::Unsure(s) => Some(s as usize),
+        }
+    }
 }
 
 pub(crate) struct ClientState<const Q: usize> {
+    /// Domains held, quarantined ones included.
     pub(crate) domains: u32,
+    /// Frames held (tables, pending frees, per-domain unit structures), quarantined domains'
+    /// included.
     pub(crate) frames: u64,
+    /// Domains of earlier incarnations waiting in quarantine.
+    pub(crate) quarantined: u32,
     pub(crate) next_handle: u32,
     pub(crate) faults: FaultQueue<Q>,
 }
@@ -106,6 +143,7 @@ impl<const Q: usize> ClientState<Q> {
         ClientState {
             domains: 0,
             frames: 0,
+            quarantined: 0,
             next_handle: 1,
             faults: FaultQueue::new(),
         }
@@ -140,15 +178,41 @@ pub struct Server<
     pub(crate) cnp_units: u64,
     /// Domain slots usable (`DOMAINS` capped by the smallest tag space).
     pub(crate) usable_slots: usize,
+    /// The highest physical address every unit can reach (the smallest output width).
+    pub(crate) phys_last: u64,
     /// The usable IOVA ranges of every domain (address space minus reserved windows).
     pub(crate) ranges: heapless::Vec<IovaRange, MAX_IOVA_RANGES>,
-    /// Index of each client's first device in `attached`.
+    /// Index of each client's first device in `devices`.
     pub(crate) dev_base: [usize; CLIENTS],
-    /// Slot of the domain each configured device is attached to.
-    pub(crate) attached: [Option<u16>; DEVICES],
+    /// Number of configured devices.
+    pub(crate) device_count: usize,
+    /// What is known of each configured device.
+    pub(crate) devices: [DevState; DEVICES],
     pub(crate) domains: [Slot<B::Format>; DOMAINS],
     pub(crate) clients: [ClientState<FAULTS>; CLIENTS],
     pub(crate) stats: Stats,
+}
+
+/// Takes up to `wanted` frames from `alloc` at once and gives them all back; returns how many
+/// it got. The frames taken are chained through their first word (they are ours until freed,
+/// and the allocator hands frames out zeroed), so the probe needs no memory of its own.
+fn probe_pool<A: FrameAlloc, M: PhysMem>(alloc: &mut A, mem: &mut M, wanted: u64) -> u64 {
+    let mut got = 0u64;
+    let mut chain: Option<u64> = None;
+    while got < wanted {
+        let Some(f) = alloc.alloc_frame() else { break };
+        // The link is the previous frame's address plus 1 (0 ends the chain).
+        mem.write_u64(f, chain.map_or(0, |c| c + 1));
+        chain = Some(f);
+        got += 1;
+    }
+    while let Some(f) = chain {
+        let next = mem.read_u64(f);
+        mem.write_u64(f, 0);
+        alloc.free_frame(f);
+        chain = next.checked_sub(1);
+    }
+    got
 }
 
 /// Iterates the set bits of a unit mask.
@@ -198,9 +262,10 @@ impl<
         let mut coherent = true;
         let mut cnp_units = 0u64;
         let mut max_tag = u16::MAX;
-        let mut phys_width = 64;
+        let mut phys_width = 64u32;
         for u in 0..units {
             let info = backend.unit_info(u);
+            phys_width = phys_width.min(info.phys_width);
             if info.addr_width != first.addr_width {
                 return Err(ConfigError::AddressWidth);
             }
@@ -211,7 +276,6 @@ impl<
                 cnp_units |= 1 << u;
             }
             max_tag = max_tag.min(info.max_tag);
-            phys_width = phys_width.min(info.phys_width);
         }
         if !B::Format::ADDR_WIDTHS.contains(&first.addr_width)
             || B::Format::levels_for(first.addr_width).is_none()
@@ -245,6 +309,18 @@ impl<
             Err(_) => return Err(ConfigError::LeafSizes),
         }
 
+        let total_domains: u64 = config
+            .clients
+            .iter()
+            .map(|c| u64::from(c.max_domains))
+            .sum();
+        if total_domains > usable_slots as u64 {
+            return Err(ConfigError::DomainQuotas {
+                total: total_domains,
+                slots: usable_slots as u64,
+            });
+        }
+
         let mut dev_base = [0usize; CLIENTS];
         let mut next = 0;
         for (ci, c) in config.clients.iter().enumerate() {
@@ -252,11 +328,31 @@ impl<
             next += c.devices.len();
             for d in c.devices {
                 for id in d.ids() {
+                    // Shared unit structures come from the pool now, before the quotas are
+                    // promised; attach then allocates only what a domain owns.
+                    backend
+                        .prepare(&mut alloc, d.unit, id)
+                        .map_err(|e| ConfigError::Backend(e.kind()))?;
                     backend
                         .block(d.unit, id)
                         .map_err(|e| ConfigError::Backend(e.kind()))?;
                 }
             }
+        }
+        // Every client's frame quota must be there for it whatever the others do (else one
+        // client could make another's `Info` promise false, and learn from
+        // `OutOfTableMemory` that someone else is busy): take them all from the pool once.
+        let total_frames: u64 = config
+            .clients
+            .iter()
+            .map(|c| u64::from(c.max_table_frames))
+            .sum();
+        let available = probe_pool(&mut alloc, &mut mem, total_frames);
+        if available < total_frames {
+            return Err(ConfigError::FrameQuotas {
+                total: total_frames,
+                pool: available,
+            });
         }
 
         Ok(Server {
@@ -269,9 +365,15 @@ impl<
             units,
             cnp_units,
             usable_slots,
+            phys_last: if phys_width >= 64 {
+                u64::MAX
+            } else {
+                (1u64 << phys_width) - 1
+            },
             ranges,
             dev_base,
-            attached: [None; DEVICES],
+            device_count: next,
+            devices: [DevState::Blocked; DEVICES],
             domains: core::array::from_fn(|_| Slot::Free),
             clients: core::array::from_fn(|_| ClientState::new()),
             stats: Stats::default(),
@@ -357,33 +459,30 @@ impl<
         }
     }
 
-    /// `(unit, requester id)` of a global device index.
-    fn device_addr(&self, g: usize) -> (UnitIndex, u32) {
-        for (ci, c) in self.config.clients.iter().enumerate() {
+    /// The grant of global device index `g`.
+    fn grant(&self, g: usize) -> DeviceGrant<'a> {
+        let config = self.config;
+        for (ci, c) in config.clients.iter().enumerate() {
             let base = self.dev_base[ci];
             if g >= base && g < base + c.devices.len() {
-                let d = c.devices[g - base];
-                return (d.unit, d.device);
+                return c.devices[g - base];
             }
         }
         unreachable!("device index {g} out of range")
     }
 
-    /// Number of configured devices.
-    fn device_count(&self) -> usize {
-        self.config.clients.iter().map(|c| c.devices.len()).sum()
-    }
-
-    /// Whether some device other than `except` on `unit` is attached to `slot`.
+    /// Whether some device other than `except` on `unit` may reach `slot`.
     fn other_on_unit(&self, slot: usize, unit: UnitIndex, except: usize) -> bool {
-        (0..self.device_count()).any(|g| {
-            g != except && self.attached[g] == Some(slot as u16) && self.device_addr(g).0 == unit
+        (0..self.device_count).any(|g| {
+            g != except && self.devices[g].reaches() == Some(slot) && self.grant(g).unit == unit
         })
     }
 
-    fn counting(&mut self, ci: usize) -> Counting<'_, A> {
-        let limit = u64::from(self.config.clients[ci].max_table_frames);
-        Counting::new(&mut self.alloc, self.clients[ci].frames, limit)
+    /// Whether some device may reach `slot`.
+    fn reached(&self, slot: usize) -> bool {
+        self.devices[..self.device_count]
+            .iter()
+            .any(|d| d.reaches() == Some(slot))
     }
 
     /// Retries the invalidations that failed earlier for `slot`; frees the frames that waited
@@ -404,17 +503,16 @@ impl<
             d.stale &= !(1 << u);
         }
         let ci = d.owner;
-        let limit = u64::from(self.config.clients[ci].max_table_frames);
-        let mut c = Counting::new(&mut self.alloc, self.clients[ci].frames, limit);
+        let limit = self.config.clients[ci].max_table_frames;
+        let mut c = Counting::new(&mut self.alloc, &mut self.clients[ci].frames, limit);
         d.pending.release(&mut self.mem, &mut c);
-        self.clients[ci].frames = c.held_now();
         Ok(())
     }
 
     /// Invalidates `gather` on every unit that may cache `slot`'s translations, then frees its
-    /// frames. One invalidation per unit. On failure the domain's devices are blocked, the
-    /// frames wait in the domain, and the failed units are retried before the domain's next
-    /// operation.
+    /// frames. One invalidation per unit. On failure the domain's devices are blocked (those
+    /// that cannot be are kept as live), the frames wait in the domain, and the failed units
+    /// are retried before the domain's next operation.
     fn flush(&mut self, slot: usize, mut gather: Gather) -> Result<(), Fail> {
         let tag = tag_of(slot);
         let Slot::Live(d) = &mut self.domains[slot] else {
@@ -439,29 +537,88 @@ impl<
             self.block_domain_devices(slot);
             return Err(f);
         }
-        let limit = u64::from(self.config.clients[ci].max_table_frames);
-        let mut c = Counting::new(&mut self.alloc, self.clients[ci].frames, limit);
+        let limit = self.config.clients[ci].max_table_frames;
+        let mut c = Counting::new(&mut self.alloc, &mut self.clients[ci].frames, limit);
         gather.release(&mut self.mem, &mut c);
-        self.clients[ci].frames = c.held_now();
         Ok(())
     }
 
-    /// Best effort: blocks every device attached to `slot` (after a failed invalidation, the
-    /// devices must not keep using translations the unit may still cache).
+    /// Best effort: blocks every device that may reach `slot` (after a failed invalidation,
+    /// the devices must not keep using translations the unit may still cache). A device whose
+    /// block fails stays treated as live.
     fn block_domain_devices(&mut self, slot: usize) {
-        for g in 0..self.device_count() {
-            if self.attached[g] == Some(slot as u16) {
-                let (unit, dev) = self.device_addr(g);
-                if self.backend.block(unit, dev).is_ok() {
-                    self.attached[g] = None;
-                }
+        for g in 0..self.device_count {
+            if self.devices[g].reaches() == Some(slot) {
+                let _ = self.block_device(g);
             }
         }
     }
 
+    /// Blocks device `g` under every id it may carry. On success it is [`DevState::Blocked`]
+    /// and the unit forgets the domain it reached unless another of the domain's devices is
+    /// still there ([`Server::forget_unit`]); a quarantined domain nobody reaches any more is
+    /// then reclaimed. On failure the device is [`DevState::Unsure`] in the domain it may
+    /// reach (a blocked device that fails to block again stays blocked: nothing was undone).
+    fn block_device(&mut self, g: usize) -> Result<(), Fail> {
+        let grant = self.grant(g);
+        let before = self.devices[g];
+        for id in grant.ids() {
+            if let Err(e) = self.backend.block(grant.unit, id) {
+                self.stats.failed_blocks += 1;
+                if let Some(s) = before.reaches() {
+                    self.devices[g] = DevState::Unsure(s as u16);
+                }
+                return Err(backend_fail(e.kind()));
+            }
+        }
+        self.devices[g] = DevState::Blocked;
+        if let Some(s) = before.reaches() {
+            self.forget_unit(s, grant.unit, g);
+            if matches!(self.domains[s], Slot::Quarantined(_)) {
+                let _ = self.reclaim(s);
+            }
+        }
+        Ok(())
+    }
+
+    /// After device `g` left domain `slot` on `unit`: if no other device of the domain may
+    /// remain there, invalidate the domain's translations on that unit so it stops being
+    /// dirty. A failure marks the unit stale: retried before the domain's next operation and
+    /// before its teardown, so the tag is never reused with stale entries behind it.
+    fn forget_unit(&mut self, slot: usize, unit: UnitIndex, g: usize) {
+        if self.other_on_unit(slot, unit, g) {
+            return;
+        }
+        let tag = tag_of(slot);
+        let d = match &mut self.domains[slot] {
+            Slot::Live(d) | Slot::Quarantined(d) => d,
+            Slot::Free => return,
+        };
+        if d.dirty & (1 << unit) == 0 {
+            return;
+        }
+        self.stats.invalidations += 1;
+        if self.backend.invalidate_all(unit, tag).is_ok() {
+            d.dirty &= !(1 << unit);
+        } else {
+            d.dirty &= !(1 << unit);
+            d.stale |= 1 << unit;
+        }
+    }
+
     /// Checks that client `ci` may map `[phys, phys + len)` with `perms`: the whole range in
-    /// one granted region whose permissions include `perms`.
+    /// one granted region whose permissions include `perms`, and addressable by every unit
+    /// (`OutOfRange` beyond the smallest output address width, checked after the grant so
+    /// that nothing is learnt about memory the client was not given).
     fn check_grant(&self, ci: usize, phys: u64, len: u64, perms: Perms) -> Result<(), Fail> {
+        self.check_granted(ci, phys, len, perms)?;
+        if phys + (len - 1) > self.phys_last {
+            return Err(Fail::OutOfRange);
+        }
+        Ok(())
+    }
+
+    fn check_granted(&self, ci: usize, phys: u64, len: u64, perms: Perms) -> Result<(), Fail> {
         let ok = self.config.clients[ci].regions.iter().any(|r| {
             r.contains(phys, len)
                 && (!perms.read || r.perms.read)
@@ -502,24 +659,26 @@ impl<
         if self.clients[ci].domains >= cfg.max_domains {
             return Err(Fail::QuotaExceeded);
         }
-        let slot = self.domains[..self.usable_slots]
-            .iter()
-            .position(|s| matches!(s, Slot::Free))
-            .ok_or(Fail::OutOfTableMemory)?;
+        let free = |d: &[Slot<B::Format>]| d.iter().position(|s| matches!(s, Slot::Free));
+        // Quotas add up to at most the usable slots (checked at start) and quarantined domains
+        // count against their owner's quota, so a client within quota always finds a slot.
+        let slot = free(&self.domains[..self.usable_slots]).ok_or(Fail::OutOfTableMemory)?;
         let table_config = self.table_config;
-        let mut c = self.counting(ci);
+        let mut c = Counting::new(
+            &mut self.alloc,
+            &mut self.clients[ci].frames,
+            cfg.max_table_frames,
+        );
         let table = match PageTable::<B::Format>::new(table_config, &mut c) {
             Ok(t) => t,
             Err(e) => return Err(pt_fail(e, c.quota_refused)),
         };
-        let held = c.held_now();
         // A handle not in use by this client (handles are per client, never global indices).
         let mut h = self.clients[ci].next_handle;
         while h == 0 || self.find(ci, h).is_ok() {
             h = h.wrapping_add(1);
         }
         self.clients[ci].next_handle = h.wrapping_add(1);
-        self.clients[ci].frames = held;
         self.clients[ci].domains += 1;
         self.domains[slot] = Slot::Live(Domain {
             owner: ci,
@@ -533,122 +692,150 @@ impl<
         Ok(h)
     }
 
-    /// Destroys a domain with no device attached (`DomainBusy` otherwise): invalidates every
-    /// unit that may cache it, then frees its tables and returns its quota.
+    /// Destroys a domain no device is attached to (`DomainBusy` otherwise): devices that may
+    /// still reach it after a failed operation are blocked first, then every unit that may
+    /// cache it is invalidated, its unit structures released, its tables freed and its quota
+    /// returned.
     pub(crate) fn op_destroy(&mut self, ci: usize, handle: u32) -> Result<(), Fail> {
         let slot = self.find(ci, handle)?;
-        if self.attached.contains(&Some(slot as u16)) {
+        if self.devices[..self.device_count].contains(&DevState::Attached(slot as u16)) {
             return Err(Fail::DomainBusy);
         }
         self.teardown(slot)
     }
 
-    /// Blocks the domain's devices, invalidates every unit that may cache it, releases what
-    /// the units hold for its tag ([`Backend::release_tag`], frames back to the global pool
-    /// `attach` took them from), frees its tables. On failure the domain stays (devices
-    /// blocked so far are detached, units invalidated or released so far are not redone) and
-    /// the teardown can be retried.
+    /// Blocks every device that may reach the domain, invalidates every unit that may cache
+    /// it, releases what the units hold for its tag ([`Backend::release_tag`], charged back to
+    /// the owner), frees its tables. On failure the domain stays as it is (what completed
+    /// stays done: devices blocked, units invalidated or released) and the teardown can be
+    /// retried; nothing it might still be reached through is freed.
     fn teardown(&mut self, slot: usize) -> Result<(), Fail> {
-        for g in 0..self.device_count() {
-            if self.attached[g] == Some(slot as u16) {
-                let (unit, dev) = self.device_addr(g);
-                self.backend
-                    .block(unit, dev)
-                    .map_err(|e| backend_fail(e.kind()))?;
-                self.attached[g] = None;
+        for g in 0..self.device_count {
+            if self.devices[g].reaches() == Some(slot) {
+                self.block_device(g)?;
             }
         }
         let tag = tag_of(slot);
         let Slot::Live(d) = &mut self.domains[slot] else {
             return Err(Fail::NoSuchDomain);
         };
-        for u in units_in(d.dirty | d.stale) {
-            self.stats.invalidations += 1;
-            self.backend
-                .invalidate_all(u, tag)
-                .map_err(|e| backend_fail(e.kind()))?;
-            d.dirty &= !(1 << u);
-            d.stale &= !(1 << u);
-        }
-        for u in units_in(d.units) {
-            self.backend
-                .release_tag(&mut self.alloc, u, tag)
-                .map_err(|e| backend_fail(e.kind()))?;
-            d.units &= !(1 << u);
-        }
-        let Slot::Live(mut d) = core::mem::replace(&mut self.domains[slot], Slot::Free) else {
-            unreachable!()
-        };
         let ci = d.owner;
-        let limit = u64::from(self.config.clients[ci].max_table_frames);
-        let mut c = Counting::new(&mut self.alloc, self.clients[ci].frames, limit);
-        d.pending.release(&mut self.mem, &mut c);
-        d.table.destroy(&mut self.mem, &mut c);
-        self.clients[ci].frames = c.held_now();
+        let limit = self.config.clients[ci].max_table_frames;
+        let mut c = Counting::new(&mut self.alloc, &mut self.clients[ci].frames, limit);
+        release_domain(&mut self.backend, &mut c, &mut self.stats, d, tag)?;
+        if let Slot::Live(d) = core::mem::replace(&mut self.domains[slot], Slot::Free) {
+            free_domain(d, &mut self.mem, &mut c);
+        }
         self.clients[ci].domains -= 1;
         Ok(())
     }
 
-    /// Attaches client `ci`'s device to its domain. A device attached to another domain is
-    /// refused with `DeviceBusy` (detach it first); attaching it again to the domain it is
-    /// attached to succeeds and does nothing.
-    pub(crate) fn op_attach(&mut self, ci: usize, dev: u32, handle: u32) -> Result<(), Fail> {
-        let slot = self.find(ci, handle)?;
-        let g = self.device(ci, dev)?;
-        match self.attached[g] {
-            Some(s) if s as usize == slot => return Ok(()),
-            Some(_) => return Err(Fail::DeviceBusy),
-            None => {}
+    /// Retries the teardown of quarantined domain `slot`: possible once no device may reach
+    /// it. Its frames and its domain count go back to its owner, which kept them charged
+    /// since the exit that quarantined it (so that no other client's quota promise broke).
+    pub(crate) fn reclaim(&mut self, slot: usize) -> Result<(), Fail> {
+        if self.reached(slot) {
+            return Err(Fail::HardwareTimeout);
         }
-        self.ensure_clean(slot)?;
-        let (unit, rid) = self.device_addr(g);
-        // Even a failed attach may have left a per-domain structure on the unit.
-        self.live(slot).units |= 1 << unit;
-        let table = self.table(slot);
-        let cfg = DomainConfig {
-            tag: tag_of(slot),
-            root: table.root(),
-            levels: table.levels(),
-            addr_width: table.config().addr_width,
+        let tag = tag_of(slot);
+        let Slot::Quarantined(d) = &mut self.domains[slot] else {
+            return Ok(());
         };
-        self.backend
-            .attach(&mut self.alloc, unit, rid, cfg)
-            .map_err(|e| backend_fail(e.kind()))?;
-        self.attached[g] = Some(slot as u16);
-        self.live(slot).dirty |= 1 << unit;
+        let ci = d.owner;
+        let limit = self.config.clients[ci].max_table_frames;
+        let mut c = Counting::new(&mut self.alloc, &mut self.clients[ci].frames, limit);
+        release_domain(&mut self.backend, &mut c, &mut self.stats, d, tag)?;
+        if let Slot::Quarantined(d) = core::mem::replace(&mut self.domains[slot], Slot::Free) {
+            free_domain(d, &mut self.mem, &mut c);
+        }
+        self.clients[ci].domains -= 1;
+        self.clients[ci].quarantined -= 1;
+        self.stats.reclaimed_domains += 1;
         Ok(())
     }
 
-    /// After device `g` left domain `slot` on `unit`: if no other device of the domain remains
-    /// there, invalidate the domain's translations on that unit so it stops being dirty. A
-    /// failure leaves the unit marked stale (retried before the domain's next operation).
-    fn forget_unit(&mut self, slot: usize, unit: UnitIndex, g: usize) {
-        if self.other_on_unit(slot, unit, g) {
+    /// Retries what client `ci`'s quarantined domains wait for (blocking the devices that may
+    /// still reach them, then their teardown); called before each of the client's requests,
+    /// so only the client whose unit failed pays for the retries.
+    pub(crate) fn retry_quarantined(&mut self, ci: usize) {
+        if self.clients[ci].quarantined == 0 {
             return;
         }
-        self.stats.invalidations += 1;
-        let ok = self.backend.invalidate_all(unit, tag_of(slot)).is_ok();
-        if let Slot::Live(d) = &mut self.domains[slot] {
-            d.dirty &= !(1 << unit);
-            if !ok {
-                d.stale |= 1 << unit;
+        for slot in 0..DOMAINS {
+            if !matches!(&self.domains[slot], Slot::Quarantined(d) if d.owner == ci) {
+                continue;
+            }
+            for g in 0..self.device_count {
+                if self.devices[g].reaches() == Some(slot) && self.block_device(g).is_err() {
+                    break;
+                }
+            }
+            // `block_device` reclaims once the last device is blocked; else try here.
+            if matches!(self.domains[slot], Slot::Quarantined(_)) {
+                let _ = self.reclaim(slot);
             }
         }
     }
 
-    /// Detaches (blocks) a device. Detaching a device that is not attached succeeds.
+    /// Attaches client `ci`'s device to its domain. A device attached to another domain is
+    /// refused with `DeviceBusy` (detach it first); attaching it again to the domain it is
+    /// attached to succeeds and does nothing. A device left unsure by an earlier failure is
+    /// blocked first.
+    ///
+    /// If the attach fails part-way, the device may already translate through the domain:
+    /// it is blocked again, and if even that fails it stays treated as live in the domain
+    /// ([`DevState::Unsure`]), which keeps the domain from being freed or its tag reused.
+    pub(crate) fn op_attach(&mut self, ci: usize, dev: u32, handle: u32) -> Result<(), Fail> {
+        let slot = self.find(ci, handle)?;
+        let g = self.device(ci, dev)?;
+        match self.devices[g] {
+            DevState::Attached(s) if s as usize == slot => return Ok(()),
+            DevState::Attached(_) => return Err(Fail::DeviceBusy),
+            DevState::Unsure(_) => self.block_device(g)?,
+            DevState::Blocked => {}
+        }
+        self.ensure_clean(slot)?;
+        let grant = self.grant(g);
+        let unit = grant.unit;
+        let cfg = {
+            let d = self.live(slot);
+            // From the first write on, the unit may hold per-domain structures and cache the
+            // domain's translations, whatever the outcome.
+            d.units |= 1 << unit;
+            d.dirty |= 1 << unit;
+            DomainConfig {
+                tag: tag_of(slot),
+                root: d.table.root(),
+                levels: d.table.levels(),
+                addr_width: d.table.config().addr_width,
+            }
+        };
+        let limit = self.config.clients[ci].max_table_frames;
+        for id in grant.ids() {
+            let mut c = Counting::new(&mut self.alloc, &mut self.clients[ci].frames, limit);
+            if let Err(e) = self.backend.attach(&mut c, unit, id, cfg) {
+                let quota = c.quota_refused;
+                // Some ids may translate through the domain now: undo what can be undone.
+                self.devices[g] = DevState::Unsure(slot as u16);
+                let _ = self.block_device(g);
+                return Err(match e.kind() {
+                    ErrorKind::NoFrame if quota => Fail::QuotaExceeded,
+                    k => backend_fail(k),
+                });
+            }
+        }
+        self.devices[g] = DevState::Attached(slot as u16);
+        Ok(())
+    }
+
+    /// Detaches (blocks) a device. Detaching a device that is blocked succeeds; one left
+    /// unsure by an earlier failure is blocked again (and the reply says whether that worked).
     pub(crate) fn op_detach(&mut self, ci: usize, dev: u32) -> Result<(), Fail> {
         let g = self.device(ci, dev)?;
-        let Some(old) = self.attached[g] else {
-            return Ok(());
-        };
-        let (unit, rid) = self.device_addr(g);
-        self.backend
-            .block(unit, rid)
-            .map_err(|e| backend_fail(e.kind()))?;
-        self.attached[g] = None;
-        self.forget_unit(old as usize, unit, g);
-        Ok(())
+        match self.devices[g] {
+            DevState::Blocked => Ok(()),
+            DevState::Attached(_) | DevState::Unsure(_) => self.block_device(g),
+        }
     }
 
     pub(crate) fn op_map(
@@ -681,8 +868,8 @@ impl<
         perms: Perms,
     ) -> Result<(), Fail> {
         let mut gather = Gather::new();
-        let limit = u64::from(self.config.clients[ci].max_table_frames);
-        let mut c = Counting::new(&mut self.alloc, self.clients[ci].frames, limit);
+        let limit = self.config.clients[ci].max_table_frames;
+        let mut c = Counting::new(&mut self.alloc, &mut self.clients[ci].frames, limit);
         let Slot::Live(d) = &mut self.domains[slot] else {
             return Err(Fail::NoSuchDomain);
         };
@@ -697,10 +884,8 @@ impl<
             },
             &mut gather,
         );
-        let refused = c.quota_refused;
-        self.clients[ci].frames = c.held_now();
         if let Err(e) = r {
-            return Err(pt_fail(e, refused));
+            return Err(pt_fail(e, c.quota_refused));
         }
         self.flush_map(slot, ci, gather, &[(iova, len)])
     }
@@ -737,13 +922,12 @@ impl<
                 }
             }
         }
-        let limit = u64::from(self.config.clients[ci].max_table_frames);
-        let mut c = Counting::new(&mut self.alloc, self.clients[ci].frames, limit);
+        let limit = self.config.clients[ci].max_table_frames;
+        let mut c = Counting::new(&mut self.alloc, &mut self.clients[ci].frames, limit);
         let Some(f) = failed else {
             // A map frees nothing; the release keeps the accounting honest if it ever does.
             let mut gather = gather;
             gather.release(&mut self.mem, &mut c);
-            self.clients[ci].frames = c.held_now();
             return Ok(());
         };
         let mut undo = gather;
@@ -751,7 +935,6 @@ impl<
             let req = Unmap { iova: i, len: l };
             let _ = d.table.undo(&mut self.mem, &mut c, req, &mut undo);
         }
-        self.clients[ci].frames = c.held_now();
         // Every unit that may have seen the new entries must drop them.
         let _ = self.flush(slot, undo);
         Err(f)
@@ -798,8 +981,8 @@ impl<
         }
 
         let mut gather = Gather::new();
-        let limit = u64::from(self.config.clients[ci].max_table_frames);
-        let mut c = Counting::new(&mut self.alloc, self.clients[ci].frames, limit);
+        let limit = self.config.clients[ci].max_table_frames;
+        let mut c = Counting::new(&mut self.alloc, &mut self.clients[ci].frames, limit);
         let Slot::Live(d) = &mut self.domains[slot] else {
             return Err(Fail::NoSuchDomain);
         };
@@ -832,11 +1015,9 @@ impl<
                 let _ = d.table.undo(&mut self.mem, &mut c, req, &mut gather);
                 at += len;
             }
-            self.clients[ci].frames = c.held_now();
             let _ = self.flush(slot, gather);
             return Err(f);
         }
-        self.clients[ci].frames = c.held_now();
         // For the undo path of a failed invalidation: the mapped ranges, as one.
         self.flush_map(slot, ci, gather, &[(iova, total)])
     }
@@ -887,7 +1068,8 @@ impl<
 
     /// Unmaps exactly `[iova, iova + len)`; returns the bytes that were mapped. Replies only
     /// after every unit that may cache the domain's translations completed the invalidation;
-    /// table frames are freed only after that.
+    /// table frames are freed only after that. A range leaving the domain's usable ranges
+    /// (crossing a reserved window, or beyond the address width) is `OutOfRange`.
     pub(crate) fn op_unmap(
         &mut self,
         ci: usize,
@@ -902,22 +1084,21 @@ impl<
         if iova % PAGE_SIZE != 0 || len % PAGE_SIZE != 0 {
             return Err(Fail::Misaligned);
         }
-        if iova.checked_add(len - 1).is_none() {
+        let last = iova.checked_add(len - 1).ok_or(Fail::OutOfRange)?;
+        if !self.usable(iova, last) {
             return Err(Fail::OutOfRange);
         }
         self.ensure_clean(slot)?;
         let mut gather = Gather::new();
-        let limit = u64::from(self.config.clients[ci].max_table_frames);
-        let mut c = Counting::new(&mut self.alloc, self.clients[ci].frames, limit);
+        let limit = self.config.clients[ci].max_table_frames;
+        let mut c = Counting::new(&mut self.alloc, &mut self.clients[ci].frames, limit);
         let Slot::Live(d) = &mut self.domains[slot] else {
             return Err(Fail::NoSuchDomain);
         };
         let r = d
             .table
             .unmap(&mut self.mem, &mut c, Unmap { iova, len }, &mut gather);
-        let refused = c.quota_refused;
-        self.clients[ci].frames = c.held_now();
-        let bytes = r.map_err(|e| pt_fail(e, refused))?;
+        let bytes = r.map_err(|e| pt_fail(e, c.quota_refused))?;
         self.flush(slot, gather)?;
         Ok(bytes)
     }
@@ -934,8 +1115,10 @@ impl<
 
     /// Everything client `ci` holds is released: every domain torn down (devices blocked,
     /// invalidated, tables freed), queued faults dropped, handles restarted. A domain whose
-    /// invalidation fails is quarantined: its tag and frames stay reserved, the client's quota
-    /// is restored regardless.
+    /// teardown fails is quarantined: its tag, unit structures and frames stay reserved, and
+    /// a device that could not be blocked stays known as live (the client's next incarnation
+    /// can detach it, which retries the block and then reclaims the domain). The client's
+    /// quota is restored regardless.
     pub(crate) fn exit(&mut self, ci: usize) {
         for slot in 0..DOMAINS {
             if matches!(&self.domains[slot], Slot::Live(d) if d.owner == ci)
@@ -944,19 +1127,19 @@ impl<
                 if let Slot::Live(d) = core::mem::replace(&mut self.domains[slot], Slot::Free) {
                     self.domains[slot] = Slot::Quarantined(d);
                 }
+                self.clients[ci].quarantined += 1;
                 self.stats.quarantined_domains += 1;
             }
         }
-        // Devices left attached to a quarantined domain: blocked, best effort.
-        let base = self.dev_base[ci];
-        for g in base..base + self.config.clients[ci].devices.len() {
-            if self.attached[g].is_some() {
-                let (unit, dev) = self.device_addr(g);
-                let _ = self.backend.block(unit, dev);
-                self.attached[g] = None;
-            }
-        }
+        // Devices still reaching an earlier incarnation's quarantined domain: retried.
+        self.retry_quarantined(ci);
+        // A fresh client, but what quarantined domains still hold stays charged to it.
+        let kept = &self.clients[ci];
+        let (domains, frames, quarantined) = (kept.domains, kept.frames, kept.quarantined);
         self.clients[ci] = ClientState::new();
+        self.clients[ci].domains = domains;
+        self.clients[ci].frames = frames;
+        self.clients[ci].quarantined = quarantined;
     }
 
     /// Drains every unit's fault records and routes each to the client owning the device.
@@ -1007,4 +1190,42 @@ impl<
             }
         }
     }
+}
+
+/// The fallible part of the end of a domain whose devices are all proven blocked: invalidates
+/// its tag on every unit that may cache it (dirty or stale) and releases the units'
+/// per-domain structures into `alloc`. On failure what completed stays done (its bits
+/// cleared) and the domain keeps everything else.
+fn release_domain<B: Backend, A: FrameAlloc, F: Format>(
+    backend: &mut B,
+    alloc: &mut A,
+    stats: &mut Stats,
+    d: &mut Domain<F>,
+    tag: u16,
+) -> Result<(), Fail> {
+    for u in units_in(d.dirty | d.stale) {
+        stats.invalidations += 1;
+        backend
+            .invalidate_all(u, tag)
+            .map_err(|e| backend_fail(e.kind()))?;
+        d.dirty &= !(1 << u);
+        d.stale &= !(1 << u);
+    }
+    for u in units_in(d.units) {
+        backend
+            .release_tag(alloc, u, tag)
+            .map_err(|e| backend_fail(e.kind()))?;
+        d.units &= !(1 << u);
+    }
+    Ok(())
+}
+
+/// Frees what a released domain ([`release_domain`]) still holds: the frames that waited for
+/// an invalidation and its tables.
+fn free_domain<M: PhysMem, A: FrameAlloc, F: Format>(d: Domain<F>, mem: &mut M, alloc: &mut A) {
+    let Domain {
+        mut pending, table, ..
+    } = d;
+    pending.release(mem, alloc);
+    table.destroy(mem, alloc);
 }

@@ -7,8 +7,10 @@
 //! benchmarks, and the QEMU runner.
 
 pub mod conformance;
+pub mod inject;
 pub mod mock;
 pub mod model;
+pub mod reorder;
 pub mod rig;
 pub mod server_suite;
 pub mod sim;

@@ -26,6 +26,7 @@ use iommu_hal::backend::{
 use iommu_hal::pagetable::{Format, Gather, LeafSizes};
 use iommu_hal::{FrameAlloc, PhysMem};
 
+use crate::inject::{Injector, Outcome, UnitFault};
 use crate::sim::SharedMem;
 use crate::walker::{Access, Malformed, RefWalker, Step};
 
@@ -59,34 +60,6 @@ impl Default for MockSpec {
             max_tag: 255,
             fault_slots: 8,
         }
-    }
-}
-
-/// Failures to inject. Each `Option<u64>` counts down: `Some(0)` fails the next call (then
-/// becomes `None`), `Some(n)` lets `n` calls pass first. The `*_always` flags fail every call.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Inject {
-    /// Fail an `invalidate` / `invalidate_all` call (with a timeout).
-    pub invalidate: Option<u64>,
-    /// Fail every `invalidate` / `invalidate_all` call (with a timeout).
-    pub invalidate_always: bool,
-    /// Fail an `attach` call (hardware error).
-    pub attach: Option<u64>,
-    /// Fail every `block` call (timeout).
-    pub block_always: bool,
-}
-
-fn countdown(c: &mut Option<u64>) -> bool {
-    match c {
-        Some(0) => {
-            *c = None;
-            true
-        }
-        Some(n) => {
-            *n -= 1;
-            false
-        }
-        None => false,
     }
 }
 
@@ -188,8 +161,14 @@ pub struct MockBackend<F: Format, W: RefWalker> {
     mem: SharedMem,
     spec: MockSpec,
     units: Vec<Unit>,
-    /// Failures to inject.
-    pub inject: Inject,
+    /// Failures to inject, one plan per unit (see [`crate::inject`]): every call that makes
+    /// the unit do something and wait (attach, block, invalidate, invalidate_all) is one
+    /// submission. A lost submission does its memory writes (a context entry set or cleared)
+    /// but none of its cache invalidations, and times out; a queue error does the same and
+    /// reports a hardware error.
+    pub injectors: Vec<Injector>,
+    /// The last submission was performed but not signalled.
+    silent: bool,
     /// Every invalidation received, in order.
     pub log: Vec<Invalidation>,
     /// Malformed entries met by walks (an engine bug; tests assert this stays empty).
@@ -204,10 +183,51 @@ impl<F: Format, W: RefWalker> MockBackend<F, W> {
             mem,
             spec,
             units: (0..spec.units).map(|_| Unit::default()).collect(),
-            inject: Inject::default(),
+            injectors: (0..spec.units).map(|_| Injector::default()).collect(),
+            silent: false,
             log: Vec::new(),
             malformed: Vec::new(),
             _f: PhantomData,
+        }
+    }
+
+    /// Arms `fault` on `unit`.
+    pub fn inject(&mut self, unit: UnitIndex, fault: UnitFault) {
+        self.injectors[unit].inject(fault);
+    }
+
+    /// Disarms every injected fault.
+    pub fn heal(&mut self) {
+        for i in &self.injectors {
+            i.heal();
+        }
+    }
+
+    /// One submission to `unit`: what the injector lets happen. A silent submission (done,
+    /// never signalled) sets `silent` for the caller, which then applies its effects and
+    /// still fails.
+    fn submit(&mut self, unit: UnitIndex) -> Result<(), MockError> {
+        match self.injectors[unit].submission() {
+            Outcome::Done => Ok(()),
+            Outcome::Lost => Err(MockError::Timeout),
+            Outcome::QueueError => Err(MockError::Hardware),
+            Outcome::Silent => {
+                self.silent = true;
+                Err(MockError::Timeout)
+            }
+        }
+    }
+
+    /// One submission whose effects the caller applies if the unit performed it: `Err` when
+    /// it was not performed (lost, or rejected), `Ok(result)` when it was, where `result` is
+    /// the error of a performed but never signalled submission.
+    fn performed(&mut self, unit: UnitIndex) -> Result<Result<(), MockError>, MockError> {
+        let r = self.submit(unit);
+        let silent = core::mem::take(&mut self.silent);
+        match r {
+            Ok(()) => Ok(Ok(())),
+            Err(e) if silent => Ok(Err(e)),
+            Err(e) => Err(e),
         }
     }
 
@@ -462,26 +482,24 @@ impl<F: Format, W: RefWalker> Backend for MockBackend<F, W> {
         if unit >= self.units.len() || device > 0xffff || domain.tag == 0 {
             return Err(MockError::BadDevice);
         }
-        if countdown(&mut self.inject.attach) {
-            return Err(MockError::Hardware);
-        }
-        let u = &mut self.units[unit];
-        u.context.insert(device, Context::Domain(domain));
-        u.context_cache.remove(&device);
-        Ok(())
+        self.units[unit]
+            .context
+            .insert(device, Context::Domain(domain));
+        // The entry is written; a lost submission leaves the cached one, a silent one drops
+        // it (the device now uses the new entry) and still fails.
+        let r = self.performed(unit)?;
+        self.units[unit].context_cache.remove(&device);
+        r
     }
 
     fn block(&mut self, unit: UnitIndex, device: u32) -> Result<(), MockError> {
         if unit >= self.units.len() || device > 0xffff {
             return Err(MockError::BadDevice);
         }
-        if self.inject.block_always {
-            return Err(MockError::Timeout);
-        }
-        let u = &mut self.units[unit];
-        u.context.insert(device, Context::Blocked);
-        u.context_cache.remove(&device);
-        Ok(())
+        self.units[unit].context.insert(device, Context::Blocked);
+        let r = self.performed(unit)?;
+        self.units[unit].context_cache.remove(&device);
+        r
     }
 
     fn invalidate(&mut self, unit: UnitIndex, tag: u16, gather: &Gather) -> Result<(), MockError> {
@@ -489,9 +507,7 @@ impl<F: Format, W: RefWalker> Backend for MockBackend<F, W> {
             return Err(MockError::BadDevice);
         }
         self.units[unit].invalidations += 1;
-        if self.inject.invalidate_always || countdown(&mut self.inject.invalidate) {
-            return Err(MockError::Timeout);
-        }
+        let r = self.performed(unit)?;
         let span = gather.span();
         let tables = gather.tables_removed();
         self.log.push(Invalidation::Range {
@@ -515,7 +531,7 @@ impl<F: Format, W: RefWalker> Backend for MockBackend<F, W> {
         } else if tables {
             u.walk_cache.retain(|&(t, _), _| t != tag);
         }
-        Ok(())
+        r
     }
 
     fn invalidate_all(&mut self, unit: UnitIndex, tag: u16) -> Result<(), MockError> {
@@ -523,15 +539,13 @@ impl<F: Format, W: RefWalker> Backend for MockBackend<F, W> {
             return Err(MockError::BadDevice);
         }
         self.units[unit].invalidations += 1;
-        if self.inject.invalidate_always || countdown(&mut self.inject.invalidate) {
-            return Err(MockError::Timeout);
-        }
+        let r = self.performed(unit)?;
         self.log.push(Invalidation::All { unit, tag });
         let u = &mut self.units[unit];
         u.iotlb.retain(|&(t, _), _| t != tag);
         u.negative.retain(|&(t, _)| t != tag);
         u.walk_cache.retain(|&(t, _), _| t != tag);
-        Ok(())
+        r
     }
 
     fn enable_fault_interrupt(
@@ -638,12 +652,11 @@ impl crate::server_suite::Fixture for MockFixture {
         );
         r
     }
-    fn fail_invalidations(&mut self, on: bool) -> bool {
-        self.server.backend_mut().inject.invalidate_always = on;
+    fn inject(&mut self, unit: usize, fault: UnitFault) -> bool {
+        self.server.backend_mut().inject(unit, fault);
         true
     }
-    fn fail_next_attach(&mut self) -> bool {
-        self.server.backend_mut().inject.attach = Some(0);
-        true
+    fn heal(&mut self) {
+        self.server.backend_mut().heal();
     }
 }

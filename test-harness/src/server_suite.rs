@@ -20,6 +20,7 @@ use iommu_protocol::{
 };
 use iommu_server::{ClientConfig, ClientId, Config, DeviceGrant, Notify, RegionGrant, Server};
 
+use crate::inject::UnitFault;
 use crate::sim::{SharedMem, SimAlloc};
 
 /// The server type every fixture builds: simulated memory, the simulated frame allocator, a
@@ -88,11 +89,11 @@ pub trait Fixture: Sized {
     /// One access by device `rid` behind `unit` to `iova`, through the hardware's caches:
     /// the physical address reached, or `Err` if it faulted (the hardware records the fault).
     fn dma(&mut self, unit: usize, rid: u32, iova: u64, write: bool) -> Result<u64, Faulted>;
-    /// Makes every invalidation fail (with a timeout) while `on`. Returns false if the fixture
-    /// cannot inject this (the test is then skipped).
-    fn fail_invalidations(&mut self, on: bool) -> bool;
-    /// Makes the next attach fail. Returns false if unsupported.
-    fn fail_next_attach(&mut self) -> bool;
+    /// Arms `fault` on `unit` (see [`crate::inject`]: a hung unit, a lost submission, a queue
+    /// error). Returns false if the fixture cannot inject (the test is then skipped).
+    fn inject(&mut self, unit: usize, fault: UnitFault) -> bool;
+    /// Disarms every injected fault: the units work again (and catch up on lost work).
+    fn heal(&mut self);
     /// Whether the fault record of a *blocked* device's DMA carries the IOVA. VT-d records a
     /// context-entry fault with the address; SMMUv3 blocks with an invalid STE, whose
     /// C_BAD_STE event carries only the StreamID (Arm IHI 0070, 7.3.4): such fixtures return
@@ -144,11 +145,22 @@ static B_REGIONS: [RegionGrant; 1] = [RegionGrant {
     perms: iommu_hal::pagetable::Perms::RW,
 }];
 static C_DEVICES: [DeviceGrant; 1] = [DeviceGrant::new(1, 0x40)];
-static C_REGIONS: [RegionGrant; 1] = [RegionGrant {
-    base: 0x8000_0000,
-    len: 0x4000_0000,
-    perms: iommu_hal::pagetable::Perms::RW,
-}];
+static C_REGIONS: [RegionGrant; 2] = [
+    RegionGrant {
+        base: 0x8000_0000,
+        len: 0x4000_0000,
+        perms: iommu_hal::pagetable::Perms::RW,
+    },
+    // The last page of the physical address space: granted, but beyond what any unit can
+    // address.
+    RegionGrant {
+        base: TOP_PAGE,
+        len: 0x1000,
+        perms: iommu_hal::pagetable::Perms::RW,
+    },
+];
+/// The last 4 KiB page of the 64-bit physical address space.
+pub const TOP_PAGE: u64 = u64::MAX - 0xfff;
 /// A's limits.
 pub const A_MAX_DOMAINS: u32 = 4;
 /// A's frame quota.
@@ -550,6 +562,8 @@ pub fn map_unmap_dma<F: Fixture>() {
     let (mut f, _) = fresh::<F>();
     let d = create(&mut f, A);
     attach(&mut f, A, d, 0);
+    // The root, and the per-domain unit structures the attach took (charged to A).
+    let attached_frames = f.server_ref().usage(A).expect("A").1;
     // 4 KiB, a 2 MiB-aligned 4 MiB range (large pages where allowed), read-only region.
     map(&mut f, A, d, 0x10_0000, 0x1000_0000, 3 * PG, RW);
     map(&mut f, A, d, 0x4000_0000, 0x1020_0000, 2 * MB2, RW);
@@ -620,12 +634,25 @@ pub fn map_unmap_dma<F: Fixture>() {
     );
     assert_eq!(unmap(&mut f, A, d, 0x10_0000, 0x10_0000), 0);
     let split_off = if split { PG } else { 0 };
-    assert_eq!(unmap(&mut f, A, d, 0, 1 << 40), 2 * MB2 - split_off + MB2);
+    // An unmap crossing the reserved MSI window leaves the usable ranges: refused, nothing
+    // changes (protocol README, section 4).
+    let across = Request::Unmap {
+        domain: d,
+        iova: 0,
+        len: 1 << 40,
+    };
+    assert_eq!(err(&mut f, A, &across), Error::OutOfRange);
+    assert_eq!(dma(&mut f, A, 0, 0x5000_0000, false), Ok(0x1800_0000));
+    // One unmap per usable range takes everything.
+    let below = unmap(&mut f, A, d, 0, MSI.first);
+    let above = unmap(&mut f, A, d, MSI.last + 1, (1 << 40) - (MSI.last + 1));
+    assert_eq!(below + above, 2 * MB2 - split_off + MB2);
     assert_eq!(dma(&mut f, A, 0, 0x4000_0000 + 0x1000, false), Err(Faulted));
     assert_eq!(dma(&mut f, A, 0, 0x5000_0000, false), Err(Faulted));
     assert_eq!(query(&mut f, A, d, 0x4000_0000), None);
-    // Everything freed but the root (and its shadow, where the engine keeps live counts).
-    assert_eq!(f.server_ref().usage(A), Some((1, 2)));
+    // Everything freed but the root and its shadow (the engine's live counts), and the
+    // domain's unit structures.
+    assert_eq!(f.server_ref().usage(A), Some((1, attached_frames)));
 }
 
 /// Every argument error of the map requests, and that none changes anything.
@@ -836,6 +863,31 @@ pub fn map_errors<F: Fixture>() {
         assert_eq!(err(&mut f, A, req), *want, "{req:?}");
     }
     assert_eq!(observe(&mut f, &[(A, d)], &[(A, 0)], &probes), before);
+    // C's grant of the last physical page: granted, but no unit can address it. OutOfRange
+    // (a physical range the hardware cannot address), and C's domain unchanged.
+    let c = create(&mut f, C);
+    // (The page below it is not granted: NotPermitted comes first, so the width check
+    // tells nothing about memory C was not given.)
+    for (phys, want) in [
+        (TOP_PAGE, Error::OutOfRange),
+        (TOP_PAGE - PG, Error::NotPermitted),
+    ] {
+        assert_eq!(err(&mut f, C, &map_req(c, 0x10_0000, phys, PG, RW)), want);
+    }
+    let e = err(
+        &mut f,
+        C,
+        &Request::MapAnywhere {
+            domain: c,
+            phys: TOP_PAGE,
+            len: PG,
+            perms: RW,
+            align: 0,
+        },
+    );
+    assert_eq!(e, Error::OutOfRange);
+    assert_eq!(query(&mut f, C, c, 0x10_0000), None);
+    assert_eq!(f.server_ref().usage(C), Some((1, 1)));
     let codes: Vec<u16> = cases.iter().map(|(_, e)| e.code()).collect();
     for (i, n) in f.server_ref().stats().errors.iter().enumerate() {
         let want = codes.iter().filter(|c| usize::from(**c) == i).count() as u64;
@@ -991,26 +1043,6 @@ pub fn attach_detach<F: Fixture>() {
     attach(&mut f, A, d2, 2);
     assert_eq!(dma(&mut f, A, 2, 0, false), Ok(0x1000_1000));
     done(&mut f, A, &Request::DestroyDomain { domain: d1 });
-    if f.fail_next_attach() {
-        let d3 = create(&mut f, A);
-        map(&mut f, A, d3, 0, 0x1000_2000, PG, RW);
-        let e = err(
-            &mut f,
-            A,
-            &Request::Attach {
-                domain: d3,
-                device: DeviceHandle(1),
-            },
-        );
-        assert!(
-            matches!(e, Error::HardwareError | Error::HardwareTimeout),
-            "{e:?}"
-        );
-        assert_eq!(dma(&mut f, A, 1, 0, false), Err(Faulted));
-        // Not recorded as attached: destroy is allowed, and attach works afterwards.
-        attach(&mut f, A, d3, 1);
-        assert_eq!(dma(&mut f, A, 1, 0, false), Ok(0x1000_2000));
-    }
 }
 
 /// A client's exit: its devices blocked, its domains and quota released, faults dropped,
@@ -1553,16 +1585,36 @@ pub fn fail_nth_allocation<F: Fixture>() {
     assert_eq!(dma(&mut f, A, 0, 0x4020_0000, false), Ok(0x1020_0000));
 }
 
-/// A failing invalidation: the error is reported, the domain's devices are blocked, the tables
-/// are restored for a failed map, and the failed invalidation is retried before the domain's
-/// next operation.
+fn is_hw(e: Error) -> bool {
+    matches!(e, Error::HardwareTimeout | Error::HardwareError)
+}
+
+fn detach_req(device: u32) -> Request {
+    Request::Detach {
+        device: DeviceHandle(device),
+    }
+}
+
+fn attach_req(domain: DomainHandle, device: u32) -> Request {
+    Request::Attach {
+        domain,
+        device: DeviceHandle(device),
+    }
+}
+
+/// A failed invalidation (issue 10): a lost one, then a hung unit, then a hung unit at client
+/// exit. The devices are blocked (or kept known as live), the failed units are retried (and
+/// counted) before the domain's next request, nothing changes while the unit does not
+/// answer, and everything recovers once it does.
 pub fn invalidation_failure<F: Fixture>() {
     let (mut f, _) = fresh::<F>();
+    let start = f.server_ref().alloc().in_use;
     let d = create(&mut f, A);
     attach(&mut f, A, d, 0);
     map(&mut f, A, d, 0, 0x1000_0000, 4 * PG, RW);
     assert!(dma(&mut f, A, 0, PG, true).is_ok());
-    if !f.fail_invalidations(true) {
+    // 1. The unmap's invalidation is lost for good: an error, and the device is blocked.
+    if !f.inject(0, UnitFault::Lose { after: 0 }) {
         return;
     }
     let e = err(
@@ -1574,30 +1626,279 @@ pub fn invalidation_failure<F: Fixture>() {
             len: 2 * PG,
         },
     );
-    assert_eq!(e, Error::HardwareTimeout);
-    // The device may not keep using what the unit may still cache.
+    assert!(is_hw(e), "{e:?}");
     assert_eq!(dma(&mut f, A, 0, PG, true), Err(Faulted));
     assert_eq!(dma(&mut f, A, 0, 3 * PG, true), Err(Faulted));
-    // While the unit does not answer, the domain's requests fail without changing anything.
-    assert_eq!(
-        err(&mut f, A, &map_req(d, 0x10_0000, 0x1000_0000, PG, RW)),
-        Error::HardwareTimeout
-    );
-    assert_eq!(query(&mut f, A, d, 0x10_0000), None);
-    f.fail_invalidations(false);
-    // Recovered: re-attach, the rest of the mapping is intact.
+    // The next request on the domain retries the failed unit first (and counts it).
+    let inv = f.server_ref().stats().invalidations;
+    map(&mut f, A, d, 0x10_0000, 0x1000_0000, PG, RW);
+    assert!(f.server_ref().stats().invalidations > inv, "retry counted");
+    // The unmap stayed done; re-attached, the rest of the mapping is intact.
     attach(&mut f, A, d, 0);
     assert_eq!(query(&mut f, A, d, 0), None);
     assert_eq!(dma(&mut f, A, 0, 0, false), Err(Faulted));
+    assert_eq!(dma(&mut f, A, 0, PG, true), Err(Faulted));
     assert_eq!(dma(&mut f, A, 0, 3 * PG, true), Ok(0x1000_3000));
-    map(&mut f, A, d, 0x10_0000, 0x1000_0000, PG, RW);
-    // A failed teardown at client exit (device still attached): quarantined, quota restored.
-    f.fail_invalidations(true);
-    f.server().client_exited(A);
-    f.fail_invalidations(false);
-    assert_eq!(f.server_ref().usage(A), Some((0, 0)));
-    assert_eq!(f.server_ref().stats().quarantined_domains, 1);
+    // 2. A hung unit: the unmap fails, the device cannot be blocked (it stays known as live),
+    // and the domain's requests fail without changing anything while the unit does not answer.
+    f.inject(0, UnitFault::Hang);
+    let e = err(
+        &mut f,
+        A,
+        &Request::Unmap {
+            domain: d,
+            iova: 3 * PG,
+            len: PG,
+        },
+    );
+    assert!(is_hw(e), "{e:?}");
+    let e = err(&mut f, A, &map_req(d, 0x20_0000, 0x1000_0000, PG, RW));
+    assert!(is_hw(e), "{e:?}");
+    assert_eq!(query(&mut f, A, d, 0x20_0000), None);
+    // Detach cannot answer Done for a device it cannot prove blocked.
+    let e = err(&mut f, A, &detach_req(0));
+    assert!(is_hw(e), "{e:?}");
+    let e = err(&mut f, A, &Request::DestroyDomain { domain: d });
+    assert!(is_hw(e), "{e:?}");
+    assert_eq!(query(&mut f, A, d, 0x10_0000), Some((0x1000_0000, RW)));
+    f.heal();
+    done(&mut f, A, &detach_req(0));
     assert_eq!(dma(&mut f, A, 0, 3 * PG, false), Err(Faulted));
+    // 3. A hung unit at client exit (device attached): the domain is quarantined and the
+    // quota restored; the device stays known, so the next incarnation's Detach retries the
+    // block, and the domain is reclaimed once the device is proven blocked.
+    attach(&mut f, A, d, 0);
+    f.inject(0, UnitFault::Hang);
+    f.server().client_exited(A);
+    f.heal();
+    // The quarantined domain stays charged to A (so that B's promises hold), nothing else.
+    let (domains, frames) = f.server_ref().usage(A).expect("A");
+    assert_eq!(domains, 1);
+    assert!(frames >= 1);
+    assert_eq!(f.server_ref().stats().quarantined_domains, 1);
+    assert_eq!(f.server_ref().stats().reclaimed_domains, 0);
+    done(&mut f, A, &detach_req(0));
+    assert_eq!(f.server_ref().stats().reclaimed_domains, 1);
+    assert_eq!(f.server_ref().usage(A), Some((0, 0)));
+    assert_eq!(dma(&mut f, A, 0, 3 * PG, false), Err(Faulted));
+    assert_eq!(f.server_ref().alloc().in_use, start, "every frame back");
+}
+
+/// Issue 10, case 1: a failed attach never leaves the device live and forgotten. With the
+/// entry written and its invalidation lost, the attach is an error and the device is blocked
+/// again at once. With the unit hung, the device cannot be proven blocked: Detach and
+/// DestroyDomain answer errors (never Done), the domain's slot and tag stay reserved, and the
+/// device never reaches another client's memory; once the unit answers, both succeed and the
+/// next client's domain on the same tag is out of the old device's reach.
+pub fn failed_attach_never_leaves_device_live<F: Fixture>() {
+    for cnp in [0, 0b11] {
+        failed_attach_case::<F>(cnp);
+    }
+}
+
+/// [`failed_attach_never_leaves_device_live`] with units caching not-present entries per
+/// `cnp` (where attach must invalidate, so it can fail after writing the entry).
+fn failed_attach_case<F: Fixture>(cnp: u64) {
+    let setup = Setup {
+        caches_not_present: cnp,
+        ..Setup::default()
+    };
+    let mut f = F::build(&setup, Recorder::default());
+    let start = f.server_ref().alloc().in_use;
+    let d = create(&mut f, A);
+    map(&mut f, A, d, 0, 0x1000_0000, PG, RW);
+    if !f.inject(0, UnitFault::Lose { after: 0 }) {
+        return;
+    }
+    // A unit that needs no completion to attach (VT-d without caching mode: a not-present
+    // entry is never cached) answers Done truthfully; otherwise the error means blocked.
+    match call(&mut f, A, &attach_req(d, 0)) {
+        Reply::Done => assert_eq!(dma(&mut f, A, 0, 0, false), Ok(0x1000_0000)),
+        Reply::Error(e) => {
+            assert!(is_hw(e), "{e:?}");
+            assert_eq!(dma(&mut f, A, 0, 0, false), Err(Faulted), "blocked again");
+        }
+        r => panic!("{r:?}"),
+    }
+    f.heal();
+    done(&mut f, A, &detach_req(0));
+    assert_eq!(dma(&mut f, A, 0, 0, false), Err(Faulted));
+    // The unit does the attach but never says so: the device is live when the error comes,
+    // so the server blocks it again before answering.
+    f.inject(0, UnitFault::LoseCompletion { after: 0 });
+    match call(&mut f, A, &attach_req(d, 0)) {
+        Reply::Done => assert_eq!(dma(&mut f, A, 0, 0, false), Ok(0x1000_0000)),
+        Reply::Error(e) => {
+            assert!(is_hw(e), "{e:?}");
+            assert_eq!(dma(&mut f, A, 0, 0, false), Err(Faulted), "blocked again");
+        }
+        r => panic!("{r:?}"),
+    }
+    f.heal();
+    done(&mut f, A, &detach_req(0));
+    assert_eq!(dma(&mut f, A, 0, 0, false), Err(Faulted));
+    // Hung during the attach: whether or not it answered Done, the device cannot be blocked
+    // while the unit hangs.
+    f.inject(0, UnitFault::Hang);
+    match call(&mut f, A, &attach_req(d, 0)) {
+        Reply::Done => {}
+        Reply::Error(e) => assert!(is_hw(e), "{e:?}"),
+        r => panic!("{r:?}"),
+    }
+    let e = err(&mut f, A, &detach_req(0));
+    assert!(is_hw(e), "Detach of an unproven device: {e:?}");
+    let e = err(&mut f, A, &Request::DestroyDomain { domain: d });
+    assert!(is_hw(e), "DestroyDomain with an unproven device: {e:?}");
+    assert_eq!(query(&mut f, A, d, 0), Some((0x1000_0000, RW)), "kept");
+    // B's domain (no hardware touched) cannot take d's slot; A's device never reaches B.
+    let b = create(&mut f, B);
+    map(&mut f, B, b, 0, 0x4000_0000, PG, RW);
+    let r = dma(&mut f, A, 0, 0, true);
+    assert!(r == Ok(0x1000_0000) || r == Err(Faulted), "{r:?}");
+    f.heal();
+    done(&mut f, A, &detach_req(0));
+    assert_eq!(dma(&mut f, A, 0, 0, true), Err(Faulted));
+    done(&mut f, A, &Request::DestroyDomain { domain: d });
+    // B's domains now reuse the freed slot and tag; A's device reaches none of it.
+    let b2 = create(&mut f, B);
+    map(&mut f, B, b2, 0, 0x4000_1000, PG, RW);
+    attach(&mut f, B, b2, 0);
+    assert_eq!(dma(&mut f, B, 0, 0, true), Ok(0x4000_1000));
+    assert_eq!(dma(&mut f, A, 0, 0, true), Err(Faulted));
+    f.server().client_exited(A);
+    f.server().client_exited(B);
+    assert_eq!(f.server_ref().alloc().in_use, start, "every frame back");
+}
+
+/// Issue 10, case 2: a retried Detach answers Done only once the device is really blocked.
+/// The first Detach clears the entry and its invalidation is lost (an error); the retry finds
+/// the entry already clear and must still invalidate what the unit cached.
+pub fn retried_detach_blocks<F: Fixture>() {
+    let (mut f, _) = fresh::<F>();
+    let d = create(&mut f, A);
+    attach(&mut f, A, d, 0);
+    map(&mut f, A, d, 0, 0x1000_0000, PG, RW);
+    assert_eq!(dma(&mut f, A, 0, 0, true), Ok(0x1000_0000));
+    if !f.inject(0, UnitFault::Lose { after: 0 }) {
+        return;
+    }
+    let e = err(&mut f, A, &detach_req(0));
+    assert!(is_hw(e), "{e:?}");
+    done(&mut f, A, &detach_req(0));
+    assert_eq!(
+        dma(&mut f, A, 0, 0, true),
+        Err(Faulted),
+        "Done means blocked"
+    );
+    // Now the domain can go, and its tag serves B without A's translations behind it.
+    done(&mut f, A, &Request::DestroyDomain { domain: d });
+    let b = create(&mut f, B);
+    attach(&mut f, B, b, 0);
+    assert_eq!(
+        dma(&mut f, B, 0, 0, true),
+        Err(Faulted),
+        "B never sees A's page"
+    );
+}
+
+/// Issue 10: a Detach whose block completed but whose domain-wide invalidation was lost is
+/// Done (the device is blocked), and the unit is retried before the domain's tag can serve
+/// anyone else: DestroyDomain invalidates it first (counted), and B's domain on the same tag
+/// never reaches A's memory through a stale entry. Also: a DestroyDomain that fails part-way
+/// is retried to completion.
+pub fn stale_tags_are_never_reused<F: Fixture>() {
+    let (mut f, _) = fresh::<F>();
+    let x = 0x30_0000;
+    let d = create(&mut f, A);
+    attach(&mut f, A, d, 0);
+    map(&mut f, A, d, x, 0x1000_0000, PG, RW);
+    assert_eq!(dma(&mut f, A, 0, x, true), Ok(0x1000_0000));
+    // The block passes, the invalidation of the domain's tag after it is lost.
+    if !f.inject(0, UnitFault::Lose { after: 1 }) {
+        return;
+    }
+    done(&mut f, A, &detach_req(0));
+    assert_eq!(dma(&mut f, A, 0, x, true), Err(Faulted));
+    let inv = f.server_ref().stats().invalidations;
+    done(&mut f, A, &Request::DestroyDomain { domain: d });
+    assert!(
+        f.server_ref().stats().invalidations > inv,
+        "the stale unit is invalidated before the domain goes"
+    );
+    let b = create(&mut f, B);
+    attach(&mut f, B, b, 0);
+    assert_eq!(
+        dma(&mut f, B, 0, x, true),
+        Err(Faulted),
+        "no stale entry of A's"
+    );
+    // A DestroyDomain whose invalidation fails: an error, the domain stays; the retry ends it.
+    let d2 = create(&mut f, A);
+    attach(&mut f, A, d2, 0);
+    map(&mut f, A, d2, x, 0x1000_1000, PG, RW);
+    assert_eq!(dma(&mut f, A, 0, x, true), Ok(0x1000_1000));
+    f.inject(0, UnitFault::Lose { after: 1 });
+    done(&mut f, A, &detach_req(0));
+    f.inject(0, UnitFault::Hang);
+    let e = err(&mut f, A, &Request::DestroyDomain { domain: d2 });
+    assert!(is_hw(e), "{e:?}");
+    assert_eq!(query(&mut f, A, d2, x), Some((0x1000_1000, RW)));
+    f.heal();
+    done(&mut f, A, &Request::DestroyDomain { domain: d2 });
+    done(&mut f, B, &detach_req(0));
+    done(&mut f, B, &Request::DestroyDomain { domain: b });
+    let b2 = create(&mut f, B);
+    attach(&mut f, B, b2, 0);
+    assert_eq!(dma(&mut f, B, 0, x, true), Err(Faulted));
+}
+
+/// Two devices of one domain on one unit: detaching one keeps the unit invalidated for the
+/// other (an unmap after the detach must still reach the unit).
+pub fn detach_one_of_two_on_a_unit<F: Fixture>() {
+    let (mut f, _) = fresh::<F>();
+    let d = create(&mut f, A);
+    attach(&mut f, A, d, 0);
+    attach(&mut f, A, d, 1);
+    map(&mut f, A, d, 0, 0x1000_0000, 2 * PG, RW);
+    assert_eq!(dma(&mut f, A, 1, PG, true), Ok(0x1000_1000));
+    done(&mut f, A, &detach_req(0));
+    assert_eq!(dma(&mut f, A, 1, PG, true), Ok(0x1000_1000));
+    assert_eq!(unmap(&mut f, A, d, PG, PG), PG);
+    assert_eq!(
+        dma(&mut f, A, 1, PG, true),
+        Err(Faulted),
+        "stale after unmap"
+    );
+}
+
+/// A unit that rejects a command (queue error): the request fails with `HardwareError`, the
+/// unit's queue is recovered, and the next requests work.
+pub fn queue_errors_are_reported_and_recovered<F: Fixture>() {
+    let (mut f, _) = fresh::<F>();
+    let d = create(&mut f, A);
+    attach(&mut f, A, d, 0);
+    map(&mut f, A, d, 0, 0x1000_0000, 2 * PG, RW);
+    assert_eq!(dma(&mut f, A, 0, PG, true), Ok(0x1000_1000));
+    if !f.inject(0, UnitFault::QueueError { after: 0 }) {
+        return;
+    }
+    let e = err(
+        &mut f,
+        A,
+        &Request::Unmap {
+            domain: d,
+            iova: PG,
+            len: PG,
+        },
+    );
+    assert_eq!(e, Error::HardwareError);
+    assert_eq!(dma(&mut f, A, 0, PG, true), Err(Faulted));
+    // Recovered: the next request retries and works; re-attached, the rest is there.
+    attach(&mut f, A, d, 0);
+    assert_eq!(dma(&mut f, A, 0, 0, true), Ok(0x1000_0000));
+    assert_eq!(dma(&mut f, A, 0, PG, true), Err(Faulted));
+    assert_eq!(unmap(&mut f, A, d, 0, PG), PG);
+    assert_eq!(dma(&mut f, A, 0, 0, true), Err(Faulted));
 }
 
 /// Random bytes never panic, always get a decodable reply, and never change state.
@@ -1789,7 +2090,13 @@ const CLIENT_SET: [(ClientId, u64, u32, usize); 2] = [
 /// attached and 2 MiB-aligned mappings (large leaves where the units allow them), so random
 /// operations mostly meet live state.
 pub fn run_stream<F: Fixture>(ops: &[(usize, Op)]) {
-    let (mut f, _) = fresh::<F>();
+    run_stream_with::<F>(&Setup::default(), ops)
+}
+
+/// [`run_stream`] on units built per `setup` (e.g. units that cache not-present entries, on
+/// which every map must be invalidated too).
+pub fn run_stream_with<F: Fixture>(setup: &Setup, ops: &[(usize, Op)]) {
+    let mut f = F::build(setup, Recorder::default());
     let tc = f.server_ref().table_config();
     // Where 2 MiB leaves exist and may not be split, the model tracks them.
     let no_split = !tc.split_live_blocks && tc.leaf_sizes.contains(MB2);
@@ -2093,6 +2400,338 @@ pub fn op_strategy() -> impl proptest::strategy::Strategy<Value = Op> {
     ]
 }
 
+// ---- randomized request streams with injected unit failures ---------------------------------
+
+/// One step of a random stream with failures: a request of a client, or a unit failing or
+/// recovering.
+#[derive(Clone, Debug)]
+pub enum FaultOp {
+    /// A request step of [`run_stream`] by client `0` (A) or `1` (B).
+    Req(usize, Op),
+    /// Unit `0` or `1` starts failing this way.
+    Inject(usize, UnitFault),
+    /// Every unit works again.
+    Heal,
+}
+
+/// Per device handle of one client: the domains (ids) it may reach, and the one it is surely
+/// attached to.
+type Reach = BTreeMap<u32, (BTreeSet<usize>, Option<usize>)>;
+
+/// What may be true of one domain, as far as replies tell: pages surely mapped (a successful
+/// map, not since unmapped) and pages maybe mapped (a failed request may have mapped them, or
+/// failed to make the unit forget them); a successful Unmap removes pages from both.
+#[derive(Clone, Debug, Default)]
+struct MaybeDomain {
+    /// IOVA page -> physical page; surely mapped.
+    sure: BTreeMap<u64, u64>,
+    /// IOVA page -> physical pages it may translate to.
+    maybe: BTreeMap<u64, BTreeSet<u64>>,
+}
+
+impl MaybeDomain {
+    fn may_reach(&self, page: u64, phys: u64) -> bool {
+        self.sure.get(&page) == Some(&phys)
+            || self.maybe.get(&page).is_some_and(|s| s.contains(&phys))
+    }
+    fn add_maybe(&mut self, page: u64, phys: u64) {
+        self.maybe.entry(page).or_default().insert(phys);
+    }
+    /// A failed request over `[first, first + pages)`: whatever was there may still be.
+    fn unsure(&mut self, first: u64, pages: u64) {
+        let gone: Vec<(u64, u64)> = self
+            .sure
+            .range(first..first + pages)
+            .map(|(k, v)| (*k, *v))
+            .collect();
+        for (k, v) in gone {
+            self.sure.remove(&k);
+            self.add_maybe(k, v);
+        }
+    }
+}
+
+/// Runs `ops` and checks after every step the isolation invariant of issue 10 through what the
+/// hardware lets each device do (its own walks and stale caches), whatever failed:
+///
+/// - every DMA that succeeds lands in memory granted to the device's owner, at a physical page
+///   that some domain the device may reach (attached, or left unsure by a failure) may map at
+///   that IOVA: memory removed by a successful Unmap, and every other client's memory, is
+///   unreachable;
+/// - while no failure is armed, a device surely attached reaches every page surely mapped.
+///
+/// At the end the units are healed, the clients exit and recover, and every frame is back
+/// (quarantined domains reclaimed).
+pub fn run_fault_stream<F: Fixture>(ops: &[FaultOp]) {
+    // Unit 0 caches not-present entries where the fixture can express it (attach and map
+    // must then complete an invalidation, so they can fail too); unit 1 does not.
+    let setup = Setup {
+        caches_not_present: 0b01,
+        ..Setup::default()
+    };
+    let mut f = F::build(&setup, Recorder::default());
+    let start = f.server_ref().alloc().in_use;
+    // Per client: live domains (handle -> what may be mapped), each device's possible
+    // domains (ids into `doms`, which keeps dead domains' last state: a quarantined domain
+    // may still be reached), and whether its attachment is sure.
+    let mut doms: Vec<MaybeDomain> = Vec::new();
+    let mut live: [Vec<(DomainHandle, usize)>; 2] = [Vec::new(), Vec::new()];
+    let mut reach: [Reach; 2] = [BTreeMap::new(), BTreeMap::new()];
+    let mut armed = false;
+    let window = 512u64;
+    let probe: Vec<u64> = (0..window).step_by(37).chain([1, 2, 511]).collect();
+    // A prelude giving both clients live state for the failures to meet: two domains each,
+    // devices attached, pages mapped (A's device 2 sits on unit 1).
+    let map = |dom, iova, phys, pages| Op::Map {
+        dom,
+        iova,
+        phys,
+        pages,
+        ro: false,
+        foreign: false,
+    };
+    let prelude = [
+        FaultOp::Req(0, Op::Create),
+        FaultOp::Req(0, Op::Create),
+        FaultOp::Req(0, Op::Attach(0, 0)),
+        FaultOp::Req(0, Op::Attach(1, 1)),
+        FaultOp::Req(0, Op::Attach(1, 2)),
+        FaultOp::Req(0, map(0, 0, 0, 40)),
+        FaultOp::Req(0, map(1, 1, 100, 300)),
+        FaultOp::Req(1, Op::Create),
+        FaultOp::Req(1, Op::Create),
+        FaultOp::Req(1, Op::Attach(1, 0)),
+        FaultOp::Req(1, map(1, 0, 0, 512)),
+    ];
+    for op in prelude.iter().chain(ops) {
+        match op {
+            FaultOp::Inject(u, fault) => {
+                if !f.inject(*u, *fault) {
+                    return;
+                }
+                armed = true;
+            }
+            FaultOp::Heal => {
+                f.heal();
+                armed = false;
+            }
+            FaultOp::Req(ci, op) => {
+                let (client, base, ndev, _) = CLIENT_SET[*ci];
+                let handle = |n: usize| live[*ci].get(n).copied();
+                match op {
+                    Op::Create => {
+                        if let Reply::DomainCreated { domain } =
+                            call(&mut f, client, &Request::CreateDomain)
+                        {
+                            doms.push(MaybeDomain::default());
+                            live[*ci].push((domain, doms.len() - 1));
+                        }
+                    }
+                    Op::Destroy(n) => {
+                        let Some((h, id)) = handle(*n) else { continue };
+                        if call(&mut f, client, &Request::DestroyDomain { domain: h })
+                            == Reply::Done
+                        {
+                            live[*ci].retain(|x| x.0 != h);
+                            for (set, sure) in reach[*ci].values_mut() {
+                                assert!(!set.contains(&id) || *sure != Some(id));
+                                set.remove(&id);
+                            }
+                        }
+                    }
+                    Op::Attach(n, dev) => {
+                        let Some((h, id)) = handle(*n) else { continue };
+                        if *dev >= ndev {
+                            continue;
+                        }
+                        let r = call(&mut f, client, &attach_req(h, *dev));
+                        let e = reach[*ci].entry(*dev).or_default();
+                        match r {
+                            Reply::Done => *e = ([id].into(), Some(id)),
+                            Reply::Error(err) if is_hw(err) => {
+                                e.0.insert(id);
+                                e.1 = None;
+                            }
+                            _ => {}
+                        }
+                    }
+                    Op::Detach(dev) => {
+                        if *dev >= ndev {
+                            continue;
+                        }
+                        let r = call(&mut f, client, &detach_req(*dev));
+                        let e = reach[*ci].entry(*dev).or_default();
+                        if r == Reply::Done {
+                            *e = (BTreeSet::new(), None);
+                        } else {
+                            e.1 = None;
+                        }
+                    }
+                    Op::Map {
+                        dom,
+                        iova,
+                        phys,
+                        pages,
+                        ro,
+                        ..
+                    } => {
+                        let Some((h, id)) = handle(*dom) else {
+                            continue;
+                        };
+                        let (iova, pages) = (iova % window, (*pages).min(64));
+                        let perms = if *ro { R } else { RW };
+                        let r = call(
+                            &mut f,
+                            client,
+                            &map_req(h, iova * PG, base + phys * PG, pages * PG, perms),
+                        );
+                        let first_phys = (base >> 12) + phys;
+                        match r {
+                            Reply::Done => {
+                                for i in 0..pages {
+                                    doms[id].sure.insert(iova + i, first_phys + i);
+                                }
+                            }
+                            Reply::Error(err) if is_hw(err) => {
+                                for i in 0..pages {
+                                    doms[id].add_maybe(iova + i, first_phys + i);
+                                }
+                                blocked_by_failure(&mut reach[*ci], id);
+                            }
+                            _ => {}
+                        }
+                    }
+                    Op::Unmap { dom, iova, pages } => {
+                        let Some((h, id)) = handle(*dom) else {
+                            continue;
+                        };
+                        let (iova, pages) = (iova % window, *pages);
+                        let r = call(
+                            &mut f,
+                            client,
+                            &Request::Unmap {
+                                domain: h,
+                                iova: iova * PG,
+                                len: pages * PG,
+                            },
+                        );
+                        match r {
+                            Reply::Unmapped { .. } => {
+                                let d = &mut doms[id];
+                                let keys: Vec<u64> =
+                                    d.sure.range(iova..iova + pages).map(|(k, _)| *k).collect();
+                                for k in keys {
+                                    d.sure.remove(&k);
+                                }
+                                let keys: Vec<u64> =
+                                    d.maybe.range(iova..iova + pages).map(|(k, _)| *k).collect();
+                                for k in keys {
+                                    d.maybe.remove(&k);
+                                }
+                            }
+                            Reply::Error(err) if is_hw(err) => {
+                                doms[id].unsure(iova, pages);
+                                blocked_by_failure(&mut reach[*ci], id);
+                            }
+                            _ => {}
+                        }
+                    }
+                    Op::MapSg { .. } => {}
+                    Op::Exit => {
+                        f.server().client_exited(client);
+                        live[*ci].clear();
+                        for (_, sure) in reach[*ci].values_mut() {
+                            *sure = None;
+                        }
+                        // A device whose block succeeded reaches nothing; one whose block
+                        // failed keeps its possible domains (quarantined ones included).
+                    }
+                }
+            }
+        }
+        // The invariant, through the hardware.
+        for (ci, (client, base, ndev, _)) in CLIENT_SET.iter().enumerate() {
+            // Both clients' first regions are 64 MiB (0x4000 pages) at `base`.
+            let region = (base >> 12, 0x4000);
+            for dev in 0..*ndev {
+                let (set, sure) = reach[ci].get(&dev).cloned().unwrap_or_default();
+                for &p in &probe {
+                    for write in [false, true] {
+                        let got = dma(&mut f, *client, dev, p * PG, write);
+                        if let Ok(pa) = got {
+                            let page = pa >> 12;
+                            assert!(
+                                page >= region.0 && page < region.0 + region.1,
+                                "client {client:?} dev {dev} reached {pa:#x}, not its memory"
+                            );
+                            assert!(
+                                set.iter().any(|id| doms[*id].may_reach(p, page)),
+                                "client {client:?} dev {dev} iova page {p} reached {pa:#x}, \
+                                 which no domain it may be in maps there (after {op:?})"
+                            );
+                        } else if !armed
+                            && let Some(id) = sure
+                            && let Some(&ph) = doms[id].sure.get(&p)
+                        {
+                            // Read-only pages fault on writes; reads must work.
+                            if !write {
+                                panic!(
+                                    "client {client:?} dev {dev} surely attached cannot read \
+                                     page {p} (-> {ph:#x}) after {op:?}"
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        f.server().service_faults();
+    }
+    // Recovery: healed units, both clients gone and back; every frame returns.
+    f.heal();
+    for (ci, (client, _, ndev, _)) in CLIENT_SET.iter().enumerate() {
+        f.server().client_exited(*client);
+        for dev in 0..*ndev {
+            done(&mut f, *client, &detach_req(dev));
+            assert_eq!(dma(&mut f, *client, dev, 0, false), Err(Faulted));
+        }
+        let _ = ci;
+    }
+    let st = *f.server_ref().stats();
+    assert_eq!(
+        st.quarantined_domains, st.reclaimed_domains,
+        "every quarantined domain reclaimed once its devices were blocked"
+    );
+    assert_eq!(f.server_ref().alloc().in_use, start, "every frame back");
+}
+
+/// After a hardware failure on domain `id`, the server blocks (or tries to) every device in
+/// it: none is surely attached any more.
+fn blocked_by_failure(reach: &mut Reach, id: usize) {
+    for (set, sure) in reach.values_mut() {
+        if set.contains(&id) {
+            *sure = None;
+        }
+    }
+}
+
+/// Random steps for [`run_fault_stream`]: [`op_strategy`] requests of both clients, with unit
+/// failures armed and healed now and then.
+pub fn fault_op_strategy() -> impl proptest::strategy::Strategy<Value = FaultOp> {
+    use proptest::prelude::*;
+    let fault = prop_oneof![
+        Just(UnitFault::Hang),
+        (0u32..3).prop_map(|after| UnitFault::Lose { after }),
+        (0u32..3).prop_map(|after| UnitFault::QueueError { after }),
+        (0u32..3).prop_map(|after| UnitFault::LoseCompletion { after }),
+    ];
+    prop_oneof![
+        16 => (0usize..2, op_strategy()).prop_map(|(c, o)| FaultOp::Req(c, o)),
+        3 => (0usize..2, fault).prop_map(|(u, f)| FaultOp::Inject(u, f)),
+        2 => Just(FaultOp::Heal),
+    ]
+}
+
 /// Instantiates every suite test as a `#[test]` for a fixture type.
 #[macro_export]
 macro_rules! server_suite_tests {
@@ -2156,6 +2795,26 @@ macro_rules! server_suite_tests {
         #[test]
         fn fail_nth_allocation() {
             $crate::server_suite::fail_nth_allocation::<$fixture>();
+        }
+        #[test]
+        fn failed_attach_never_leaves_device_live() {
+            $crate::server_suite::failed_attach_never_leaves_device_live::<$fixture>();
+        }
+        #[test]
+        fn retried_detach_blocks() {
+            $crate::server_suite::retried_detach_blocks::<$fixture>();
+        }
+        #[test]
+        fn stale_tags_are_never_reused() {
+            $crate::server_suite::stale_tags_are_never_reused::<$fixture>();
+        }
+        #[test]
+        fn detach_one_of_two_on_a_unit() {
+            $crate::server_suite::detach_one_of_two_on_a_unit::<$fixture>();
+        }
+        #[test]
+        fn queue_errors_are_reported_and_recovered() {
+            $crate::server_suite::queue_errors_are_reported_and_recovered::<$fixture>();
         }
         #[test]
         fn invalidation_failure() {

@@ -3,10 +3,14 @@
 //! invalidation, strict page-selective invalidation). DMA goes through the models' own walks
 //! and stale-keeping caches.
 //!
-//! The models cannot be told to fail an invalidation or an attach, so the suite's injection
-//! tests only run their uninjected parts here.
+//! Failures are injected behind the models' registers (`iommu_test_harness::inject`): a hung
+//! invalidation queue, a lost submission, a queue error.
 
+use iommu_hal::FrameAlloc;
+use iommu_hal::backend::{Backend, DomainConfig, FaultInterrupt, FaultRecord, UnitIndex, UnitInfo};
+use iommu_hal::pagetable::Gather;
 use iommu_hal::vtd::{VtdBackend, VtdConfig};
+use iommu_test_harness::inject::{Doorbell, Faulty, Injector, UnitFault};
 use iommu_test_harness::model::vtd::{VtdConfig as ModelCfg, VtdHandle};
 use iommu_test_harness::rig::FakeDelay;
 use iommu_test_harness::server_suite::{
@@ -14,15 +18,100 @@ use iommu_test_harness::server_suite::{
 };
 use iommu_test_harness::sim::{SharedMem, SimAlloc};
 
-type Be = VtdBackend<VtdHandle, SharedMem, FakeDelay, 2>;
+type Be = VtdBackend<Faulty<VtdHandle>, SharedMem, FakeDelay, 2>;
 
-struct VtdFixture {
-    server: SuiteServer<Be>,
-    units: [VtdHandle; 2],
+/// How a fixture's server sees the VT-d backend: as it is, or through a test wrapper.
+trait MakeBackend: Backend + Sized {
+    fn make(be: Be) -> Self;
 }
 
-impl Fixture for VtdFixture {
-    type Backend = Be;
+impl MakeBackend for Be {
+    fn make(be: Be) -> Be {
+        be
+    }
+}
+
+/// The VT-d backend with every unit reported as not caching not-present entries, whatever
+/// its CAP.CM says: the server then skips the invalidation after a map (hal itself still
+/// honours caching mode for context entries). Only for showing that the tests notice.
+struct HideCachingMode(Be);
+
+impl MakeBackend for HideCachingMode {
+    fn make(be: Be) -> Self {
+        HideCachingMode(be)
+    }
+}
+
+impl Backend for HideCachingMode {
+    type Format = <Be as Backend>::Format;
+    type Error = <Be as Backend>::Error;
+    fn unit_count(&self) -> usize {
+        self.0.unit_count()
+    }
+    fn unit_info(&self, unit: UnitIndex) -> UnitInfo {
+        UnitInfo {
+            caches_not_present: false,
+            ..self.0.unit_info(unit)
+        }
+    }
+    fn prepare(
+        &mut self,
+        alloc: &mut dyn FrameAlloc,
+        unit: UnitIndex,
+        device: u32,
+    ) -> Result<(), Self::Error> {
+        self.0.prepare(alloc, unit, device)
+    }
+    fn attach(
+        &mut self,
+        alloc: &mut dyn FrameAlloc,
+        unit: UnitIndex,
+        device: u32,
+        domain: DomainConfig,
+    ) -> Result<(), Self::Error> {
+        self.0.attach(alloc, unit, device, domain)
+    }
+    fn block(&mut self, unit: UnitIndex, device: u32) -> Result<(), Self::Error> {
+        self.0.block(unit, device)
+    }
+    fn invalidate(&mut self, unit: UnitIndex, tag: u16, g: &Gather) -> Result<(), Self::Error> {
+        self.0.invalidate(unit, tag, g)
+    }
+    fn invalidate_all(&mut self, unit: UnitIndex, tag: u16) -> Result<(), Self::Error> {
+        self.0.invalidate_all(unit, tag)
+    }
+    fn release_tag(
+        &mut self,
+        alloc: &mut dyn FrameAlloc,
+        unit: UnitIndex,
+        tag: u16,
+    ) -> Result<(), Self::Error> {
+        self.0.release_tag(alloc, unit, tag)
+    }
+    fn enable_fault_interrupt(
+        &mut self,
+        unit: UnitIndex,
+        irq: FaultInterrupt,
+    ) -> Result<(), Self::Error> {
+        self.0.enable_fault_interrupt(unit, irq)
+    }
+    fn drain_faults(
+        &mut self,
+        unit: UnitIndex,
+        sink: &mut dyn FnMut(FaultRecord),
+    ) -> Result<bool, Self::Error> {
+        self.0.drain_faults(unit, sink)
+    }
+}
+
+struct VtdFixture<B: Backend = Be> {
+    server: SuiteServer<B>,
+    units: [VtdHandle; 2],
+    injectors: [Injector; 2],
+}
+
+impl<B: MakeBackend> Fixture for VtdFixture<B> {
+    type Backend = B;
 
     fn build(setup: &Setup, notify: Recorder) -> Self {
         let mem = SharedMem::new();
@@ -32,40 +121,61 @@ impl Fixture for VtdFixture {
             let cm = setup.caches_not_present & (1 << u) != 0;
             VtdHandle::new(mem.clone(), ModelCfg::qemu().with_caching_mode(cm))
         });
-        for hw in &units {
-            be.add_unit(hw.clone(), &mut alloc, VtdConfig::default())
+        let injectors = [Injector::default(), Injector::default()];
+        for (hw, inj) in units.iter().zip(&injectors) {
+            let regs = Faulty::new(hw.clone(), Doorbell::VtdIqt, mem.clone(), inj.clone());
+            be.add_unit(regs, &mut alloc, VtdConfig::default())
                 .expect("unit bring-up");
         }
-        let server = SuiteServer::new(be, mem, alloc, notify, config()).expect("server");
-        VtdFixture { server, units }
+        let server = SuiteServer::new(B::make(be), mem, alloc, notify, config()).expect("server");
+        VtdFixture {
+            server,
+            units,
+            injectors,
+        }
     }
-    fn server(&mut self) -> &mut SuiteServer<Be> {
+    fn server(&mut self) -> &mut SuiteServer<B> {
         &mut self.server
     }
-    fn server_ref(&self) -> &SuiteServer<Be> {
+    fn server_ref(&self) -> &SuiteServer<B> {
         &self.server
     }
     fn dma(&mut self, unit: usize, rid: u32, iova: u64, write: bool) -> Result<u64, Faulted> {
         let hw = &self.units[unit];
         let r = hw.borrow_mut().translate(rid as u16, iova, write);
         let violations = hw.borrow().violations().to_vec();
-        assert!(violations.is_empty(), "model violations: {violations:?}");
+        // A corrupted descriptor is a violation the test put there itself.
+        if self.injectors[unit].plan().corrupted == 0 {
+            assert!(violations.is_empty(), "model violations: {violations:?}");
+        }
         r.map_err(|_| Faulted)
     }
-    fn fail_invalidations(&mut self, _on: bool) -> bool {
-        false
+    fn inject(&mut self, unit: usize, fault: UnitFault) -> bool {
+        self.injectors[unit].inject(fault);
+        true
     }
-    fn fail_next_attach(&mut self) -> bool {
-        false
+    fn heal(&mut self) {
+        for i in &self.injectors {
+            i.heal();
+        }
     }
 }
 
 iommu_test_harness::server_suite_tests!(VtdFixture);
 
 mod random {
-    use super::VtdFixture;
-    use iommu_test_harness::server_suite::{op_strategy, run_stream};
+    use super::{HideCachingMode, VtdFixture};
+    use iommu_test_harness::server_suite::{Op, Setup, op_strategy, run_stream, run_stream_with};
     use proptest::prelude::*;
+    use proptest::strategy::ValueTree;
+    use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
+
+    /// Both units in caching mode (CAP.CM = 1): not-present entries are cached by every walk
+    /// that meets them, so every map must be invalidated too.
+    const CACHING: Setup = Setup {
+        caches_not_present: 0b11,
+        pool_frames: 4096,
+    };
 
     proptest! {
         #![proptest_config(ProptestConfig { cases: 12, ..ProptestConfig::default() })]
@@ -75,6 +185,72 @@ mod random {
             ops in prop::collection::vec((0usize..2, op_strategy()), 1..30)
         ) {
             run_stream::<VtdFixture>(&ops);
+        }
+
+        #[test]
+        fn request_streams_match_the_model_under_caching_mode(
+            ops in prop::collection::vec((0usize..2, op_strategy()), 1..30)
+        ) {
+            run_stream_with::<VtdFixture>(&CACHING, &ops);
+        }
+    }
+
+    /// The streams notice a server that skips the invalidation after a map on a
+    /// caching-mode unit: a fixed stream fails, and so does every random stream tried.
+    #[test]
+    fn streams_fail_when_map_invalidation_is_skipped_under_caching_mode() {
+        let fixed = [(
+            0,
+            Op::Map {
+                dom: 1,
+                iova: 0,
+                phys: 0,
+                pages: 4,
+                ro: false,
+                foreign: false,
+            },
+        )];
+        // The same stream passes with the invalidation.
+        run_stream_with::<VtdFixture>(&CACHING, &fixed);
+        let r = std::panic::catch_unwind(|| {
+            run_stream_with::<VtdFixture<HideCachingMode>>(&CACHING, &fixed)
+        });
+        assert!(r.is_err(), "a stale not-present entry went unnoticed");
+
+        let mut runner = TestRunner::new_with_rng(
+            Config::default(),
+            TestRng::deterministic_rng(RngAlgorithm::ChaCha),
+        );
+        let strategy = prop::collection::vec((0usize..2, op_strategy()), 1..10);
+        let mut failed = 0;
+        for _ in 0..4 {
+            let ops = strategy.new_tree(&mut runner).expect("case").current();
+            let r = std::panic::catch_unwind(|| {
+                run_stream_with::<VtdFixture<HideCachingMode>>(&CACHING, &ops)
+            });
+            failed += u32::from(r.is_err());
+        }
+        assert_eq!(
+            failed, 4,
+            "every random stream catches the skipped invalidation"
+        );
+    }
+}
+
+/// Random request streams with unit failures injected (issue 10): the isolation invariant
+/// holds after every step, and everything recovers once the units do.
+mod random_faults {
+    use iommu_test_harness::server_suite::{fault_op_strategy, run_fault_stream};
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+        #[test]
+        fn isolation_survives_unit_failures(
+            ops in prop::collection::vec(fault_op_strategy(), 1..40)
+        ) {
+            run_fault_stream::<super::VtdFixture>(&ops);
         }
     }
 }

@@ -564,11 +564,15 @@ fn block_and_reattach() {
     assert_eq!(r.read(SID, 0x1000, 1).unwrap(), vec![0x44]);
     r.be.block(0, SID).unwrap();
     assert_eq!(r.read(SID, 0x1000, 1), Err(BAD_STE));
-    // Blocking again (and blocking a device never attached) needs no command.
-    let syncs = r.counters().syncs;
+    // Blocking again is never short-cut (an earlier block may have failed after writing the
+    // STE): CFGI_STE and a CMD_SYNC again. A StreamID whose level-2 table was never
+    // allocated was never valid and needs nothing.
+    let (syncs, cfgi) = (r.counters().syncs, r.counters().cfgi_ste);
     r.be.block(0, SID).unwrap();
+    assert_eq!(r.counters().syncs, syncs + 1);
+    assert_eq!(r.counters().cfgi_ste, cfgi + 1);
     r.be.block(0, 0x0400).unwrap();
-    assert_eq!(r.counters().syncs, syncs);
+    assert_eq!(r.counters().syncs, syncs + 1);
     r.attach(SID, &pt, 5);
     assert_eq!(r.read(SID, 0x1000, 1).unwrap(), vec![0x44]);
     r.assert_clean();
@@ -933,6 +937,43 @@ fn bad_input_changes_nothing() {
     assert_eq!(r.mem.borrow().snapshot(), snap);
     assert_eq!(r.alloc.free_list(), &free[..]);
     r.assert_clean();
+}
+
+#[test]
+fn a_full_context_descriptor_list_changes_nothing() {
+    // Two CDs per unit: a third tag is refused before any frame is taken or word written,
+    // also for a StreamID whose level-2 table does not exist yet.
+    let mem = SharedMem::new();
+    let hw = SmmuHandle::new(mem.clone(), model());
+    let mut alloc = SimAlloc::new(mem.clone(), POOL, 256);
+    let mut be: SmmuBackend<SmmuHandle, SharedMem, FakeDelay, 1, 2> =
+        SmmuBackend::new(mem.clone(), FakeDelay::default());
+    be.add_unit(hw.clone(), &mut alloc, SmmuConfig::default())
+        .expect("bring-up");
+    let info = be.unit_info(0);
+    let pts: Vec<PageTable<ArmS1>> = (0..3).map(|_| rig::unit_table(&info, &mut alloc)).collect();
+    be.attach(&mut alloc, 0, SID, rig::domain(&pts[0], 1))
+        .expect("first tag");
+    be.attach(&mut alloc, 0, SID2, rig::domain(&pts[1], 2))
+        .expect("second tag");
+    let snap = mem.borrow().snapshot();
+    let free = alloc.free_list().to_vec();
+    let attempts = alloc.attempts;
+    for sid in [SID + 1, 0x0500] {
+        assert_eq!(
+            be.attach(&mut alloc, 0, sid, rig::domain(&pts[2], 3)),
+            Err(SmmuError::TooManyDomains),
+            "StreamID {sid:#x}"
+        );
+    }
+    assert_eq!(mem.borrow().snapshot(), snap);
+    assert_eq!(alloc.free_list(), &free[..]);
+    assert_eq!(alloc.attempts, attempts, "no frame asked for");
+    // An existing tag still attaches, its CD shared.
+    be.attach(&mut alloc, 0, 0x0500, rig::domain(&pts[1], 2))
+        .expect("existing tag on a new level-2 table");
+    assert_eq!(be.unit(0).unwrap().context_descriptors().len(), 2);
+    assert_eq!(be.unit(0).unwrap().context_descriptors()[1].users, 2);
 }
 
 #[test]

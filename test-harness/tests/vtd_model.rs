@@ -897,6 +897,50 @@ fn caching_mode_caches_not_present_entries() {
 }
 
 #[test]
+fn caching_mode_caches_a_not_present_upper_entry_for_its_whole_region() {
+    let (mut r, top) = Rig::simple(VtdConfig::default().with_caching_mode(true));
+    // One access to an empty domain: the level-4 entry is not present and is cached for the
+    // 512 GiB it maps.
+    assert_eq!(r.m.translate(SID, 0x1000, false), Err(FaultReason::Read));
+    // A map elsewhere in that region (other 2 MiB and 1 GiB ranges) is not seen either.
+    r.map(top, 4, 0x4020_0000, 0x100_0000, 1, RW);
+    assert_eq!(
+        r.m.translate(SID, 0x4020_0000, false),
+        Err(FaultReason::Read),
+        "negative upper-level entry: a map anywhere under it needs an invalidation"
+    );
+    assert_eq!(r.m.stats().negative_hits, 1);
+    // A leaf-only invalidation (IH = 1) keeps paging-structure entries, negative ones too.
+    r.psi(DID, 0x4020_0000, 0, true);
+    assert_eq!(
+        r.m.translate(SID, 0x4020_0000, false),
+        Err(FaultReason::Read)
+    );
+    // IH = 0 over the mapped page drops the cached entry above it.
+    r.psi(DID, 0x4020_0000, 0, false);
+    assert_eq!(r.m.translate(SID, 0x4020_0000, false), Ok(0x100_0000));
+    // Now the walk reaches a level-1 table: a not-present page next to the mapped one is
+    // cached as a negative IOTLB entry for that page only.
+    assert_eq!(
+        r.m.translate(SID, 0x4020_1000, false),
+        Err(FaultReason::Read)
+    );
+    r.map(top, 4, 0x4020_1000, 0x100_1000, 1, RW);
+    assert_eq!(
+        r.m.translate(SID, 0x4020_1000, false),
+        Err(FaultReason::Read)
+    );
+    assert_eq!(r.m.translate(SID, 0x4020_0000, false), Ok(0x100_0000));
+    r.psi(DID, 0x4020_1000, 0, true);
+    assert_eq!(r.m.translate(SID, 0x4020_1000, false), Ok(0x100_1000));
+    assert_eq!(
+        r.m.stats().stale_hits,
+        3,
+        "each negative hit differed from memory"
+    );
+}
+
+#[test]
 fn caching_mode_context_not_present_needs_did0_invalidation() {
     let mut r = Rig::new(VtdConfig::default().with_caching_mode(true));
     r.enable();

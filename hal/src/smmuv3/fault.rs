@@ -208,6 +208,8 @@ impl EventQueue {
         let overflow = ovflg != self.ovack;
         self.ovack = ovflg;
         if n > 0 || overflow {
+            // Hands the slots back to the SMMU; RegisterAccess orders this write after the
+            // reads of the records above, so none is overwritten before it was read.
             regs.write32(self.cons_off, self.cons | self.ovack);
         }
         (overflow || abort, n as u64)

@@ -406,6 +406,8 @@ impl<R: RegisterAccess> VtdUnit<R> {
             self.set_enable(delay, gcmd::QIE, false)?;
         }
         // VT-d spec 11.4.6 / 11.4.4 SRTP: root table (legacy mode, TTM = 00), then wait RTPS.
+        // The root table's zeroing is visible before the unit latches it: register writes are
+        // ordered after memory writes (RegisterAccess's contract).
         self.regs
             .write64(regs::RTADDR, self.root.base() & regs::rtaddr::ADDR_MASK);
         self.one_shot(delay, gcmd::SRTP, true)?;
@@ -564,6 +566,41 @@ impl<R: RegisterAccess> VtdUnit<R> {
         Ok(())
     }
 
+    /// The context table of `rid`'s bus, allocated from `alloc` (all zero: every device on
+    /// the bus blocked) and linked into the root table if the bus has none yet.
+    fn context_table_for<M, A>(
+        &mut self,
+        mem: &mut M,
+        alloc: &mut A,
+        rid: Rid,
+    ) -> Result<PhysAddr, VtdError>
+    where
+        M: PhysMem + ?Sized,
+        A: FrameAlloc + ?Sized,
+    {
+        if let Some(t) = self.root.context_table(mem, rid.bus) {
+            return Ok(t);
+        }
+        let coherent = self.info.coherent_walk;
+        let f = aligned_frame(alloc).ok_or(VtdError::NoFrame)?;
+        if !coherent {
+            mem.sync_for_device(f, PAGE_SIZE);
+        }
+        self.root.set_context_table(mem, rid.bus, f, coherent);
+        Ok(f)
+    }
+
+    /// Allocates the context table of `device`'s bus if it has none (see
+    /// [`Backend::prepare`]); the device stays blocked.
+    pub fn prepare<M, A>(&mut self, mem: &mut M, alloc: &mut A, device: u32) -> Result<(), VtdError>
+    where
+        M: PhysMem + ?Sized,
+        A: FrameAlloc + ?Sized,
+    {
+        let rid = Rid::from_device(device).ok_or(VtdError::BadDevice)?;
+        self.context_table_for(mem, alloc, rid).map(|_| ())
+    }
+
     /// Points `device` at `domain` (see [`Backend::attach`]). A device attached elsewhere is
     /// first made non-present (blocked) and that change invalidated and completed, then the
     /// new entry is written upper half first, P last; a device never passes untranslated.
@@ -592,18 +629,7 @@ impl<R: RegisterAccess> VtdUnit<R> {
             return Err(VtdError::BadDomain);
         }
         let coherent = self.info.coherent_walk;
-        let ct = match self.root.context_table(mem, rid.bus) {
-            Some(t) => t,
-            None => {
-                let f = aligned_frame(alloc).ok_or(VtdError::NoFrame)?;
-                if !coherent {
-                    mem.sync_for_device(f, PAGE_SIZE);
-                }
-                // An all-zero context table: every device on the bus stays blocked.
-                self.root.set_context_table(mem, rid.bus, f, coherent);
-                f
-            }
-        };
+        let ct = self.context_table_for(mem, alloc, rid)?;
         let pa = tables::context_entry_pa(ct, rid.devfn);
         let new = ContextEntry::translated(domain.root, aw, domain.tag);
         let cur = tables::read_context(mem, pa);
@@ -637,6 +663,12 @@ impl<R: RegisterAccess> VtdUnit<R> {
 
     /// Blocks `device` (see [`Backend::block`]): clears its context entry, then invalidates
     /// the context-cache entry and the old domain's IOTLB and waits.
+    ///
+    /// Never short-cut: an entry that already reads as not present may still be cached if an
+    /// earlier block cleared it and then failed before the invalidation completed, and its
+    /// domain id is no longer known, so the whole context cache is invalidated (VT-d spec
+    /// 6.5.2.1, global granularity) and waited for. Devices on a bus without a context table
+    /// were never attached since bring-up, whose global invalidation covers them.
     pub fn block<M, D>(&mut self, mem: &mut M, delay: &mut D, device: u32) -> Result<(), VtdError>
     where
         M: PhysMem + ?Sized,
@@ -648,12 +680,11 @@ impl<R: RegisterAccess> VtdUnit<R> {
         };
         let pa = tables::context_entry_pa(ct, rid.devfn);
         let cur = tables::read_context(mem, pa);
-        if !cur.present() {
-            // Nothing present was ever cached (a caching-mode unit may cache the non-present
-            // entry, which blocks as well).
-            return Ok(());
+        if cur.present() {
+            return self.clear_context(mem, delay, pa, cur, rid);
         }
-        self.clear_context(mem, delay, pa, cur, rid)
+        self.flush_write_buffer(delay)?;
+        self.run(mem, delay, &[Inv::ContextGlobal])
     }
 
     /// Makes the present context entry `cur` at `pa` (device `rid`) non-present, then
@@ -825,6 +856,18 @@ impl<R: RegisterAccess> Unit for VtdUnit<R> {
 
     fn unit_counters(&self) -> VtdCounters {
         self.counters()
+    }
+
+    fn prepare_device<M>(
+        &mut self,
+        mem: &mut M,
+        alloc: &mut dyn FrameAlloc,
+        device: u32,
+    ) -> Result<(), VtdError>
+    where
+        M: PhysMem + ?Sized,
+    {
+        self.prepare(mem, alloc, device)
     }
 
     fn attach_device<M, D>(

@@ -60,8 +60,9 @@ pub struct BootInfo {
     pub start_info: u64,
     /// Physical address of the ACPI RSDP, when the start info carries one.
     pub rsdp: Option<u64>,
-    /// TSC ticks per microsecond, when the calibration against the PIT worked.
-    pub tsc_per_us: Option<u64>,
+    /// TSC ticks per microsecond and where the rate came from (CPUID, PIT rounds, or the
+    /// long-side fallback; see [`crate::clock`]).
+    pub tsc: crate::clock::Rate,
 }
 
 /// Magic value of `hvm_start_info` (Xen public header `arch-x86/hvm/start_info.h`).
@@ -79,7 +80,7 @@ extern "C" fn rust_start(start_info: u32) -> ! {
     Uart::CONSOLE.init();
     Uart::DEFMT.init();
     idt::init();
-    let tsc_per_us = time::calibrate();
+    let tsc = time::calibrate();
     let start_info = u64::from(start_info);
     let rsdp = if start_info != 0 {
         // SAFETY: the boot protocol passes the start info in identity-mapped low memory; the
@@ -97,7 +98,7 @@ extern "C" fn rust_start(start_info: u32) -> ! {
     let boot = BootInfo {
         start_info,
         rsdp,
-        tsc_per_us,
+        tsc,
     };
     crate::console!(
         "iommu-platform x86_64: booted (PVH), start info {:#x}",

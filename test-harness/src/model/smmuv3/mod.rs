@@ -846,6 +846,78 @@ impl SmmuModel {
         Ok(Ste(tables::read_struct(&self.mem, addr)))
     }
 
+    /// Reads the STE for `sid` from memory through the Stream table, touching no cache.
+    fn ste_in_memory(&self, sid: u32) -> Result<Ste, EventType> {
+        let st = self.strtab;
+        if !st.sid_in_range(&self.cfg, sid) {
+            return Err(EventType::CBadStreamId);
+        }
+        let addr = if st.two_level(&self.cfg) {
+            let l1 = self.mem.borrow().read(st.l1std_addr(sid));
+            st.l2_ste_addr(l1, sid)
+                .map_err(|_| EventType::CBadStreamId)?
+        } else {
+            st.linear_ste_addr(sid)
+        };
+        Ok(Ste(tables::read_struct(&self.mem, addr)))
+    }
+
+    /// What a fresh walk of memory gives for one access of StreamID `sid` at `iova`, as if
+    /// every cache were empty: touching no cache, recording no event (faults come back with
+    /// `recorded: false`). Tests compare it with [`SmmuModel::translate`], or call it at any
+    /// moment to ask what the SMMU could see if it fetched the structures now.
+    pub fn probe(&self, sid: u32, iova: u64, access: Access) -> Result<u64, SmmuFault> {
+        let bad = |event| SmmuFault::Terminated {
+            event,
+            recorded: false,
+            abort: true,
+        };
+        if self.cr0ack & CR0_SMMUEN == 0 {
+            if self.gbpa & GBPA_ABORT != 0 {
+                return Err(SmmuFault::GlobalAbort);
+            }
+            return Ok(iova);
+        }
+        let ste = self.ste_in_memory(sid).map_err(bad)?;
+        if !ste.valid() {
+            return Err(bad(EventType::CBadSte));
+        }
+        match ste.config() {
+            SteConfig::Abort => return Err(SmmuFault::SteAbort),
+            SteConfig::Bypass => {
+                if iova >> self.cfg.oas_bits() != 0 {
+                    return Err(bad(EventType::FAddrSize));
+                }
+                return Ok(iova);
+            }
+            SteConfig::S2Translate | SteConfig::Nested => return Err(bad(EventType::CBadSte)),
+            SteConfig::S1Translate => {}
+        }
+        let (vmid, privileged) =
+            tables::check_s1_ste(&self.cfg, &ste).map_err(|_| bad(EventType::CBadSte))?;
+        let cd = Cd(tables::read_struct(&self.mem, ste.s1_context_ptr()));
+        let ctx = tables::check_cd(&self.cfg, &cd, vmid, privileged)
+            .map_err(|_| bad(EventType::CBadCd))?;
+        let s1 = |event| SmmuFault::Terminated {
+            event,
+            recorded: false,
+            abort: ctx.abort,
+        };
+        let Some(half) = tables::select_half(&ctx, iova) else {
+            return Err(s1(EventType::FTranslation));
+        };
+        if ctx.epd[half] {
+            return Err(s1(EventType::FTranslation));
+        }
+        let va = iova & ((1u64 << 56) - 1);
+        let leaf =
+            tables::walk_s1(&self.mem, &ctx, half, va, &mut NoWalkCache).map_err(|f| s1(f.kind))?;
+        if !tables::permits(&ctx, leaf.ap(), leaf.ap_table, access == Access::Write) {
+            return Err(s1(EventType::FPermission));
+        }
+        Ok(leaf.pa_base | (va & ((1u64 << leaf.size_log2()) - 1)))
+    }
+
     fn lookup_ste(&mut self, sid: u32) -> Result<Ste, EventType> {
         if let Some(&ste) = self.ste_cache.get(&sid) {
             self.stats.cfg_hits += 1;
@@ -1127,6 +1199,10 @@ impl SmmuHandle {
     /// Borrows the model mutably.
     pub fn borrow_mut(&self) -> std::cell::RefMut<'_, SmmuModel> {
         self.0.borrow_mut()
+    }
+    /// See [`SmmuModel::probe`].
+    pub fn probe(&self, sid: u32, iova: u64, access: Access) -> Result<u64, SmmuFault> {
+        self.0.borrow().probe(sid, iova, access)
     }
     /// See [`SmmuModel::translate`].
     pub fn translate(&self, sid: u32, iova: u64, access: Access) -> Result<u64, SmmuFault> {

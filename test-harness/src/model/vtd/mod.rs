@@ -14,7 +14,9 @@
 //! - Three caches that keep entries until the right invalidation: the context cache (by SID),
 //!   the IOTLB (by DID and page, with the leaf size) and the paging-structure cache (non-leaf
 //!   entries by DID, level and address prefix; kept by page-selective invalidations with
-//!   IH = 1). With CAP.CM = 1 not-present entries are cached too (negative caching).
+//!   IH = 1). With CAP.CM = 1 not-present entries are cached too (negative caching), by
+//!   every walk that meets one, at the level it was found: a leaf-level entry for its page,
+//!   a higher one for the whole region it maps.
 //! - DMA from a device: [`VtdModel::dma_read`], [`VtdModel::dma_write`], [`VtdModel::translate`].
 //!
 //! What it does not model: scalable mode, first-level tables, nested translation, interrupt
