@@ -66,14 +66,24 @@ impl Flat {
     }
 }
 
+/// Without bounds checks, as the peers reach their tables (raw pointers into the buffer) and
+/// as identity-mapped memory is reached on a target; every address the engine uses is a frame
+/// of this pool (checked in debug builds).
 impl PhysMem for Flat {
     #[inline(always)]
     fn read_u64(&self, pa: PhysAddr) -> u64 {
-        self.words[Self::idx(pa)].get()
+        let i = Self::idx(pa);
+        debug_assert!(i < self.words.len());
+        // SAFETY: the engine only reads frames of this pool (root, tables and shadows from
+        // `FlatAlloc`), so `i` is in bounds.
+        unsafe { self.words.get_unchecked(i) }.get()
     }
     #[inline(always)]
     fn write_u64(&mut self, pa: PhysAddr, value: u64) {
-        self.words[Self::idx(pa)].set(value)
+        let i = Self::idx(pa);
+        debug_assert!(i < self.words.len());
+        // SAFETY: as for `read_u64`.
+        unsafe { self.words.get_unchecked(i) }.set(value)
     }
     #[inline(always)]
     fn order_writes(&mut self) {

@@ -182,7 +182,12 @@ impl Gather {
             alloc.free_frame(frame);
             n += 1;
         }
-        *self = Gather::new();
+        self.start = 0;
+        self.last = 0;
+        self.changed = false;
+        self.tables_removed = false;
+        self.min_leaf = 0;
+        self.max_leaf = 0;
         n
     }
 }
