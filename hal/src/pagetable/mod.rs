@@ -65,6 +65,14 @@
 //!   it was reused in the meantime.
 //! - [`PageTable::reclaim`] unlinks every table in the reserve at once (for a caller under quota
 //!   pressure, or before it reports a domain idle); [`PageTable::destroy`] frees everything.
+//! - A map that can put one large leaf where the reserve left a subtree without any leaf
+//!   discards that subtree (its tables go to the gather) and writes the leaf, so the entries
+//!   written stay minimal. Such a map removed tables: its gather reports
+//!   [`Gather::tables_removed`] and must be invalidated on every unit before it is released,
+//!   even on units that do not cache non-present entries (the server does so).
+//! - [`PageTable::undo`] takes back what a failing request mapped and unlinks the tables that
+//!   request emptied (not those the reserve held before), so a failed request leaves the
+//!   frames and the reserve as they were.
 //!
 //! Worst case: at most [`RESERVE`] empty tables stay linked, and each keeps at most
 //! `levels - 2` ancestors that hold nothing else, plus the shadows of those at level >= 1. For a
