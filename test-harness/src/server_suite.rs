@@ -650,9 +650,11 @@ pub fn map_unmap_dma<F: Fixture>() {
     assert_eq!(dma(&mut f, A, 0, 0x4000_0000 + 0x1000, false), Err(Faulted));
     assert_eq!(dma(&mut f, A, 0, 0x5000_0000, false), Err(Faulted));
     assert_eq!(query(&mut f, A, d, 0x4000_0000), None);
-    // Everything freed but the root and its shadow (the engine's live counts), and the
-    // domain's unit structures.
-    assert_eq!(f.server_ref().usage(A), Some((1, attached_frames)));
+    // Everything freed but the root and its shadow (the engine's live counts), the domain's
+    // unit structures, and the level-2 table below the root with its shadow: each unmap
+    // covered it only partly (the MSI window sits between them), so the engine keeps it,
+    // empty, in its reserve of recently emptied tables.
+    assert_eq!(f.server_ref().usage(A), Some((1, attached_frames + 2)));
 }
 
 /// Every argument error of the map requests, and that none changes anything.
@@ -887,7 +889,8 @@ pub fn map_errors<F: Fixture>() {
     );
     assert_eq!(e, Error::OutOfRange);
     assert_eq!(query(&mut f, C, c, 0x10_0000), None);
-    assert_eq!(f.server_ref().usage(C), Some((1, 1)));
+    // The root and its shadow (the engine's live counts).
+    assert_eq!(f.server_ref().usage(C), Some((1, 2)));
     let codes: Vec<u16> = cases.iter().map(|(_, e)| e.code()).collect();
     for (i, n) in f.server_ref().stats().errors.iter().enumerate() {
         let want = codes.iter().filter(|c| usize::from(**c) == i).count() as u64;
