@@ -48,7 +48,7 @@ passed=$(grep -Eo '^test result: ok\. [0-9]+ passed' "$log" | awk '{s += $4} END
 failed=$(grep -Eo '[0-9]+ failed' "$log" | awk '{s += $1} END {print s + 0}')
 images=0
 
-IMAGES="vtd vtd-bridge vtd-rootport-bridge smmuv3 smmuv3-gicv3"   # the QEMU system images (qemu --list)
+IMAGES="vtd vtd-bridge vtd-rootport-bridge amd smmuv3 smmuv3-gicv3"   # the QEMU system images (qemu --list)
 if [ -f test-harness/src/bin/qemu.rs ]; then
     step "QEMU system images (the main job): $IMAGES"
     for image in $IMAGES; do

@@ -5,7 +5,8 @@
 //! A vendor writes its unit type (register bring-up, tables, queues, faults) and implements
 //! [`Unit`] for it; [`UnitBackend`] does the rest: unit lookup (a bad index is the unit's
 //! [`Unit::BAD_UNIT`] error, never a panic), the bounded unit list, per-unit counters. The
-//! vendor backends are aliases: [`crate::vtd::VtdBackend`], [`crate::smmuv3::SmmuBackend`].
+//! vendor backends are aliases: [`crate::vtd::VtdBackend`], [`crate::smmuv3::SmmuBackend`],
+//! [`crate::amd::AmdBackend`].
 
 use embedded_hal::delay::DelayNs;
 use heapless::Vec;

@@ -29,7 +29,7 @@ use crate::fault_log::FaultLog;
 use crate::local::LocalTransport;
 use crate::mem::{DmaRegion, Frame, FramePool, IdentityMem};
 use crate::pci::Bdf;
-use crate::scenario::{self, FaultSignal, Layout, REGION_LEN};
+use crate::scenario::{self, FaultEvidence, FaultSignal, Layout, REGION_LEN};
 
 const PAGE: usize = 4096;
 /// Page-table and unit-structure frames for the server and the backend (4 MiB).
@@ -213,7 +213,8 @@ impl<B: Backend> FaultSignal for Signal<'_, '_, B> {
 /// Builds the server over `backend` (its units up) and `mem` with the static configuration
 /// (client 1 owns `device`, `reserved` is reserved in every domain and must not be empty),
 /// sets up fault delivery (`delivery`), runs the client scenario with `edu` doing the DMA,
-/// and logs the server's statistics, then the backend's (`log_backend`).
+/// and logs the server's statistics, then the backend's (`log_backend`). The units record
+/// every fault ([`FaultEvidence::Records`]).
 pub fn serve<B, E>(
     backend: B,
     mem: Memory,
@@ -221,6 +222,34 @@ pub fn serve<B, E>(
     reserved: &[IovaRange],
     delivery: Delivery<'_>,
     edu: &mut E,
+    log_backend: impl FnOnce(&B),
+) -> Result<(), &'static str>
+where
+    B: Backend,
+    E: DmaEngine,
+{
+    serve_with(
+        backend,
+        mem,
+        device,
+        reserved,
+        delivery,
+        edu,
+        FaultEvidence::Records,
+        log_backend,
+    )
+}
+
+/// [`serve`], for units that tell about refused DMA as `faults` says.
+#[allow(clippy::too_many_arguments)]
+pub fn serve_with<B, E>(
+    backend: B,
+    mem: Memory,
+    device: DeviceGrant<'_>,
+    reserved: &[IovaRange],
+    delivery: Delivery<'_>,
+    edu: &mut E,
+    faults: FaultEvidence,
     log_backend: impl FnOnce(&B),
 ) -> Result<(), &'static str>
 where
@@ -317,6 +346,7 @@ where
         iova_base: IOVA_BASE,
         forbidden_phys: (&raw const SECRET) as u64,
         reserved_iova,
+        faults,
     };
     let mut signal = Signal {
         server: &server,

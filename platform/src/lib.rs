@@ -6,9 +6,9 @@
 //! hosted runtime. This is where the unsafe code that touches hardware lives, each block with a
 //! `// SAFETY:` comment.
 //!
-//! Architecture-independent pieces ([`mem`], [`pci`], [`bars`], [`dmar`], [`devtree`], [`dma`],
-//! [`edu`], [`local`], [`clock`], [`fault_irq`], [`fault_log`]) build and are tested on the host
-//! too; the runtimes (`x86`, `aarch64`),
+//! Architecture-independent pieces ([`mem`], [`pci`], [`bars`], [`dmar`], [`ivrs`], [`devtree`],
+//! [`dma`], [`edu`], [`local`], [`clock`], [`fault_irq`], [`fault_log`]) build and are tested on
+//! the host too; the runtimes (`x86`, `aarch64`),
 //! the client scenario the images run (`scenario`, which logs with defmt) and what every image
 //! does around it (`image`) exist only on bare-metal targets.
 #![no_std]
@@ -26,6 +26,7 @@ pub mod fault_irq;
 pub mod fault_log;
 #[cfg(target_os = "none")]
 pub mod image;
+pub mod ivrs;
 pub mod local;
 pub mod mem;
 pub mod pci;

@@ -80,7 +80,11 @@ mod image {
     fn discover(boot: &BootInfo, cfg: &mut PortConfig) -> Result<Found, &'static str> {
         let dmar = x86::acpi::find_dmar(boot.rsdp).map_err(|e| {
             defmt::error!("DMAR: {}", e);
-            "no usable DMAR table"
+            if x86::acpi::iommu_tables(boot.rsdp).ivrs {
+                "an AMD IOMMU is present (IVRS), use the amd image"
+            } else {
+                "no usable DMAR table"
+            }
         })?;
         defmt::info!(
             "DMAR: host address width {=u8}, flags {=u8:#x}, {=usize} unit(s)",
