@@ -14,7 +14,7 @@ rustup component add rustfmt clippy >/dev/null 2>&1 || true
 rustup target add x86_64-unknown-none aarch64-unknown-none riscv64gc-unknown-none-elf >/dev/null
 
 need_qemu=0
-for q in qemu-system-x86_64 qemu-system-aarch64; do
+for q in qemu-system-x86_64 qemu-system-aarch64 qemu-system-riscv64; do
     command -v "$q" >/dev/null 2>&1 || need_qemu=1
 done
 if [ "$need_qemu" = 1 ]; then
@@ -48,7 +48,7 @@ passed=$(grep -Eo '^test result: ok\. [0-9]+ passed' "$log" | awk '{s += $4} END
 failed=$(grep -Eo '[0-9]+ failed' "$log" | awk '{s += $1} END {print s + 0}')
 images=0
 
-IMAGES="vtd vtd-bridge vtd-rootport-bridge amd smmuv3 smmuv3-gicv3"   # the QEMU system images (qemu --list)
+IMAGES="vtd vtd-bridge vtd-rootport-bridge amd smmuv3 smmuv3-gicv3 riscv"   # the QEMU system images (qemu --list)
 if [ -f test-harness/src/bin/qemu.rs ]; then
     step "QEMU system images (the main job): $IMAGES"
     for image in $IMAGES; do

@@ -9,9 +9,9 @@
 //! - [`units`]: the one [`backend::Backend`] implementation over a set of units, which every
 //!   vendor's unit type plugs into.
 //! - [`wait`]: bounded polling of hardware ([`wait::Timing`], [`wait::poll`]).
-//! - One module per vendor (`vtd`, `smmuv3`, `amd`, ...), each with the same inner shape: `regs`
-//!   (register map), `tables` (context / device / stream tables), `queue` (invalidation or
-//!   command queue), `fault`, and `mod` (the unit and its backend).
+//! - One module per vendor (`vtd`, `smmuv3`, `amd`, `riscv`), each with the same inner shape:
+//!   `regs` (register map), `tables` (context / device / stream tables), `queue` (invalidation
+//!   or command queue), `fault`, and `mod` (the unit and its backend).
 //!
 //! Nothing here allocates or keeps global state. Unsafe code is confined to the MMIO and
 //! physical-memory edges, which live in `platform`; this crate only defines the traits.
@@ -25,6 +25,7 @@ pub mod amd;
 pub mod backend;
 pub mod mem;
 pub mod pagetable;
+pub mod riscv;
 pub mod smmuv3;
 pub mod units;
 pub mod vtd;
