@@ -17,10 +17,10 @@
 //! - bit 0 `PR` (present).
 //! - bits 11:9 `Next Level`: the level of the table pointed to (PDE), or 0 for a page (PTE).
 //!   An entry above spec level 1 with Next Level = 0 is a PTE mapping a page of its level's
-//!   default size (Table 15: 2 MiB at spec
-//!   level 2, 1 GiB at level 3, 512 GiB at level 4; spec level 6 has none). The value 7
-//!   (sized pages whose size is encoded in the address bits, Table 14) and level-skipping
-//!   Next Level values are allowed by the spec but never written by the engine.
+//!   default size (Table 15: 2 MiB at spec level 2, 1 GiB at level 3, 512 GiB at level 4;
+//!   spec level 6 has none). The value 7 (sized pages whose size is encoded in the address
+//!   bits, Table 14) and level-skipping Next Level values are allowed by the spec but never
+//!   written by the engine.
 //! - bits 51:12: the next table's or the page's address.
 //! - bit 61 `IR` and bit 62 `IW`: read and write permission. They are ANDed along the walk,
 //!   so table entries carry IR = IW = 1 and the leaf alone decides.
