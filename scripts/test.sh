@@ -53,7 +53,7 @@ step "fuzzing: every fuzz target for ${FUZZ_SECONDS:-45} s (scripts/fuzz.sh; fai
 bash scripts/fuzz.sh "${FUZZ_SECONDS:-45}" 2>&1 | tee "$log"
 fuzzed=$(grep -c ', no crash$' "$log" || true)
 
-IMAGES="vtd smmuv3"   # the QEMU system images, each booted by the runner under a time limit
+IMAGES="vtd vtd-bridge vtd-rootport-bridge amd smmuv3 smmuv3-gicv3"   # the QEMU system images (qemu --list)
 if [ -f test-harness/src/bin/qemu.rs ]; then
     step "QEMU system images (the main job): $IMAGES"
     for image in $IMAGES; do

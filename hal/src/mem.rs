@@ -26,10 +26,12 @@ pub const PAGE_SIZE: u64 = 4096;
 ///   write made through this accessor before the call, and the cache maintenance of every
 ///   [`PhysMem::sync_for_device`] before it, is visible to the unit before any write made
 ///   after it. [`PhysMem::publish_u64`] is that barrier followed by the store.
-/// - [`RegisterAccess`] writes are ordered after every earlier [`PhysMem`] write (a doorbell
-///   never overtakes what it announces: Linux `writel()`), and [`RegisterAccess`] reads are
-///   ordered before every later [`PhysMem`] read (a record is read only after the index that
-///   announced it: Linux `readl()`).
+/// - [`RegisterAccess`] writes are ordered after every earlier [`PhysMem`] access: after
+///   every write (a doorbell never overtakes what it announces: Linux `writel()`) and after
+///   every read (a consumer index hands a slot back to the unit only after the record in it
+///   was read: the barrier Linux adds before a queue's consumer index, `__iomb()`).
+///   [`RegisterAccess`] reads are ordered before every later [`PhysMem`] read (a record is
+///   read only after the index that announced it: Linux `readl()`).
 ///
 /// Hal code calls [`PhysMem::order_writes`] (or [`PhysMem::publish_u64`]) before every store
 /// that makes a structure reachable by a unit; it relies on the register promises for
@@ -112,8 +114,9 @@ impl<T: PhysMem + ?Sized> PhysMem for &mut T {
 /// accessed at one width only (e.g. SMMUv3 queue pointers are 32-bit).
 ///
 /// Ordering (see [`PhysMem`]'s contract): a write is ordered after every earlier [`PhysMem`]
-/// write and a read before every later [`PhysMem`] read, as Linux's `writel()` / `readl()`
-/// are. Implementations for weakly ordered CPUs put the barrier inside the access.
+/// access (write or read) and a read before every later [`PhysMem`] read, as Linux's
+/// `writel()` (with `__iomb()` where a read must not pass it) and `readl()` are.
+/// Implementations for weakly ordered CPUs put the barrier inside the access.
 pub trait RegisterAccess {
     /// Reads the 32-bit register at `offset`.
     fn read32(&mut self, offset: usize) -> u32;

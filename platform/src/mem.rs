@@ -61,10 +61,12 @@ impl RegisterAccess for Mmio {
 /// - x86_64: stores to write-back memory and uncached MMIO stores become visible in program
 ///   order (Intel SDM vol. 3, 9.2.2), so only the compiler must be kept from reordering.
 /// - aarch64: `dmb oshst` orders earlier stores before later stores for every observer in the
-///   outer-shareable domain, the SMMU included; `dmb oshld` orders an MMIO read before later
-///   loads (Arm ARM B2.3, "Memory barriers").
-/// - riscv64: `fence w,w` (memory stores before memory stores), `fence w,o` (memory stores
-///   before the device store), `fence i,r` (the device load before later memory loads)
+///   outer-shareable domain, the SMMU included; `dmb osh` before an MMIO store orders every
+///   earlier load and store before it (a queue's consumer index must not hand a slot back
+///   before the record in it was read); `dmb oshld` orders an MMIO read before later loads
+///   (Arm ARM B2.3, "Memory barriers").
+/// - riscv64: `fence w,w` (memory stores before memory stores), `fence rw,o` (memory loads and
+///   stores before the device store), `fence i,r` (the device load before later memory loads)
 ///   (RISC-V unprivileged ISA, "Memory Ordering Instructions").
 pub mod barrier {
     /// Orders earlier stores to memory before later stores to memory, as a unit sees them.
@@ -83,18 +85,18 @@ pub mod barrier {
         core::sync::atomic::compiler_fence(core::sync::atomic::Ordering::SeqCst);
     }
 
-    /// Orders earlier stores to memory before the MMIO store that follows.
+    /// Orders earlier loads and stores to memory before the MMIO store that follows.
     #[inline(always)]
     pub fn before_mmio_write() {
         #[cfg(all(target_os = "none", target_arch = "aarch64"))]
         // SAFETY: a barrier instruction; no memory is accessed.
         unsafe {
-            core::arch::asm!("dmb oshst", options(nostack, preserves_flags))
+            core::arch::asm!("dmb osh", options(nostack, preserves_flags))
         };
         #[cfg(all(target_os = "none", target_arch = "riscv64"))]
         // SAFETY: a fence instruction; no memory is accessed.
         unsafe {
-            core::arch::asm!("fence w,o", options(nostack, preserves_flags))
+            core::arch::asm!("fence rw,o", options(nostack, preserves_flags))
         };
         core::sync::atomic::compiler_fence(core::sync::atomic::Ordering::SeqCst);
     }

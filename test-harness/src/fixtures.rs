@@ -8,6 +8,7 @@
 
 use std::marker::PhantomData;
 
+use iommu_hal::backend::Backend;
 use iommu_hal::smmuv3::{SmmuBackend, SmmuConfig};
 use iommu_hal::vtd::{VtdBackend, VtdConfig};
 
@@ -21,18 +22,32 @@ use crate::sim::{SharedMem, SimAlloc};
 /// The VT-d backend over two injectable VT-d model units.
 pub type VtdBe = VtdBackend<Faulty<VtdHandle>, SharedMem, FakeDelay, 2>;
 
+/// How a [`VtdFixture`]'s server sees the VT-d backend: as it is ([`VtdBe`]), or through a
+/// test's wrapper (e.g. one that hides a capability, to show that the tests notice).
+pub trait MakeVtdBackend: Backend + Sized {
+    /// Wraps the backend the fixture built.
+    fn make(be: VtdBe) -> Self;
+}
+
+impl MakeVtdBackend for VtdBe {
+    fn make(be: VtdBe) -> VtdBe {
+        be
+    }
+}
+
 /// The real VT-d backend driving two register-level VT-d models (QEMU's capabilities, queued
 /// invalidation, strict page-selective invalidation); `setup.caches_not_present` turns on
-/// caching mode per unit. Failures are injected at the invalidation queue tail (IQT).
-pub struct VtdFixture {
+/// caching mode per unit. Failures are injected at the invalidation queue tail (IQT). The
+/// server sees the backend as `B` ([`MakeVtdBackend`]).
+pub struct VtdFixture<B: Backend = VtdBe> {
     /// The server under test.
-    pub server: SuiteServer<VtdBe>,
+    pub server: SuiteServer<B>,
     units: [VtdHandle; 2],
     injectors: [Injector; 2],
 }
 
-impl Fixture for VtdFixture {
-    type Backend = VtdBe;
+impl<B: MakeVtdBackend> Fixture for VtdFixture<B> {
+    type Backend = B;
 
     fn build(setup: &Setup, notify: Recorder) -> Self {
         let mem = SharedMem::new();
@@ -48,17 +63,17 @@ impl Fixture for VtdFixture {
             be.add_unit(regs, &mut alloc, VtdConfig::default())
                 .expect("unit bring-up");
         }
-        let server = SuiteServer::new(be, mem, alloc, notify, config()).expect("server");
+        let server = SuiteServer::new(B::make(be), mem, alloc, notify, config()).expect("server");
         VtdFixture {
             server,
             units,
             injectors,
         }
     }
-    fn server(&mut self) -> &mut SuiteServer<VtdBe> {
+    fn server(&mut self) -> &mut SuiteServer<B> {
         &mut self.server
     }
-    fn server_ref(&self) -> &SuiteServer<VtdBe> {
+    fn server_ref(&self) -> &SuiteServer<B> {
         &self.server
     }
     fn dma(&mut self, unit: usize, rid: u32, iova: u64, write: bool) -> Result<u64, Faulted> {

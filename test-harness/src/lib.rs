@@ -12,6 +12,7 @@ pub mod fuzzing;
 pub mod inject;
 pub mod mock;
 pub mod model;
+pub mod reorder;
 pub mod rig;
 pub mod server_suite;
 pub mod sim;

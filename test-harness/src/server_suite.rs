@@ -2086,7 +2086,13 @@ const CLIENT_SET: [(ClientId, u64, u32, usize); 2] = [
 /// attached and 2 MiB-aligned mappings (large leaves where the units allow them), so random
 /// operations mostly meet live state.
 pub fn run_stream<F: Fixture>(ops: &[(usize, Op)]) {
-    let (mut f, _) = fresh::<F>();
+    run_stream_with::<F>(&Setup::default(), ops)
+}
+
+/// [`run_stream`] on units built per `setup` (e.g. units that cache not-present entries, on
+/// which every map must be invalidated too).
+pub fn run_stream_with<F: Fixture>(setup: &Setup, ops: &[(usize, Op)]) {
+    let mut f = F::build(setup, Recorder::default());
     let tc = f.server_ref().table_config();
     // Where 2 MiB leaves exist and may not be split, the model tracks them.
     let no_split = !tc.split_live_blocks && tc.leaf_sizes.contains(MB2);

@@ -16,6 +16,8 @@ const RTADDR: usize = 0x20;
 const CCMD: usize = 0x28;
 const FSTS: usize = 0x34;
 const FECTL: usize = 0x38;
+const FEDATA: usize = 0x3c;
+const FEADDR: usize = 0x40;
 const IQH: usize = 0x80;
 const IQT: usize = 0x88;
 const IQA: usize = 0x90;
@@ -521,6 +523,70 @@ fn fault_event_respects_the_mask() {
     assert_eq!(r.m.stats().fault_interrupts, 2);
 }
 
+/// VT-d 7.3: one fault event message per new interrupt condition (a status bit set while
+/// none was), sent as FEDATA to FEADDR; nothing while masked (IP holds it) or while an earlier
+/// condition is still pending; the next fault after software cleared every status raises the
+/// next message.
+#[test]
+fn fault_event_is_one_message_per_condition() {
+    let (mut r, _top) = Rig::simple(VtdConfig::default().with_fault_records(2));
+    r.m.write32(FEDATA, 0x41);
+    r.m.write32(FEADDR, 0xfee0_0000);
+    r.m.write32(FECTL, 0);
+    r.m.dma_read(SID, 0, 1).unwrap_err();
+    assert_eq!(r.m.fault_messages(), [(0xfee0_0000, 0x41)]);
+    assert!(!r.m.fault_event_pending());
+    // PPF still set: a second fault is no new condition.
+    r.m.dma_read(SID, 0x1000, 1).unwrap_err();
+    assert_eq!(r.m.fault_messages().len(), 1);
+    // Clearing one record leaves PPF set (the other record): still nothing new.
+    r.m.write32(FRCD + 12, 1 << 31);
+    r.m.dma_read(SID, 0x2000, 1).unwrap_err();
+    assert_eq!(r.m.fault_messages().len(), 1);
+    // Every record cleared: the next fault raises the next message.
+    r.m.write32(FRCD + 12, 1 << 31);
+    r.m.write32(FRCD + 16 + 12, 1 << 31);
+    assert_eq!(r.m.read32(FSTS) & 2, 0, "PPF clear");
+    r.m.dma_read(SID, 0x3000, 1).unwrap_err();
+    assert_eq!(r.m.fault_messages().len(), 2);
+    // Masked: held pending, sent on unmask.
+    r.m.write32(FRCD + 12, 1 << 31);
+    r.m.write32(FRCD + 16 + 12, 1 << 31);
+    r.m.write32(FECTL, 1 << 31);
+    r.m.dma_read(SID, 0x4000, 1).unwrap_err();
+    assert_eq!(r.m.fault_messages().len(), 2);
+    assert!(r.m.fault_event_pending());
+    r.m.write32(FECTL, 0);
+    assert_eq!(r.m.fault_messages().len(), 3);
+    assert!(r.m.violations().is_empty(), "{:?}", r.m.violations());
+    // Overflow: PFO stays set until cleared, and blocks new conditions like PPF does.
+    let (mut r, _top) = Rig::simple(VtdConfig::default());
+    r.m.write32(FEDATA, 0x42);
+    r.m.write32(FEADDR, 0xfee0_1000);
+    r.m.write32(FECTL, 0);
+    r.m.dma_read(SID, 0, 1).unwrap_err();
+    r.m.dma_read(SID, 0x1000, 1).unwrap_err(); // dropped: PFO
+    assert_eq!(r.m.read32(FSTS) & 3, 3, "PFO and PPF");
+    r.m.write32(FRCD + 12, 1 << 31);
+    r.m.dma_read(SID, 0x2000, 1).unwrap_err(); // PFO pending: no event, not recorded
+    assert_eq!(r.m.fault_messages().len(), 1);
+    r.m.write32(FSTS, 1);
+    r.m.dma_read(SID, 0x3000, 1).unwrap_err();
+    assert_eq!(r.m.fault_messages(), [(0xfee0_1000, 0x42); 2]);
+}
+
+/// The fault event is an interrupt message that is never remapped: an address outside the
+/// interrupt range is a software error.
+#[test]
+fn fault_event_outside_the_interrupt_range_is_a_violation() {
+    let (mut r, _top) = Rig::simple(VtdConfig::default());
+    r.m.write32(FEADDR, 0x1000);
+    r.m.write32(FECTL, 0);
+    r.m.dma_read(SID, 0, 1).unwrap_err();
+    assert_eq!(r.m.fault_messages(), [(0x1000, 0)]);
+    assert_eq!(r.m.violations().len(), 1, "{:?}", r.m.violations());
+}
+
 #[test]
 fn fpd_suppresses_recording() {
     let mut r = Rig::new(VtdConfig::default());
@@ -894,6 +960,50 @@ fn caching_mode_caches_not_present_entries() {
     assert_eq!(r.m.translate(SID, 0x1000, false), Err(FaultReason::Read));
     r.map(top, 4, 0x1000, 0x100_0000, 1, RW);
     assert_eq!(r.m.translate(SID, 0x1000, false), Ok(0x100_0000));
+}
+
+#[test]
+fn caching_mode_caches_a_not_present_upper_entry_for_its_whole_region() {
+    let (mut r, top) = Rig::simple(VtdConfig::default().with_caching_mode(true));
+    // One access to an empty domain: the level-4 entry is not present and is cached for the
+    // 512 GiB it maps.
+    assert_eq!(r.m.translate(SID, 0x1000, false), Err(FaultReason::Read));
+    // A map elsewhere in that region (other 2 MiB and 1 GiB ranges) is not seen either.
+    r.map(top, 4, 0x4020_0000, 0x100_0000, 1, RW);
+    assert_eq!(
+        r.m.translate(SID, 0x4020_0000, false),
+        Err(FaultReason::Read),
+        "negative upper-level entry: a map anywhere under it needs an invalidation"
+    );
+    assert_eq!(r.m.stats().negative_hits, 1);
+    // A leaf-only invalidation (IH = 1) keeps paging-structure entries, negative ones too.
+    r.psi(DID, 0x4020_0000, 0, true);
+    assert_eq!(
+        r.m.translate(SID, 0x4020_0000, false),
+        Err(FaultReason::Read)
+    );
+    // IH = 0 over the mapped page drops the cached entry above it.
+    r.psi(DID, 0x4020_0000, 0, false);
+    assert_eq!(r.m.translate(SID, 0x4020_0000, false), Ok(0x100_0000));
+    // Now the walk reaches a level-1 table: a not-present page next to the mapped one is
+    // cached as a negative IOTLB entry for that page only.
+    assert_eq!(
+        r.m.translate(SID, 0x4020_1000, false),
+        Err(FaultReason::Read)
+    );
+    r.map(top, 4, 0x4020_1000, 0x100_1000, 1, RW);
+    assert_eq!(
+        r.m.translate(SID, 0x4020_1000, false),
+        Err(FaultReason::Read)
+    );
+    assert_eq!(r.m.translate(SID, 0x4020_0000, false), Ok(0x100_0000));
+    r.psi(DID, 0x4020_1000, 0, true);
+    assert_eq!(r.m.translate(SID, 0x4020_1000, false), Ok(0x100_1000));
+    assert_eq!(
+        r.m.stats().stale_hits,
+        3,
+        "each negative hit differed from memory"
+    );
 }
 
 #[test]

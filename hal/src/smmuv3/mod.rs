@@ -6,7 +6,8 @@
 //! - [`tables`]: stream table entries and context descriptors (5.1, 5.2, 5.4).
 //! - [`queue`]: the Command queue, commands and TLB invalidation planning (3.5, chapter 4,
 //!   7.1).
-//! - [`fault`]: the Event queue and event records (7.2 to 7.4).
+//! - [`fault`]: the Event queue and event records (7.2 to 7.4), the Event queue and GERROR
+//!   interrupts (3.18, 6.3.16 to 6.3.22).
 //! - this module: [`SmmuUnit`] (one SMMU) and [`SmmuBackend`] (all SMMUs of a machine,
 //!   implementing [`Backend`]).
 //!
@@ -54,6 +55,8 @@ pub enum WaitFor {
     CmdqSpace,
     /// CMDQ_CONS to pass the batch's CMD_SYNC.
     CmdqSync,
+    /// SMMU_IRQ_CTRLACK to equal the IRQ_CTRL value given (6.3.17).
+    IrqCtrlAck(u32),
 }
 
 /// Why an SMMUv3 operation failed.
@@ -109,6 +112,7 @@ impl core::fmt::Display for WaitFor {
             WaitFor::Gbpa => f.write_str("SMMU_GBPA.Update to clear"),
             WaitFor::CmdqSpace => f.write_str("a free slot in the Command queue"),
             WaitFor::CmdqSync => f.write_str("CMDQ_CONS to pass the batch's CMD_SYNC"),
+            WaitFor::IrqCtrlAck(v) => write!(f, "SMMU_IRQ_CTRLACK to equal IRQ_CTRL {v:#x}"),
         }
     }
 }
@@ -487,6 +491,9 @@ impl<R: RegisterAccess, const CDS: usize> SmmuUnit<R, CDS> {
             .write32(regs::CR1, regs::cr1::value(self.info.coherent_walk));
         self.regs
             .write32(regs::CR2, regs::cr2::RECINVSID | regs::cr2::PTM);
+        // The stream table's blocked STEs (and the queues' zeroing) are visible before the
+        // unit is pointed at them: register writes are ordered after memory writes
+        // (RegisterAccess's contract).
         self.regs.write64(
             regs::STRTAB_BASE,
             regs::strtab::RA | (self.strtab.base & regs::strtab::ADDR_MASK),
@@ -625,11 +632,13 @@ impl<R: RegisterAccess, const CDS: usize> SmmuUnit<R, CDS> {
     /// Allocates from `alloc` the level-2 stream table holding the device (2-level tables,
     /// first device of its 64-StreamID group) and the domain's CD (first attach of the tag
     /// on this unit); a CD whose tag is attached again with another root table is rewritten
-    /// (made invalid first) and every cached configuration and TLB entry of the ASID is
+    /// (made invalid, then its other dwords, then V, each step made observed with CFGI_ALL +
+    /// CMD_SYNC: SMMUv3 3.21.3.1) and every cached configuration and TLB entry of the ASID is
     /// invalidated. The STE is then written with dword 0 (V, Config, S1ContextPtr) last, so
     /// it switches from blocked (or from the previous domain's CD) to the new CD in one
-    /// store: never a window of bypass. CFGI_STE + CFGI_CD (+ TLBI_NH_ASID for a new or
-    /// rewritten CD) and a CMD_SYNC follow, and complete before this returns.
+    /// store: never a window of bypass; a blocked STE's other dwords are made observed
+    /// (CFGI_STE + CMD_SYNC) before V is set (3.21.3.1). CFGI_STE + CFGI_CD (+ TLBI_NH_ASID
+    /// for a new or rewritten CD) and a CMD_SYNC follow, and complete before this returns.
     pub fn attach<M, D, A>(
         &mut self,
         mem: &mut M,
@@ -658,53 +667,29 @@ impl<R: RegisterAccess, const CDS: usize> SmmuUnit<R, CDS> {
             return Err(SmmuError::TooManyDomains);
         }
 
-        // Frames first: a shortage changes nothing.
-        let need_l2 = self.strtab.ste_pa(mem, sid).is_none();
-        let l2 = if need_l2 {
-            Some(alloc_one(alloc).ok_or(SmmuError::NoFrame)?)
-        } else {
-            None
+        // Frames first: a shortage changes nothing. Where the STE is (in the level-2 table
+        // already linked, or in the one allocated now) is settled before anything is written.
+        let (ste_pa, l2) = match self.strtab.ste_pa(mem, sid) {
+            Some(pa) => (pa, None),
+            None => {
+                let f = alloc_one(alloc).ok_or(SmmuError::NoFrame)?;
+                (StreamTable::l2_ste_pa(f, sid), Some(f))
+            }
         };
-        let new_cd = if slot.is_none() {
-            match alloc_one(alloc) {
-                Some(f) => Some(f),
-                None => {
-                    if let Some(f) = l2 {
-                        alloc.free_frame(f);
-                    }
+        let free_l2 = |alloc: &mut A| {
+            if let Some(f) = l2 {
+                alloc.free_frame(f);
+            }
+        };
+        // The CD: the tag's own, or a new one, recorded before anything is written (the list
+        // has room, checked above; were it full, nothing would have changed either).
+        let (idx, new_cd) = match slot {
+            Some(i) => (i, false),
+            None => {
+                let Some(f) = alloc_one(alloc) else {
+                    free_l2(alloc);
                     return Err(SmmuError::NoFrame);
-                }
-            }
-        } else {
-            None
-        };
-
-        let mut cmds: Vec<Cmd, 4> = Vec::new();
-        if let Some(l2) = l2 {
-            tables::fill_blocked(mem, l2, coherent);
-            self.strtab.set_l2(mem, sid, l2, coherent);
-        }
-        let Some(ste_pa) = self.strtab.ste_pa(mem, sid) else {
-            return Err(SmmuError::BadDevice);
-        };
-        let new_cd_dw = tables::s1_cd(params);
-        let (idx, cd_pa) = match (slot, new_cd) {
-            (Some(i), _) => {
-                let s = &mut self.cds[i];
-                if s.root != domain.root || s.addr_width != domain.addr_width {
-                    // The tag now names another table: invalid first, then the new fields,
-                    // V last; then nothing cached from the old CD or ASID may survive.
-                    tables::write_dw0(mem, s.frame, 0, coherent);
-                    tables::write_struct(mem, s.frame, &new_cd_dw, coherent);
-                    s.root = domain.root;
-                    s.addr_width = domain.addr_width;
-                    let _ = cmds.push(Cmd::CfgiAll);
-                    let _ = cmds.push(Cmd::TlbiNhAsid { asid: domain.tag });
-                }
-                (i, s.frame)
-            }
-            (None, Some(f)) => {
-                tables::write_struct(mem, f, &new_cd_dw, coherent);
+                };
                 let s = CdSlot {
                     tag: domain.tag,
                     frame: f,
@@ -714,17 +699,60 @@ impl<R: RegisterAccess, const CDS: usize> SmmuUnit<R, CDS> {
                 };
                 if self.cds.push(s).is_err() {
                     alloc.free_frame(f);
+                    free_l2(alloc);
                     return Err(SmmuError::TooManyDomains);
                 }
-                // Nothing an earlier user of this ASID left in the TLB may be used.
-                let _ = cmds.push(Cmd::TlbiNhAsid { asid: domain.tag });
-                (self.cds.len() - 1, f)
+                (self.cds.len() - 1, true)
             }
-            (None, None) => return Err(SmmuError::TooManyDomains),
         };
 
+        let mut cmds: Vec<Cmd, 4> = Vec::new();
+        if let Some(l2) = l2 {
+            tables::fill_blocked(mem, l2, coherent);
+            self.strtab.set_l2(mem, sid, l2, coherent);
+        }
+        let new_cd_dw = tables::s1_cd(params);
+        let cd_pa = self.cds[idx].frame;
+        let retarget = !new_cd
+            && (self.cds[idx].root != domain.root || self.cds[idx].addr_width != domain.addr_width);
+        if new_cd {
+            // No STE points at it yet, so the SMMU cannot have fetched it: written whole, V
+            // included (SMMUv3 3.21.3.1); the STE's publication below orders it.
+            tables::write_struct(mem, cd_pa, &new_cd_dw, coherent);
+            // Nothing an earlier user of this ASID left in the TLB may be used.
+            let _ = cmds.push(Cmd::TlbiNhAsid { asid: domain.tag });
+        } else if retarget {
+            // The tag now names another table. SMMUv3 3.21.3.1: the SMMU reads a structure's
+            // dwords in any order and may cache it, so the CD is made invalid and that
+            // completed, its other dwords written and that completed while V = 0, and only
+            // then V set; then nothing cached from the old CD or ASID may survive.
+            tables::write_dw0(mem, cd_pa, 0, coherent);
+            self.run(mem, delay, &[Cmd::CfgiAll])?;
+            if tables::write_fields(mem, cd_pa, &new_cd_dw, coherent) {
+                self.run(mem, delay, &[Cmd::CfgiAll])?;
+            }
+            tables::publish_dw0(mem, cd_pa, new_cd_dw[0], coherent);
+            let s = &mut self.cds[idx];
+            s.root = domain.root;
+            s.addr_width = domain.addr_width;
+            let _ = cmds.push(Cmd::CfgiAll);
+            let _ = cmds.push(Cmd::TlbiNhAsid { asid: domain.tag });
+        }
+
+        let ste = tables::s1_ste(cd_pa, coherent);
         let cur = tables::ste_state(mem.read_u64(ste_pa));
-        let changed = tables::write_struct(mem, ste_pa, &tables::s1_ste(cd_pa, coherent), coherent);
+        let mut changed = false;
+        if cur == SteState::Invalid && tables::write_fields(mem, ste_pa, &ste, coherent) {
+            // SMMUv3 3.21.3.1: the SMMU may hold this invalid STE cached, in whole or in
+            // part, and need not read V before the other dwords; they are made observed while
+            // V = 0 (CFGI_STE, CMD_SYNC) before V is set. A valid STE only ever changes in
+            // dword 0 here (another CD), one single-copy-atomic store.
+            let _ = cmds.push(Cmd::CfgiSte { sid, leaf: false });
+            self.run(mem, delay, &cmds)?;
+            cmds.clear();
+            changed = true;
+        }
+        changed |= tables::write_struct(mem, ste_pa, &ste, coherent);
         if cur != SteState::S1(cd_pa) {
             self.cds[idx].users = self.cds[idx].users.saturating_add(1);
             if let SteState::S1(old) = cur
@@ -733,7 +761,7 @@ impl<R: RegisterAccess, const CDS: usize> SmmuUnit<R, CDS> {
                 o.users = o.users.saturating_sub(1);
             }
         }
-        if changed || need_l2 {
+        if changed || l2.is_some() {
             let _ = cmds.push(Cmd::CfgiSte { sid, leaf: false });
             let _ = cmds.push(Cmd::CfgiCd { sid });
         }
@@ -882,10 +910,11 @@ impl<R: RegisterAccess, const CDS: usize> SmmuUnit<R, CDS> {
     }
 
     /// Drains the Event queue into `sink` (see [`Backend::drain_faults`]). An active GERROR
-    /// condition other than EVENTQ_ABT_ERR is acknowledged and reported first, without
-    /// draining. EVENTQ_ABT_ERR (event records were dropped; QEMU's signal for a full queue)
-    /// is acknowledged and the queue drained in the same call, returning `true` (records
-    /// lost), as for EVENTQ_PROD.OVFLG (see [`EventQueue::drain`]).
+    /// condition other than EVENTQ_ABT_ERR is acknowledged first; the queue is drained all
+    /// the same (so that its next record raises the Event queue interrupt again) and the
+    /// condition is then reported as the error. EVENTQ_ABT_ERR (event records were dropped;
+    /// QEMU's signal for a full queue) is acknowledged and the queue drained in the same call,
+    /// returning `true` (records lost), as for EVENTQ_PROD.OVFLG (see [`EventQueue::drain`]).
     pub fn drain_faults<M>(
         &mut self,
         mem: &mut M,
@@ -895,14 +924,14 @@ impl<R: RegisterAccess, const CDS: usize> SmmuUnit<R, CDS> {
     where
         M: PhysMem + ?Sized,
     {
-        if let Err(e) = queue::recover(
+        let recovered = queue::recover(
             &mut self.regs,
             mem,
             self.cmdq.base(),
             self.cmdq.log2_entries(),
-        ) {
+        );
+        if let Err(e) = recovered {
             self.counters.count_error(e);
-            return Err(e);
         }
         let coherent = self.info.coherent_walk;
         let (overflow, n) = self.evtq.drain(&mut self.regs, mem, coherent, unit, sink);
@@ -910,7 +939,7 @@ impl<R: RegisterAccess, const CDS: usize> SmmuUnit<R, CDS> {
         if overflow {
             self.counters.overflows += 1;
         }
-        Ok(overflow)
+        recovered.map(|()| overflow)
     }
 }
 
@@ -1068,11 +1097,23 @@ impl<R: RegisterAccess, const CDS: usize> Unit for SmmuUnit<R, CDS> {
         self.release_cd(mem, delay, alloc, tag).map(|_| ())
     }
 
-    fn enable_interrupt<M>(&mut self, _mem: &mut M, _irq: FaultInterrupt) -> Result<(), SmmuError>
+    /// Enables the Event queue and GERROR interrupts as `irq` (see
+    /// [`fault::enable_interrupt`]).
+    fn enable_interrupt<M, D>(
+        &mut self,
+        _mem: &mut M,
+        delay: &mut D,
+        irq: FaultInterrupt,
+    ) -> Result<(), SmmuError>
     where
         M: PhysMem + ?Sized,
+        D: DelayNs + ?Sized,
     {
-        Err(SmmuError::Unsupported)
+        let r = fault::enable_interrupt(&mut self.regs, delay, self.timing, Idr0(self.idr[0]), irq);
+        if let Err(e @ SmmuError::Timeout(_)) = r {
+            self.counters.count_error(e);
+        }
+        r
     }
 
     fn drain<M>(

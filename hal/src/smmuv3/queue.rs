@@ -348,6 +348,9 @@ impl CmdQueue {
         let mut free = self.free_slots(regs)?;
         for c in cmds.iter().copied().chain(core::iter::once(Cmd::Sync)) {
             if free == 0 {
+                // Doorbell for the commands written so far; RegisterAccess orders it after
+                // them (as writel() does), so the SMMU never reads a command older than PROD
+                // announces.
                 regs.write32(regs::CMDQ_PROD, self.prod);
                 let r = self.wait(
                     regs,
@@ -375,6 +378,8 @@ impl CmdQueue {
             self.prod = (self.prod + 1) & self.ptr_mask();
             c.count(counters);
         }
+        // The doorbell, ordered after the commands and their cache cleans (RegisterAccess's
+        // contract): no barrier of our own is needed between them.
         regs.write32(regs::CMDQ_PROD, self.prod);
         let target = self.prod;
         let r = self.wait(
@@ -470,6 +475,8 @@ where
         mem.write_u64(pa, d0);
         mem.write_u64(pa + 8, d1);
         mem.sync_for_device(pa, CMD_SIZE);
+        // The GERRORN write below that lets the SMMU resume at CONS is ordered after this
+        // replacement (RegisterAccess's contract).
         err = SmmuError::CommandError {
             code: queue::cons_err(cons) as u8,
             opcode,

@@ -21,6 +21,12 @@
 //! doubleword other than the one holding `V` / `Config` is written first, and that
 //! doubleword last, in one 64-bit store. Blocking a live STE is that one store of dword 0
 //! with `V = 0` (the other dwords are then IGNORED).
+//!
+//! "First" and "last" are as the SMMU sees them, not only in program order (the contract of
+//! [`PhysMem`]): every store that makes a structure reachable or valid (an STE or CD dword 0,
+//! a level-1 descriptor) is a [`PhysMem::publish_u64`], a write barrier and the store, so the
+//! other dwords, what the structure points at (a CD, a level-2 table, page tables) and the
+//! cache cleans of a non-coherent SMMU are visible before it.
 
 use crate::mem::{PAGE_SIZE, PhysAddr, PhysMem};
 
@@ -212,12 +218,28 @@ pub const fn s1_cd(p: CdParams) -> Dwords {
     ]
 }
 
-/// Writes the structure `new` at `pa` (an STE or CD) so that the SMMU never sees it valid
-/// with stale fields: doublewords 1 to 7 first (only those that change), then dword 0 (V,
-/// Config / ASID) in one 64-bit store. Correct both for a structure that is currently
-/// invalid (V = 0: its other dwords are IGNORED) and for a live one whose dwords 1-7 do not
-/// change (moving an STE between CDs). Returns whether anything was written.
+/// Writes the structure `new` at `pa` (an STE or CD) in one go: doublewords 1 to 7 first
+/// (only those that change, see [`write_fields`]), then dword 0 (V, Config / ASID) published
+/// (see [`publish_dw0`]). Only for a structure the SMMU cannot have fetched, i.e. one no
+/// valid pointer reaches (a new CD before any STE points at it: SMMUv3 3.21.3.1, "structures
+/// might be fully initialized prior to a pointer to the structure becoming observable"), or
+/// for a change of dword 0 alone (moving an STE between CDs: one single-copy-atomic store).
+/// A reachable structure going from invalid to valid needs an invalidation between the two
+/// steps (the SMMU may have cached it, and need not read V first); see
+/// [`super::SmmuUnit::attach`]. Returns whether anything was written.
 pub fn write_struct<M: PhysMem + ?Sized>(
+    mem: &mut M,
+    pa: PhysAddr,
+    new: &Dwords,
+    coherent: bool,
+) -> bool {
+    let fields = write_fields(mem, pa, new, coherent);
+    publish_dw0(mem, pa, new[0], coherent) || fields
+}
+
+/// Writes doublewords 1 to 7 of `new` at `pa`, those that differ from memory, and cleans them
+/// for a non-coherent SMMU. Returns whether any changed.
+pub fn write_fields<M: PhysMem + ?Sized>(
     mem: &mut M,
     pa: PhysAddr,
     new: &Dwords,
@@ -234,18 +256,32 @@ pub fn write_struct<M: PhysMem + ?Sized>(
     if changed && !coherent {
         mem.sync_for_device(pa + 8, 56);
     }
-    if mem.read_u64(pa) != new[0] {
-        mem.write_u64(pa, new[0]);
-        if !coherent {
-            mem.sync_for_device(pa, 8);
-        }
-        changed = true;
-    }
     changed
 }
 
+/// Stores `dw0` as dword 0 at `pa` if it differs, published: a write barrier first, so every
+/// earlier write (the other dwords, what the structure points at, the cache cleans of a
+/// non-coherent SMMU) is visible before it. Returns whether it was written.
+pub fn publish_dw0<M: PhysMem + ?Sized>(
+    mem: &mut M,
+    pa: PhysAddr,
+    dw0: u64,
+    coherent: bool,
+) -> bool {
+    if mem.read_u64(pa) == dw0 {
+        return false;
+    }
+    mem.publish_u64(pa, dw0);
+    if !coherent {
+        mem.sync_for_device(pa, 8);
+    }
+    true
+}
+
 /// Replaces only dword 0 of a live structure in one 64-bit store (e.g. blocking an STE or
-/// invalidating a CD: dword 0 with V = 0).
+/// invalidating a CD: dword 0 with V = 0). Such a store makes nothing reachable, so no barrier
+/// precedes it. The SMMU sees the structure invalid only once a CFGI of it and a CMD_SYNC have
+/// completed (SMMUv3 3.21.3.1); its other dwords may change only after that.
 pub fn write_dw0<M: PhysMem + ?Sized>(mem: &mut M, pa: PhysAddr, dw0: u64, coherent: bool) {
     mem.write_u64(pa, dw0);
     if !coherent {
@@ -310,14 +346,21 @@ impl StreamTable {
         if d & l1::SPAN_MASK != SPLIT as u64 + 1 {
             return None;
         }
-        let l2 = d & l1::L2PTR_MASK;
-        Some(l2 + (sid as u64 & (STES_PER_FRAME - 1)) * STE_SIZE)
+        Some(Self::l2_ste_pa(d & l1::L2PTR_MASK, sid))
     }
 
-    /// Links the level-2 table `l2` (already filled with blocked STEs) for `sid`.
+    /// Address of the STE of `sid` within the level-2 table `l2` that holds it (2-level
+    /// tables only; the table need not be linked yet).
+    pub const fn l2_ste_pa(l2: PhysAddr, sid: u32) -> PhysAddr {
+        l2 + (sid as u64 & (STES_PER_FRAME - 1)) * STE_SIZE
+    }
+
+    /// Links the level-2 table `l2` (already filled with blocked STEs, and cleaned on a
+    /// non-coherent SMMU) for `sid`, published: the blocked STEs are visible before the
+    /// descriptor that makes them reachable.
     pub fn set_l2<M: PhysMem + ?Sized>(&self, mem: &mut M, sid: u32, l2: PhysAddr, coherent: bool) {
         let pa = self.l1_desc_pa(sid);
-        mem.write_u64(pa, l1::desc(l2));
+        mem.publish_u64(pa, l1::desc(l2));
         if !coherent {
             mem.sync_for_device(pa, L1_DESC_SIZE);
         }

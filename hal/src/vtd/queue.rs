@@ -235,12 +235,17 @@ impl InvQueue {
             t = (t + 1) % QUEUE_ENTRIES;
         }
         self.tail = t;
+        // The doorbell: RegisterAccess orders this write after every memory write above (the
+        // status word's reset, the descriptors and their cache cleans), as writel() does, so
+        // the unit never fetches a descriptor older than the tail announces.
         regs.write64(regs::IQT, (t as u64) << 4);
         for r in reqs {
             r.count(counters);
         }
         counters.waits += 1;
 
+        // The status word is read after the register reads of each poll and, being written by
+        // the unit, needs no barrier of ours beyond the cache invalidate below.
         let result = poll(delay, timing, WaitFor::Queue, || {
             if !coherent {
                 // The unit writes the status word by DMA (VT-d 6.5.2.8): drop any stale
@@ -291,6 +296,8 @@ where
             mem.sync_for_device(pa, DESC_SIZE);
         }
     }
+    // Clearing IQE lets the unit fetch the replaced descriptor; the register write is ordered
+    // after the memory writes above (RegisterAccess's contract).
     regs.write32(regs::FSTS, errs);
     Err(VtdError::QueueError { fsts: f })
 }

@@ -4,6 +4,12 @@
 //! entry points at a context table of 256 context entries, one per device/function. Entries are
 //! 128 bits, written here as two 64-bit stores ordered so that the walker never sees a present
 //! entry with stale fields: the upper half first, then the lower half carrying P.
+//!
+//! Ordering (the contract of [`PhysMem`]): every store that makes something reachable by the
+//! unit is a [`PhysMem::publish_u64`], so what it points at (a zeroed context table, a domain's
+//! page tables, the entry's other half) and the cache maintenance of a non-coherent unit are
+//! visible first. Making an entry non-present is ordered the other way: P is cleared, then a
+//! barrier, then the other half changes.
 
 use crate::mem::{PAGE_SIZE, PhysAddr, PhysMem};
 
@@ -129,7 +135,9 @@ impl RootTable {
         (lo & PRESENT != 0).then_some(lo & ADDR_MASK)
     }
     /// Installs the (all-zero) context table `table` for `bus`: upper half (reserved, zero)
-    /// first, then the lower half with P.
+    /// first, then the lower half with P, published: the table's zeroing (and, on a
+    /// non-coherent unit, its cache clean, which the caller did) is visible before the unit can
+    /// follow the pointer.
     pub fn set_context_table<M: PhysMem + ?Sized>(
         self,
         mem: &mut M,
@@ -139,7 +147,10 @@ impl RootTable {
     ) {
         let pa = self.root_entry_pa(bus);
         mem.write_u64(pa + 8, 0);
-        mem.write_u64(pa, (table & ADDR_MASK) | PRESENT);
+        if !coherent {
+            mem.sync_for_device(pa + 8, 8);
+        }
+        mem.publish_u64(pa, (table & ADDR_MASK) | PRESENT);
         if !coherent {
             mem.sync_for_device(pa, ENTRY_SIZE);
         }
@@ -160,7 +171,8 @@ pub fn read_context<M: PhysMem + ?Sized>(mem: &M, pa: PhysAddr) -> ContextEntry 
 }
 
 /// Makes the non-present context entry at `pa` present with `entry`: the upper half (DID, AW)
-/// first, then the lower half carrying P, so the walker never sees P with stale fields.
+/// first, then the lower half carrying P, published (a barrier first), so the walker never
+/// sees P with stale fields, nor before the domain's page tables are visible.
 pub fn install_context<M: PhysMem + ?Sized>(
     mem: &mut M,
     pa: PhysAddr,
@@ -171,20 +183,20 @@ pub fn install_context<M: PhysMem + ?Sized>(
     if !coherent {
         mem.sync_for_device(pa + 8, 8);
     }
-    mem.write_u64(pa, entry.lo);
+    mem.publish_u64(pa, entry.lo);
     if !coherent {
         mem.sync_for_device(pa, 8);
     }
 }
 
-/// Clears the context entry at `pa`: the lower half (P) first, so the entry is non-present
-/// before any other field changes.
+/// Clears the context entry at `pa`: the lower half (P) first, then a barrier, so the entry is
+/// non-present as the unit sees it before any other field changes.
 pub fn clear_context<M: PhysMem + ?Sized>(mem: &mut M, pa: PhysAddr, coherent: bool) {
     mem.write_u64(pa, 0);
     if !coherent {
         mem.sync_for_device(pa, 8);
     }
-    mem.write_u64(pa + 8, 0);
+    mem.publish_u64(pa + 8, 0);
     if !coherent {
         mem.sync_for_device(pa + 8, 8);
     }

@@ -2,7 +2,8 @@
 //!
 //! What it provides to an image: boot to Rust at EL1 with FP/SIMD on and the MMU on over an
 //! identity map (`boot`), exception vectors that turn every exception into a report and a
-//! failing exit (`exceptions`), the console on UART0 and the defmt logger on UART1
+//! failing exit and take IRQs (`exceptions`), the GIC for an SMMU's wired interrupts
+//! ([`gic`]), the console on UART0 and the defmt logger on UART1
 //! ([`serial`], [`irq`] for the shared [`crate::rt`]), semihosting exit ([`exit`]), the generic timer as a `DelayNs`
 //! ([`time`]), and the device tree's location ([`BootInfo::dtb`]; parse it with
 //! [`crate::devtree`]).
@@ -21,6 +22,7 @@
 
 mod boot;
 mod exceptions;
+pub mod gic;
 pub mod irq;
 pub mod serial;
 pub mod time;
@@ -80,8 +82,9 @@ pub struct BootInfo {
     pub dtb: Option<u64>,
     /// The exception level the CPU entered the image at (1, or 2 before the drop to EL1).
     pub entry_el: u8,
-    /// The generic timer's frequency in Hz (CNTFRQ_EL0), when set.
-    pub counter_hz: Option<u64>,
+    /// The generic timer's frequency in Hz and where it came from (CNTFRQ_EL0, the device
+    /// tree, or the long-side fallback; see [`crate::clock`]).
+    pub counter: crate::clock::Rate,
 }
 
 /// Whether an FDT header starts at `addr` (identity mapped RAM).
@@ -102,7 +105,6 @@ unsafe extern "Rust" {
 
 /// Called by the boot assembly at EL1 with the MMU on: x0 as the loader left it, the entry EL.
 extern "C" fn rust_start(x0: u64, entry_el: u64) -> ! {
-    let counter_hz = time::init();
     Uart::CONSOLE.init();
     Uart::DEFMT.init();
     let dtb = if fdt_at(x0) {
@@ -112,10 +114,14 @@ extern "C" fn rust_start(x0: u64, entry_el: u64) -> ! {
     } else {
         None
     };
+    // SAFETY: `fdt_at` found an FDT header at `a`, in identity-mapped RAM the image does not
+    // write.
+    let dt_hz = dtb.and_then(|a| unsafe { crate::devtree::timer_frequency_at(a) });
+    let counter = time::init(dt_hz);
     let boot = BootInfo {
         dtb,
         entry_el: entry_el as u8,
-        counter_hz,
+        counter,
     };
     crate::console!(
         "iommu-platform aarch64: booted (entered at EL{}, now EL1, MMU on), x0 {:#x}, DTB at {:#x} (0: none)",

@@ -1,19 +1,20 @@
-//! Time: the generic timer's physical counter (CNTPCT_EL0) at the frequency in CNTFRQ_EL0
-//! (Arm ARM D11.1), for bounded waits (`DelayNs`) and defmt timestamps. No calibration is
-//! needed: firmware (here QEMU) programs CNTFRQ_EL0.
+//! Time: the generic timer's physical counter (CNTPCT_EL0) for bounded waits (`DelayNs`) and
+//! defmt timestamps (Arm ARM D11.1). Its frequency is what firmware programmed into
+//! CNTFRQ_EL0, unless the device tree's timer node says otherwise with `clock-frequency`;
+//! either is used only when plausible, else waits err on the long side (see
+//! [`crate::clock::choose_counter`]).
 
 use core::arch::asm;
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use embedded_hal::delay::DelayNs;
 
-/// Counter ticks per second, read from CNTFRQ_EL0 by [`init`].
-static FREQ: AtomicU64 = AtomicU64::new(FALLBACK_HZ);
+use crate::clock::{self, Rate};
+
+/// Counter ticks per second, chosen by [`init`].
+static FREQ: AtomicU64 = AtomicU64::new(clock::COUNTER_FALLBACK_HZ);
 /// Counter value at [`init`]: the zero of [`micros`].
 static ZERO: AtomicU64 = AtomicU64::new(0);
-/// Assumed frequency when CNTFRQ_EL0 reads 0: 10 GHz, above any real counter, so waits last
-/// longer than asked, never shorter.
-const FALLBACK_HZ: u64 = 10_000_000_000;
 
 /// Reads the physical counter (after an ISB, so it is not read early).
 pub fn counter() -> u64 {
@@ -31,16 +32,14 @@ pub fn frequency_register() -> u64 {
     v
 }
 
-/// Reads the frequency and sets the zero of [`micros`]. Returns the frequency in Hz (`None`
-/// when CNTFRQ_EL0 is 0 and the fallback is in force).
-pub fn init() -> Option<u64> {
-    let hz = frequency_register() & 0xffff_ffff;
+/// Chooses the frequency from CNTFRQ_EL0 and the device tree's `clock-frequency` of the timer
+/// (`device_tree`, when there is one) and sets the zero of [`micros`]. Returns the frequency
+/// in Hz and where it came from.
+pub fn init(device_tree: Option<u64>) -> Rate {
+    let rate = clock::choose_counter(frequency_register(), device_tree);
     ZERO.store(counter(), Ordering::Relaxed);
-    if hz == 0 {
-        return None;
-    }
-    FREQ.store(hz, Ordering::Relaxed);
-    Some(hz)
+    FREQ.store(rate.value, Ordering::Relaxed);
+    rate
 }
 
 /// Microseconds since [`init`].

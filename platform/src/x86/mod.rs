@@ -1,7 +1,8 @@
 //! The x86_64 bare-metal runtime for QEMU q35 (PVH boot).
 //!
 //! What it provides to an image: boot to 64-bit Rust ([`boot`]), an IDT that turns every fault
-//! into a report and a failing exit ([`idt`]), the console on COM1 and the defmt logger on COM2
+//! into a report and a failing exit and delivers the IOMMU fault interrupt ([`idt`]), the local
+//! APIC and the MSI that raises that interrupt ([`apic`]), the console on COM1 and the defmt logger on COM2
 //! ([`serial`], [`irq`] for the shared [`crate::rt`]), the exit device ([`exit`]), a calibrated TSC delay ([`time`]), PCI
 //! configuration through ports ([`pci`]), and ACPI/DMAR discovery ([`acpi`]).
 //!
@@ -15,6 +16,7 @@
 //! under `-no-reboot`, also a failure.
 
 pub mod acpi;
+pub mod apic;
 mod boot;
 mod idt;
 pub mod io;
@@ -60,8 +62,9 @@ pub struct BootInfo {
     pub start_info: u64,
     /// Physical address of the ACPI RSDP, when the start info carries one.
     pub rsdp: Option<u64>,
-    /// TSC ticks per microsecond, when the calibration against the PIT worked.
-    pub tsc_per_us: Option<u64>,
+    /// TSC ticks per microsecond and where the rate came from (CPUID, PIT rounds, or the
+    /// long-side fallback; see [`crate::clock`]).
+    pub tsc: crate::clock::Rate,
 }
 
 /// Magic value of `hvm_start_info` (Xen public header `arch-x86/hvm/start_info.h`).
@@ -79,7 +82,7 @@ extern "C" fn rust_start(start_info: u32) -> ! {
     Uart::CONSOLE.init();
     Uart::DEFMT.init();
     idt::init();
-    let tsc_per_us = time::calibrate();
+    let tsc = time::calibrate();
     let start_info = u64::from(start_info);
     let rsdp = if start_info != 0 {
         // SAFETY: the boot protocol passes the start info in identity-mapped low memory; the
@@ -97,7 +100,7 @@ extern "C" fn rust_start(start_info: u32) -> ! {
     let boot = BootInfo {
         start_info,
         rsdp,
-        tsc_per_us,
+        tsc,
     };
     crate::console!(
         "iommu-platform x86_64: booted (PVH), start info {:#x}",

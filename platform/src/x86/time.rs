@@ -1,28 +1,40 @@
-//! Time: the TSC, calibrated once against the PIT, for bounded waits (`DelayNs`) and defmt
-//! timestamps.
+//! Time: the TSC, its rate taken from CPUID or calibrated against the PIT, for bounded waits
+//! (`DelayNs`) and defmt timestamps.
 //!
-//! Calibration uses PIT channel 2 (Intel 8254 datasheet; PC port 0x61 bit 0 = channel 2 gate,
-//! bit 5 = channel 2 output): mode 0 counts down from N at 1.193182 MHz and raises its output
-//! at zero. Waits only need to be long enough, so when calibration fails the frequency is
-//! assumed high (waits then last longer than asked, never shorter).
+//! The rate is chosen by [`crate::clock`] (host-tested): CPUID leaves 0x15/0x16 where they
+//! give a plausible rate, cross-checked against the PIT; otherwise the lowest pair of short PIT
+//! rounds that agree; otherwise the long side. A PIT round reads the TSC *before* arming the
+//! count, so a vCPU descheduled anywhere in the round makes it longer (a rate too high: waits
+//! too long), never shorter, and the lowest agreeing rounds are the truest. The single 10 ms round this replaced read the start after arming
+//! and once measured 19 ticks/us instead of ~2600 under host load, which made every timeout
+//! about 130 times too short.
+//!
+//! PIT channel 2 (Intel 8254 datasheet; PC port 0x61 bit 0 = channel 2 gate, bit 5 = channel 2
+//! output): mode 0 counts down from N at 1.193182 MHz and raises its output at zero.
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use embedded_hal::delay::DelayNs;
 
 use super::io::{inb, outb};
+use crate::clock::{self, Rate};
 
 /// TSC ticks per microsecond; set by [`calibrate`].
-static TICKS_PER_US: AtomicU64 = AtomicU64::new(FALLBACK_TICKS_PER_US);
+static TICKS_PER_US: AtomicU64 = AtomicU64::new(clock::TSC_FALLBACK_PER_US);
 /// TSC value at calibration: the zero of [`micros`].
 static TSC_ZERO: AtomicU64 = AtomicU64::new(0);
 
-/// Assumed ticks per microsecond when calibration fails: 10 GHz, above any real TSC.
-const FALLBACK_TICKS_PER_US: u64 = 10_000;
 /// PIT input clock in Hz.
 const PIT_HZ: u64 = 1_193_182;
-/// Calibration interval: 10 ms in PIT ticks.
-const CAL_PIT_TICKS: u16 = 11_932;
+/// One round: 2 ms in PIT ticks (short, so that fewer rounds meet a descheduling; the arming
+/// writes, inside the round, add well under 1 % even under TCG).
+const ROUND_PIT_TICKS: u16 = 2_386;
+/// Rounds per attempt.
+const ROUNDS: usize = 9;
+/// Attempts at most: another is made while the two lowest rounds disagree.
+const ATTEMPTS: usize = 4;
+/// Polls of the PIT output before a round is abandoned (far beyond 5 ms even under TCG).
+const MAX_POLLS: u32 = 20_000_000;
 
 /// Reads the time-stamp counter.
 pub fn rdtsc() -> u64 {
@@ -30,20 +42,30 @@ pub fn rdtsc() -> u64 {
     unsafe { core::arch::x86_64::_rdtsc() }
 }
 
-/// Measures the TSC frequency against PIT channel 2. Returns ticks per microsecond, or `None`
-/// when the PIT did not answer (the fallback stays in force).
-pub fn calibrate() -> Option<u64> {
+/// CPUID leaf `leaf` (subleaf 0) as (EAX, EBX, ECX), or `None` beyond the maximum basic leaf.
+fn cpuid(leaf: u32) -> Option<(u32, u32, u32)> {
+    if leaf > core::arch::x86_64::__cpuid(0).eax {
+        return None;
+    }
+    let r = core::arch::x86_64::__cpuid_count(leaf, 0);
+    Some((r.eax, r.ebx, r.ecx))
+}
+
+/// One PIT round: TSC ticks per microsecond (rounded up), or 0 when the PIT did not answer.
+fn pit_round() -> u64 {
     // SAFETY: ports 0x42, 0x43 and 0x61 are the PIT and the PC speaker gate, owned by this
     // runtime; the speaker output stays disabled (bit 1 cleared).
     let (t0, t1, done) = unsafe {
         let gate = inb(0x61);
         outb(0x61, (gate & !0x02) | 0x01); // gate channel 2 on, speaker off
-        outb(0x43, 0b1011_0000); // channel 2, lobyte/hibyte, mode 0, binary
-        outb(0x42, CAL_PIT_TICKS as u8);
-        outb(0x42, (CAL_PIT_TICKS >> 8) as u8);
+        // The start is read before the count is armed: any delay from here on lengthens the
+        // round, so the rate can only come out high.
         let t0 = rdtsc();
+        outb(0x43, 0b1011_0000); // channel 2, lobyte/hibyte, mode 0, binary
+        outb(0x42, ROUND_PIT_TICKS as u8);
+        outb(0x42, (ROUND_PIT_TICKS >> 8) as u8);
         let mut done = false;
-        for _ in 0..50_000_000u32 {
+        for _ in 0..MAX_POLLS {
             if inb(0x61) & 0x20 != 0 {
                 done = true;
                 break;
@@ -53,14 +75,36 @@ pub fn calibrate() -> Option<u64> {
         outb(0x61, gate & !0x03);
         (t0, t1, done)
     };
-    TSC_ZERO.store(t0, Ordering::Relaxed);
-    let us = u64::from(CAL_PIT_TICKS) * 1_000_000 / PIT_HZ;
-    let per_us = (t1 - t0) / us;
-    if !done || per_us == 0 {
-        return None;
+    if !done {
+        return 0;
     }
-    TICKS_PER_US.store(per_us, Ordering::Relaxed);
-    Some(per_us)
+    clock::round_rate(t1.wrapping_sub(t0), u64::from(ROUND_PIT_TICKS), PIT_HZ).unwrap_or(0)
+}
+
+/// Chooses the TSC rate (see the module documentation) and sets the zero of [`micros`].
+/// Returns the rate and where it came from.
+pub fn calibrate() -> Rate {
+    let from_cpuid = clock::tsc_from_cpuid(cpuid(0x15), cpuid(0x16).map(|r| r.0));
+    let mut rounds = [0u64; ROUNDS * ATTEMPTS];
+    let mut n = 0;
+    for _ in 0..ATTEMPTS {
+        for r in rounds[n..n + ROUNDS].iter_mut() {
+            *r = pit_round();
+        }
+        n += ROUNDS;
+        defmt::debug!(
+            "TSC calibration: PIT rounds {} ticks/us",
+            rounds[n - ROUNDS..n]
+        );
+        if clock::pit_settled(&mut rounds[..n]) {
+            break;
+        }
+    }
+    let pit = clock::pit_rate(&mut rounds[..n]);
+    let rate = clock::choose_tsc(from_cpuid, pit, clock::highest_plausible(&rounds[..n]));
+    TSC_ZERO.store(rdtsc(), Ordering::Relaxed);
+    TICKS_PER_US.store(rate.value, Ordering::Relaxed);
+    rate
 }
 
 /// Microseconds since calibration.

@@ -8,13 +8,18 @@
 //! - The register block behind [`iommu_hal::RegisterAccess`], with side effects: GCMD/GSTS
 //!   (persistent vs one-shot fields; a GCMD write with a persistent field clear disables it),
 //!   RTADDR latched by SRTP, CCMD and IOTLB register invalidation, the invalidation queue,
-//!   FSTS/FECTL/fault recording registers with W1C, ICS/IECTL.
+//!   FSTS/FECTL/fault recording registers with W1C, ICS/IECTL, and the fault event (spec 7.3):
+//!   one message (FEDATA to FEUADDR:FEADDR) per new interrupt condition, held in FECTL.IP
+//!   while FECTL.IM is set, none while an earlier condition is still pending
+//!   ([`VtdModel::fault_messages`]).
 //! - Translation through root table, context table and 3/4/5-level second-level tables with
 //!   2 MiB / 1 GiB pages, reserved-bit and permission checks and the spec's fault reasons.
 //! - Three caches that keep entries until the right invalidation: the context cache (by SID),
 //!   the IOTLB (by DID and page, with the leaf size) and the paging-structure cache (non-leaf
 //!   entries by DID, level and address prefix; kept by page-selective invalidations with
-//!   IH = 1). With CAP.CM = 1 not-present entries are cached too (negative caching).
+//!   IH = 1). With CAP.CM = 1 not-present entries are cached too (negative caching), by
+//!   every walk that meets one, at the level it was found: a leaf-level entry for its page,
+//!   a higher one for the whole region it maps.
 //! - DMA from a device: [`VtdModel::dma_read`], [`VtdModel::dma_write`], [`VtdModel::translate`].
 //!
 //! What it does not model: scalable mode, first-level tables, nested translation, interrupt
@@ -359,6 +364,7 @@ pub struct VtdModel {
     /// Keyed by (DID, level of the entry, iova >> level_shift(level)).
     psc: BTreeMap<(u16, u8, u64), PscEntry>,
     inv_log: Vec<InvalidationRecord>,
+    fault_messages: Vec<(u64, u32)>,
     stats: VtdStats,
     violations: Vec<String>,
 }
@@ -407,6 +413,7 @@ impl VtdModel {
             iotlb: BTreeMap::new(),
             psc: BTreeMap::new(),
             inv_log: Vec::new(),
+            fault_messages: Vec::new(),
             stats: VtdStats::default(),
             violations: Vec::new(),
         }
@@ -682,6 +689,10 @@ impl VtdHandle {
     /// See [`VtdModel::fault_records`].
     pub fn fault_records(&self) -> Vec<FaultRecord> {
         self.0.borrow().fault_records()
+    }
+    /// See [`VtdModel::fault_messages`] (cloned).
+    pub fn fault_messages(&self) -> Vec<(u64, u32)> {
+        self.0.borrow().fault_messages().to_vec()
     }
     /// See [`VtdModel::invalidation_log`] (cloned).
     pub fn invalidation_log(&self) -> Vec<InvalidationRecord> {

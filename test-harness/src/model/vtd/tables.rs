@@ -51,11 +51,13 @@ pub(super) struct IotlbEntry {
     pub w: bool,
 }
 
-/// A paging-structure cache entry: a non-leaf entry at some level, i.e. the next table.
+/// A paging-structure cache entry: a non-leaf entry at some level, i.e. the next table, or,
+/// under caching mode, a not-present entry at a level above the leaves (negative: the whole
+/// region the entry maps is not present until an invalidation drops it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct PscEntry {
-    /// Address of the next-lower-level table.
-    pub table: u64,
+    /// Address of the next-lower-level table (`None`: a cached not-present entry).
+    pub table: Option<u64>,
     /// Cumulative read permission down to and including this entry.
     pub r: bool,
     /// Cumulative write permission down to and including this entry.
@@ -74,8 +76,9 @@ pub(super) struct Leaf {
 /// A failed walk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum WalkFault {
-    /// An entry with R = W = 0: fault 5 or 6 by request type; cacheable under caching mode.
-    NotPresent,
+    /// An entry with R = W = 0 at the level given: fault 5 or 6 by request type; cacheable
+    /// under caching mode.
+    NotPresent(u8),
     /// Any other fault.
     Fault(FaultReason),
 }
@@ -83,7 +86,7 @@ pub(super) enum WalkFault {
 impl WalkFault {
     fn reason(self, write: bool) -> FaultReason {
         match self {
-            WalkFault::NotPresent => FaultReason::permission(write),
+            WalkFault::NotPresent(_) => FaultReason::permission(write),
             WalkFault::Fault(r) => r,
         }
     }
@@ -212,7 +215,7 @@ impl VtdModel {
             }
             let pte = self.mem.borrow().read(ea);
             if pte & 3 == 0 {
-                return Err(WalkFault::NotPresent);
+                return Err(WalkFault::NotPresent(level));
             }
             let ps = pte & (1 << 7) != 0;
             let leaf = level == 1 || (ps && (level == 2 || level == 3));
@@ -237,7 +240,15 @@ impl VtdModel {
                 });
             }
             let addr = pte & self.haw_mask() & !0xfff;
-            nonleaf.push((level, iova >> shift, PscEntry { table: addr, r, w }));
+            nonleaf.push((
+                level,
+                iova >> shift,
+                PscEntry {
+                    table: Some(addr),
+                    r,
+                    w,
+                },
+            ));
             table = addr;
             level -= 1;
         }
@@ -378,7 +389,15 @@ impl VtdModel {
             let key = (did, level, iova >> level_shift(level));
             if let Some(p) = self.psc.get(&key).copied() {
                 self.stats.psc_hits += 1;
-                start = (p.table, level - 1, p.r, p.w);
+                let Some(table) = p.table else {
+                    // A not-present entry cached under caching mode.
+                    self.stats.negative_hits += 1;
+                    if self.fresh_in(&ctx, iova, write) != Err(FaultReason::permission(write)) {
+                        self.stats.stale_hits += 1;
+                    }
+                    return Err((FaultReason::permission(write), ctx.fpd));
+                };
+                start = (table, level - 1, p.r, p.w);
                 break;
             }
         }
@@ -411,16 +430,33 @@ impl VtdModel {
                 Ok(l.phys | (iova - base))
             }
             Err(f) => {
-                if f == WalkFault::NotPresent && self.cm() {
-                    self.iotlb.insert(
-                        (did, 12, iova & !0xfff),
-                        IotlbEntry {
-                            shift: 12,
-                            phys: None,
-                            r: false,
-                            w: false,
-                        },
-                    );
+                // Caching mode: every walk that meets a not-present entry caches it, at the
+                // level it was found (VT-d spec 6.1): a leaf-level one as a negative IOTLB
+                // entry for the page, a higher one as a negative paging-structure entry for
+                // the whole region it maps. Until an invalidation drops it, a later map of
+                // any page of that region stays invisible.
+                if let (WalkFault::NotPresent(level), true) = (f, self.cm()) {
+                    if level == 1 {
+                        self.iotlb.insert(
+                            (did, 12, iova & !0xfff),
+                            IotlbEntry {
+                                shift: 12,
+                                phys: None,
+                                r: false,
+                                w: false,
+                            },
+                        );
+                    } else {
+                        let prefix = iova >> level_shift(level);
+                        self.psc.insert(
+                            (did, level, prefix),
+                            PscEntry {
+                                table: None,
+                                r: false,
+                                w: false,
+                            },
+                        );
+                    }
                 }
                 Err((f.reason(write), ctx.fpd))
             }
