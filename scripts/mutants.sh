@@ -31,7 +31,7 @@ fi
 case "$part" in
     server)
         files=(-f 'server/src/*.rs')
-        tests=(--test-package iommu-server --test-package iommu-test-harness --
+        tests=(--test-package iommu-server,iommu-test-harness --
             --lib --test server_mock --test server_props --test server_vtd) ;;
     vtd)
         files=(-f 'hal/src/vtd/*.rs')
@@ -43,7 +43,7 @@ case "$part" in
             --test smmuv3_backend --test server_smmuv3 --test ordering) ;;
     engine)
         files=(-f 'hal/src/pagetable/**/*.rs')
-        tests=(--test-package iommu-hal --test-package iommu-test-harness --
+        tests=(--test-package iommu-hal,iommu-test-harness --
             --lib --test pagetable_vtd --test pagetable_arm --test pagetable_amd
             --test pagetable_riscv) ;;
     *)
@@ -51,5 +51,11 @@ case "$part" in
         exit 2 ;;
 esac
 
-exec cargo mutants --jobs 1 --profile mutants --timeout 300 --build-timeout 900 \
-    "${files[@]}" "$@" "${tests[@]}"
+# The baseline: the same tests on the unmutated tree, here (cargo-mutants 27's own baseline
+# would run only the mutated package's tests, so it is skipped).
+if [[ " $* " != *" --list "* ]]; then
+    IFS=, read -r -a pkgs <<<"${tests[1]}"
+    cargo test --profile mutants "${pkgs[@]/#/--package=}" "${tests[@]:3}"
+fi
+exec cargo mutants --jobs 1 --profile mutants --baseline skip --timeout 300 \
+    --build-timeout 1800 "${files[@]}" "$@" "${tests[@]}"
