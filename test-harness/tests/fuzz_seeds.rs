@@ -34,10 +34,14 @@ fn seeds(dir: &str) -> Vec<(PathBuf, Vec<u8>)> {
         .collect()
 }
 
-/// Runs `check` on every seed of `dir`, naming the seed that fails.
+/// Runs `check` on every seed of `dir`, naming the seed that fails (and, for server streams,
+/// printing the steps it decodes to; the output shows when the test fails).
 fn replay(dir: &str, check: impl Fn(&[u8])) {
     for (path, bytes) in seeds(dir) {
         eprintln!("seed {}", path.display());
+        if dir == "server" {
+            eprintln!("{:#?}", fuzzing::fault_ops(&bytes));
+        }
         check(&bytes);
     }
 }
