@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The project's test command (README "Quickstart"; .ci/run runs exactly this).
 # Installs what is missing (rustup targets and components, QEMU 10 from Debian
-# bookworm-backports), then checks formatting and lints, runs every host test, and boots the
+# bookworm-backports; for fuzzing the nightly toolchain and cargo-fuzz), then checks formatting
+# and lints, runs every host test, runs each fuzz target for a bounded time, and boots the
 # QEMU system images. Exits non-zero on the first failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -52,6 +53,10 @@ passed=$(grep -Eo '^test result: ok\. [0-9]+ passed' "$log" | awk '{s += $4} END
 failed=$(grep -Eo '[0-9]+ failed' "$log" | awk '{s += $1} END {print s + 0}')
 images=0
 
+step "fuzzing: every fuzz target for ${FUZZ_SECONDS:-60} s (scripts/fuzz.sh; fails on a crash)"
+bash scripts/fuzz.sh "${FUZZ_SECONDS:-60}" 2>&1 | tee "$log"
+fuzzed=$(grep -c ', no crash$' "$log" || true)
+
 IMAGES="vtd vtd-bridge vtd-rootport-bridge amd smmuv3 smmuv3-gicv3 riscv"   # the QEMU system images (qemu --list)
 if [ -f test-harness/src/bin/qemu.rs ]; then
     step "QEMU system images (the main job): $IMAGES"
@@ -77,4 +82,4 @@ if [ -f test-harness/src/bin/qemu.rs ]; then
 fi
 
 step "all checks passed"
-echo "tests: $((passed + images)) passed, $failed failed, $skipped skipped"
+echo "tests: $((passed + images + fuzzed)) passed, $failed failed, $skipped skipped"

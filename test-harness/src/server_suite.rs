@@ -2643,7 +2643,51 @@ pub fn run_fault_stream<F: Fixture>(ops: &[FaultOp]) {
                             _ => {}
                         }
                     }
-                    Op::MapSg { .. } => {}
+                    Op::MapSg { dom, iova, segs } => {
+                        let Some((h, id)) = handle(*dom) else {
+                            continue;
+                        };
+                        let iova = iova % window;
+                        let segs = segs.map(|(p, n)| (p, n.min(32)));
+                        let segments = segs
+                            .iter()
+                            .map(|&(p, n)| Segment {
+                                phys: base + p * PG,
+                                len: n * PG,
+                            })
+                            .collect();
+                        let r = call(
+                            &mut f,
+                            client,
+                            &Request::MapSg {
+                                domain: h,
+                                iova: iova * PG,
+                                perms: RW,
+                                segments,
+                            },
+                        );
+                        // (IOVA page, physical page) of every page the request maps.
+                        let mut pages = Vec::new();
+                        let mut at = iova;
+                        for (p, n) in segs {
+                            pages.extend((0..n).map(|i| (at + i, (base >> 12) + p + i)));
+                            at += n;
+                        }
+                        match r {
+                            Reply::Done => {
+                                for (v, ph) in pages {
+                                    doms[id].sure.insert(v, ph);
+                                }
+                            }
+                            Reply::Error(err) if is_hw(err) => {
+                                for (v, ph) in pages {
+                                    doms[id].add_maybe(v, ph);
+                                }
+                                blocked_by_failure(&mut reach[*ci], id);
+                            }
+                            _ => {}
+                        }
+                    }
                     Op::Exit => {
                         f.server().client_exited(client);
                         live[*ci].clear();
