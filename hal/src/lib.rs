@@ -24,8 +24,10 @@ extern crate std;
 pub mod backend;
 pub mod mem;
 pub mod pagetable;
+#[cfg(feature = "smmuv3")]
 pub mod smmuv3;
 pub mod units;
+#[cfg(feature = "vtd")]
 pub mod vtd;
 pub mod wait;
 

@@ -252,10 +252,10 @@ impl Dmar {
                 match (scope.kind, end) {
                     (ScopeKind::Endpoint, Some(end)) if end == bdf => return Some(i),
                     (ScopeKind::SubHierarchy, Some((b, d, f))) => {
-                        if let Some((sec, sub)) = bridge_buses(b, d, f) {
-                            if (sec..=sub).contains(&bdf.0) {
-                                return Some(i);
-                            }
+                        if let Some((sec, sub)) = bridge_buses(b, d, f)
+                            && (sec..=sub).contains(&bdf.0)
+                        {
+                            return Some(i);
                         }
                     }
                     _ => {}

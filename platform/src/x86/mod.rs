@@ -1,7 +1,7 @@
 //! The x86_64 bare-metal runtime for QEMU q35 (PVH boot).
 //!
-//! What it provides to an image: boot to 64-bit Rust ([`boot`]), an IDT that turns every fault
-//! into a report and a failing exit ([`idt`]), the console on COM1 and the defmt logger on COM2
+//! What it provides to an image: boot to 64-bit Rust (module `boot`), an IDT that turns every
+//! fault into a report and a failing exit (module `idt`), the console on COM1 and the defmt logger on COM2
 //! ([`serial`], [`irq`] for the shared [`crate::rt`]), the exit device ([`exit`]), a calibrated TSC delay ([`time`]), PCI
 //! configuration through ports ([`pci`]), and ACPI/DMAR discovery ([`acpi`]).
 //!
