@@ -64,6 +64,19 @@ pub enum ErrorKind {
     Other,
 }
 
+impl core::fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(match self {
+            ErrorKind::Timeout => "the unit did not answer in bounded time",
+            ErrorKind::Hardware => "the unit reported an error or is in a bad state",
+            ErrorKind::NoFrame => "no frame for a unit structure: give the frame pool more",
+            ErrorKind::BadDevice => "device id or unit index outside what the unit supports",
+            ErrorKind::Unsupported => "the unit cannot do this",
+            ErrorKind::Other => "other backend failure",
+        })
+    }
+}
+
 /// A backend error: concrete per backend (with a message a person can act on), mapped to one
 /// shared [`ErrorKind`] on which the server decides.
 pub trait BackendError: core::error::Error {

@@ -21,10 +21,10 @@
 //! region must be identity mapped and 2 MiB aligned, at least [`REGION_LEN`] bytes.
 
 use heapless::Vec;
-use iommu_protocol::client::{Client, ClientError, Transport};
+use iommu_protocol::client::{Client, ClientError, Faults, Translation, Transport};
 use iommu_protocol::{
-    DeviceHandle, DomainHandle, Error, FaultReason, FaultRecord, MAX_MESSAGE, Perms, Reply,
-    decode_reply,
+    ByteLen, DeviceHandle, DomainHandle, Error, FaultReason, FaultRecord, Iova, MAX_MESSAGE, Perms,
+    PhysAddr, Reply, decode_reply,
 };
 
 use crate::dma::DmaEngine;
@@ -147,7 +147,7 @@ impl<T: Transport, E: DmaEngine> Ctx<'_, T, E> {
         let (iova, phys) = (self.iova(iova_off), self.mem.phys(mem_off));
         defmt::debug!("  map {=u64:#x}+{=u64:#x} -> {=u64:#x}", iova, len, phys);
         self.client
-            .map(d, iova, phys, len, Perms::RW)
+            .map(d, Iova(iova), PhysAddr(phys), ByteLen(len), Perms::RW)
             .map_err(|e| self.client_failed("map refused", e))
     }
 
@@ -160,9 +160,9 @@ impl<T: Transport, E: DmaEngine> Ctx<'_, T, E> {
     ) -> Result<(), Failure> {
         let iova = self.iova(iova_off);
         defmt::debug!("  unmap {=u64:#x}+{=u64:#x}", iova, len);
-        match self.client.unmap(d, iova, len) {
-            Ok(n) if n == expect => Ok(()),
-            Ok(n) => {
+        match self.client.unmap(d, Iova(iova), ByteLen(len)) {
+            Ok(ByteLen(n)) if n == expect => Ok(()),
+            Ok(ByteLen(n)) => {
                 defmt::error!(
                     "unmap returned {=u64:#x} bytes, expected {=u64:#x}",
                     n,
@@ -243,7 +243,7 @@ impl<T: Transport, E: DmaEngine> Ctx<'_, T, E> {
     fn faults(&mut self) -> Result<Vec<FaultRecord, 64>, Failure> {
         let mut all = Vec::new();
         loop {
-            let (records, lost) = self
+            let Faults { records, lost } = self
                 .client
                 .faults()
                 .map_err(|e| self.client_failed("Faults refused", e))?;
@@ -404,11 +404,11 @@ fn step1<T: Transport, E: DmaEngine>(
     cx.mem.fill(SRC, PAGE, |i| pattern(1, i));
     cx.mem.fill(DST, PAGE, |_| 0);
     cx.map(dom, IOVA_STEP1, SRC, 2 * SZ_4K)?;
-    let (phys, perms) = cx
+    let Translation { phys, perms } = cx
         .client
-        .query(dom, cx.iova(IOVA_STEP1 + 0x123))
+        .query(dom, Iova(cx.iova(IOVA_STEP1 + 0x123)))
         .map_err(|e| cx.client_failed("query", e))?;
-    if phys != cx.mem.phys(SRC + 0x123) || perms != Perms::RW {
+    if phys != PhysAddr(cx.mem.phys(SRC + 0x123)) || perms != Perms::RW {
         return Err(cx.fail("query returned the wrong translation"));
     }
     cx.dev_read(IOVA_STEP1, PAGE)?;
@@ -446,7 +446,7 @@ fn step2<T: Transport, E: DmaEngine>(
     cx.step = 2;
     defmt::info!("step 2: unmap, DMA again: blocked, faults reported");
     cx.unmap(dom, IOVA_STEP1, 2 * SZ_4K, 2 * SZ_4K)?;
-    match cx.client.query(dom, cx.iova(IOVA_STEP1)) {
+    match cx.client.query(dom, Iova(cx.iova(IOVA_STEP1))) {
         Err(ClientError::Server(Error::NotMapped)) => {}
         _ => return Err(cx.fail("query still finds the unmapped page")),
     }
@@ -480,10 +480,10 @@ fn step3<T: Transport, E: DmaEngine>(
     cx.map(dom, IOVA_BIG, BIG, 2 * SZ_2M)?;
     cx.unmap(dom, IOVA_BIG + HOLE, SZ_4K, SZ_4K)?;
     for &p in &probes {
-        let r = cx.client.query(dom, cx.iova(IOVA_BIG + p));
+        let r = cx.client.query(dom, Iova(cx.iova(IOVA_BIG + p)));
         let ok = match r {
             Err(ClientError::Server(Error::NotMapped)) => p == HOLE,
-            Ok((phys, _)) => p != HOLE && phys == cx.mem.phys(BIG + p as usize),
+            Ok(t) => p != HOLE && t.phys == PhysAddr(cx.mem.phys(BIG + p as usize)),
             Err(_) => false,
         };
         if !ok {
@@ -550,12 +550,12 @@ fn step4<T: Transport, E: DmaEngine>(
         cx.load_buffer(seed ^ 0x80)?;
         cx.dev_write(IOVA_CYCLE, PAGE)?;
         cx.check_mem(off, "write after remapping", |i| pattern(seed ^ 0x80, i))?;
-        if let Some((prev, prev_seed)) = previous {
-            if prev != off {
-                cx.check_mem(prev, "previous cycle's memory (stale IOTLB?)", |i| {
-                    pattern(prev_seed ^ 0x80, i)
-                })?;
-            }
+        if let Some((prev, prev_seed)) = previous
+            && prev != off
+        {
+            cx.check_mem(prev, "previous cycle's memory (stale IOTLB?)", |i| {
+                pattern(prev_seed ^ 0x80, i)
+            })?;
         }
         cx.unmap(dom, IOVA_CYCLE, len, len)?;
         previous = Some((off, seed));
@@ -583,30 +583,31 @@ where
 {
     cx.step = 5;
     defmt::info!("step 5: hostile requests");
-    let iova = cx.iova(IOVA_HOSTILE);
+    let iova = Iova(cx.iova(IOVA_HOSTILE));
     let l = cx.layout;
-    let end = cx.mem.phys(0) + cx.mem.len() as u64;
-    let r = cx.client.map(dom, iova, l.forbidden_phys, SZ_4K, Perms::RW);
+    let end = PhysAddr(cx.mem.phys(0) + cx.mem.len() as u64);
+    let stage = PhysAddr(cx.mem.phys(STAGE));
+    let (page, two_pages) = (ByteLen(SZ_4K), ByteLen(2 * SZ_4K));
+    let r = cx
+        .client
+        .map(dom, iova, PhysAddr(l.forbidden_phys), page, Perms::RW);
     cx.expect_refusal("map memory not granted", r, Error::NotPermitted)?;
-    let r = cx.client.map(dom, iova, end - SZ_4K, 2 * SZ_4K, Perms::RW);
+    let r = cx
+        .client
+        .map(dom, iova, PhysAddr(end.0 - SZ_4K), two_pages, Perms::RW);
     cx.expect_refusal("map a range running past the grant", r, Error::NotPermitted)?;
     let r = cx.client.attach(dom, l.foreign_device);
     cx.expect_refusal("attach a device not owned", r, Error::NoSuchDevice)?;
     let r = cx
         .client
-        .map(dom, iova + 0x10, cx.mem.phys(STAGE), SZ_4K, Perms::RW);
+        .map(dom, Iova(iova.0 + 0x10), stage, page, Perms::RW);
     cx.expect_refusal("map a misaligned IOVA", r, Error::Misaligned)?;
-    let r = cx.client.map(
-        dom,
-        cx.iova(IOVA_BOUNCE),
-        cx.mem.phys(STAGE),
-        SZ_4K,
-        Perms::RW,
-    );
+    let bounce = Iova(cx.iova(IOVA_BOUNCE));
+    let r = cx.client.map(dom, bounce, stage, page, Perms::RW);
     cx.expect_refusal("map over an existing mapping", r, Error::Overlap)?;
     let r = cx
         .client
-        .map(dom, l.reserved_iova, cx.mem.phys(STAGE), SZ_4K, Perms::RW);
+        .map(dom, Iova(l.reserved_iova), stage, page, Perms::RW);
     cx.expect_refusal("map inside a reserved IOVA window", r, Error::OutOfRange)?;
     let r = cx.client.destroy_domain(dom);
     cx.expect_refusal(
@@ -616,13 +617,13 @@ where
     )?;
 
     // Another configured client: cannot reach this client's domain, device or memory.
-    let r = intruder.map(dom, iova, cx.mem.phys(STAGE), SZ_4K, Perms::RW);
+    let r = intruder.map(dom, iova, stage, page, Perms::RW);
     cx.expect_refusal(
         "intruder maps into another client's domain",
         r,
         Error::NoSuchDomain,
     )?;
-    let r = intruder.unmap(dom, cx.iova(IOVA_BOUNCE), SZ_4K);
+    let r = intruder.unmap(dom, bounce, page);
     cx.expect_refusal(
         "intruder unmaps in another client's domain",
         r,
@@ -637,7 +638,7 @@ where
     let own = intruder
         .create_domain()
         .map_err(|e| cx.client_failed("intruder's own domain", e))?;
-    let r = intruder.map(own, iova, cx.mem.phys(STAGE), SZ_4K, Perms::RW);
+    let r = intruder.map(own, iova, stage, page, Perms::RW);
     cx.expect_refusal(
         "intruder maps another client's memory",
         r,

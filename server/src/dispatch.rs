@@ -185,6 +185,8 @@ impl<
                 let lost = core::mem::take(&mut q.lost);
                 Reply::Faults { records, lost }
             }
+            // A request of a newer protocol crate than this server implements.
+            _ => return Err(Fail::Unsupported),
         })
     }
 
