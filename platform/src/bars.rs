@@ -51,6 +51,26 @@ pub enum BarError {
     Bad64BitBar,
 }
 
+impl core::fmt::Display for BarError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            BarError::WindowFull { size } => write!(
+                f,
+                "no naturally aligned room left in the MMIO window for a BAR of {size:#x} bytes"
+            ),
+            BarError::BadSize { index } => write!(
+                f,
+                "BAR {index} reads back a size that is not a power of two (broken device)"
+            ),
+            BarError::Bad64BitBar => {
+                f.write_str("a 64-bit BAR sits in the last BAR register (no upper half)")
+            }
+        }
+    }
+}
+
+impl core::error::Error for BarError {}
+
 /// One memory BAR the allocator placed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[cfg_attr(target_os = "none", derive(defmt::Format))]
@@ -173,6 +193,14 @@ mod tests {
     use super::*;
     use crate::pci::mem_bar;
     use std::collections::BTreeMap;
+    use std::string::ToString;
+
+    #[test]
+    fn errors_name_the_bar() {
+        let e = BarError::WindowFull { size: 0x10_0000 };
+        assert!(e.to_string().contains("0x100000"), "{e}");
+        assert!(BarError::BadSize { index: 2 }.to_string().contains("BAR 2"));
+    }
 
     /// One function whose BARs answer sizing like hardware: each register keeps only the
     /// address bits its size allows, plus read-only flag bits.
