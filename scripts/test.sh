@@ -106,6 +106,9 @@ log="$(mktemp)"
 cargo test --workspace 2>&1 | tee "$log"
 passed=$(grep -Eo '^test result: ok\. [0-9]+ passed' "$log" | awk '{s += $4} END {print s + 0}')
 failed=$(grep -Eo '[0-9]+ failed' "$log" | awk '{s += $1} END {print s + 0}')
+
+step "the example a driver author starts from (test-harness/examples/driver.rs)"
+cargo run -q -p iommu-test-harness --example driver
 images=0
 
 IMAGES="vtd smmuv3"   # the QEMU system images, each booted by the runner under a time limit

@@ -118,10 +118,34 @@ impl Add for ByteLen {
 /// Only these two bits exist: decoding a byte with any other bit set is
 /// [`Error::BadMessage`]. The empty set ([`Perms::NONE`]) is a valid wire value but useless;
 /// the server refuses it with [`Error::InvalidArgument`]. Wire: one raw byte (postcard `u8`).
-#[cfg_attr(feature = "defmt", derive(defmt::Format))]
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(try_from = "u8", into = "u8")]
 pub struct Perms(u8);
+
+impl Perms {
+    /// `"NONE"`, `"R"`, `"W"` or `"RW"` (any other bits cannot be constructed).
+    const fn name(self) -> &'static str {
+        match self.0 {
+            0 => "NONE",
+            1 => "R",
+            2 => "W",
+            _ => "RW",
+        }
+    }
+}
+
+impl fmt::Debug for Perms {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Perms({})", self.name())
+    }
+}
+
+#[cfg(feature = "defmt")]
+impl defmt::Format for Perms {
+    fn format(&self, f: defmt::Formatter<'_>) {
+        defmt::write!(f, "{=str}", self.name())
+    }
+}
 
 impl Perms {
     /// No access (refused by the server with [`Error::InvalidArgument`]).

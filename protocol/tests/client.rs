@@ -368,3 +368,11 @@ fn addresses_debug_in_hex_and_add_lengths() {
     assert_eq!(ByteLen(1) + ByteLen(2), ByteLen(3));
     assert_eq!(Align::PAGE, Align(4096));
 }
+
+#[test]
+fn perms_debug_by_name() {
+    assert_eq!(format!("{:?}", Perms::RW), "Perms(RW)");
+    assert_eq!(format!("{:?}", Perms::READ), "Perms(R)");
+    assert_eq!(format!("{:?}", Perms::WRITE), "Perms(W)");
+    assert_eq!(format!("{:?}", Perms::NONE), "Perms(NONE)");
+}
