@@ -111,7 +111,7 @@ step "the example a driver author starts from (test-harness/examples/driver.rs)"
 cargo run -q -p iommu-test-harness --example driver
 images=0
 
-IMAGES="vtd smmuv3"   # the QEMU system images, each booted by the runner under a time limit
+IMAGES="vtd vtd-bridge vtd-rootport-bridge amd smmuv3 smmuv3-gicv3"   # the QEMU system images (qemu --list)
 if [ -f test-harness/src/bin/qemu.rs ]; then
     step "QEMU system images (the main job): $IMAGES"
     for image in $IMAGES; do

@@ -230,9 +230,12 @@ pub trait Backend {
     /// Programs and unmasks `unit`'s fault interrupt (fault records pending, event or fault
     /// queue overflow, command-queue or global errors) to be signalled as `irq`. After that
     /// the platform calls the server's `service_faults` from its interrupt path;
-    /// [`Backend::drain_faults`] acknowledges what it drains so the next record raises a new
-    /// interrupt. A unit that cannot signal `irq` answers with an error of kind
-    /// [`ErrorKind::Unsupported`] and changes nothing.
+    /// [`Backend::drain_faults`] acknowledges what it drains, and keeps draining until the
+    /// unit shows nothing pending, so the next record raises a new interrupt (units signal a
+    /// change: nothing pending to something pending). Records already pending when this is
+    /// called may raise nothing: the platform drains once after enabling. A unit that cannot
+    /// signal `irq` answers with an error of kind [`ErrorKind::Unsupported`] and changes
+    /// nothing.
     fn enable_fault_interrupt(
         &mut self,
         unit: UnitIndex,

@@ -9,7 +9,7 @@
 //! - [`units`]: the one [`backend::Backend`] implementation over a set of units, which every
 //!   vendor's unit type plugs into.
 //! - [`wait`]: bounded polling of hardware ([`wait::Timing`], [`wait::poll`]).
-//! - One module per vendor (`vtd`, `smmuv3`, ...), each with the same inner shape: `regs`
+//! - One module per vendor (`vtd`, `smmuv3`, `amd`, ...), each with the same inner shape: `regs`
 //!   (register map), `tables` (context / device / stream tables), `queue` (invalidation or
 //!   command queue), `fault`, and `mod` (the unit and its backend).
 //!
@@ -21,6 +21,8 @@
 #[cfg(test)]
 extern crate std;
 
+#[cfg(feature = "amd")]
+pub mod amd;
 pub mod backend;
 pub mod mem;
 pub mod pagetable;

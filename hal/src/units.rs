@@ -5,7 +5,8 @@
 //! A vendor writes its unit type (register bring-up, tables, queues, faults) and implements
 //! [`Unit`] for it; [`UnitBackend`] does the rest: unit lookup (a bad index is the unit's
 //! [`Unit::BAD_UNIT`] error, never a panic), the bounded unit list, per-unit counters. The
-//! vendor backends are aliases: [`crate::vtd::VtdBackend`], [`crate::smmuv3::SmmuBackend`].
+//! vendor backends are aliases: [`crate::vtd::VtdBackend`], [`crate::smmuv3::SmmuBackend`],
+//! [`crate::amd::AmdBackend`].
 
 use embedded_hal::delay::DelayNs;
 use heapless::Vec;
@@ -133,10 +134,16 @@ pub trait Unit: Sized {
         Ok(())
     }
 
-    /// See [`Backend::enable_fault_interrupt`].
-    fn enable_interrupt<M>(&mut self, mem: &mut M, irq: FaultInterrupt) -> Result<(), Self::Error>
+    /// See [`Backend::enable_fault_interrupt`]; `delay` bounds any handshake with the unit.
+    fn enable_interrupt<M, D>(
+        &mut self,
+        mem: &mut M,
+        delay: &mut D,
+        irq: FaultInterrupt,
+    ) -> Result<(), Self::Error>
     where
-        M: PhysMem + ?Sized;
+        M: PhysMem + ?Sized,
+        D: DelayNs + ?Sized;
 
     /// See [`Backend::drain_faults`]; `unit` is this unit's index, for the records.
     fn drain<M>(
@@ -298,8 +305,8 @@ where
         unit: UnitIndex,
         irq: FaultInterrupt,
     ) -> Result<(), U::Error> {
-        let (u, mem, _) = self.parts(unit)?;
-        u.enable_interrupt(mem, irq)
+        let (u, mem, delay) = self.parts(unit)?;
+        u.enable_interrupt(mem, delay, irq)
     }
 
     fn drain_faults(

@@ -3,7 +3,14 @@
 //!
 //! - memory: every node with `device_type = "memory"` (its `reg`);
 //! - SMMUv3 units: nodes compatible with `"arm,smmu-v3"` (Linux binding
-//!   `iommu/arm,smmu-v3.yaml`): `reg`, `phandle`, `dma-coherent`;
+//!   `iommu/arm,smmu-v3.yaml`): `reg`, `phandle`, `dma-coherent`, and `interrupts` with
+//!   `interrupt-names` ("eventq", "gerror", "combined", ...) when their interrupt parent is
+//!   the GIC;
+//! - the interrupt controller: the first node compatible with a GICv2 (`"arm,gic-400"`,
+//!   `"arm,cortex-a15-gic"`, ...) or GICv3 (`"arm,gic-v3"`) (binding
+//!   `interrupt-controller/arm,gic.yaml`, `arm,gic-v3.yaml`): distributor and CPU interface
+//!   (v2) or redistributor (v3) regions; its 3-cell interrupt specifiers `<type number flags>`
+//!   give SPI `number` as INTID `number + 32` (PPI: `+ 16`), flags 1/2 edge, 4/8 level;
 //! - the PCIe host: the first node compatible with `"pci-host-ecam-generic"` (binding
 //!   `pci/host-generic-pci.yaml`): `reg` = the ECAM window, `bus-range`, `ranges` = the windows
 //!   through which the CPU reaches PCI memory and I/O space (PCI bus binding, IEEE 1275 PCI
@@ -27,6 +34,16 @@ pub const MAX_SMMUS: usize = 4;
 pub const MAX_WINDOWS: usize = 4;
 /// Most `iommu-map` entries kept.
 pub const MAX_MAP_ENTRIES: usize = 8;
+/// Compatible strings of GICv2-style interrupt controllers (distributor + CPU interface).
+const GIC_V2: [&str; 5] = [
+    "arm,gic-400",
+    "arm,cortex-a15-gic",
+    "arm,cortex-a9-gic",
+    "arm,cortex-a7-gic",
+    "arm,gic-v2",
+];
+/// Compatible string of GICv3 interrupt controllers (distributor + redistributors).
+const GIC_V3: &str = "arm,gic-v3";
 
 /// Why the device tree could not be used.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -54,6 +71,45 @@ pub struct Region {
     pub size: u64,
 }
 
+/// One interrupt line at the GIC.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(target_os = "none", derive(defmt::Format))]
+pub struct Interrupt {
+    /// The GIC's interrupt id (SPIs from 32, PPIs 16..32).
+    pub intid: u32,
+    /// Edge-triggered (else level-sensitive).
+    pub edge: bool,
+}
+
+/// The wired interrupts of an SMMUv3 the device tree names (binding `arm,smmu-v3.yaml`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(target_os = "none", derive(defmt::Format))]
+pub struct SmmuIrqs {
+    /// "eventq": the Event queue became non-empty.
+    pub eventq: Option<Interrupt>,
+    /// "gerror": a global error became active.
+    pub gerror: Option<Interrupt>,
+    /// "combined": one line for every source.
+    pub combined: Option<Interrupt>,
+}
+
+impl SmmuIrqs {
+    /// The lines that signal faults and errors (event queue, global errors, or the combined
+    /// line), without duplicates.
+    pub fn fault_lines(&self) -> Vec<Interrupt, 3> {
+        let mut v = Vec::new();
+        for i in [self.eventq, self.gerror, self.combined]
+            .into_iter()
+            .flatten()
+        {
+            if !v.contains(&i) {
+                let _ = v.push(i);
+            }
+        }
+        v
+    }
+}
+
 /// One SMMUv3 unit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[cfg_attr(target_os = "none", derive(defmt::Format))]
@@ -64,6 +120,33 @@ pub struct Smmu {
     pub phandle: Option<u32>,
     /// `dma-coherent`: its table walks and queue accesses snoop CPU caches.
     pub coherent: bool,
+    /// Its wired interrupts at the GIC (none when its interrupt parent is something else).
+    pub irqs: SmmuIrqs,
+}
+
+/// The GIC architecture version of the interrupt controller.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(target_os = "none", derive(defmt::Format))]
+pub enum GicVersion {
+    /// GICv2: memory-mapped distributor and CPU interface.
+    V2,
+    /// GICv3: memory-mapped distributor and redistributors, system-register CPU interface.
+    V3,
+}
+
+/// The GIC.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(target_os = "none", derive(defmt::Format))]
+pub struct Gic {
+    /// Architecture version.
+    pub version: GicVersion,
+    /// The distributor's registers (GICD).
+    pub distributor: Region,
+    /// GICv2: the CPU interface's registers (GICC); GICv3: the first redistributor region
+    /// (GICR frames of 128 KiB, one per CPU).
+    pub cpu_or_redistributor: Region,
+    /// Its phandle (what `interrupt-parent` names).
+    pub phandle: Option<u32>,
 }
 
 /// The PCI address space a `ranges` window opens.
@@ -196,6 +279,8 @@ pub struct Machine {
     pub smmus: Vec<Smmu, MAX_SMMUS>,
     /// The PCIe host, if there is one.
     pub pci: Option<PciHost>,
+    /// The GIC, if there is one.
+    pub gic: Option<Gic>,
 }
 
 impl Machine {
@@ -257,6 +342,104 @@ fn parent_address_cells(node: FdtNode<'_, '_>) -> usize {
 fn is_compatible(node: FdtNode<'_, '_>, what: &str) -> bool {
     node.compatible()
         .is_some_and(|c| c.all().any(|s| s == what))
+}
+
+/// The GIC version a node is compatible with, if it is a GIC.
+fn gic_version(node: FdtNode<'_, '_>) -> Option<GicVersion> {
+    if is_compatible(node, GIC_V3) {
+        Some(GicVersion::V3)
+    } else if GIC_V2.iter().any(|c| is_compatible(node, c)) {
+        Some(GicVersion::V2)
+    } else {
+        None
+    }
+}
+
+/// Every `reg` entry of a node whose parent uses at most 2 address and size cells.
+fn regs<const N: usize>(node: FdtNode<'_, '_>) -> Result<Vec<Region, N>, DtError> {
+    let mut out = Vec::new();
+    if let Some(regs) = node.raw_reg() {
+        for r in regs {
+            let (base, _) =
+                take_cells(r.address, r.address.len() / 4).ok_or(DtError::BadProperty("reg"))?;
+            let (size, _) =
+                take_cells(r.size, r.size.len() / 4).ok_or(DtError::BadProperty("reg"))?;
+            if out.push(Region { base, size }).is_err() {
+                break;
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn parse_gic(node: FdtNode<'_, '_>, version: GicVersion) -> Result<Gic, DtError> {
+    let r: Vec<Region, 2> = regs(node)?;
+    let [distributor, cpu_or_redistributor] = r.as_slice() else {
+        return Err(DtError::BadProperty("reg"));
+    };
+    Ok(Gic {
+        version,
+        distributor: *distributor,
+        cpu_or_redistributor: *cpu_or_redistributor,
+        phandle: u32_prop(node, "phandle")?,
+    })
+}
+
+/// The wired interrupts of an SMMU node: decoded when its interrupt parent (its own
+/// `interrupt-parent`, else the root's) is a GIC with 3-cell specifiers; named by
+/// `interrupt-names`.
+fn smmu_irqs(fdt: &Fdt<'_>, node: FdtNode<'_, '_>) -> Result<SmmuIrqs, DtError> {
+    let mut irqs = SmmuIrqs::default();
+    let (Some(spec), Some(names)) = (
+        node.property("interrupts"),
+        node.property("interrupt-names"),
+    ) else {
+        return Ok(irqs);
+    };
+    let parent = match u32_prop(node, "interrupt-parent")? {
+        Some(p) => Some(p),
+        None => match fdt.find_node("/") {
+            Some(root) => u32_prop(root, "interrupt-parent")?,
+            None => None,
+        },
+    };
+    let Some(gic) = parent.and_then(|p| fdt.find_phandle(p)) else {
+        return Ok(irqs);
+    };
+    if gic_version(gic).is_none() || u32_prop(gic, "#interrupt-cells")? != Some(3) {
+        return Ok(irqs);
+    }
+    if spec.value.len() % 12 != 0 {
+        return Err(DtError::BadProperty("interrupts"));
+    }
+    let names = names.value.split(|&b| b == 0);
+    for (cells, name) in spec.value.chunks_exact(12).zip(names) {
+        let word = |i: usize| {
+            u32::from_be_bytes([
+                cells[4 * i],
+                cells[4 * i + 1],
+                cells[4 * i + 2],
+                cells[4 * i + 3],
+            ])
+        };
+        let intid = match word(0) {
+            0 => word(1).checked_add(32),
+            1 => word(1).checked_add(16),
+            _ => None,
+        }
+        .ok_or(DtError::BadProperty("interrupts"))?;
+        let irq = Some(Interrupt {
+            intid,
+            edge: word(2) & 0x3 != 0,
+        });
+        match name {
+            b"eventq" => irqs.eventq = irq,
+            b"gerror" => irqs.gerror = irq,
+            b"combined" => irqs.combined = irq,
+            _ => {}
+        }
+    }
+    Ok(irqs)
 }
 
 fn parse_pci(fdt: &Fdt<'_>, node: FdtNode<'_, '_>) -> Result<PciHost, DtError> {
@@ -363,6 +546,7 @@ pub fn parse(dtb: &[u8]) -> Result<Machine, DtError> {
         memory: Vec::new(),
         smmus: Vec::new(),
         pci: None,
+        gic: None,
     };
     for node in fdt.all_nodes() {
         let device_type = node.property("device_type").and_then(|p| p.as_str());
@@ -387,10 +571,15 @@ pub fn parse(dtb: &[u8]) -> Result<Machine, DtError> {
                     reg,
                     phandle: u32_prop(node, "phandle")?,
                     coherent: node.property("dma-coherent").is_some(),
+                    irqs: smmu_irqs(&fdt, node)?,
                 })
                 .map_err(|_| DtError::TooMany("smmu"))?;
         } else if machine.pci.is_none() && is_compatible(node, "pci-host-ecam-generic") {
             machine.pci = Some(parse_pci(&fdt, node)?);
+        } else if machine.gic.is_none()
+            && let Some(v) = gic_version(node)
+        {
+            machine.gic = Some(parse_gic(node, v)?);
         }
     }
     Ok(machine)
@@ -453,6 +642,58 @@ mod tests {
     /// -m 256M -nodefaults -device edu` with two `-serial`s (written with `dumpdtb=` and cut
     /// to the end of its strings block).
     static QEMU_VIRT_SMMUV3: &[u8] = include_bytes!("../tests/data/qemu-virt-smmuv3.dtb");
+    /// The same with `-machine virt,iommu=smmuv3,gic-version=3` (dumped the same way).
+    static QEMU_VIRT_SMMUV3_GICV3: &[u8] =
+        include_bytes!("../tests/data/qemu-virt-smmuv3-gicv3.dtb");
+
+    /// QEMU's SMMU lines: SPIs 0x4a (eventq) .. 0x4d (gerror), rising edge.
+    const QEMU_SMMU_IRQS: SmmuIrqs = SmmuIrqs {
+        eventq: Some(Interrupt {
+            intid: 106,
+            edge: true,
+        }),
+        gerror: Some(Interrupt {
+            intid: 109,
+            edge: true,
+        }),
+        combined: None,
+    };
+
+    #[test]
+    fn gics_and_smmu_interrupts() {
+        let m = parse(QEMU_VIRT_SMMUV3).unwrap();
+        let gic = m.gic.unwrap();
+        assert_eq!(gic.version, GicVersion::V2);
+        assert_eq!(
+            (gic.distributor.base, gic.cpu_or_redistributor.base),
+            (0x0800_0000, 0x0801_0000)
+        );
+        assert_eq!(m.smmus[0].irqs, QEMU_SMMU_IRQS);
+        assert_eq!(
+            m.smmus[0].irqs.fault_lines().as_slice(),
+            [
+                QEMU_SMMU_IRQS.eventq.unwrap(),
+                QEMU_SMMU_IRQS.gerror.unwrap()
+            ]
+        );
+        let m = parse(QEMU_VIRT_SMMUV3_GICV3).unwrap();
+        let gic = m.gic.unwrap();
+        assert_eq!(gic.version, GicVersion::V3);
+        assert_eq!(gic.distributor.base, 0x0800_0000);
+        assert_eq!(
+            gic.cpu_or_redistributor,
+            Region {
+                base: 0x080a_0000,
+                size: 0xf6_0000
+            }
+        );
+        assert_eq!(m.smmus[0].irqs, QEMU_SMMU_IRQS);
+        let combined = SmmuIrqs {
+            combined: QEMU_SMMU_IRQS.eventq,
+            ..QEMU_SMMU_IRQS
+        };
+        assert_eq!(combined.fault_lines().len(), 2, "no duplicates");
+    }
 
     /// A flattened device tree with a root node and one `timer` child carrying
     /// `compatible = compat` and, when given, `clock-frequency` (Devicetree specification

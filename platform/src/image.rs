@@ -8,24 +8,28 @@
 //! 2. [`passthrough_check`]: edu copies a page through RAM with the IOMMU still off, so a later
 //!    failure is the IOMMU's, not the device's;
 //! 3. [`serve`]: the static configuration (client 1 owns edu and its region, client 2 only its
-//!    own 64 KiB), the server over the image's backend, the client scenario
-//!    ([`crate::scenario`]) through [`LocalTransport`]s, and the server's statistics;
+//!    own 64 KiB), the server over the image's backend, the units' fault interrupts
+//!    ([`Delivery`]), the client scenario ([`crate::scenario`]) through [`LocalTransport`]s
+//!    with the server's notifications as its [`FaultSignal`], and the server's statistics;
 //! 4. [`exit`]: `PASS` and the success exit, or `FAIL` with the reason.
 
 use core::cell::RefCell;
 use core::sync::atomic::{AtomicBool, Ordering};
 
-use iommu_hal::backend::Backend;
+use iommu_hal::backend::{Backend, FaultInterrupt, UnitIndex};
 use iommu_hal::pagetable::Perms;
 use iommu_protocol::client::Client;
 use iommu_protocol::{DeviceHandle, IovaRange};
-use iommu_server::{ClientConfig, ClientId, Config, DeviceGrant, NoNotify, RegionGrant, Server};
+use iommu_server::{ClientConfig, ClientId, Config, DeviceGrant, RegionGrant, Server};
 
 use crate::arch;
 use crate::dma::DmaEngine;
+use crate::fault_irq::{self, FlagNotify};
+use crate::fault_log::FaultLog;
 use crate::local::LocalTransport;
 use crate::mem::{DmaRegion, Frame, FramePool, IdentityMem};
-use crate::scenario::{self, Layout, REGION_LEN};
+use crate::pci::Bdf;
+use crate::scenario::{self, FaultEvidence, FaultSignal, Layout, REGION_LEN};
 
 const PAGE: usize = 4096;
 /// Page-table and unit-structure frames for the server and the backend (4 MiB).
@@ -116,19 +120,136 @@ pub fn passthrough_check<E: DmaEngine>(
     Ok(())
 }
 
-/// The server every image runs.
-pub type ImageServer<'a, B> = Server<'a, B, IdentityMem, FramePool, NoNotify>;
+/// Fault records the image keeps, raw, to print when a step fails.
+const FAULT_LOG: usize = 16;
+
+/// The server every image runs: its backend wrapped in a [`FaultLog`], its notifications
+/// [`FlagNotify`] flags.
+pub type ImageServer<'a, B> =
+    Server<'a, FaultLog<B, FAULT_LOG>, IdentityMem, FramePool, FlagNotify>;
+
+/// How the units' faults reach the server.
+#[derive(Clone, Copy, Debug)]
+pub enum Delivery<'d> {
+    /// By interrupt: each listed unit's fault interrupt is programmed as given
+    /// ([`Backend::enable_fault_interrupt`]), the architecture's handler calls
+    /// [`fault_irq::on_interrupt`], and the CPU takes interrupts while the scenario runs.
+    Interrupts(&'d [(UnitIndex, FaultInterrupt)]),
+    /// Without interrupts: the client's wait for a notification drains the units itself
+    /// (`service_faults`), as polling would.
+    Polling,
+}
+
+/// The client's view of the server's notifications (see [`FaultSignal`]).
+struct Signal<'s, 'a, B: Backend> {
+    server: &'s RefCell<ImageServer<'a, B>>,
+    client: ClientId,
+    poll: bool,
+}
+
+impl<B: Backend> Signal<'_, '_, B> {
+    fn check(&mut self) -> bool {
+        if self.poll {
+            crate::without_interrupts(|| {
+                if let Ok(mut s) = self.server.try_borrow_mut() {
+                    s.service_faults();
+                }
+            });
+        }
+        fault_irq::take_notification(self.client)
+    }
+}
+
+impl<B: Backend> FaultSignal for Signal<'_, '_, B> {
+    fn wait(&mut self, timeout_us: u64) -> bool {
+        let start = arch::time::micros();
+        loop {
+            if self.check() {
+                return true;
+            }
+            if arch::time::micros().saturating_sub(start) >= timeout_us {
+                return false;
+            }
+            core::hint::spin_loop();
+        }
+    }
+
+    fn take(&mut self) -> bool {
+        self.check()
+    }
+
+    fn report_faults(&mut self) {
+        crate::without_interrupts(|| {
+            let Ok(mut s) = self.server.try_borrow_mut() else {
+                return;
+            };
+            s.service_faults();
+            let log = s.backend();
+            defmt::warn!(
+                "fault records the units reported: {=u64} in all, the last {=usize} kept:",
+                log.total(),
+                FAULT_LOG
+            );
+            for r in log.recent() {
+                defmt::warn!(
+                    "  unit {=usize}: id {=u32:#06x} (as a PCI requester id: {}), iova {=u64:#x}, {=str}, {}",
+                    r.unit,
+                    r.device,
+                    Bdf::from_rid(r.device as u16),
+                    r.iova,
+                    if r.write { "write" } else { "read" },
+                    r.reason
+                );
+            }
+            defmt::warn!(
+                "  of which routed to a client: {=u64}, owned by nobody: {=u64}",
+                s.stats().faults_routed,
+                s.stats().faults_unowned
+            );
+        });
+    }
+}
 
 /// Builds the server over `backend` (its units up) and `mem` with the static configuration
 /// (client 1 owns `device`, `reserved` is reserved in every domain and must not be empty),
-/// runs the client scenario with `edu` doing the DMA, and logs the server's statistics, then
-/// the backend's (`log_backend`).
+/// sets up fault delivery (`delivery`), runs the client scenario with `edu` doing the DMA,
+/// and logs the server's statistics, then the backend's (`log_backend`). The units record
+/// every fault ([`FaultEvidence::Records`]).
 pub fn serve<B, E>(
     backend: B,
     mem: Memory,
     device: DeviceGrant<'_>,
     reserved: &[IovaRange],
+    delivery: Delivery<'_>,
     edu: &mut E,
+    log_backend: impl FnOnce(&B),
+) -> Result<(), &'static str>
+where
+    B: Backend,
+    E: DmaEngine,
+{
+    serve_with(
+        backend,
+        mem,
+        device,
+        reserved,
+        delivery,
+        edu,
+        FaultEvidence::Records,
+        log_backend,
+    )
+}
+
+/// [`serve`], for units that tell about refused DMA as `faults` says.
+#[allow(clippy::too_many_arguments)]
+pub fn serve_with<B, E>(
+    backend: B,
+    mem: Memory,
+    device: DeviceGrant<'_>,
+    reserved: &[IovaRange],
+    delivery: Delivery<'_>,
+    edu: &mut E,
+    faults: FaultEvidence,
     log_backend: impl FnOnce(&B),
 ) -> Result<(), &'static str>
 where
@@ -176,10 +297,10 @@ where
     };
     // SAFETY: memory is identity mapped; the server touches only frames from the pool.
     let server: ImageServer<'_, B> = Server::new(
-        backend,
+        FaultLog::new(backend),
         unsafe { IdentityMem::new() },
         pool,
-        NoNotify,
+        FlagNotify,
         config,
     )
     .map_err(|e| {
@@ -187,6 +308,33 @@ where
         "server refused the configuration"
     })?;
     defmt::info!("server up: {}", server.table_config());
+    let mut server = server;
+    let interrupts = match delivery {
+        Delivery::Interrupts(units) => {
+            for &(unit, irq) in units {
+                server
+                    .backend_mut()
+                    .enable_fault_interrupt(unit, irq)
+                    .map_err(|e| {
+                        defmt::error!(
+                            "unit {=usize}: fault interrupt {}: {}",
+                            unit,
+                            irq,
+                            defmt::Display2Format(&e)
+                        );
+                        "cannot enable a unit's fault interrupt"
+                    })?;
+                defmt::info!("unit {=usize}: fault interrupt enabled: {}", unit, irq);
+            }
+            // Records from before the interrupt was enabled raise none: drain them now.
+            server.service_faults();
+            true
+        }
+        Delivery::Polling => {
+            defmt::warn!("no fault interrupt: the client's waits drain the units (polling)");
+            false
+        }
+    };
     let server = RefCell::new(server);
 
     let mut client1 = Client::new(LocalTransport::new(&server, ClientId(1)));
@@ -198,19 +346,40 @@ where
         iova_base: IOVA_BASE,
         forbidden_phys: (&raw const SECRET) as u64,
         reserved_iova,
+        faults,
     };
+    let mut signal = Signal {
+        server: &server,
+        client: ClientId(1),
+        poll: !interrupts,
+    };
+    let taken = fault_irq::interrupts_taken();
     let t0 = arch::time::micros();
-    let result = scenario::run(
-        &mut client1,
-        &mut client2,
-        &mut stranger,
-        edu,
-        &mut mem1,
-        layout,
-    );
+    let result = fault_irq::serving(&server, || {
+        if interrupts {
+            arch::irq::enable();
+        }
+        let r = scenario::run(
+            &mut client1,
+            &mut client2,
+            &mut stranger,
+            edu,
+            &mut signal,
+            &mut mem1,
+            layout,
+        );
+        arch::irq::disable();
+        r
+    });
     let t1 = arch::time::micros();
 
     let server = &*server.borrow();
+    if interrupts {
+        defmt::info!(
+            "fault interrupts taken: {=u32}",
+            fault_irq::interrupts_taken() - taken
+        );
+    }
     defmt::info!("server stats: {}", server.stats());
     defmt::info!(
         "frames: {=usize} in use, peak {=usize} of {=usize}",
@@ -218,7 +387,7 @@ where
         server.alloc().peak(),
         server.alloc().capacity()
     );
-    log_backend(server.backend());
+    log_backend(server.backend().inner());
     defmt::info!(
         "{=u64} requests from client 1 in {=u64} ms",
         client1.transport_mut().calls(),

@@ -39,9 +39,11 @@ where
 
 /// The transport of one client identity to a server in the same image.
 ///
-/// The bare-metal runtimes keep interrupts masked, so the fault interrupt never arrives:
-/// before each request the transport lets the server drain the fault records, which is what
-/// the platform would do when the interrupt fired.
+/// Each request is handled with interrupts masked ([`crate::without_interrupts`]): the fault
+/// interrupt's handler ([`crate::fault_irq`]) services the server's faults whenever the server
+/// is not in use, and a fault interrupt that found it in use is serviced here, before the
+/// request. The transport does not drain faults otherwise: they reach the client through the
+/// server's notification and the `Faults` request.
 pub struct LocalTransport<'s, H> {
     server: &'s RefCell<H>,
     id: ClientId,
@@ -71,14 +73,16 @@ impl<H: RequestHandler> Transport for LocalTransport<'_, H> {
         }
         // The server writes into its own receive buffer, as it would in another address space.
         let mut buf = [0u8; MAX_MESSAGE];
-        let n = {
+        let n = crate::without_interrupts(|| {
             let mut server = self
                 .server
                 .try_borrow_mut()
                 .map_err(|_| TransportError::Other)?;
-            server.service_faults();
-            server.handle(self.id, request, &mut buf)
-        };
+            if crate::fault_irq::take_deferred() {
+                server.service_faults();
+            }
+            Ok(server.handle(self.id, request, &mut buf))
+        })?;
         self.calls += 1;
         let out = reply.get_mut(..n).ok_or(TransportError::ReplyTooLarge)?;
         out.copy_from_slice(&buf[..n]);
@@ -112,6 +116,10 @@ mod tests {
 
     #[test]
     fn carries_bytes_and_the_fixed_identity() {
+        let _lock = crate::fault_irq::TEST_LOCK
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        crate::fault_irq::take_deferred();
         let server = RefCell::new(Echo::default());
         let mut a = LocalTransport::new(&server, ClientId(7));
         let mut b = LocalTransport::new(&server, ClientId(9));
@@ -121,7 +129,15 @@ mod tests {
         assert_eq!(b.call(&[5], &mut reply), Ok(2));
         assert_eq!(&reply[..2], &[9, 5]);
         assert_eq!(server.borrow().seen, [7, 9]);
-        assert_eq!(server.borrow().serviced, 2);
+        assert_eq!(
+            server.borrow().serviced,
+            0,
+            "faults come by interrupt, not per request"
+        );
+        // An interrupt that found the server in use is serviced before the next request.
+        crate::fault_irq::on_interrupt();
+        assert_eq!(b.call(&[5], &mut reply), Ok(2));
+        assert_eq!(server.borrow().serviced, 1);
         assert_eq!(a.calls(), 1);
         // A reply that does not fit the caller's buffer, and an oversized request.
         let mut small = [0u8; 2];

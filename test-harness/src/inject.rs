@@ -3,7 +3,7 @@
 //! submission is lost, a command is rejected with a queue error.
 //!
 //! [`Faulty`] wraps a model's register handle and intercepts the one register write that hands
-//! work to the unit (the *doorbell*: VT-d IQT, SMMUv3 CMDQ_PROD). The model itself is not
+//! work to the unit (the *doorbell*: VT-d IQT, SMMUv3 CMDQ_PROD, AMD-Vi Command Buffer Tail). The model itself is not
 //! changed: what it sees is exactly what a unit behind a broken doorbell or a corrupted queue
 //! would see, so its own caches show whether the server kept devices away from memory.
 //!
@@ -13,16 +13,19 @@
 //! - [`UnitFault::Lose`]: one submission (after `after` that pass) is lost for good: its
 //!   doorbell write is dropped, and before the next doorbell is forwarded its commands are
 //!   overwritten with no-ops (a VT-d wait descriptor without status write or interrupt, an
-//!   SMMUv3 CMD_SYNC signalling nothing), so its invalidations are never performed and its
+//!   SMMUv3 CMD_SYNC signalling nothing, an AMD-Vi COMPLETION_WAIT without store or
+//!   interrupt), so its invalidations are never performed and its
 //!   completion never comes, even after the queue moves on.
 //! - [`UnitFault::QueueError`]: the first command of one submission (after `after` that pass)
 //!   is overwritten with a reserved command type before the doorbell is forwarded: the unit
-//!   reports a queue error (VT-d FSTS.IQE, SMMUv3 GERROR.CMDQ_ERR with CERROR_ILL).
+//!   reports a queue error (VT-d FSTS.IQE, SMMUv3 GERROR.CMDQ_ERR with CERROR_ILL, AMD-Vi
+//!   ILLEGAL_COMMAND_ERROR with the command buffer stopped).
 //!
 //! - [`UnitFault::LoseCompletion`]: one submission (after `after` that pass) is performed but
 //!   its completion is never signalled: VT-d gets the submission with the wait descriptor's
 //!   status write turned off, SMMUv3 gets everything but the final CMD_SYNC (which the next
-//!   doorbell lets through, late). The waiter times out although the unit did the work:
+//!   doorbell lets through, late), AMD-Vi the submission with its final COMPLETION_WAIT's
+//!   store turned off. The waiter times out although the unit did the work:
 //!   an attach that fails this way has made the device live.
 //!
 //! An attach whose entry was written but whose invalidation never completed is
@@ -159,16 +162,24 @@ pub enum Doorbell {
     /// (0x98, index in the low LOG2SIZE bits, then the wrap bit), 16-byte commands (Arm IHI
     /// 0070, 6.3.24-26).
     SmmuCmdqProd,
+    /// AMD-Vi command buffer: Command Buffer Base (0x0008, base bits 51:12, ComLen bits
+    /// 59:56) and Command Buffer Tail Pointer (0x2008, byte offset of the tail in bits 18:4),
+    /// 16-byte commands with the opcode in bits 63:60 (AMD IOMMU spec 3.4, 2.4).
+    AmdCmdTail,
 }
 
 impl Doorbell {
     const fn base_reg(self) -> usize {
-        0x90
+        match self {
+            Doorbell::AmdCmdTail => 0x0008,
+            _ => 0x90,
+        }
     }
     const fn doorbell_reg(self) -> usize {
         match self {
             Doorbell::VtdIqt => 0x88,
             Doorbell::SmmuCmdqProd => 0x98,
+            Doorbell::AmdCmdTail => 0x2008,
         }
     }
 }
@@ -212,6 +223,7 @@ impl<R: RegisterAccess> Faulty<R> {
     fn first_command(&self, tail: u64) -> u64 {
         match self.doorbell {
             Doorbell::VtdIqt => (self.base & !0xfff) + (tail & 0x7_fff0),
+            Doorbell::AmdCmdTail => (self.base & 0x000f_ffff_ffff_f000) + (tail & 0x7_fff0),
             Doorbell::SmmuCmdqProd => {
                 let log2 = (self.base & 0x1f).min(19);
                 let index = tail & ((1u64 << log2) - 1);
@@ -226,6 +238,11 @@ impl<R: RegisterAccess> Faulty<R> {
             // 128-bit descriptors; the queue holds 2^(QS + 8) of them (IQA.QS, bits 2:0).
             Doorbell::VtdIqt => {
                 let bytes = 4096u64 << (self.base & 7);
+                (at + 16) % bytes
+            }
+            // 16-byte commands; the buffer holds 2^ComLen of them.
+            Doorbell::AmdCmdTail => {
+                let bytes = 16u64 << ((self.base >> 56) & 0xf).max(8);
                 (at + 16) % bytes
             }
             // The index and its wrap bit count together modulo twice the queue size.
@@ -250,6 +267,8 @@ impl<R: RegisterAccess> Faulty<R> {
                 Doorbell::VtdIqt => (0x5, 0),
                 // CMD_SYNC (0x46) with CS = SIG_NONE: does nothing.
                 Doorbell::SmmuCmdqProd => (0x46, 0),
+                // COMPLETION_WAIT (opcode 1) with s = i = 0: does nothing.
+                Doorbell::AmdCmdTail => (1 << 60, 0),
             };
             mem.write_u64(pa, lo);
             mem.write_u64(pa + 8, hi);
@@ -285,6 +304,8 @@ impl<R: RegisterAccess> Faulty<R> {
                     Doorbell::VtdIqt => (w & !0xe0f) | 0xf,
                     // Opcode 0xff (bits 7:0) is reserved: CERROR_ILL.
                     Doorbell::SmmuCmdqProd => w | 0xff,
+                    // Opcode 0xf (bits 63:60) is no command: ILLEGAL_COMMAND_ERROR.
+                    Doorbell::AmdCmdTail => w | (0xf << 60),
                 };
                 self.mem.clone().write_u64(at, bad);
             }
@@ -296,6 +317,14 @@ impl<R: RegisterAccess> Faulty<R> {
                     let at = self.first_command(last);
                     let w = self.mem.read_u64(at);
                     self.mem.clone().write_u64(at, w & !0x30);
+                }
+                Doorbell::AmdCmdTail => {
+                    // The last command is the COMPLETION_WAIT: clear its s (bit 0), i (bit 1).
+                    let bytes = 16u64 << ((self.base >> 56) & 0xf).max(8);
+                    let last = (value + bytes - 16) % bytes;
+                    let at = self.first_command(last);
+                    let w = self.mem.read_u64(at);
+                    self.mem.clone().write_u64(at, w & !0x3);
                 }
                 Doorbell::SmmuCmdqProd => {
                     // Everything but the final CMD_SYNC now; it goes with the next doorbell.

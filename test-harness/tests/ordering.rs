@@ -1,4 +1,5 @@
-//! Memory ordering toward the IOMMU: the VT-d and SMMUv3 backends driving their models through
+//! Memory ordering toward the IOMMU: the VT-d, SMMUv3 and AMD-Vi backends driving their models
+//! through
 //! a [`ReorderMem`], which holds every CPU store back until a barrier (or a register write)
 //! orders it, and after every store asks the model's side-effect-free walk what the unit
 //! could see with any adversarial subset of the pending stores (the latest alone, each alone,
@@ -10,11 +11,13 @@
 //! dropped ([`ReorderMem::skip_barrier`]), which shows which barriers the check depends on.
 
 use iommu_hal::PhysMem;
+use iommu_hal::amd::{AmdBackend, AmdConfig, AmdRegs};
 use iommu_hal::backend::{Backend, DomainConfig};
-use iommu_hal::pagetable::format::{ArmS1, VtdSl};
+use iommu_hal::pagetable::format::{AmdV1, ArmS1, VtdSl};
 use iommu_hal::pagetable::{Format, Gather, PageTable, Perms};
 use iommu_hal::smmuv3::{SmmuBackend, SmmuConfig};
 use iommu_hal::vtd::{VtdBackend, VtdConfig};
+use iommu_test_harness::model::amd::{AmdFault, AmdHandle, AmdModelConfig as AmdModelCfg};
 use iommu_test_harness::model::smmuv3::{
     Access, EventType, SmmuConfig as SmmuModelCfg, SmmuFault, SmmuHandle,
 };
@@ -707,4 +710,156 @@ fn a_context_entry_published_without_a_barrier_is_caught() {
     m.write_u64(pa, a.root() | 1);
     let v = r.mem.violation().expect("caught");
     assert!(v.contains("the latest alone"), "{v}");
+}
+
+// ------------------------------------------------------------------------------ AMD-Vi
+
+type AmdBe = AmdBackend<Ordered<AmdHandle>, AmdHandle, ReorderMem, FakeDelay, 1>;
+
+struct AmdRig {
+    mem: ReorderMem,
+    hw: AmdHandle,
+    be: AmdBe,
+    alloc: Alloc,
+}
+
+fn amd_rig() -> AmdRig {
+    let (dev, mem, mut alloc) = memory();
+    let hw = AmdHandle::new(dev, AmdModelCfg::qemu());
+    let mut be = AmdBe::new(mem.clone(), FakeDelay::default());
+    let regs = AmdRegs {
+        mmio: Ordered::new(hw.clone(), mem.clone()),
+        config: hw.clone(),
+    };
+    let cfg = AmdConfig {
+        max_device_id: 0xff,
+        cap_offset: Some(0x40),
+        ..AmdConfig::default()
+    };
+    be.add_unit(regs, &mut alloc, cfg).expect("bring-up");
+    AmdRig { mem, hw, be, alloc }
+}
+
+impl AmdRig {
+    fn table(&mut self, phys: u64) -> PageTable<AmdV1> {
+        let info = self.be.unit_info(0);
+        table::<AmdV1>(&info, &self.mem, &mut self.alloc, phys)
+    }
+}
+
+/// A check that `dev`'s access at `IOVA` gives one of `allowed` (physical address and the
+/// DomainID of the DTE used) in a fresh walk of the device view.
+fn amd_check(
+    hw: &AmdHandle,
+    dev: u16,
+    allowed: Vec<Result<(u64, u16), AmdFault>>,
+) -> impl FnMut() -> Result<(), String> + use<> {
+    let hw = hw.clone();
+    move || {
+        let got = hw.probe(dev, IOVA, true);
+        if allowed.contains(&got) {
+            Ok(())
+        } else {
+            Err(format!(
+                "device {dev:#06x} iova {IOVA:#x} translates to {got:x?}; allowed {allowed:x?}"
+            ))
+        }
+    }
+}
+
+const ADEV: u16 = 0x0010; // 00:02.0
+const BLOCKED: Result<(u64, u16), AmdFault> = Err(AmdFault::PageFault { present: true });
+
+#[test]
+fn amd_attach_publishes_word_0_last() {
+    let caught = sweep("amd attach", |skip| {
+        let mut r = amd_rig();
+        // The domain's tables (fresh frames) are still pending when it is attached.
+        let pt = r.table(PHYS_A);
+        let b0 = watch(
+            &r.mem,
+            skip,
+            amd_check(&r.hw, ADEV, vec![BLOCKED, Ok((PHYS_A, 1))]),
+        );
+        r.be.attach(&mut r.alloc, 0, u32::from(ADEV), dom(&pt, 1))
+            .expect("attach");
+        r.mem.commit();
+        assert_eq!(r.hw.probe(ADEV, IOVA, true), Ok((PHYS_A, 1)));
+        Run {
+            barriers: r.mem.barrier_calls() - b0,
+            mem: r.mem,
+        }
+    });
+    // Word 0 after words 3..1 and the domain's tables.
+    assert_eq!(caught, [true]);
+}
+
+#[test]
+fn amd_live_move_blocks_then_publishes_the_new_entry() {
+    let caught = sweep("amd move", |skip| {
+        let mut r = amd_rig();
+        let a = r.table(PHYS_A);
+        let b = r.table(PHYS_B);
+        r.be.attach(&mut r.alloc, 0, u32::from(ADEV), dom(&a, 1))
+            .expect("attach");
+        // Never the new root with the old DomainID (or the reverse).
+        let allowed = vec![Ok((PHYS_A, 1)), BLOCKED, Ok((PHYS_B, 2))];
+        let b0 = watch(&r.mem, skip, amd_check(&r.hw, ADEV, allowed));
+        r.be.attach(&mut r.alloc, 0, u32::from(ADEV), dom(&b, 2))
+            .expect("move");
+        r.mem.commit();
+        assert_eq!(r.hw.probe(ADEV, IOVA, true), Ok((PHYS_B, 2)));
+        Run {
+            barriers: r.mem.barrier_calls() - b0,
+            mem: r.mem,
+        }
+    });
+    assert_eq!(caught, [true]);
+}
+
+#[test]
+fn amd_block_needs_no_barrier() {
+    let caught = sweep("amd block", |skip| {
+        let mut r = amd_rig();
+        let a = r.table(PHYS_A);
+        r.be.attach(&mut r.alloc, 0, u32::from(ADEV), dom(&a, 1))
+            .expect("attach");
+        let b0 = watch(
+            &r.mem,
+            skip,
+            amd_check(&r.hw, ADEV, vec![Ok((PHYS_A, 1)), BLOCKED]),
+        );
+        r.be.block(0, u32::from(ADEV)).expect("block");
+        assert_eq!(r.hw.probe(ADEV, IOVA, true), BLOCKED);
+        Run {
+            barriers: r.mem.barrier_calls() - b0,
+            mem: r.mem,
+        }
+    });
+    // One store that makes nothing reachable; the tail write orders it before the command.
+    assert!(caught.is_empty(), "{caught:?}");
+}
+
+#[test]
+fn amd_commands_are_ordered_by_the_doorbell() {
+    let mut r = amd_rig();
+    let a = r.table(PHYS_A);
+    r.be.attach(&mut r.alloc, 0, u32::from(ADEV), dom(&a, 1))
+        .expect("attach");
+    r.be.invalidate_all(0, 1).expect("invalidate");
+    assert!(r.hw.violations().is_empty(), "{:?}", r.hw.violations());
+
+    // A tail write that overtakes the commands: the IOMMU fetches what the buffer held before
+    // (the frame's poison or stale commands) and the batch fails.
+    let mut r = amd_rig();
+    let a = r.table(PHYS_A);
+    r.be.attach(&mut r.alloc, 0, u32::from(ADEV), dom(&a, 1))
+        .expect("attach");
+    let regs = r.be.unit_mut(0).expect("unit").regs_mut();
+    regs.commits = false;
+    let got = r.be.invalidate_all(0, 1);
+    assert!(
+        got.is_err(),
+        "commands the IOMMU could not yet see were taken as written: {got:?}"
+    );
 }

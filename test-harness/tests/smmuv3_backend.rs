@@ -8,16 +8,17 @@
 use std::cell::Cell;
 use std::rc::Rc;
 
+use iommu_hal::RegisterAccess;
 use iommu_hal::backend::{
-    Backend, BackendError, DomainConfig, ErrorKind, FaultReason, FaultRecord,
+    Backend, BackendError, DomainConfig, ErrorKind, FaultInterrupt, FaultReason, FaultRecord,
 };
 use iommu_hal::pagetable::format::ArmS1;
 use iommu_hal::pagetable::{Gather, LeafSizes, PageTable, Perms, PtError, TableConfig};
 use iommu_hal::smmuv3::{SmmuBackend, SmmuConfig, SmmuError, Timing, WaitFor};
 use iommu_test_harness::model::smmuv3::{
-    Access, EventType, SmmuConfig as ModelCfg, SmmuFault, SmmuHandle,
+    Access, EventType, Irq, IrqSource, SmmuConfig as ModelCfg, SmmuFault, SmmuHandle,
 };
-use iommu_test_harness::rig::{self, FakeDelay};
+use iommu_test_harness::rig::{self, FakeDelay, Tap};
 use iommu_test_harness::sim::{SharedMem, SimAlloc};
 
 type Be = SmmuBackend<SmmuHandle, SharedMem, FakeDelay, 2>;
@@ -1330,4 +1331,199 @@ fn eventq_abort_error_reports_loss_and_still_drains() {
     let model = hw.borrow();
     assert!(model.misuse.is_empty(), "{:#?}", model.misuse);
     assert_eq!(model.active_gerrors(), 0);
+}
+
+/// Offsets of the registers the interrupt tests read back (SMMUv3 6.3.16 to 6.3.32).
+const IRQ_CTRLACK: usize = 0x54;
+const GERROR_IRQ_CFG0: usize = 0x68;
+const EVENTQ_IRQ_CFG0: usize = 0xb0;
+const EVENTQ_IRQ_CFG1: usize = 0xb8;
+const EVENTQ_IRQ_CFG2: usize = 0xbc;
+
+const EVENTQ_WIRED: Irq = Irq {
+    source: IrqSource::EventQueue,
+    msi: None,
+};
+
+/// DMA of a device never attached: refused, one event per access (C_BAD_STE, or
+/// C_BAD_STREAMID where its level-2 stream table does not exist).
+fn blocked_access(r: &Rig, page: u64) {
+    assert!(r.read(SID2, page << 12, 1).is_err());
+}
+
+/// IRQ_CTRL (6.3.16): the Event queue and GERROR interrupts enabled on the wired lines. An
+/// event raises the Event queue interrupt only once enabled; events behind undrained ones
+/// raise nothing (3.18: empty to non-empty); after a drain the next event raises it again.
+#[test]
+fn event_interrupt_when_enabled_not_before_and_again_after_a_drain() {
+    for (name, model, cfg) in configs() {
+        let mut r = rig_with(model, cfg);
+        blocked_access(&r, 1);
+        assert!(r.hw.borrow().irq_log.is_empty(), "{name}: disabled");
+        r.be.enable_fault_interrupt(0, FaultInterrupt::Wired)
+            .expect("enable");
+        assert_eq!(r.hw.borrow_mut().read32(IRQ_CTRLACK), 0b101, "{name}");
+        assert!(
+            r.hw.borrow().irq_log.is_empty(),
+            "{name}: nothing for the event already queued"
+        );
+        // What the platform does right after enabling: drain once.
+        assert_eq!(r.drain().0.len(), 1, "{name}");
+        blocked_access(&r, 2);
+        blocked_access(&r, 3);
+        assert_eq!(r.hw.borrow().irq_log, [EVENTQ_WIRED], "{name}");
+        assert_eq!(r.drain().0.len(), 2, "{name}");
+        blocked_access(&r, 4);
+        assert_eq!(r.hw.borrow().irq_log, [EVENTQ_WIRED; 2], "{name}: re-armed");
+        r.assert_clean();
+    }
+}
+
+/// A GERROR condition raises the GERROR interrupt; the drain acknowledges it and reports it
+/// as the error, and still drains the Event queue, so that its next record interrupts again.
+#[test]
+fn gerror_interrupt_and_drain_still_empties_the_queue() {
+    let mut r = rig(model());
+    r.be.enable_fault_interrupt(0, FaultInterrupt::Wired)
+        .expect("enable");
+    blocked_access(&r, 1);
+    const SFM_ERR: u32 = 1 << 8;
+    r.hw.borrow_mut().inject_global_error(SFM_ERR);
+    assert_eq!(
+        r.hw.borrow().irq_log,
+        [
+            EVENTQ_WIRED,
+            Irq {
+                source: IrqSource::Gerror,
+                msi: None
+            }
+        ]
+    );
+    let mut recs = Vec::new();
+    let e = r.be.drain_faults(0, &mut |x| recs.push(x)).unwrap_err();
+    assert_eq!(e, SmmuError::GlobalError { gerror: SFM_ERR });
+    assert_eq!(recs.len(), 1, "the queue drained all the same");
+    assert_eq!(r.hw.borrow().active_gerrors(), 0, "acknowledged");
+    blocked_access(&r, 2);
+    assert_eq!(r.hw.borrow().irq_log.len(), 3, "the next event interrupts");
+    assert_eq!(r.hw.borrow().irq_log[2], EVENTQ_WIRED);
+}
+
+/// With IDR0.MSI, `Msi` programs both sources' CFG0/1/2 (address, data, Device-nGnRE) while
+/// the interrupts are off; `Wired` writes ADDR = 0 so the wired lines are used. Without
+/// IDR0.MSI an MSI is refused and nothing is written.
+#[test]
+fn msi_configuration_follows_idr0_msi() {
+    let msi = FaultInterrupt::Msi {
+        address: 0x0802_0040,
+        data: 0x6a,
+    };
+    let mut r = rig(ModelCfg {
+        msi: true,
+        ..model()
+    });
+    r.be.enable_fault_interrupt(0, msi).expect("enable");
+    {
+        let mut m = r.hw.borrow_mut();
+        assert_eq!(m.read64(EVENTQ_IRQ_CFG0), 0x0802_0040);
+        assert_eq!(m.read32(EVENTQ_IRQ_CFG1), 0x6a);
+        assert_eq!(m.read32(EVENTQ_IRQ_CFG2), 1);
+        assert_eq!(m.read64(GERROR_IRQ_CFG0), 0x0802_0040);
+    }
+    blocked_access(&r, 1);
+    assert_eq!(
+        r.hw.borrow().irq_log,
+        [Irq {
+            source: IrqSource::EventQueue,
+            msi: Some((0x0802_0040, 0x6a))
+        }]
+    );
+    // Reprogramming turns the interrupts off first (no misuse), then wired: ADDR = 0.
+    r.drain();
+    r.be.enable_fault_interrupt(0, FaultInterrupt::Wired)
+        .expect("wired");
+    assert_eq!(r.hw.borrow_mut().read64(EVENTQ_IRQ_CFG0), 0);
+    blocked_access(&r, 2);
+    assert_eq!(r.hw.borrow().irq_log[1], EVENTQ_WIRED);
+    r.assert_clean();
+
+    let mut r = rig(model());
+    assert_eq!(
+        r.be.enable_fault_interrupt(0, msi),
+        Err(SmmuError::Unsupported)
+    );
+    let bad = FaultInterrupt::Msi {
+        address: 0x0802_0042,
+        data: 0,
+    };
+    let mut m = rig(ModelCfg {
+        msi: true,
+        ..model()
+    });
+    assert_eq!(
+        m.be.enable_fault_interrupt(0, bad),
+        Err(SmmuError::Unsupported)
+    );
+    assert_eq!(r.hw.borrow_mut().read32(IRQ_CTRLACK), 0);
+    assert_eq!(m.hw.borrow_mut().read32(IRQ_CTRLACK), 0);
+    r.assert_clean();
+    m.assert_clean();
+}
+
+/// IRQ_CTRLACK never following IRQ_CTRL is a bounded wait that times out.
+#[test]
+fn bounded_wait_when_irq_ctrlack_never_follows() {
+    let mut r = rig(ModelCfg {
+        irq_ctrl_hung: true,
+        ..model()
+    });
+    let before = r.delay.0.get();
+    let e =
+        r.be.enable_fault_interrupt(0, FaultInterrupt::Wired)
+            .unwrap_err();
+    assert_eq!(e, SmmuError::Timeout(WaitFor::IrqCtrlAck(0b101)));
+    assert_eq!(e.kind(), ErrorKind::Timeout);
+    assert!(r.delay.0.get() > before, "waited");
+    assert_eq!(r.counters().timeouts, 1);
+}
+
+/// A record written while the drain returns the slots (the queue still non-empty as the SMMU
+/// sees it) raises no interrupt: the drain reads PROD again and takes it, leaving the queue
+/// empty, so the next record interrupts.
+#[test]
+fn event_recorded_during_a_drain_is_drained_and_the_queue_re_armed() {
+    let mem = SharedMem::new();
+    let hw = SmmuHandle::new(mem.clone(), model());
+    let tap = Tap::new(hw.clone());
+    let arm = tap.arming();
+    let mut alloc = SimAlloc::new(mem.clone(), POOL, 2048);
+    let mut be: SmmuBackend<Tap<SmmuHandle>, SharedMem, FakeDelay, 1> =
+        SmmuBackend::new(mem.clone(), FakeDelay::default());
+    be.add_unit(tap, &mut alloc, SmmuConfig::default())
+        .expect("bring-up");
+    be.enable_fault_interrupt(0, FaultInterrupt::Wired)
+        .expect("enable");
+    assert!(hw.dma_read(SID2, 0x1000, 1).is_err());
+    assert_eq!(hw.borrow().irq_log.len(), 1);
+    let late = hw.clone();
+    arm.before_write(0x1_00ac, move || {
+        assert!(late.dma_read(SID2, 0x2000, 1).is_err());
+    });
+    let mut recs = 0;
+    be.drain_faults(0, &mut |r| {
+        assert_eq!((r.device, r.reason), (SID2, FaultReason::Blocked));
+        recs += 1;
+    })
+    .expect("drain");
+    assert!(arm.all_ran());
+    assert_eq!(recs, 2, "the late record drained too");
+    assert_eq!(
+        hw.borrow().irq_log.len(),
+        1,
+        "no interrupt for the late record"
+    );
+    assert!(hw.borrow().pending_events().is_empty());
+    assert!(hw.dma_read(SID2, 0x3000, 1).is_err());
+    assert_eq!(hw.borrow().irq_log.len(), 2, "the next record interrupts");
+    assert!(hw.borrow().misuse.is_empty(), "{:?}", hw.borrow().misuse);
 }

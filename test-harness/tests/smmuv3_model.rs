@@ -4,7 +4,7 @@
 
 use iommu_hal::RegisterAccess;
 use iommu_test_harness::model::smmuv3::{
-    Access, EventType, SmmuConfig, SmmuFault, SmmuHandle, regs,
+    Access, EventType, Irq, IrqSource, SmmuConfig, SmmuFault, SmmuHandle, regs,
 };
 use iommu_test_harness::sim::SharedMem;
 
@@ -833,4 +833,114 @@ fn config_error_records_carry_only_stream_ids() {
     assert_eq!(ev_type(&evs[0]), 0x04);
     assert_eq!(ev_sid(&evs[0]), 33);
     assert_eq!((evs[0][1], evs[0][2], evs[0][3]), (0, 0, 0));
+}
+
+const WIRED_EVENTQ: Irq = Irq {
+    source: IrqSource::EventQueue,
+    msi: None,
+};
+
+/// 3.18 / 6.3.16: with EVENTQ_IRQEN acknowledged, a record that makes the Event queue
+/// non-empty raises the interrupt; records behind unconsumed ones raise nothing; once the
+/// queue was emptied the next record raises it again. Nothing while disabled, and enabling
+/// raises nothing for records already there.
+#[test]
+fn event_queue_interrupt_on_empty_to_non_empty() {
+    let mut r = rig();
+    assert!(r.smmu.translate(20, 0, Access::Read).is_err());
+    assert!(r.smmu.borrow().irq_log.is_empty(), "disabled");
+    r.regs.write32(regs::IRQ_CTRL, regs::IRQ_CTRL_EVENTQ_IRQEN);
+    assert_eq!(
+        r.regs.read32(regs::IRQ_CTRLACK),
+        regs::IRQ_CTRL_EVENTQ_IRQEN
+    );
+    assert!(r.smmu.translate(21, 0, Access::Read).is_err());
+    assert!(
+        r.smmu.borrow().irq_log.is_empty(),
+        "queue was not empty: no edge"
+    );
+    assert_eq!(r.take_events(4).len(), 2);
+    assert!(r.smmu.translate(22, 0, Access::Read).is_err());
+    assert!(r.smmu.translate(23, 0, Access::Read).is_err());
+    assert_eq!(r.smmu.borrow().irq_log, [WIRED_EVENTQ]);
+    assert_eq!(r.take_events(4).len(), 2);
+    assert!(r.smmu.translate(24, 0, Access::Read).is_err());
+    assert_eq!(r.smmu.borrow().irq_log, [WIRED_EVENTQ; 2]);
+    assert_eq!(r.smmu.stats().eventq_irqs, 2);
+    // Disabled again: nothing.
+    r.take_events(4);
+    r.regs.write32(regs::IRQ_CTRL, 0);
+    assert!(r.smmu.translate(25, 0, Access::Read).is_err());
+    assert_eq!(r.smmu.borrow().irq_log.len(), 2);
+    assert!(r.smmu.borrow().misuse.is_empty());
+}
+
+/// GERROR_IRQEN: an interrupt when a GERROR condition becomes active, not again while it
+/// stays active.
+#[test]
+fn gerror_interrupt_when_a_condition_becomes_active() {
+    let mut r = rig();
+    r.regs.write32(regs::IRQ_CTRL, regs::IRQ_CTRL_GERROR_IRQEN);
+    r.cmd(0xff, 0); // illegal opcode: CMDQ_ERR
+    r.cmd(0xfe, 0);
+    assert_eq!(
+        r.smmu.borrow().irq_log,
+        [Irq {
+            source: IrqSource::Gerror,
+            msi: None
+        }]
+    );
+    assert_eq!(r.smmu.stats().gerror_irqs, 1);
+}
+
+/// With IDR0.MSI, a source whose CFG0.ADDR is non-zero signals by writing CFG1 to CFG0; ADDR 0
+/// means the wired line. Writing the MSI configuration while the source is enabled, or on a
+/// unit without MSIs, is misuse.
+#[test]
+fn interrupts_as_msis_and_their_configuration_rules() {
+    let mut r = Rig::new(SmmuConfig {
+        msi: true,
+        ..SmmuConfig::default()
+    });
+    r.enable_linear();
+    r.regs.write64(regs::EVENTQ_IRQ_CFG0, 0x0800_0040);
+    r.regs.write32(regs::EVENTQ_IRQ_CFG1, 0x2a);
+    r.regs.write32(regs::EVENTQ_IRQ_CFG2, 1);
+    r.regs.write32(regs::IRQ_CTRL, regs::IRQ_CTRL_EVENTQ_IRQEN);
+    assert!(r.smmu.translate(20, 0, Access::Read).is_err());
+    assert_eq!(
+        r.smmu.borrow().irq_log,
+        [Irq {
+            source: IrqSource::EventQueue,
+            msi: Some((0x0800_0040, 0x2a))
+        }]
+    );
+    assert!(r.smmu.borrow().misuse.is_empty());
+    r.regs.write32(regs::EVENTQ_IRQ_CFG1, 0x2b);
+    assert_eq!(r.smmu.borrow().misuse.len(), 1, "changed while enabled");
+    r.regs.write32(regs::IRQ_CTRL, 0);
+    r.regs.write64(regs::EVENTQ_IRQ_CFG0, 0);
+    r.regs.write32(regs::IRQ_CTRL, regs::IRQ_CTRL_EVENTQ_IRQEN);
+    r.take_events(4);
+    assert!(r.smmu.translate(21, 0, Access::Read).is_err());
+    assert_eq!(r.smmu.borrow().irq_log[1], WIRED_EVENTQ, "ADDR 0: wired");
+    assert_eq!(r.smmu.borrow().misuse.len(), 1);
+
+    let mut r = rig();
+    r.regs.write64(regs::GERROR_IRQ_CFG0, 0x0800_0040);
+    assert_eq!(r.smmu.borrow().misuse.len(), 1, "no MSIs on this unit");
+}
+
+/// A hung unit never acknowledges IRQ_CTRL (and raises nothing).
+#[test]
+fn irq_ctrl_acknowledgement_can_hang() {
+    let mut r = Rig::new(SmmuConfig {
+        irq_ctrl_hung: true,
+        ..SmmuConfig::default()
+    });
+    r.enable_linear();
+    r.regs.write32(regs::IRQ_CTRL, regs::IRQ_CTRL_EVENTQ_IRQEN);
+    assert_eq!(r.regs.read32(regs::IRQ_CTRLACK), 0);
+    assert!(r.smmu.translate(20, 0, Access::Read).is_err());
+    assert!(r.smmu.borrow().irq_log.is_empty());
 }

@@ -9,7 +9,7 @@ use std::rc::Rc;
 
 use iommu_hal::RegisterAccess;
 use iommu_hal::backend::{
-    Backend, BackendError, DomainConfig, ErrorKind, FaultReason, FaultRecord,
+    Backend, BackendError, DomainConfig, ErrorKind, FaultInterrupt, FaultReason, FaultRecord,
 };
 use iommu_hal::pagetable::format::VtdSl;
 use iommu_hal::pagetable::{Gather, LeafSizes, PageTable, Perms};
@@ -17,7 +17,7 @@ use iommu_hal::vtd::{Timing, VtdBackend, VtdConfig, VtdError, VtdUnit, WaitFor, 
 use iommu_test_harness::model::vtd::{
     FaultReason as HwReason, Granularity, InvalidationRecord, VtdConfig as ModelCfg, VtdHandle,
 };
-use iommu_test_harness::rig::{self, FakeDelay};
+use iommu_test_harness::rig::{self, FakeDelay, Tap};
 use iommu_test_harness::sim::{SharedMem, SimAlloc};
 
 type Be = VtdBackend<VtdHandle, SharedMem, FakeDelay, 2>;
@@ -1200,4 +1200,155 @@ fn queue_status_is_invalidated_before_reads_only_on_non_coherent_units() {
         }
         r.assert_clean();
     }
+}
+
+/// The x86 fault-event message the tests program: the local APIC window, vector 0x41.
+const MSI: FaultInterrupt = FaultInterrupt::Msi {
+    address: 0xfee0_0000,
+    data: 0x41,
+};
+
+/// VT-d 7.3: with the fault event programmed, a fault raises one message (FEDATA to FEADDR);
+/// before that the event is masked (held pending, sent as the mask clears); after a drain the
+/// next fault raises the next message, also when the drain found the unit overflowed.
+#[test]
+fn fault_interrupt_when_enabled_not_when_masked_and_again_after_a_drain() {
+    for (name, model, cfg) in configs() {
+        let mut r = rig_with(model, cfg);
+        let pt = r.table();
+        r.attach(SID, &pt, 1);
+        assert!(r.hw.dma_read(SID, 0x10000, 4).is_err());
+        assert!(r.hw.fault_messages().is_empty(), "{name}: masked at reset");
+        r.be.enable_fault_interrupt(0, MSI).expect("enable");
+        assert_eq!(
+            r.hw.fault_messages(),
+            [(0xfee0_0000, 0x41)],
+            "{name}: the pending event is sent as the mask clears"
+        );
+        assert_eq!(r.drain().0.len(), 1, "{name}");
+        assert!(r.hw.dma_read(SID, 0x11000, 4).is_err());
+        assert_eq!(
+            r.hw.fault_messages().len(),
+            2,
+            "{name}: re-armed by the drain"
+        );
+        // Faults while one is pending raise nothing new (here the single recording register
+        // of QEMU's unit overflows); the drain clears everything, the next fault interrupts.
+        for p in 0..3u64 {
+            assert!(r.hw.dma_read(SID, 0x20000 + p * 0x1000, 4).is_err());
+        }
+        assert_eq!(r.hw.fault_messages().len(), 2, "{name}");
+        let (recs, _) = r.drain();
+        assert!(!recs.is_empty(), "{name}");
+        assert!(r.hw.dma_read(SID, 0x30000, 4).is_err());
+        assert_eq!(
+            r.hw.fault_messages(),
+            [(0xfee0_0000, 0x41); 3],
+            "{name}: re-armed after an overflow"
+        );
+        r.assert_clean();
+    }
+}
+
+/// Requests the unit cannot signal are refused with Unsupported and change nothing: a wired
+/// line (the fault event is a message only), reserved address bits, an upper address on a
+/// unit without extended interrupt mode, data wider than FEDATA's 16 bits.
+#[test]
+fn fault_interrupts_the_unit_cannot_send_are_refused_untouched() {
+    let mut model = ModelCfg::qemu();
+    model.ecap &= !(1 << 4); // no ECAP.EIM
+    let mut r = rig(model);
+    let bad = [
+        FaultInterrupt::Wired,
+        FaultInterrupt::Msi {
+            address: 0xfee0_0002,
+            data: 0x41,
+        },
+        FaultInterrupt::Msi {
+            address: 0x1_fee0_0000,
+            data: 0x41,
+        },
+        FaultInterrupt::Msi {
+            address: 0xfee0_0000,
+            data: 0x1_0041,
+        },
+    ];
+    for irq in bad {
+        let e = r.be.enable_fault_interrupt(0, irq).unwrap_err();
+        assert_eq!(e, VtdError::Unsupported, "{irq:?}");
+        assert_eq!(e.kind(), ErrorKind::Unsupported);
+    }
+    assert_eq!(
+        r.hw.borrow_mut().read32(regs::FECTL),
+        regs::fectl::IM,
+        "still masked"
+    );
+    assert_eq!(r.hw.borrow_mut().read32(regs::FEADDR), 0);
+    assert_eq!(
+        r.be.enable_fault_interrupt(3, MSI),
+        Err(VtdError::BadUnit),
+        "no such unit"
+    );
+    // With extended interrupt mode the upper half goes to FEUADDR.
+    let mut r = rig(ModelCfg::qemu());
+    let x2apic = FaultInterrupt::Msi {
+        address: 0x0000_0100_fee0_0000,
+        data: 0x41,
+    };
+    r.be.enable_fault_interrupt(0, x2apic).expect("enable");
+    assert_eq!(r.hw.borrow_mut().read32(regs::FEUADDR), 0x100);
+    let pt = r.table();
+    r.attach(SID, &pt, 1);
+    assert!(r.hw.dma_read(SID, 0x1000, 4).is_err());
+    assert_eq!(r.hw.fault_messages(), [(0x0000_0100_fee0_0000, 0x41)]);
+    r.assert_clean();
+}
+
+/// A fault recorded while the drain runs, in a register the drain already passed, leaves
+/// PPF set: no new fault event will come for it. The drain sees PPF still set, drains again,
+/// and leaves the unit with nothing pending, so the next fault raises the next message.
+#[test]
+fn fault_recorded_during_a_drain_is_drained_and_the_unit_re_armed() {
+    let mem = SharedMem::new();
+    let hw = VtdHandle::new(mem.clone(), ModelCfg::qemu().with_fault_records(2));
+    let tap = Tap::new(hw.clone());
+    let arm = tap.arming();
+    let mut alloc = SimAlloc::new(mem.clone(), POOL, 1024);
+    let mut be: VtdBackend<Tap<VtdHandle>, SharedMem, FakeDelay, 1> =
+        VtdBackend::new(mem.clone(), FakeDelay::default());
+    be.add_unit(tap, &mut alloc, VtdConfig::default())
+        .expect("bring-up");
+    let pt: PageTable<VtdSl> = rig::unit_table(&be.unit_info(0), &mut alloc);
+    be.attach(&mut alloc, 0, u32::from(SID), rig::domain(&pt, 1))
+        .expect("attach");
+    be.enable_fault_interrupt(0, MSI).expect("enable");
+    // Records 0 and 1 hold a fault each; one message.
+    assert!(hw.dma_read(SID, 0x1000, 4).is_err());
+    assert!(hw.dma_read(SID, 0x2000, 4).is_err());
+    assert_eq!(hw.fault_messages().len(), 1);
+    // As the drain clears record 1 (the last of its pass), the device faults again: the
+    // record lands in register 0, already passed, while PPF is set.
+    let fro = ((hw.borrow().config().cap >> 24) & 0x3ff) as usize * 16;
+    let late = hw.clone();
+    arm.before_write(fro + 16 + 8, move || {
+        assert!(late.dma_read(SID, 0x3000, 4).is_err());
+    });
+    let mut recs = Vec::new();
+    be.drain_faults(0, &mut |r| recs.push(r.iova))
+        .expect("drain");
+    assert!(arm.all_ran());
+    assert_eq!(
+        recs,
+        [0x1000, 0x2000, 0x3000],
+        "the late record drained too"
+    );
+    assert_eq!(
+        hw.fault_messages().len(),
+        1,
+        "no message for the late record"
+    );
+    assert!(hw.fault_records().is_empty());
+    assert!(hw.dma_read(SID, 0x4000, 4).is_err());
+    assert_eq!(hw.fault_messages().len(), 2, "the next fault interrupts");
+    assert!(hw.violations().is_empty(), "{:?}", hw.violations());
 }

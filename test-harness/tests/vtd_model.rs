@@ -16,6 +16,8 @@ const RTADDR: usize = 0x20;
 const CCMD: usize = 0x28;
 const FSTS: usize = 0x34;
 const FECTL: usize = 0x38;
+const FEDATA: usize = 0x3c;
+const FEADDR: usize = 0x40;
 const IQH: usize = 0x80;
 const IQT: usize = 0x88;
 const IQA: usize = 0x90;
@@ -519,6 +521,70 @@ fn fault_event_respects_the_mask() {
     r.m.write32(FRCD + 12, 1 << 31);
     r.m.dma_read(SID, 0, 1).unwrap_err();
     assert_eq!(r.m.stats().fault_interrupts, 2);
+}
+
+/// VT-d 7.3: one fault event message per new interrupt condition (a status bit set while
+/// none was), sent as FEDATA to FEADDR; nothing while masked (IP holds it) or while an earlier
+/// condition is still pending; the next fault after software cleared every status raises the
+/// next message.
+#[test]
+fn fault_event_is_one_message_per_condition() {
+    let (mut r, _top) = Rig::simple(VtdConfig::default().with_fault_records(2));
+    r.m.write32(FEDATA, 0x41);
+    r.m.write32(FEADDR, 0xfee0_0000);
+    r.m.write32(FECTL, 0);
+    r.m.dma_read(SID, 0, 1).unwrap_err();
+    assert_eq!(r.m.fault_messages(), [(0xfee0_0000, 0x41)]);
+    assert!(!r.m.fault_event_pending());
+    // PPF still set: a second fault is no new condition.
+    r.m.dma_read(SID, 0x1000, 1).unwrap_err();
+    assert_eq!(r.m.fault_messages().len(), 1);
+    // Clearing one record leaves PPF set (the other record): still nothing new.
+    r.m.write32(FRCD + 12, 1 << 31);
+    r.m.dma_read(SID, 0x2000, 1).unwrap_err();
+    assert_eq!(r.m.fault_messages().len(), 1);
+    // Every record cleared: the next fault raises the next message.
+    r.m.write32(FRCD + 12, 1 << 31);
+    r.m.write32(FRCD + 16 + 12, 1 << 31);
+    assert_eq!(r.m.read32(FSTS) & 2, 0, "PPF clear");
+    r.m.dma_read(SID, 0x3000, 1).unwrap_err();
+    assert_eq!(r.m.fault_messages().len(), 2);
+    // Masked: held pending, sent on unmask.
+    r.m.write32(FRCD + 12, 1 << 31);
+    r.m.write32(FRCD + 16 + 12, 1 << 31);
+    r.m.write32(FECTL, 1 << 31);
+    r.m.dma_read(SID, 0x4000, 1).unwrap_err();
+    assert_eq!(r.m.fault_messages().len(), 2);
+    assert!(r.m.fault_event_pending());
+    r.m.write32(FECTL, 0);
+    assert_eq!(r.m.fault_messages().len(), 3);
+    assert!(r.m.violations().is_empty(), "{:?}", r.m.violations());
+    // Overflow: PFO stays set until cleared, and blocks new conditions like PPF does.
+    let (mut r, _top) = Rig::simple(VtdConfig::default());
+    r.m.write32(FEDATA, 0x42);
+    r.m.write32(FEADDR, 0xfee0_1000);
+    r.m.write32(FECTL, 0);
+    r.m.dma_read(SID, 0, 1).unwrap_err();
+    r.m.dma_read(SID, 0x1000, 1).unwrap_err(); // dropped: PFO
+    assert_eq!(r.m.read32(FSTS) & 3, 3, "PFO and PPF");
+    r.m.write32(FRCD + 12, 1 << 31);
+    r.m.dma_read(SID, 0x2000, 1).unwrap_err(); // PFO pending: no event, not recorded
+    assert_eq!(r.m.fault_messages().len(), 1);
+    r.m.write32(FSTS, 1);
+    r.m.dma_read(SID, 0x3000, 1).unwrap_err();
+    assert_eq!(r.m.fault_messages(), [(0xfee0_1000, 0x42); 2]);
+}
+
+/// The fault event is an interrupt message that is never remapped: an address outside the
+/// interrupt range is a software error.
+#[test]
+fn fault_event_outside_the_interrupt_range_is_a_violation() {
+    let (mut r, _top) = Rig::simple(VtdConfig::default());
+    r.m.write32(FEADDR, 0x1000);
+    r.m.write32(FECTL, 0);
+    r.m.dma_read(SID, 0, 1).unwrap_err();
+    assert_eq!(r.m.fault_messages(), [(0x1000, 0)]);
+    assert_eq!(r.m.violations().len(), 1, "{:?}", r.m.violations());
 }
 
 #[test]

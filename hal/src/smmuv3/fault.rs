@@ -10,9 +10,20 @@
 //! (6.3.18) becomes active, and software acknowledges it by toggling the same bit of
 //! SMMU_GERRORN (6.3.19). QEMU (hw/arm/smmuv3.c, up to at least 10.0) signals a full queue
 //! this way instead of with OVFLG. Both are reported as lost records.
+//!
+//! Interrupts (3.18 Interrupts and notifications, 6.3.16 SMMU_IRQ_CTRL): the Event queue
+//! interrupt is edge-like, sent when the queue goes from empty to non-empty, and the GERROR
+//! interrupt when a GERROR condition becomes active. A record written while the queue still
+//! holds unconsumed records raises nothing, so [`EventQueue::drain`] reads EVENTQ_PROD again
+//! after returning the slots and keeps draining until it sees the queue empty: the next
+//! record then raises the next interrupt. Both interrupts are wired lines or, with
+//! SMMU_IDR0.MSI, messages configured in `*_IRQ_CFG0..2` (6.3.20 to 6.3.22, 6.3.30 to 6.3.32).
 
-use super::regs::{self, gerror, queue};
-use crate::backend::{FaultReason, FaultRecord, UnitIndex};
+use embedded_hal::delay::DelayNs;
+
+use super::regs::{self, Idr0, gerror, irq, queue};
+use super::{SmmuError, Timing, WaitFor, poll};
+use crate::backend::{FaultInterrupt, FaultReason, FaultRecord, UnitIndex};
 use crate::mem::{PhysAddr, PhysMem, RegisterAccess};
 
 /// Size of one event record in bytes (7.3).
@@ -94,6 +105,85 @@ pub fn decode(unit: UnitIndex, d: [u64; 4]) -> FaultRecord {
     }
 }
 
+/// Passes over the Event queue one drain makes at most before giving up on a unit that keeps
+/// recording events (each pass reads at most one queue's worth of records).
+pub const MAX_DRAIN_PASSES: u32 = 4;
+
+/// Writes SMMU_IRQ_CTRL and waits (bounded) for SMMU_IRQ_CTRLACK to follow (6.3.16, 6.3.17).
+fn set_irq_ctrl<R, D>(
+    regs: &mut R,
+    delay: &mut D,
+    timing: Timing,
+    value: u32,
+) -> Result<(), SmmuError>
+where
+    R: RegisterAccess + ?Sized,
+    D: DelayNs + ?Sized,
+{
+    regs.write32(regs::IRQ_CTRL, value);
+    poll(delay, timing, WaitFor::IrqCtrlAck(value), || {
+        Ok(regs.read32(regs::IRQ_CTRLACK) & irq::ACK_MASK == value & irq::ACK_MASK)
+    })
+}
+
+/// Enables the Event queue and GERROR interrupts (6.3.16) signalled as `irq`:
+///
+/// 1. interrupts off (IRQ_CTRL = 0, wait for IRQ_CTRLACK), because the MSI configuration must
+///    not change while an enable is set (6.3.20, 6.3.30);
+/// 2. [`FaultInterrupt::Msi`] (only with SMMU_IDR0.MSI): both sources' CFG0 = the address,
+///    CFG1 = the data, CFG2 = Device-nGnRE; [`FaultInterrupt::Wired`]: on a unit with MSI
+///    support both CFG0 = 0, which sends no MSI so the wired lines are used (6.3.20 ADDR);
+/// 3. IRQ_CTRL = EVENTQ_IRQEN | GERROR_IRQEN, wait for IRQ_CTRLACK.
+///
+/// Records already in the Event queue and GERROR conditions already active raise no interrupt
+/// (nothing goes from empty to non-empty): the caller drains once after enabling. An MSI the
+/// unit cannot send (no IDR0.MSI, an address outside ADDR's bits 51:2) is refused before any
+/// register is written.
+pub fn enable_interrupt<R, D>(
+    regs: &mut R,
+    delay: &mut D,
+    timing: Timing,
+    idr0: Idr0,
+    irq: FaultInterrupt,
+) -> Result<(), SmmuError>
+where
+    R: RegisterAccess + ?Sized,
+    D: DelayNs + ?Sized,
+{
+    let msi = match irq {
+        FaultInterrupt::Msi { address, data } => {
+            if !idr0.msi() || address & !irq::ADDR_MASK != 0 || address == 0 {
+                return Err(SmmuError::Unsupported);
+            }
+            Some((address, data))
+        }
+        FaultInterrupt::Wired => None,
+    };
+    if regs.read32(regs::IRQ_CTRLACK) & irq::ACK_MASK != 0 {
+        set_irq_ctrl(regs, delay, timing, 0)?;
+    }
+    if idr0.msi() {
+        let (address, data) = msi.unwrap_or((0, 0));
+        for (cfg0, cfg1, cfg2) in [
+            (
+                regs::EVENTQ_IRQ_CFG0,
+                regs::EVENTQ_IRQ_CFG1,
+                regs::EVENTQ_IRQ_CFG2,
+            ),
+            (
+                regs::GERROR_IRQ_CFG0,
+                regs::GERROR_IRQ_CFG1,
+                regs::GERROR_IRQ_CFG2,
+            ),
+        ] {
+            regs.write64(cfg0, address);
+            regs.write32(cfg1, data);
+            regs.write32(cfg2, irq::MEMATTR_DEVICE_NGNRE);
+        }
+    }
+    set_irq_ctrl(regs, delay, timing, irq::EVENTQ_IRQEN | irq::GERROR_IRQEN)
+}
+
 /// The Event queue of one unit: one 4 KiB frame of up to 128 records.
 #[derive(Debug)]
 pub struct EventQueue {
@@ -157,9 +247,11 @@ impl EventQueue {
     }
 
     /// Reads every record between CONS and PROD into `sink`, returns the consumed slots to
-    /// the SMMU by writing CONS (with OVACKFLG acknowledging any overflow), and returns
-    /// whether records were lost and the number of records delivered. At most one queue's
-    /// worth of records is read per call, whatever PROD says.
+    /// the SMMU by writing CONS (with OVACKFLG acknowledging any overflow), and reads PROD
+    /// again, until PROD shows no new record (at most [`MAX_DRAIN_PASSES`] queues' worth of
+    /// records per call, whatever PROD says). The queue is then empty as the SMMU last saw
+    /// it, so its next record raises the Event queue interrupt (3.18). Returns whether records
+    /// were lost and the number of records delivered.
     ///
     /// Records were lost if EVENTQ_PROD.OVFLG differs from the last acknowledged value (7.4)
     /// or GERROR.EVENTQ_ABT_ERR is active (6.3.18). The latter is acknowledged (its GERRORN
@@ -185,34 +277,41 @@ impl EventQueue {
         if abort {
             regs.write32(regs::GERRORN, gerrorn ^ gerror::EVENTQ_ABT_ERR);
         }
-        let raw = regs.read32(self.prod_off);
-        let prod = raw & self.ptr_mask();
-        let ovflg = raw & queue::OVFLG;
         let entries = 1u32 << self.log2;
-        let avail = prod.wrapping_sub(self.cons) & self.ptr_mask();
-        let n = avail.min(entries);
-        for _ in 0..n {
-            let pa = self.base + (self.cons & (entries - 1)) as u64 * EVENT_SIZE;
-            if !coherent {
-                mem.sync_for_cpu(pa, EVENT_SIZE);
+        let mut total = 0u64;
+        let mut overflow = false;
+        for _ in 0..MAX_DRAIN_PASSES {
+            let raw = regs.read32(self.prod_off);
+            let prod = raw & self.ptr_mask();
+            let ovflg = raw & queue::OVFLG;
+            let avail = prod.wrapping_sub(self.cons) & self.ptr_mask();
+            let n = avail.min(entries);
+            for _ in 0..n {
+                let pa = self.base + (self.cons & (entries - 1)) as u64 * EVENT_SIZE;
+                if !coherent {
+                    mem.sync_for_cpu(pa, EVENT_SIZE);
+                }
+                let d = [
+                    mem.read_u64(pa),
+                    mem.read_u64(pa + 8),
+                    mem.read_u64(pa + 16),
+                    mem.read_u64(pa + 24),
+                ];
+                sink(decode(unit, d));
+                self.cons = (self.cons + 1) & self.ptr_mask();
             }
-            let d = [
-                mem.read_u64(pa),
-                mem.read_u64(pa + 8),
-                mem.read_u64(pa + 16),
-                mem.read_u64(pa + 24),
-            ];
-            sink(decode(unit, d));
-            self.cons = (self.cons + 1) & self.ptr_mask();
-        }
-        let overflow = ovflg != self.ovack;
-        self.ovack = ovflg;
-        if n > 0 || overflow {
+            let lost = ovflg != self.ovack;
+            self.ovack = ovflg;
+            overflow |= lost;
+            total += u64::from(n);
+            if n == 0 && !lost {
+                break;
+            }
             // Hands the slots back to the SMMU; RegisterAccess orders this write after the
             // reads of the records above, so none is overwritten before it was read.
             regs.write32(self.cons_off, self.cons | self.ovack);
         }
-        (overflow || abort, n as u64)
+        (overflow || abort, total)
     }
 }
 

@@ -6,7 +6,8 @@
 //! - [`tables`]: stream table entries and context descriptors (5.1, 5.2, 5.4).
 //! - [`queue`]: the Command queue, commands and TLB invalidation planning (3.5, chapter 4,
 //!   7.1).
-//! - [`fault`]: the Event queue and event records (7.2 to 7.4).
+//! - [`fault`]: the Event queue and event records (7.2 to 7.4), the Event queue and GERROR
+//!   interrupts (3.18, 6.3.16 to 6.3.22).
 //! - this module: [`SmmuUnit`] (one SMMU) and [`SmmuBackend`] (all SMMUs of a machine,
 //!   implementing [`Backend`]).
 //!
@@ -54,6 +55,8 @@ pub enum WaitFor {
     CmdqSpace,
     /// CMDQ_CONS to pass the batch's CMD_SYNC.
     CmdqSync,
+    /// SMMU_IRQ_CTRLACK to equal the IRQ_CTRL value given (6.3.17).
+    IrqCtrlAck(u32),
 }
 
 /// Why an SMMUv3 operation failed.
@@ -109,6 +112,7 @@ impl core::fmt::Display for WaitFor {
             WaitFor::Gbpa => f.write_str("SMMU_GBPA.Update to clear"),
             WaitFor::CmdqSpace => f.write_str("a free slot in the Command queue"),
             WaitFor::CmdqSync => f.write_str("CMDQ_CONS to pass the batch's CMD_SYNC"),
+            WaitFor::IrqCtrlAck(v) => write!(f, "SMMU_IRQ_CTRLACK to equal IRQ_CTRL {v:#x}"),
         }
     }
 }
@@ -906,10 +910,11 @@ impl<R: RegisterAccess, const CDS: usize> SmmuUnit<R, CDS> {
     }
 
     /// Drains the Event queue into `sink` (see [`Backend::drain_faults`]). An active GERROR
-    /// condition other than EVENTQ_ABT_ERR is acknowledged and reported first, without
-    /// draining. EVENTQ_ABT_ERR (event records were dropped; QEMU's signal for a full queue)
-    /// is acknowledged and the queue drained in the same call, returning `true` (records
-    /// lost), as for EVENTQ_PROD.OVFLG (see [`EventQueue::drain`]).
+    /// condition other than EVENTQ_ABT_ERR is acknowledged first; the queue is drained all
+    /// the same (so that its next record raises the Event queue interrupt again) and the
+    /// condition is then reported as the error. EVENTQ_ABT_ERR (event records were dropped;
+    /// QEMU's signal for a full queue) is acknowledged and the queue drained in the same call,
+    /// returning `true` (records lost), as for EVENTQ_PROD.OVFLG (see [`EventQueue::drain`]).
     pub fn drain_faults<M>(
         &mut self,
         mem: &mut M,
@@ -919,14 +924,14 @@ impl<R: RegisterAccess, const CDS: usize> SmmuUnit<R, CDS> {
     where
         M: PhysMem + ?Sized,
     {
-        if let Err(e) = queue::recover(
+        let recovered = queue::recover(
             &mut self.regs,
             mem,
             self.cmdq.base(),
             self.cmdq.log2_entries(),
-        ) {
+        );
+        if let Err(e) = recovered {
             self.counters.count_error(e);
-            return Err(e);
         }
         let coherent = self.info.coherent_walk;
         let (overflow, n) = self.evtq.drain(&mut self.regs, mem, coherent, unit, sink);
@@ -934,7 +939,7 @@ impl<R: RegisterAccess, const CDS: usize> SmmuUnit<R, CDS> {
         if overflow {
             self.counters.overflows += 1;
         }
-        Ok(overflow)
+        recovered.map(|()| overflow)
     }
 }
 
@@ -1092,11 +1097,23 @@ impl<R: RegisterAccess, const CDS: usize> Unit for SmmuUnit<R, CDS> {
         self.release_cd(mem, delay, alloc, tag).map(|_| ())
     }
 
-    fn enable_interrupt<M>(&mut self, _mem: &mut M, _irq: FaultInterrupt) -> Result<(), SmmuError>
+    /// Enables the Event queue and GERROR interrupts as `irq` (see
+    /// [`fault::enable_interrupt`]).
+    fn enable_interrupt<M, D>(
+        &mut self,
+        _mem: &mut M,
+        delay: &mut D,
+        irq: FaultInterrupt,
+    ) -> Result<(), SmmuError>
     where
         M: PhysMem + ?Sized,
+        D: DelayNs + ?Sized,
     {
-        Err(SmmuError::Unsupported)
+        let r = fault::enable_interrupt(&mut self.regs, delay, self.timing, Idr0(self.idr[0]), irq);
+        if let Err(e @ SmmuError::Timeout(_)) = r {
+            self.counters.count_error(e);
+        }
+        r
     }
 
     fn drain<M>(

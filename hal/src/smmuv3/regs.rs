@@ -29,10 +29,20 @@ pub const CR1: usize = 0x28;
 pub const CR2: usize = 0x2c;
 /// 6.3.14 SMMU_GBPA (32-bit): global bypass attributes, used while SMMUEN == 0.
 pub const GBPA: usize = 0x44;
+/// 6.3.16 SMMU_IRQ_CTRL (32-bit): interrupt enables.
+pub const IRQ_CTRL: usize = 0x50;
+/// 6.3.17 SMMU_IRQ_CTRLACK (32-bit, RO): the enables in effect.
+pub const IRQ_CTRLACK: usize = 0x54;
 /// 6.3.18 SMMU_GERROR (32-bit, RO).
 pub const GERROR: usize = 0x60;
 /// 6.3.19 SMMU_GERRORN (32-bit): acknowledges GERROR bits by toggling.
 pub const GERRORN: usize = 0x64;
+/// 6.3.20 SMMU_GERROR_IRQ_CFG0 (64-bit): the GERROR MSI's address.
+pub const GERROR_IRQ_CFG0: usize = 0x68;
+/// 6.3.21 SMMU_GERROR_IRQ_CFG1 (32-bit): the GERROR MSI's data.
+pub const GERROR_IRQ_CFG1: usize = 0x70;
+/// 6.3.22 SMMU_GERROR_IRQ_CFG2 (32-bit): the GERROR MSI's memory attributes.
+pub const GERROR_IRQ_CFG2: usize = 0x74;
 /// 6.3.24 SMMU_STRTAB_BASE (64-bit).
 pub const STRTAB_BASE: usize = 0x80;
 /// 6.3.25 SMMU_STRTAB_BASE_CFG (32-bit).
@@ -45,6 +55,12 @@ pub const CMDQ_PROD: usize = 0x98;
 pub const CMDQ_CONS: usize = 0x9c;
 /// 6.3.29 SMMU_EVENTQ_BASE (64-bit).
 pub const EVENTQ_BASE: usize = 0xa0;
+/// 6.3.30 SMMU_EVENTQ_IRQ_CFG0 (64-bit): the Event queue MSI's address.
+pub const EVENTQ_IRQ_CFG0: usize = 0xb0;
+/// 6.3.31 SMMU_EVENTQ_IRQ_CFG1 (32-bit): the Event queue MSI's data.
+pub const EVENTQ_IRQ_CFG1: usize = 0xb8;
+/// 6.3.32 SMMU_EVENTQ_IRQ_CFG2 (32-bit): the Event queue MSI's memory attributes.
+pub const EVENTQ_IRQ_CFG2: usize = 0xbc;
 /// SMMU_EVENTQ_PROD, page 1 offset 0xA8 (32-bit).
 pub const EVENTQ_PROD_PAGE1: usize = 0xa8;
 /// SMMU_EVENTQ_CONS, page 1 offset 0xAC (32-bit).
@@ -88,6 +104,11 @@ impl Idr0 {
     /// ASID16 (bit 12): 16-bit ASIDs (else 8-bit).
     pub const fn asid16(self) -> bool {
         self.f(12, 1) != 0
+    }
+    /// MSI (bit 13): the SMMU can signal its interrupts as MSIs (the `*_IRQ_CFG0..2`
+    /// registers exist).
+    pub const fn msi(self) -> bool {
+        self.f(13, 1) != 0
     }
     /// TTENDIAN (bits 22:21): 0b00 mixed, 0b10 little-endian only, 0b11 big-endian only.
     pub const fn ttendian(self) -> u32 {
@@ -260,6 +281,24 @@ pub mod gerror {
     pub const SFM_ERR: u32 = 1 << 8;
     /// Every defined error bit (CMDQ_ERR, EVENTQ/PRIQ/MSI abort errors, SFM_ERR).
     pub const ALL: u32 = 0x1fd;
+}
+
+/// SMMU_IRQ_CTRL / SMMU_IRQ_CTRLACK bits (6.3.16, 6.3.17) and the MSI configuration
+/// registers' fields (6.3.20 to 6.3.22, 6.3.30 to 6.3.32).
+pub mod irq {
+    /// GERROR_IRQEN (bit 0): interrupt when a GERROR condition becomes active.
+    pub const GERROR_IRQEN: u32 = 1 << 0;
+    /// PRIQ_IRQEN (bit 1): PRI queue interrupt (not used: no PRI queue).
+    pub const PRIQ_IRQEN: u32 = 1 << 1;
+    /// EVENTQ_IRQEN (bit 2): Event queue interrupt.
+    pub const EVENTQ_IRQEN: u32 = 1 << 2;
+    /// The bits compared with IRQ_CTRLACK.
+    pub const ACK_MASK: u32 = GERROR_IRQEN | PRIQ_IRQEN | EVENTQ_IRQEN;
+    /// *_IRQ_CFG0.ADDR (bits 51:2): the MSI's target address; 0 sends no MSI (the wired
+    /// interrupt, where implemented, is used instead).
+    pub const ADDR_MASK: u64 = 0x000f_ffff_ffff_fffc;
+    /// *_IRQ_CFG2.MemAttr (bits 3:0) = 0b0001: the MSI write is Device-nGnRE.
+    pub const MEMATTR_DEVICE_NGNRE: u32 = 0x1;
 }
 
 /// SMMU_STRTAB_BASE and SMMU_STRTAB_BASE_CFG fields (6.3.24, 6.3.25).

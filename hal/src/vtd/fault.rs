@@ -1,13 +1,23 @@
-//! Primary fault logging: draining the fault recording registers (VT-d spec 7.2.1 Primary
-//! Fault Logging, 11.4.9 Fault Status Register, 11.4.14 Fault Recording Registers).
+//! Primary fault logging and the fault event: draining the fault recording registers
+//! (VT-d spec 7.2.1 Primary Fault Logging, 11.4.9 Fault Status Register, 11.4.14 Fault
+//! Recording Registers) and programming the fault event interrupt (7.3 Non-Recoverable Fault
+//! Event, 11.4.10 to 11.4.13).
 //!
 //! The unit has `CAP.NFR + 1` recording registers of 128 bits at `CAP.FRO * 16`. A record is
 //! valid while F is set; software reads it and clears F (W1C). FSTS.PPF summarises "some F is
 //! set"; FSTS.PFO reports records lost because every register was full.
+//!
+//! The fault event (7.3) is an interrupt condition only when a status bit (PPF, PFO, the
+//! invalidation queue errors) becomes set while none was set before: a fault recorded while
+//! PPF is still set raises nothing. [`drain`] therefore keeps going until it has seen PPF clear
+//! after clearing PFO, so that the next fault is a new condition and raises the next event
+//! (the interrupt is re-armed by the drain). The event is a message (address and data written
+//! by the unit, never remapped: 7.3), held pending in FECTL.IP while FECTL.IM is set.
 
-use super::regs::{self, frcd, fsts};
+use super::VtdError;
+use super::regs::{self, Ecap, fectl, frcd, fsts};
 use super::tables::{self, RootTable, levels_for_aw};
-use crate::backend::{FaultReason, FaultRecord, UnitIndex};
+use crate::backend::{FaultInterrupt, FaultReason, FaultRecord, UnitIndex};
 use crate::mem::{PhysMem, RegisterAccess};
 use crate::pagetable::{Format, Pte};
 
@@ -104,9 +114,49 @@ pub fn classify<M: PhysMem + ?Sized, F: Format>(
     FaultReason::NotPresent
 }
 
-/// Drains every recording register with F set, oldest first (starting at FSTS.FRI), clears
-/// F (W1C) after reading each, then reports and clears FSTS.PFO. Returns the overflow flag
-/// and the number of records delivered.
+/// Passes over the recording registers one drain makes at most before giving up on a unit
+/// that keeps recording faults (each pass reads every register once).
+pub const MAX_DRAIN_PASSES: u32 = 4;
+
+/// Programs the fault event (VT-d spec 7.3, 11.4.10 to 11.4.13) to be the message `irq` and
+/// unmasks it: FECTL.IM is set first (so that nothing is sent to a half-written address),
+/// then FEDATA, FEADDR and (on units with extended interrupt mode, ECAP.EIM) FEUADDR are
+/// written, then IM is cleared. A fault event already pending (FECTL.IP, e.g. faults recorded
+/// before this call) is sent as IM clears.
+///
+/// The unit signals only by message: [`FaultInterrupt::Wired`] is refused, as are a message
+/// address with its reserved bits 1:0 set, one above 4 GiB on a unit without EIM, and data
+/// wider than the 16 bits of FEDATA.IMD. A refused request writes nothing.
+pub fn enable_interrupt<R>(regs: &mut R, ecap: Ecap, irq: FaultInterrupt) -> Result<(), VtdError>
+where
+    R: RegisterAccess + ?Sized,
+{
+    let FaultInterrupt::Msi { address, data } = irq else {
+        return Err(VtdError::Unsupported);
+    };
+    let upper = (address >> 32) as u32;
+    if address & fectl::ADDR_RESERVED != 0
+        || (upper != 0 && !ecap.eim())
+        || data & !fectl::DATA_MASK != 0
+    {
+        return Err(VtdError::Unsupported);
+    }
+    regs.write32(regs::FECTL, fectl::IM);
+    regs.write32(regs::FEDATA, data);
+    regs.write32(regs::FEADDR, address as u32);
+    if ecap.eim() {
+        regs.write32(regs::FEUADDR, upper);
+    }
+    regs.write32(regs::FECTL, 0);
+    Ok(())
+}
+
+/// Drains every recording register with F set, oldest first (starting at FSTS.FRI), clearing
+/// F (W1C) after reading each, then reports and clears FSTS.PFO. When FSTS.PPF still reads set
+/// afterwards (a fault was recorded in a register already passed), it drains again, at most
+/// [`MAX_DRAIN_PASSES`] times, so that the unit is left with no status set and the next fault
+/// raises a new fault event (7.3). Returns the overflow flag and the number of records
+/// delivered.
 pub fn drain<R, M, F>(
     regs: &mut R,
     mem: &M,
@@ -121,25 +171,32 @@ where
     M: PhysMem + ?Sized,
     F: Format,
 {
-    let start = fsts::fri(regs.read32(regs::FSTS)) % count.max(1);
     let mut n = 0;
-    for k in 0..count {
-        let i = (start + k) % count;
-        let off = fro_off + i as usize * regs::FRCD_SIZE;
-        let hi = regs.read64(off + 8);
-        if hi & frcd::F == 0 {
-            continue;
+    let mut overflow = false;
+    let count = count.max(1);
+    for _ in 0..MAX_DRAIN_PASSES {
+        let start = fsts::fri(regs.read32(regs::FSTS)) % count;
+        for k in 0..count {
+            let i = (start + k) % count;
+            let off = fro_off + i as usize * regs::FRCD_SIZE;
+            let hi = regs.read64(off + 8);
+            if hi & frcd::F == 0 {
+                continue;
+            }
+            let lo = regs.read64(off);
+            // W1C: writing F alone clears the record; every other field is read-only.
+            regs.write64(off + 8, frcd::F);
+            sink(decode::<M, F>(mem, root, unit, lo, hi));
+            n += 1;
         }
-        let lo = regs.read64(off);
-        // W1C: writing F alone clears the record; every other field is read-only.
-        regs.write64(off + 8, frcd::F);
-        sink(decode::<M, F>(mem, root, unit, lo, hi));
-        n += 1;
-    }
-    let f = regs.read32(regs::FSTS);
-    let overflow = f & fsts::PFO != 0;
-    if overflow {
-        regs.write32(regs::FSTS, fsts::PFO);
+        let f = regs.read32(regs::FSTS);
+        if f & fsts::PFO != 0 {
+            overflow = true;
+            regs.write32(regs::FSTS, fsts::PFO);
+        }
+        if f & fsts::PPF == 0 {
+            break;
+        }
     }
     (overflow, n)
 }

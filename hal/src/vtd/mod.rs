@@ -4,7 +4,8 @@
 //! - [`regs`]: the register map (VT-d spec 11.4).
 //! - [`tables`]: root and context entries (VT-d spec 9.1, 9.3).
 //! - [`queue`]: invalidation through the queue (VT-d spec 6.5.2) or the registers (6.5.1).
-//! - [`fault`]: draining the fault recording registers (VT-d spec 7.2.1, 11.4.14).
+//! - [`fault`]: draining the fault recording registers (VT-d spec 7.2.1, 11.4.14) and the
+//!   fault event interrupt (7.3, 11.4.10 to 11.4.13).
 //! - this module: [`VtdUnit`] (one remapping unit, a DRHD) and [`VtdBackend`] (all units of a
 //!   machine, implementing [`Backend`]).
 //!
@@ -920,11 +921,18 @@ impl<R: RegisterAccess> Unit for VtdUnit<R> {
         self.invalidate_all(mem, delay, tag)
     }
 
-    fn enable_interrupt<M>(&mut self, _mem: &mut M, _irq: FaultInterrupt) -> Result<(), VtdError>
+    /// Programs the fault event as the message `irq` (see [`fault::enable_interrupt`]).
+    fn enable_interrupt<M, D>(
+        &mut self,
+        _mem: &mut M,
+        _delay: &mut D,
+        irq: FaultInterrupt,
+    ) -> Result<(), VtdError>
     where
         M: PhysMem + ?Sized,
+        D: DelayNs + ?Sized,
     {
-        Err(VtdError::Unsupported)
+        fault::enable_interrupt(&mut self.regs, self.ecap, irq)
     }
 
     fn drain<M>(

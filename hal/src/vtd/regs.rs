@@ -22,6 +22,12 @@ pub const CCMD: usize = 0x28;
 pub const FSTS: usize = 0x34;
 /// VT-d spec 11.4.10 Fault Event Control Register (32-bit).
 pub const FECTL: usize = 0x38;
+/// VT-d spec 11.4.11 Fault Event Data Register (32-bit).
+pub const FEDATA: usize = 0x3c;
+/// VT-d spec 11.4.12 Fault Event Address Register (32-bit).
+pub const FEADDR: usize = 0x40;
+/// VT-d spec 11.4.13 Fault Event Upper Address Register (32-bit).
+pub const FEUADDR: usize = 0x44;
 /// VT-d spec 11.4.16 Protected Memory Enable Register (32-bit).
 pub const PMEN: usize = 0x64;
 /// VT-d spec 11.4.21 Invalidation Queue Head Register (64-bit).
@@ -129,6 +135,11 @@ impl Ecap {
     /// IR (bit 3): interrupt remapping supported.
     pub const fn ir(self) -> bool {
         bits(self.0, 3, 1) != 0
+    }
+    /// EIM (bit 4): extended interrupt mode (x2APIC): FEUADDR holds the upper 32 bits of the
+    /// fault event's message address.
+    pub const fn eim(self) -> bool {
+        bits(self.0, 4, 1) != 0
     }
     /// PT (bit 6): pass-through translation type supported (never used here).
     pub const fn pt(self) -> bool {
@@ -251,6 +262,21 @@ pub mod fsts {
     pub const fn fri(v: u32) -> u32 {
         (v >> 8) & 0xff
     }
+}
+
+/// Fault Event Control Register bits (VT-d spec 11.4.10) and the message registers' fields
+/// (11.4.11 to 11.4.13).
+pub mod fectl {
+    /// IM (bit 31, RW): interrupt mask; set at reset. While set, a fault event is held pending
+    /// (IP) instead of being sent.
+    pub const IM: u32 = 1 << 31;
+    /// IP (bit 30, RO): a fault event is pending (held by IM, or not yet sent).
+    pub const IP: u32 = 1 << 30;
+    /// FEDATA: IMD (bits 15:0) is the message data; bits 31:16 (EIMD) exist only on units
+    /// with 32-bit message data and are written 0 here.
+    pub const DATA_MASK: u32 = 0xffff;
+    /// FEADDR: MA (bits 31:2) is the message address; bits 1:0 are reserved.
+    pub const ADDR_RESERVED: u64 = 0x3;
 }
 
 /// Fault Recording Register fields, upper 64 bits (VT-d spec 11.4.14).

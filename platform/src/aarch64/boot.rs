@@ -5,7 +5,8 @@
 //! DTB address. The boot code:
 //!
 //! 1. keeps x0 and reads CurrentEL; from EL2 it drops to EL1 (HCR_EL2.RW = 1, EL1 access to
-//!    the physical counter and timer allowed, SPSR_EL2 = EL1h with DAIF masked); at EL3 or
+//!    the physical counter and timer allowed, a GICv3 CPU interface's system registers
+//!    allowed, SPSR_EL2 = EL1h with DAIF masked); at EL3 or
 //!    EL0 it ends QEMU by semihosting with status 3;
 //! 2. enables FP/SIMD (CPACR_EL1.FPEN = 0b11) before any Rust code can use a SIMD register;
 //! 3. installs the exception vectors (VBAR_EL1, see [`super::exceptions`]);
@@ -96,6 +97,17 @@ _start:
 .Lfrom_el2:
     mov x0, #(1 << 31)              /* HCR_EL2.RW: EL1 is AArch64; nothing trapped */
     msr hcr_el2, x0
+    /* A GICv3 CPU interface (ID_AA64PFR0_EL1.GIC != 0): ICC_SRE_EL2.SRE and .Enable, so EL1
+       may use the system-register interface (GICv3 12.2: ICC_SRE_EL2). */
+    mrs x0, id_aa64pfr0_el1
+    ubfx x0, x0, #24, #4
+    cbz x0, .Lno_gicv3
+    mrs x0, S3_4_C12_C9_5
+    orr x0, x0, #0x1                /* SRE */
+    orr x0, x0, #0x8                /* Enable: lower ELs may set their SRE */
+    msr S3_4_C12_C9_5, x0
+    isb
+.Lno_gicv3:
     mrs x0, cnthctl_el2
     orr x0, x0, #3                  /* EL1PCTEN, EL1PCEN: EL1 reads the physical counter */
     msr cnthctl_el2, x0

@@ -1,10 +1,16 @@
 //! The exception vector table (VBAR_EL1): every one of the 16 entries reports the exception
-//! on the console and ends QEMU with the failure status, so a fault never hangs the machine.
+//! on the console and ends QEMU with the failure status, so a fault never hangs the machine,
+//! except the IRQ entry of the current EL with SP_ELx (the image's own state): an image that
+//! unmasks IRQs while it waits for an SMMU's interrupt takes them there.
 //!
 //! Layout (Arm ARM D1.10.2, table D1-7): four groups of four 128-byte entries (synchronous,
 //! IRQ, FIQ, SError) for the current EL with SP_EL0, the current EL with SP_ELx, a lower EL
-//! in AArch64 and a lower EL in AArch32; the table is 2 KiB aligned. Interrupts stay masked,
-//! so in practice only synchronous exceptions and SErrors arrive.
+//! in AArch64 and a lower EL in AArch32; the table is 2 KiB aligned.
+//!
+//! The IRQ entry saves what a called function may clobber (x0-x18, x29, x30, the FP/SIMD
+//! registers q0-q31 with FPSR/FPCR, as the AAPCS64 lets generated code use them), and
+//! ELR_EL1/SPSR_EL1, on the interrupted stack, calls [`super::gic::irq_handler`], restores
+//! and returns with `eret`. IRQs stay masked while it runs (PSTATE.I is set on entry).
 
 use core::arch::global_asm;
 
@@ -16,9 +22,83 @@ global_asm!(
 iommu_platform_vectors:
     .irp n, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15
     .balign 128
+    .if \n == 5
+    b iommu_platform_irq_entry
+    .else
     mov x0, #\n
     b iommu_platform_vector_common
+    .endif
     .endr
+
+iommu_platform_irq_entry:
+    stp x0, x1, [sp, #-16]!
+    stp x2, x3, [sp, #-16]!
+    stp x4, x5, [sp, #-16]!
+    stp x6, x7, [sp, #-16]!
+    stp x8, x9, [sp, #-16]!
+    stp x10, x11, [sp, #-16]!
+    stp x12, x13, [sp, #-16]!
+    stp x14, x15, [sp, #-16]!
+    stp x16, x17, [sp, #-16]!
+    stp x18, x29, [sp, #-16]!
+    mrs x0, elr_el1
+    stp x30, x0, [sp, #-16]!
+    mrs x0, spsr_el1
+    mrs x1, fpsr
+    stp x0, x1, [sp, #-16]!
+    mrs x0, fpcr
+    stp x0, xzr, [sp, #-16]!
+    stp q0, q1, [sp, #-32]!
+    stp q2, q3, [sp, #-32]!
+    stp q4, q5, [sp, #-32]!
+    stp q6, q7, [sp, #-32]!
+    stp q8, q9, [sp, #-32]!
+    stp q10, q11, [sp, #-32]!
+    stp q12, q13, [sp, #-32]!
+    stp q14, q15, [sp, #-32]!
+    stp q16, q17, [sp, #-32]!
+    stp q18, q19, [sp, #-32]!
+    stp q20, q21, [sp, #-32]!
+    stp q22, q23, [sp, #-32]!
+    stp q24, q25, [sp, #-32]!
+    stp q26, q27, [sp, #-32]!
+    stp q28, q29, [sp, #-32]!
+    stp q30, q31, [sp, #-32]!
+    bl {irq_handler}
+    ldp q30, q31, [sp], #32
+    ldp q28, q29, [sp], #32
+    ldp q26, q27, [sp], #32
+    ldp q24, q25, [sp], #32
+    ldp q22, q23, [sp], #32
+    ldp q20, q21, [sp], #32
+    ldp q18, q19, [sp], #32
+    ldp q16, q17, [sp], #32
+    ldp q14, q15, [sp], #32
+    ldp q12, q13, [sp], #32
+    ldp q10, q11, [sp], #32
+    ldp q8, q9, [sp], #32
+    ldp q6, q7, [sp], #32
+    ldp q4, q5, [sp], #32
+    ldp q2, q3, [sp], #32
+    ldp q0, q1, [sp], #32
+    ldp x0, xzr, [sp], #16
+    msr fpcr, x0
+    ldp x0, x1, [sp], #16
+    msr spsr_el1, x0
+    msr fpsr, x1
+    ldp x30, x0, [sp], #16
+    msr elr_el1, x0
+    ldp x18, x29, [sp], #16
+    ldp x16, x17, [sp], #16
+    ldp x14, x15, [sp], #16
+    ldp x12, x13, [sp], #16
+    ldp x10, x11, [sp], #16
+    ldp x8, x9, [sp], #16
+    ldp x6, x7, [sp], #16
+    ldp x4, x5, [sp], #16
+    ldp x2, x3, [sp], #16
+    ldp x0, x1, [sp], #16
+    eret
 
 iommu_platform_vector_common:
     mrs x1, esr_el1
@@ -36,6 +116,7 @@ iommu_platform_vector_common:
     .popsection
     "#,
     handler = sym exception,
+    irq_handler = sym super::gic::irq_handler,
 );
 
 /// Which of the 16 vector entries was taken.

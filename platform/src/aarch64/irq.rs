@@ -16,3 +16,15 @@ pub fn restore(daif: u64) {
     // SAFETY: restores the mask bits saved by `save_and_mask`.
     unsafe { asm!("msr daif, {}", in(reg) daif, options(nomem, nostack)) };
 }
+
+/// Lets the CPU take IRQs (clears PSTATE.I).
+pub fn enable() {
+    // SAFETY: unmasks IRQs; the vector table handles them (see `super::exceptions`).
+    unsafe { asm!("msr daifclr, #2", options(nomem, nostack)) };
+}
+
+/// Stops the CPU from taking IRQs (sets PSTATE.I).
+pub fn disable() {
+    // SAFETY: masks IRQs; no memory is touched.
+    unsafe { asm!("msr daifset, #2", options(nomem, nostack)) };
+}

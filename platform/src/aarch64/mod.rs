@@ -2,7 +2,8 @@
 //!
 //! What it provides to an image: boot to Rust at EL1 with FP/SIMD on and the MMU on over an
 //! identity map (`boot`), exception vectors that turn every exception into a report and a
-//! failing exit (`exceptions`), the console on UART0 and the defmt logger on UART1
+//! failing exit and take IRQs (`exceptions`), the GIC for an SMMU's wired interrupts
+//! ([`gic`]), the console on UART0 and the defmt logger on UART1
 //! ([`serial`], [`irq`] for the shared [`crate::rt`]), semihosting exit ([`exit`]), the generic timer as a `DelayNs`
 //! ([`time`]), and the device tree's location ([`BootInfo::dtb`]; parse it with
 //! [`crate::devtree`]).
@@ -21,6 +22,7 @@
 
 mod boot;
 mod exceptions;
+pub mod gic;
 pub mod irq;
 pub mod serial;
 pub mod time;

@@ -40,15 +40,16 @@ mod stub {
 
 #[cfg(all(target_os = "none", target_arch = "aarch64"))]
 mod image {
+    use iommu_hal::backend::FaultInterrupt;
     use iommu_hal::mem::RegisterAccess;
     use iommu_hal::smmuv3::regs::{self, Idr0, Idr1, Idr5, cr0, gbpa};
     use iommu_hal::smmuv3::{SmmuBackend, SmmuConfig};
-    use iommu_platform::aarch64::BootInfo;
     use iommu_platform::aarch64::time::CounterDelay;
+    use iommu_platform::aarch64::{BootInfo, gic};
     use iommu_platform::bars::{BarAllocator, BarWindow};
     use iommu_platform::devtree::{self, Machine};
     use iommu_platform::edu::{self, Edu};
-    use iommu_platform::image::{self, Memory};
+    use iommu_platform::image::{self, Delivery, Memory};
     use iommu_platform::mem::{IdentityMem, Mmio};
     use iommu_platform::pci::{self, Bdf, Ecam};
     use iommu_protocol::IovaRange;
@@ -92,8 +93,14 @@ mod image {
         for m in &machine.memory {
             defmt::info!("memory: {=u64:#x} + {=u64:#x}", m.base, m.size);
         }
+        if machine.smmus.is_empty() {
+            return Err("no SMMUv3 in the device tree: run QEMU with iommu=smmuv3");
+        }
         for (i, s) in machine.smmus.iter().enumerate() {
             defmt::info!("SMMU {=usize}: {}", i, s);
+        }
+        if let Some(gic) = &machine.gic {
+            defmt::info!("GIC: {}", gic);
         }
         let host = machine
             .pci
@@ -195,6 +202,46 @@ mod image {
         Ok(())
     }
 
+    /// Sets the GIC up and enables every SMMU's Event queue and GERROR lines (from its
+    /// device-tree node) as fault lines. Returns the SMMUs (indices in the device tree, which
+    /// are the units' indices: every one is brought up, in order) whose faults will arrive by
+    /// interrupt; none when the machine describes no GIC or no SMMU line (the image then
+    /// polls).
+    fn wire_interrupts(machine: &Machine) -> Result<heapless::Vec<usize, MAX_UNITS>, &'static str> {
+        let mut units = heapless::Vec::new();
+        let Some(gic) = &machine.gic else {
+            defmt::warn!("no GIC in the device tree");
+            return Ok(units);
+        };
+        gic::init(gic).map_err(|e| {
+            defmt::error!("GIC: {}", e);
+            "cannot set the GIC up"
+        })?;
+        for (i, s) in machine.smmus.iter().enumerate() {
+            let lines = s.irqs.fault_lines();
+            if s.irqs.eventq.is_none() && s.irqs.combined.is_none() {
+                defmt::warn!(
+                    "SMMU {=usize}: no Event queue interrupt in the device tree",
+                    i
+                );
+                continue;
+            }
+            for line in &lines {
+                gic::enable_fault_line(*line).map_err(|e| {
+                    defmt::error!("SMMU {=usize}: GIC line {}: {}", i, line, e);
+                    "cannot enable an SMMU interrupt at the GIC"
+                })?;
+            }
+            defmt::info!(
+                "SMMU {=usize}: fault lines {} enabled at the GIC",
+                i,
+                lines.as_slice()
+            );
+            let _ = units.push(i);
+        }
+        Ok(units)
+    }
+
     fn run(boot: &BootInfo) -> Result<(), &'static str> {
         defmt::info!("boot: {}", boot);
         let (found, mut cfg) = discover(boot)?;
@@ -245,13 +292,32 @@ mod image {
         }
 
         let device = DeviceGrant::new(edu_unit.ok_or("edu's SMMU was not brought up")?, found.sid);
-        image::serve(backend, mem, device, &[MSI_WINDOW], &mut edu, |backend| {
-            for u in 0..found.machine.smmus.len() {
-                if let Some(c) = backend.counters(u) {
-                    defmt::info!("SMMU unit {=usize} counters: {}", u, c);
+        // Faults arrive by interrupt: the SMMU's wired Event queue and GERROR lines at the GIC.
+        let units: heapless::Vec<(usize, FaultInterrupt), MAX_UNITS> =
+            wire_interrupts(&found.machine)?
+                .into_iter()
+                .map(|u| (u, FaultInterrupt::Wired))
+                .collect();
+        let delivery = if units.is_empty() {
+            Delivery::Polling
+        } else {
+            Delivery::Interrupts(&units)
+        };
+        image::serve(
+            backend,
+            mem,
+            device,
+            &[MSI_WINDOW],
+            delivery,
+            &mut edu,
+            |backend| {
+                for u in 0..found.machine.smmus.len() {
+                    if let Some(c) = backend.counters(u) {
+                        defmt::info!("SMMU unit {=usize} counters: {}", u, c);
+                    }
                 }
-            }
-        })
+            },
+        )
     }
 
     fn main(boot: BootInfo) -> ! {

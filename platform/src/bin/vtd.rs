@@ -1,14 +1,18 @@
 //! The VT-d image for QEMU q35 + intel-iommu + edu: the main job of the project, end to end.
 //!
 //! 1. Boot, find the VT-d units in the ACPI DMAR table and edu on the PCI bus (nothing
-//!    hard-coded but edu's PCI ids).
+//!    hard-coded but edu's PCI ids), and the requester ids edu's DMA may carry (its own and
+//!    the aliases of the bridges above it, e.g. a PCI Express to PCI bridge's secondary bus).
 //! 2. Before the IOMMU is touched, check that edu's DMA works untranslated (passthrough at
 //!    boot), so a later failure is the IOMMU's, not the device's.
 //! 3. Bring every DRHD up with the VT-d backend (`iommu_hal::vtd`), build the server
 //!    (`iommu_server`) with a static configuration granting client 1 the edu device and 8 MiB
 //!    of RAM, and client 2 only 64 KiB of its own RAM.
-//! 4. Run the client scenario (`iommu_platform::scenario`): the clients talk to the server only
-//!    through encoded protocol messages, and edu does real DMA through VT-d.
+//! 4. Enable the local APIC and program every unit's fault event as a message to it
+//!    (`iommu_platform::x86::apic`), so faults reach the server by interrupt.
+//! 5. Run the client scenario (`iommu_platform::scenario`): the clients talk to the server only
+//!    through encoded protocol messages, edu does real DMA through VT-d, and the client learns
+//!    of its faults from the server's notification.
 //!
 //! Prints `PASS` and exits with the success code only if every step passed. Run with
 //! `cargo run -p iommu-test-harness --bin qemu -- vtd`. On the host this file builds to an
@@ -32,13 +36,14 @@ mod stub {
 
 #[cfg(all(target_os = "none", target_arch = "x86_64"))]
 mod image {
+    use iommu_hal::backend::{Backend, FaultInterrupt};
     use iommu_hal::mem::RegisterAccess;
     use iommu_hal::vtd::{VtdBackend, VtdConfig};
     use iommu_platform::dmar::Dmar;
     use iommu_platform::edu::{self, Edu};
-    use iommu_platform::image::{self, Memory};
+    use iommu_platform::image::{self, Delivery, Memory};
     use iommu_platform::mem::{IdentityMem, Mmio};
-    use iommu_platform::pci::{self, Bdf, ConfigSpace};
+    use iommu_platform::pci::{self, Bdf, ConfigSpace, Topology};
     use iommu_platform::x86::pci::PortConfig;
     use iommu_platform::x86::time::TscDelay;
     use iommu_platform::x86::{self, BootInfo};
@@ -64,6 +69,10 @@ mod image {
     struct Found {
         dmar: Dmar,
         edu: Bdf,
+        /// The requester ids edu's DMA may carry: its own first, then the aliases the
+        /// bridges above it give its requests.
+        ids: heapless::Vec<u16, { pci::MAX_ALIASES }>,
+        topology: Topology,
         bar0: u64,
         unit: usize,
     }
@@ -71,7 +80,11 @@ mod image {
     fn discover(boot: &BootInfo, cfg: &mut PortConfig) -> Result<Found, &'static str> {
         let dmar = x86::acpi::find_dmar(boot.rsdp).map_err(|e| {
             defmt::error!("DMAR: {}", e);
-            "no usable DMAR table"
+            if x86::acpi::iommu_tables(boot.rsdp).ivrs {
+                "an AMD IOMMU is present (IVRS), use the amd image"
+            } else {
+                "no usable DMAR table"
+            }
         })?;
         defmt::info!(
             "DMAR: host address width {=u8}, flags {=u8:#x}, {=usize} unit(s)",
@@ -95,6 +108,24 @@ mod image {
         let bdf = pci::find(cfg, edu::VENDOR, edu::DEVICE).ok_or("edu not found")?;
         let bar = pci::mem_bar(cfg, bdf, 0).ok_or("edu BAR0 unassigned")?;
         defmt::info!("edu at {} (rid {=u16:#06x}), BAR0 {}", bdf, bdf.rid(), bar);
+        let topology = Topology::scan(cfg, u8::MAX).map_err(|e| {
+            defmt::error!("PCI bridges: {}", e);
+            "cannot read the PCI bridges"
+        })?;
+        for b in topology.bridges() {
+            defmt::info!(
+                "bridge {} -> buses {=u8}..={=u8}, PCIe port type {}",
+                b.bdf,
+                b.secondary,
+                b.subordinate,
+                pci::pcie_port_type(cfg, b.bdf)
+            );
+        }
+        let ids = pci::dma_aliases(cfg, &topology, bdf).map_err(|e| {
+            defmt::error!("edu's DMA aliases: {}", e);
+            "cannot work out edu's requester ids"
+        })?;
+        defmt::info!("edu's DMA carries requester id(s) {:#06x}", ids.as_slice());
         let unit = dmar
             .unit_for(0, (bdf.bus, bdf.dev, bdf.func), |b, d, f| {
                 let br = Bdf::new(b, d, f);
@@ -108,6 +139,8 @@ mod image {
         Ok(Found {
             dmar,
             edu: bdf,
+            ids,
+            topology,
             bar0: bar.addr,
             unit,
         })
@@ -127,6 +160,8 @@ mod image {
             }
         }
 
+        pci::enable_upstream_bridges(&mut cfg, &found.topology, found.edu)
+            .map_err(|_| "cannot enable the bridges above edu")?;
         pci::enable_mem_and_dma(&mut cfg, found.edu);
         // SAFETY: edu's BAR0 (1 MiB), identity mapped (uncached); this driver is its only user.
         let regs = unsafe { Mmio::new(found.bar0 as usize) };
@@ -169,14 +204,42 @@ mod image {
             );
         }
 
-        let device = DeviceGrant::new(found.unit, u32::from(found.edu.rid()));
-        image::serve(backend, mem, device, &[MSI_WINDOW], &mut edu, |backend| {
-            for u in 0..found.dmar.units.len() {
-                if let Some(c) = backend.counters(u) {
-                    defmt::info!("VT-d unit {=usize} counters: {}", u, c);
+        // Every id edu's DMA may carry is granted to its client: attached and blocked together.
+        let aliases: heapless::Vec<u32, { pci::MAX_ALIASES }> =
+            found.ids.iter().skip(1).map(|&id| u32::from(id)).collect();
+        let device = DeviceGrant {
+            unit: found.unit,
+            device: u32::from(found.edu.rid()),
+            aliases: &aliases,
+        };
+        // Faults arrive by interrupt: every unit's fault event is a message to this CPU's
+        // local APIC (VT-d 7.3; never remapped, and QEMU runs with intremap=off).
+        let irq = x86::apic::fault_interrupt().map_err(|e| {
+            defmt::error!("local APIC: {}", e);
+            "cannot take fault interrupts"
+        })?;
+        defmt::info!(
+            "local APIC enabled: fault interrupts at vector {=u8:#x}",
+            x86::apic::FAULT_VECTOR
+        );
+        let irqs: heapless::Vec<(usize, FaultInterrupt), MAX_UNITS> =
+            (0..backend.unit_count()).map(|u| (u, irq)).collect();
+        let delivery = Delivery::Interrupts(&irqs);
+        image::serve(
+            backend,
+            mem,
+            device,
+            &[MSI_WINDOW],
+            delivery,
+            &mut edu,
+            |backend| {
+                for u in 0..found.dmar.units.len() {
+                    if let Some(c) = backend.counters(u) {
+                        defmt::info!("VT-d unit {=usize} counters: {}", u, c);
+                    }
                 }
-            }
-        })
+            },
+        )
     }
 
     fn main(boot: BootInfo) -> ! {

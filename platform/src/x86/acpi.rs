@@ -1,5 +1,6 @@
-//! ACPI discovery: RSDP (from the PVH start info, or the BIOS area) -> XSDT/RSDT -> DMAR,
-//! with the `acpi` crate reading and checksumming the tables through the identity mapping.
+//! ACPI discovery: RSDP (from the PVH start info, or the BIOS area) -> XSDT/RSDT -> DMAR
+//! (Intel VT-d) or IVRS (AMD-Vi), with the `acpi` crate reading and checksumming the tables
+//! through the identity mapping.
 
 use core::ptr::NonNull;
 
@@ -7,6 +8,7 @@ use acpi::sdt::{SdtHeader, Signature};
 use acpi::{AcpiHandler, AcpiTable, AcpiTables, PhysicalMapping};
 
 use crate::dmar::{self, Dmar, DmarError};
+use crate::ivrs::{self, Ivrs, IvrsError};
 
 /// Maps ACPI tables by identity: physical address = virtual address.
 #[derive(Clone, Copy, Debug)]
@@ -41,7 +43,23 @@ unsafe impl AcpiTable for DmarHeader {
     }
 }
 
-/// Why the DMAR table could not be had.
+/// The fixed part of the IVRS table (AMD IOMMU spec, chapter 5): IVinfo and 8 reserved bytes.
+#[repr(C, packed)]
+struct IvrsHeader {
+    header: SdtHeader,
+    iv_info: u32,
+    reserved: [u8; 8],
+}
+
+// SAFETY: IvrsHeader starts with the SDT header, and its signature is IVRS.
+unsafe impl AcpiTable for IvrsHeader {
+    const SIGNATURE: Signature = Signature::IVRS;
+    fn header(&self) -> &SdtHeader {
+        &self.header
+    }
+}
+
+/// Why the DMAR or IVRS table could not be had.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, defmt::Format)]
 pub enum AcpiError {
     /// No valid RSDP (at the given address, or in the BIOS area).
@@ -52,12 +70,52 @@ pub enum AcpiError {
     NoDmar,
     /// The DMAR table is malformed.
     Dmar(DmarError),
+    /// There is no (valid) IVRS table.
+    NoIvrs,
+    /// The IVRS table is malformed.
+    Ivrs(IvrsError),
 }
 
-/// Finds and parses the DMAR table. `rsdp` is the RSDP's physical address from the boot
-/// protocol, if it gave one; otherwise the BIOS area is searched.
-pub fn find_dmar(rsdp: Option<u64>) -> Result<Dmar, AcpiError> {
-    let tables = match rsdp {
+/// Which IOMMU description tables the firmware provides.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, defmt::Format)]
+pub struct IommuTables {
+    /// An Intel VT-d DMAR table.
+    pub dmar: bool,
+    /// An AMD-Vi IVRS table.
+    pub ivrs: bool,
+}
+
+/// Which of DMAR and IVRS the firmware provides (for telling the user which image fits the
+/// machine); none when the ACPI tables cannot be read.
+pub fn iommu_tables(rsdp: Option<u64>) -> IommuTables {
+    match root_tables(rsdp) {
+        Ok(t) => IommuTables {
+            dmar: t.find_table::<DmarHeader>().is_ok(),
+            ivrs: t.find_table::<IvrsHeader>().is_ok(),
+        },
+        Err(_) => IommuTables::default(),
+    }
+}
+
+/// Finds and parses the IVRS table. `rsdp` as for [`find_dmar`].
+pub fn find_ivrs(rsdp: Option<u64>) -> Result<Ivrs, AcpiError> {
+    let tables = root_tables(rsdp)?;
+    let mapping = tables
+        .find_table::<IvrsHeader>()
+        .map_err(|_| AcpiError::NoIvrs)?;
+    // SAFETY: as in `find_dmar`: the validated table's bytes, identity mapped, never written.
+    let bytes = unsafe {
+        core::slice::from_raw_parts(
+            mapping.virtual_start().as_ptr() as *const u8,
+            mapping.region_length(),
+        )
+    };
+    ivrs::parse(bytes).map_err(AcpiError::Ivrs)
+}
+
+/// The RSDT/XSDT, from the boot protocol's RSDP or the BIOS area.
+fn root_tables(rsdp: Option<u64>) -> Result<AcpiTables<Identity>, AcpiError> {
+    match rsdp {
         // SAFETY: the boot protocol's RSDP address, in identity-mapped low memory.
         Some(pa) if pa != 0 => unsafe { AcpiTables::from_rsdp(Identity, pa as usize) },
         // SAFETY: the BIOS area (EBDA, 0xe0000..0x100000) is identity mapped.
@@ -69,7 +127,13 @@ pub fn find_dmar(rsdp: Option<u64>) -> Result<Dmar, AcpiError> {
         | acpi::AcpiError::RsdpInvalidOemId
         | acpi::AcpiError::RsdpInvalidChecksum => AcpiError::NoRsdp,
         _ => AcpiError::BadRootTable,
-    })?;
+    })
+}
+
+/// Finds and parses the DMAR table. `rsdp` is the RSDP's physical address from the boot
+/// protocol, if it gave one; otherwise the BIOS area is searched.
+pub fn find_dmar(rsdp: Option<u64>) -> Result<Dmar, AcpiError> {
+    let tables = root_tables(rsdp)?;
     let mapping = tables
         .find_table::<DmarHeader>()
         .map_err(|_| AcpiError::NoDmar)?;

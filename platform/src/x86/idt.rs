@@ -1,7 +1,12 @@
 //! An interrupt descriptor table whose every entry prints the vector and exits, so that a fault
-//! never hangs the machine (Intel SDM vol. 3, section 6.14: 64-bit IDT gate descriptors).
+//! never hangs the machine (Intel SDM vol. 3, section 6.14: 64-bit IDT gate descriptors), but
+//! for two vectors an image takes while it waits with interrupts enabled:
 //!
-//! Interrupts stay disabled, so only exceptions (vectors 0..32) and NMIs can arrive.
+//! - [`super::apic::FAULT_VECTOR`]: an IOMMU's fault interrupt. A small stub saves the
+//!   registers a called function may clobber (the target has no SSE in generated code, and no
+//!   red zone), clears the direction flag, calls [`super::apic::fault_handler`] and returns
+//!   with `iretq`. The interrupt gate masks interrupts for the handler's duration.
+//! - [`super::apic::SPURIOUS_VECTOR`]: returns at once without an EOI (SDM 11.9).
 
 use core::arch::{asm, global_asm};
 
@@ -26,6 +31,34 @@ isr_other:
     push 255
     jmp isr_common
 
+    /* The fault interrupt: caller-saved registers, then the Rust handler. On entry the CPU
+       aligned RSP to 16 and pushed 5 qwords; 9 more leave RSP 16-aligned at the call. */
+isr_fault:
+    push rax
+    push rcx
+    push rdx
+    push rsi
+    push rdi
+    push r8
+    push r9
+    push r10
+    push r11
+    cld
+    call {fault_handler}
+    pop r11
+    pop r10
+    pop r9
+    pop r8
+    pop rdi
+    pop rsi
+    pop rdx
+    pop rcx
+    pop rax
+    iretq
+
+isr_spurious:
+    iretq
+
 isr_common:
     mov rdi, qword ptr [rsp]        /* vector */
     mov rsi, qword ptr [rsp + 8]    /* error code */
@@ -43,12 +76,24 @@ iommu_platform_isr_table:
     .irp n, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31
     .quad isr_\n
     .endr
-    .rept 224
+    .rept {fault_vector} - 32
     .quad isr_other
     .endr
+    .quad isr_fault
+    .rept 255 - {fault_vector} - 1
+    .quad isr_other
+    .endr
+    .quad isr_spurious
     .popsection
     "#,
     handler = sym exception,
+    fault_handler = sym super::apic::fault_handler,
+    fault_vector = const super::apic::FAULT_VECTOR,
+);
+
+const _: () = assert!(
+    super::apic::FAULT_VECTOR >= 32 && super::apic::SPURIOUS_VECTOR == 255,
+    "the table above places the fault vector among 32..255 and the spurious one last"
 );
 
 unsafe extern "C" {

@@ -1,4 +1,5 @@
-//! Interrupt masking for the defmt logger's critical section (RFLAGS.IF, bit 9).
+//! Interrupt masking (RFLAGS.IF, bit 9): the defmt logger's and [`crate::without_interrupts`]'s
+//! critical sections, and taking interrupts while an image waits for them.
 
 use core::arch::asm;
 
@@ -19,4 +20,16 @@ pub fn restore(flags: u64) {
         // SAFETY: re-enables interrupts that were enabled before `save_and_mask`.
         unsafe { asm!("sti", options(nomem, nostack)) };
     }
+}
+
+/// Lets the CPU take interrupts (`sti`).
+pub fn enable() {
+    // SAFETY: sets RFLAGS.IF; the IDT handles every vector (see `super::idt`).
+    unsafe { asm!("sti", options(nomem, nostack)) };
+}
+
+/// Stops the CPU from taking interrupts (`cli`).
+pub fn disable() {
+    // SAFETY: clears RFLAGS.IF; no memory is touched.
+    unsafe { asm!("cli", options(nomem, nostack)) };
 }

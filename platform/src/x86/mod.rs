@@ -1,7 +1,9 @@
 //! The x86_64 bare-metal runtime for QEMU q35 (PVH boot).
 //!
 //! What it provides to an image: boot to 64-bit Rust (module `boot`), an IDT that turns every
-//! fault into a report and a failing exit (module `idt`), the console on COM1 and the defmt logger on COM2
+//! fault into a report and a failing exit and delivers the IOMMU fault interrupt (module
+//! `idt`), the local APIC and the MSI that raises that interrupt ([`apic`]), the console on
+//! COM1 and the defmt logger on COM2
 //! ([`serial`], [`irq`] for the shared [`crate::rt`]), the exit device ([`exit`]), a calibrated TSC delay ([`time`]), PCI
 //! configuration through ports ([`pci`]), and ACPI/DMAR discovery ([`acpi`]).
 //!
@@ -15,6 +17,7 @@
 //! under `-no-reboot`, also a failure.
 
 pub mod acpi;
+pub mod apic;
 mod boot;
 mod idt;
 pub mod io;

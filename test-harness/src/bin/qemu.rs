@@ -26,7 +26,7 @@ fn main() -> ExitCode {
         match a.as_str() {
             "--list" => {
                 for t in TARGETS {
-                    println!("{:10} {}", t.name, t.about);
+                    println!("{:20} {}", t.name, t.about);
                 }
                 return ExitCode::SUCCESS;
             }

@@ -17,14 +17,19 @@
 //! - the Command queue (processed on CMDQ_PROD writes, CERROR_ILL stops it until GERRORN
 //!   acknowledges; by default invalidations take effect only when a later CMD_SYNC is
 //!   consumed, as 4.3.8 allows, see [`SmmuConfig::complete_invalidation_at_sync`]) and the
-//!   Event queue (overflow flag).
+//!   Event queue (overflow flag);
+//! - interrupts (3.18, 6.3.16 to 6.3.22, 6.3.30 to 6.3.32): IRQ_CTRL acknowledged in
+//!   IRQ_CTRLACK (or never, [`SmmuConfig::irq_ctrl_hung`]); the Event queue interrupt when a
+//!   record makes the queue non-empty, the GERROR interrupt when a condition becomes active,
+//!   each on its wired line or as an MSI ([`SmmuModel::irq_log`]); MSI configuration written
+//!   while its interrupt is enabled, or on a unit without MSIs, is misuse.
 //!
 //! Behaviour when SMMUEN == 0: transactions bypass untranslated unless GBPA.ABORT == 1
 //! (QEMU resets ABORT to 0; [`SmmuConfig::gbpa_abort_at_reset`] changes that).
 //!
 //! Not modelled: stage 2 translation (an STE enabling it is treated as C_BAD_STE), substreams
 //! (IDR1.SSIDSIZE = 0), 16K/64K granules (a CD selecting them is C_BAD_CD), VMSAv8-32, HTTU,
-//! stalls, ATS/PRI, MSIs other than CMD_SYNC's, external aborts, EL2/EL3 StreamWorlds.
+//! stalls, ATS/PRI, external aborts, EL2/EL3 StreamWorlds.
 
 pub mod fault;
 pub mod queue;
@@ -118,10 +123,30 @@ pub struct SmmuStats {
     pub events_written: u64,
     /// Event records discarded (queue disabled, full or in error).
     pub events_discarded: u64,
-    /// GERROR interrupts (a GERROR bit became active with IRQ_CTRL.GERROR_IRQEN set).
+    /// GERROR interrupts (a GERROR bit became active with IRQ_CTRLACK.GERROR_IRQEN set).
     pub gerror_irqs: u64,
-    /// Event queue interrupts (a record written with IRQ_CTRL.EVENTQ_IRQEN set).
+    /// Event queue interrupts (a record made the queue non-empty with
+    /// IRQ_CTRLACK.EVENTQ_IRQEN set).
     pub eventq_irqs: u64,
+}
+
+/// Which interrupt the SMMU raised.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IrqSource {
+    /// The Event queue became non-empty.
+    EventQueue,
+    /// A GERROR condition became active.
+    Gerror,
+}
+
+/// One interrupt the SMMU raised: on its wired line, or as an MSI (IDR0.MSI and the source's
+/// `*_IRQ_CFG0.ADDR` non-zero, 6.3.20 / 6.3.30).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Irq {
+    /// The source.
+    pub source: IrqSource,
+    /// `(address, data)` of the MSI written, `None` for the wired line.
+    pub msi: Option<(u64, u32)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -194,6 +219,7 @@ pub struct SmmuModel {
     cr2: u32,
     gbpa: u32,
     irq_ctrl: u32,
+    irq_ctrlack: u32,
     gerror: u32,
     gerrorn: u32,
     strtab: StreamTable,
@@ -211,6 +237,8 @@ pub struct SmmuModel {
     pub stats: SmmuStats,
     /// Every event the SMMU tried to record, whether or not it reached the queue.
     pub event_log: Vec<Event>,
+    /// Every interrupt raised, oldest first.
+    pub irq_log: Vec<Irq>,
     /// Driver mistakes the model noticed, in order: writes to guarded registers while enabled,
     /// wrong access widths, Reserved offsets, GBPA writes without Update, and the reason for
     /// every C_BAD_STE / C_BAD_CD.
@@ -236,6 +264,7 @@ impl SmmuModel {
             cr2: 0,
             gbpa,
             irq_ctrl: 0,
+            irq_ctrlack: 0,
             gerror: 0,
             gerrorn: 0,
             strtab: StreamTable { base: 0, cfg: 0 },
@@ -251,6 +280,7 @@ impl SmmuModel {
             walk_cache: HashMap::new(),
             stats: SmmuStats::default(),
             event_log: Vec::new(),
+            irq_log: Vec::new(),
             misuse: Vec::new(),
         }
     }
@@ -295,6 +325,12 @@ impl SmmuModel {
     /// Whether a CD for `sid` is cached.
     pub fn cd_cached(&self, sid: u32) -> bool {
         self.cd_cache.contains_key(&sid)
+    }
+    /// Makes the GERROR conditions `bits` active as the implementation would on its own (e.g.
+    /// SFM_ERR on entering Service Failure Mode, an MSI write that aborted), raising the
+    /// GERROR interrupt when enabled. For testing how drivers handle them.
+    pub fn inject_global_error(&mut self, bits: u32) {
+        self.raise_gerror(bits & GERROR_IMPLEMENTED);
     }
     /// Drops every cached structure and translation (as a reset would).
     pub fn flush_all_caches(&mut self) {
@@ -391,10 +427,58 @@ impl SmmuModel {
         // Only errors that are not already active toggle (6.3.18).
         if (self.gerror ^ self.gerrorn) & bitmask == 0 {
             self.gerror ^= bitmask;
-            if self.irq_ctrl & IRQ_CTRL_GERROR_IRQEN != 0 {
+            if self.irq_ctrlack & IRQ_CTRL_GERROR_IRQEN != 0 {
                 self.stats.gerror_irqs += 1;
+                self.raise_irq(IrqSource::Gerror);
             }
         }
+    }
+
+    /// Raises `source`'s interrupt: an MSI when the unit has MSIs and the source's CFG0.ADDR
+    /// is non-zero (6.3.20, 6.3.30: ADDR == 0 sends no MSI), else the wired line.
+    fn raise_irq(&mut self, source: IrqSource) {
+        let (cfg0, cfg1) = match source {
+            IrqSource::EventQueue => (EVENTQ_IRQ_CFG0, EVENTQ_IRQ_CFG1),
+            IrqSource::Gerror => (GERROR_IRQ_CFG0, GERROR_IRQ_CFG1),
+        };
+        let reg = |m: &BTreeMap<usize, u32>, o: usize| u64::from(m.get(&o).copied().unwrap_or(0));
+        let addr = (reg(&self.misc, cfg0) | reg(&self.misc, cfg0 + 4) << 32) & IRQ_CFG0_ADDR_MASK;
+        let msi = (self.cfg.msi && addr != 0).then(|| (addr, reg(&self.misc, cfg1) as u32));
+        self.irq_log.push(Irq { source, msi });
+    }
+
+    /// The IRQ_CTRL enable guarding MSI configuration register `off`, if it is one.
+    fn irq_cfg_guard(off: usize) -> Option<u32> {
+        match off {
+            GERROR_IRQ_CFG0 | 0x6c | GERROR_IRQ_CFG1 | GERROR_IRQ_CFG2 => {
+                Some(IRQ_CTRL_GERROR_IRQEN)
+            }
+            EVENTQ_IRQ_CFG0 | 0xb4 | EVENTQ_IRQ_CFG1 | EVENTQ_IRQ_CFG2 => {
+                Some(IRQ_CTRL_EVENTQ_IRQEN)
+            }
+            _ => None,
+        }
+    }
+
+    /// Checks a write to an MSI configuration register: they exist only with IDR0.MSI (RES0
+    /// otherwise), and must not change while their source's interrupt is enabled (6.3.20,
+    /// 6.3.30). Returns whether the write is stored.
+    fn irq_cfg_write_ok(&mut self, off: usize) -> bool {
+        let Some(guard) = Self::irq_cfg_guard(off) else {
+            return true;
+        };
+        if !self.cfg.msi {
+            self.note(format!(
+                "write to MSI configuration register {off:#x} on a unit without MSIs (IDR0.MSI = 0)"
+            ));
+            return false;
+        }
+        if (self.irq_ctrl | self.irq_ctrlack) & guard != 0 {
+            self.note(format!(
+                "MSI configuration register {off:#x} written while its interrupt is enabled"
+            ));
+        }
+        true
     }
 
     /// Maps an offset to the canonical register offset, applying the page-1 alias rules.
@@ -439,7 +523,8 @@ impl SmmuModel {
             CR2 => self.cr2,
             STATUSR | AGBPA => 0,
             GBPA => self.gbpa,
-            IRQ_CTRL | IRQ_CTRLACK => self.irq_ctrl,
+            IRQ_CTRL => self.irq_ctrl,
+            IRQ_CTRLACK => self.irq_ctrlack,
             GERROR => self.gerror,
             GERRORN => self.gerrorn,
             STRTAB_BASE_CFG => self.strtab.cfg,
@@ -495,7 +580,17 @@ impl SmmuModel {
                     self.gbpa = value & GBPA_FIELDS;
                 }
             }
-            IRQ_CTRL => self.irq_ctrl = value & 0x7,
+            IRQ_CTRL => {
+                if value & !0x7 != 0 {
+                    self.note(format!("IRQ_CTRL write {value:#x} sets RES0 bits"));
+                }
+                self.irq_ctrl = value & 0x7;
+                if !self.cfg.irq_ctrl_hung {
+                    // Enabling does not raise interrupts for conditions already present
+                    // (nothing goes from empty to non-empty, nothing becomes active).
+                    self.irq_ctrlack = self.irq_ctrl;
+                }
+            }
             GERRORN => {
                 let active = self.gerror ^ self.gerrorn;
                 let toggled = self.gerrorn ^ value;
@@ -563,7 +658,9 @@ impl SmmuModel {
             EVENTQ_CONS => self.eventq.cons = value & 0x800f_ffff,
             GERROR_IRQ_CFG0 | 0x6c | GERROR_IRQ_CFG1 | GERROR_IRQ_CFG2 | EVENTQ_IRQ_CFG0 | 0xb4
             | EVENTQ_IRQ_CFG1 | EVENTQ_IRQ_CFG2 => {
-                self.misc.insert(off, value);
+                if self.irq_cfg_write_ok(off) {
+                    self.misc.insert(off, value);
+                }
             }
             IDR0 | IDR1 | IDR2 | IDR3 | IDR4 | IDR5 | IIDR | AIDR | CR0ACK | STATUSR
             | IRQ_CTRLACK | GERROR | AGBPA => {
@@ -621,8 +718,10 @@ impl SmmuModel {
             CMDQ_BASE => self.cmdq.base = value,
             EVENTQ_BASE => self.eventq.base = value,
             _ => {
-                self.misc.insert(off, value as u32);
-                self.misc.insert(off + 4, (value >> 32) as u32);
+                if self.irq_cfg_write_ok(off) {
+                    self.misc.insert(off, value as u32);
+                    self.misc.insert(off + 4, (value >> 32) as u32);
+                }
             }
         }
     }
@@ -791,13 +890,17 @@ impl SmmuModel {
         self.event_log.push(ev);
         let enabled = self.cr0ack & CR0_EVENTQEN != 0;
         let abt = self.active_gerrors() & GERROR_EVENTQ_ABT_ERR != 0;
+        let was_empty = self.eventq.is_empty(self.cfg.eventqs);
         let out = self
             .eventq
             .record(&self.mem, self.cfg.eventqs, enabled, abt, &ev);
         if out == RecordOutcome::Written {
             self.stats.events_written += 1;
-            if self.irq_ctrl & IRQ_CTRL_EVENTQ_IRQEN != 0 {
+            // 3.18: the Event queue interrupt is sent when the queue becomes non-empty; a
+            // record added behind unconsumed ones raises nothing.
+            if was_empty && self.irq_ctrlack & IRQ_CTRL_EVENTQ_IRQEN != 0 {
                 self.stats.eventq_irqs += 1;
+                self.raise_irq(IrqSource::EventQueue);
             }
             true
         } else {

@@ -110,6 +110,8 @@ pub const GERROR_IMPLEMENTED: u32 = 0x1fd;
 pub const IRQ_CTRL_GERROR_IRQEN: u32 = 1 << 0;
 /// IRQ_CTRL.EVENTQ_IRQEN, bit 2.
 pub const IRQ_CTRL_EVENTQ_IRQEN: u32 = 1 << 2;
+/// *_IRQ_CFG0.ADDR, bits \[51:2\] (6.3.20, 6.3.30); 0 means no MSI is sent.
+pub const IRQ_CFG0_ADDR_MASK: u64 = ((1u64 << 52) - 1) & !0x3;
 
 /// STRTAB_BASE.ADDR, bits \[55:6\] (6.3.24).
 pub const STRTAB_BASE_ADDR_MASK: u64 = ((1u64 << 56) - 1) & !0x3f;
@@ -208,6 +210,8 @@ pub struct SmmuConfig {
     /// Cache STEs/CDs even when they are invalid or ILLEGAL (permitted by 3.21.2), so that a
     /// driver that fixes a structure must still invalidate it.
     pub cache_invalid_structures: bool,
+    /// Never acknowledge IRQ_CTRL writes in IRQ_CTRLACK (a hung SMMU), for testing timeouts.
+    pub irq_ctrl_hung: bool,
 }
 
 impl Default for SmmuConfig {
@@ -243,6 +247,7 @@ impl Default for SmmuConfig {
             page1_alias: true,
             incoming_privileged: false,
             cache_invalid_structures: true,
+            irq_ctrl_hung: false,
         }
     }
 }

@@ -133,9 +133,32 @@ impl VtdModel {
         }
         self.fectl |= ECTL_IP;
         if self.fectl & ECTL_IM == 0 {
-            self.fectl &= !ECTL_IP;
-            self.stats.fault_interrupts += 1;
+            self.send_fault_event();
         }
+    }
+
+    /// Sends the pending fault event: the interrupt message FEDATA written to FEUADDR:FEADDR
+    /// (spec 7.3, 11.4.11 to 11.4.13), then IP clears. The message is an interrupt request
+    /// that is never remapped in this model (interrupt remapping is not modelled), so its
+    /// address must lie in the interrupt range 0xFEEx_xxxx with bits 1:0 clear (11.4.12);
+    /// anything else is recorded as a violation (and still logged). FEUADDR (the upper 32 bits,
+    /// an x2APIC destination) is meaningful only with ECAP.EIM.
+    fn send_fault_event(&mut self) {
+        self.fectl &= !ECTL_IP;
+        self.stats.fault_interrupts += 1;
+        let addr = (u64::from(self.feuaddr) << 32) | u64::from(self.feaddr);
+        if addr & 0x3 != 0 || (addr as u32) >> 20 != 0xfee {
+            self.violation(format!(
+                "fault event sent to {addr:#x}, outside the interrupt address range 0xfeex_xxxx"
+            ));
+        }
+        if addr >> 32 != 0 && self.cfg.ecap & ECAP_EIM == 0 {
+            self.violation(format!(
+                "fault event upper address {:#x} on a unit without extended interrupt mode",
+                addr >> 32
+            ));
+        }
+        self.fault_messages.push((addr, self.fedata));
     }
 
     /// Records a primary fault (spec 7.2.1). Returns whether a register was filled.
@@ -209,9 +232,18 @@ impl VtdModel {
     pub(super) fn write_fectl(&mut self, v: u32) {
         self.fectl = (self.fectl & ECTL_IP) | (v & ECTL_IM);
         if self.fectl & ECTL_IM == 0 && self.fectl & ECTL_IP != 0 {
-            self.fectl &= !ECTL_IP;
-            self.stats.fault_interrupts += 1;
+            self.send_fault_event();
         }
+    }
+
+    /// Every fault event message sent so far, oldest first: (address, data).
+    pub fn fault_messages(&self) -> &[(u64, u32)] {
+        &self.fault_messages
+    }
+
+    /// Whether a fault event is held pending (FECTL.IP).
+    pub fn fault_event_pending(&self) -> bool {
+        self.fectl & ECTL_IP != 0
     }
 
     /// Clears FECTL.IP once software has serviced every pending condition.

@@ -8,7 +8,10 @@
 //! - The register block behind [`iommu_hal::RegisterAccess`], with side effects: GCMD/GSTS
 //!   (persistent vs one-shot fields; a GCMD write with a persistent field clear disables it),
 //!   RTADDR latched by SRTP, CCMD and IOTLB register invalidation, the invalidation queue,
-//!   FSTS/FECTL/fault recording registers with W1C, ICS/IECTL.
+//!   FSTS/FECTL/fault recording registers with W1C, ICS/IECTL, and the fault event (spec 7.3):
+//!   one message (FEDATA to FEUADDR:FEADDR) per new interrupt condition, held in FECTL.IP
+//!   while FECTL.IM is set, none while an earlier condition is still pending
+//!   ([`VtdModel::fault_messages`]).
 //! - Translation through root table, context table and 3/4/5-level second-level tables with
 //!   2 MiB / 1 GiB pages, reserved-bit and permission checks and the spec's fault reasons.
 //! - Three caches that keep entries until the right invalidation: the context cache (by SID),
@@ -361,6 +364,7 @@ pub struct VtdModel {
     /// Keyed by (DID, level of the entry, iova >> level_shift(level)).
     psc: BTreeMap<(u16, u8, u64), PscEntry>,
     inv_log: Vec<InvalidationRecord>,
+    fault_messages: Vec<(u64, u32)>,
     stats: VtdStats,
     violations: Vec<String>,
 }
@@ -409,6 +413,7 @@ impl VtdModel {
             iotlb: BTreeMap::new(),
             psc: BTreeMap::new(),
             inv_log: Vec::new(),
+            fault_messages: Vec::new(),
             stats: VtdStats::default(),
             violations: Vec::new(),
         }
@@ -684,6 +689,10 @@ impl VtdHandle {
     /// See [`VtdModel::fault_records`].
     pub fn fault_records(&self) -> Vec<FaultRecord> {
         self.0.borrow().fault_records()
+    }
+    /// See [`VtdModel::fault_messages`] (cloned).
+    pub fn fault_messages(&self) -> Vec<(u64, u32)> {
+        self.0.borrow().fault_messages().to_vec()
     }
     /// See [`VtdModel::invalidation_log`] (cloned).
     pub fn invalidation_log(&self) -> Vec<InvalidationRecord> {
