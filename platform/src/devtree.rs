@@ -61,6 +61,35 @@ pub enum DtError {
     UnknownPhandle(u32),
 }
 
+impl core::fmt::Display for DtError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match *self {
+            DtError::BadHeader => {
+                f.write_str("no device tree: bad FDT magic, or shorter than its header says")
+            }
+            DtError::BadProperty(name) => write!(
+                f,
+                "device tree property `{name}` is missing or its size disagrees with its cells"
+            ),
+            DtError::TooMany(what) => {
+                write!(f, "more {what} in the device tree than this module keeps")
+            }
+            DtError::UnsupportedIommuCells(cells) => write!(
+                f,
+                "an iommu-map names an IOMMU with #iommu-cells = {cells}; only 1 is decoded"
+            ),
+            DtError::UnknownPhandle(phandle) => {
+                write!(
+                    f,
+                    "an iommu-map names phandle {phandle:#x}, which no node has"
+                )
+            }
+        }
+    }
+}
+
+impl core::error::Error for DtError {}
+
 /// A physical address range.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[cfg_attr(target_os = "none", derive(defmt::Format))]
@@ -637,6 +666,18 @@ pub unsafe fn timer_frequency_at(addr: u64) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn errors_name_the_property() {
+        use std::string::ToString;
+        let e = DtError::BadProperty("reg");
+        assert!(e.to_string().contains("`reg`"), "{e}");
+        assert!(
+            DtError::UnknownPhandle(0x8001)
+                .to_string()
+                .contains("0x8001")
+        );
+    }
 
     /// The device tree QEMU 10.0.2 builds for `-machine virt,iommu=smmuv3 -cpu cortex-a57
     /// -m 256M -nodefaults -device edu` with two `-serial`s (written with `dumpdtb=` and cut

@@ -72,7 +72,10 @@ static OTHER: AtomicU32 = AtomicU32::new(0);
 pub enum GicError {
     /// A register region lies in RAM (1 GiB..4 GiB, mapped Normal by the boot code) or
     /// beyond what the boot code maps.
-    NotDeviceMemory(u64),
+    NotDeviceMemory {
+        /// The region's base address.
+        base: u64,
+    },
     /// No redistributor in the region has this CPU's affinity.
     NoRedistributor,
     /// GICD_CTLR.RWP or GICR_WAKER.ChildrenAsleep did not clear.
@@ -80,10 +83,42 @@ pub enum GicError {
     /// The CPU interface's system registers could not be enabled (ICC_SRE_EL1.SRE stays 0).
     NoSystemRegisters,
     /// The interrupt id is not an SPI this module configures, or every slot is taken.
-    BadLine(u32),
+    BadLine {
+        /// The interrupt id.
+        line: u32,
+    },
     /// [`init`] was not called.
     NotSetUp,
 }
+
+impl core::fmt::Display for GicError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match *self {
+            GicError::NotDeviceMemory { base } => write!(
+                f,
+                "GIC registers at {base:#x} lie in RAM or beyond what the boot code maps as \
+                 device memory"
+            ),
+            GicError::NoRedistributor => {
+                f.write_str("no GIC redistributor has this CPU's affinity")
+            }
+            GicError::Timeout => {
+                f.write_str("GICD_CTLR.RWP or GICR_WAKER.ChildrenAsleep did not clear in time")
+            }
+            GicError::NoSystemRegisters => f.write_str(
+                "the GICv3 CPU interface's system registers cannot be enabled (ICC_SRE_EL1.SRE \
+                 stays 0)",
+            ),
+            GicError::BadLine { line } => write!(
+                f,
+                "interrupt {line} is not an SPI (32..1019), or every fault-line slot is taken"
+            ),
+            GicError::NotSetUp => f.write_str("the GIC was not set up (call gic::init first)"),
+        }
+    }
+}
+
+impl core::error::Error for GicError {}
 
 fn read32(base: usize, off: usize) -> u32 {
     // SAFETY: `init` checked the base is one of the GIC's register regions from the device
@@ -135,7 +170,7 @@ fn wait_rwp(gicd: usize) -> Result<(), GicError> {
 pub fn init(gic: &devtree::Gic) -> Result<(), GicError> {
     for r in [gic.distributor, gic.cpu_or_redistributor] {
         if !device_memory(r) {
-            return Err(GicError::NotDeviceMemory(r.base));
+            return Err(GicError::NotDeviceMemory { base: r.base });
         }
     }
     let gicd = gic.distributor.base as usize;
@@ -258,7 +293,7 @@ pub fn enable_fault_line(line: Interrupt) -> Result<(), GicError> {
     }
     let n = line.intid;
     if !(32..SPECIAL_INTIDS).contains(&n) {
-        return Err(GicError::BadLine(n));
+        return Err(GicError::BadLine { line: n });
     }
     let registered = FAULT_LINES.iter().any(|s| {
         match s.compare_exchange(0, n, Ordering::AcqRel, Ordering::Acquire) {
@@ -267,7 +302,7 @@ pub fn enable_fault_line(line: Interrupt) -> Result<(), GicError> {
         }
     });
     if !registered {
-        return Err(GicError::BadLine(n));
+        return Err(GicError::BadLine { line: n });
     }
     // ICFGR: bit 1 of the 2-bit field is 1 for edge-triggered.
     set_field(gicd, GICD_ICFGR, n, 2, if line.edge { 0b10 } else { 0b00 });

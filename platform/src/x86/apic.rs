@@ -52,10 +52,34 @@ pub enum ApicError {
     /// CPUID reports no local APIC.
     NoApic,
     /// The xAPIC registers lie outside the identity-mapped low 4 GiB.
-    BaseNotMapped(u64),
+    BaseNotMapped {
+        /// The xAPIC base address (IA32_APIC_BASE).
+        base: u64,
+    },
     /// This CPU's APIC id does not fit the 8-bit destination of a compatibility-format MSI.
-    IdTooLarge(u32),
+    IdTooLarge {
+        /// This CPU's APIC id.
+        id: u32,
+    },
 }
+
+impl core::fmt::Display for ApicError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match *self {
+            ApicError::NoApic => f.write_str("CPUID reports no local APIC"),
+            ApicError::BaseNotMapped { base } => write!(
+                f,
+                "the xAPIC registers at {base:#x} lie outside the identity-mapped low 4 GiB"
+            ),
+            ApicError::IdTooLarge { id } => write!(
+                f,
+                "APIC id {id} does not fit the 8-bit destination of a compatibility-format MSI"
+            ),
+        }
+    }
+}
+
+impl core::error::Error for ApicError {}
 
 fn rdmsr(msr: u32) -> u64 {
     let (lo, hi): (u32, u32);
@@ -121,7 +145,7 @@ pub fn init() -> Result<u32, ApicError> {
     } else {
         let addr = base & BASE_ADDR;
         if addr == 0 || addr >= 1 << 32 {
-            return Err(ApicError::BaseNotMapped(addr));
+            return Err(ApicError::BaseNotMapped { base: addr });
         }
         MODE.store(addr as usize, Ordering::Relaxed);
     }
@@ -147,7 +171,7 @@ pub fn eoi() {
 /// destination mode, no redirection; data = the vector, fixed delivery, edge triggered.
 pub fn msi(apic_id: u32, vector: u8) -> Result<FaultInterrupt, ApicError> {
     if apic_id > 0xff {
-        return Err(ApicError::IdTooLarge(apic_id));
+        return Err(ApicError::IdTooLarge { id: apic_id });
     }
     Ok(FaultInterrupt::Msi {
         address: MSI_BASE | u64::from(apic_id) << 12,
