@@ -131,7 +131,7 @@ pub fn init() -> Result<u32, ApicError> {
         super::io::outb(PIC2_DATA, 0xff);
     }
     // CPUID leaf 1 exists on every x86_64 CPU.
-    let leaf1 = core::arch::x86_64::__cpuid(1);
+    let leaf1 = super::cpuid(1, 0);
     if leaf1.edx & CPUID_APIC == 0 {
         return Err(ApicError::NoApic);
     }

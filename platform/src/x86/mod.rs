@@ -110,3 +110,15 @@ extern "C" fn rust_start(start_info: u32) -> ! {
     // SAFETY: `entry!` defines the function with exactly this signature.
     unsafe { __iommu_platform_main(boot) }
 }
+
+/// CPUID `leaf`, `subleaf`: EAX, EBX, ECX, EDX. A leaf beyond the maximum returns what the CPU
+/// returns for that (the caller checks leaf 0's EAX first where it matters).
+pub(crate) fn cpuid(leaf: u32, subleaf: u32) -> core::arch::x86_64::CpuidResult {
+    // `__cpuid_count` is an unsafe function on older toolchains (the declared MSRV, 1.88,
+    // among them) and a safe one on current stable: the block builds on both.
+    #[allow(unused_unsafe)]
+    // SAFETY: CPUID only reads processor identification; every x86_64 CPU has it.
+    unsafe {
+        core::arch::x86_64::__cpuid_count(leaf, subleaf)
+    }
+}

@@ -44,19 +44,10 @@ pub fn rdtsc() -> u64 {
 
 /// CPUID leaf `leaf` (subleaf 0) as (EAX, EBX, ECX), or `None` beyond the maximum basic leaf.
 fn cpuid(leaf: u32) -> Option<(u32, u32, u32)> {
-    // `__cpuid` is an unsafe function on older toolchains (the declared MSRV, 1.88, among
-    // them) and a safe one on current stable: the block builds on both.
-    #[allow(unused_unsafe)]
-    // SAFETY: CPUID only reads processor identification; every x86_64 CPU has it.
-    let (max, r) = unsafe {
-        (
-            core::arch::x86_64::__cpuid(0).eax,
-            core::arch::x86_64::__cpuid_count(leaf, 0),
-        )
-    };
-    if leaf > max {
+    if leaf > super::cpuid(0, 0).eax {
         return None;
     }
+    let r = super::cpuid(leaf, 0);
     Some((r.eax, r.ebx, r.ecx))
 }
 
