@@ -45,7 +45,11 @@ if ! qemu_ok; then
             for q in $QEMU_SYSTEMS; do
                 echo "  $q (found: $( { "$q" --version 2>/dev/null || echo none; } | head -1))"
             done
-            echo "It installs them itself only on Debian bookworm (from bookworm-backports)."
+            if [ "$os" = debian-bookworm ]; then
+                echo "Installing them from bookworm-backports did not provide them."
+            else
+                echo "It installs them itself only on Debian bookworm (from bookworm-backports)."
+            fi
             echo "On this host (${os:-unknown OS}), install QEMU >= 10 with those emulators"
             echo "(Debian trixie: qemu-system-x86 qemu-system-arm qemu-system-misc, which are"
             echo "10.0; elsewhere your distribution's packages or a build from qemu.org) and run"
