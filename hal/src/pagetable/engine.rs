@@ -10,7 +10,7 @@
 //!
 //! `map` and `unmap` run in two passes. Pass 1 only reads: it checks the request against the
 //! current tables (overlap, forbidden splits) and counts the table frames the change needs.
-//! Those frames are then allocated up front and held in a [`FramePool`] (a few inline slots,
+//! Those frames are then allocated up front and held in a `FramePool` (a few inline slots,
 //! then a chain through the first word of each frame, which no walker can see yet); if any
 //! allocation fails, the frames obtained so far are freed in reverse order and the call fails
 //! with nothing changed. Pass 2 writes and cannot fail.
