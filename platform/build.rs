@@ -17,6 +17,12 @@ fn main() {
         // defmt's interned-string section (the file comes with the defmt crate).
         println!("cargo:rustc-link-arg-bins=-Tdefmt.x");
     }
+    if arch == "riscv64" {
+        // QEMU virt with -bios none: linked at the start of RAM, entered in M-mode.
+        println!("cargo:rerun-if-changed=link-riscv64.ld");
+        println!("cargo:rustc-link-arg-bins=-T{dir}/link-riscv64.ld");
+        println!("cargo:rustc-link-arg-bins=-Tdefmt.x");
+    }
     if arch == "aarch64" {
         // QEMU virt image linked 2 MiB into RAM (room for the DTB below it).
         println!("cargo:rerun-if-changed=link-aarch64.ld");

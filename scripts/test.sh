@@ -16,7 +16,7 @@ rustup target add x86_64-unknown-none aarch64-unknown-none riscv64gc-unknown-non
 
 # The system emulators the images boot on, QEMU 10 or later (Debian bookworm's own QEMU, 7.2,
 # lacks what the images use).
-QEMU_SYSTEMS="qemu-system-x86_64 qemu-system-aarch64"
+QEMU_SYSTEMS="qemu-system-x86_64 qemu-system-aarch64 qemu-system-riscv64"
 qemu_major() {
     { "$1" --version 2>/dev/null || true; } | sed -n '1s/^QEMU emulator version \([0-9]*\).*/\1/p'
 }
@@ -82,7 +82,7 @@ done
 # held to it.
 MSRV="$(sed -n 's/^rust-version = "\([0-9.]*\)".*/\1/p' Cargo.toml)"
 BARE_METAL="x86_64-unknown-none aarch64-unknown-none riscv64gc-unknown-none-elf"
-IMAGE_TARGETS="x86_64-unknown-none aarch64-unknown-none"   # targets with a QEMU image
+IMAGE_TARGETS="$BARE_METAL"   # every bare-metal target has QEMU images
 step "MSRV $MSRV: protocol, hal, server (host and bare metal) and the images"
 rustup toolchain install "$MSRV" --profile minimal --no-self-update \
     --target "$(echo $BARE_METAL | tr ' ' ,)" >/dev/null 2>&1 ||
@@ -115,7 +115,7 @@ step "the example a driver author starts from (test-harness/examples/driver.rs)"
 cargo run -q -p iommu-test-harness --example driver
 images=0
 
-IMAGES="vtd vtd-bridge vtd-rootport-bridge amd smmuv3 smmuv3-gicv3"   # the QEMU system images (qemu --list)
+IMAGES="vtd vtd-bridge vtd-rootport-bridge amd smmuv3 smmuv3-gicv3 riscv"   # the QEMU system images (qemu --list)
 if [ -f test-harness/src/bin/qemu.rs ]; then
     step "QEMU system images (the main job): $IMAGES"
     for image in $IMAGES; do

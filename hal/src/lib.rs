@@ -9,9 +9,9 @@
 //! - [`units`]: the one [`backend::Backend`] implementation over a set of units, which every
 //!   vendor's unit type plugs into.
 //! - [`wait`]: bounded polling of hardware ([`wait::Timing`], [`wait::poll`]).
-//! - One module per vendor (`vtd`, `smmuv3`, `amd`, ...), each with the same inner shape: `regs`
-//!   (register map), `tables` (context / device / stream tables), `queue` (invalidation or
-//!   command queue), `fault`, and `mod` (the unit and its backend).
+//! - One module per vendor (`vtd`, `smmuv3`, `amd`, `riscv`), each with the same inner shape:
+//!   `regs` (register map), `tables` (context / device / stream tables), `queue` (invalidation
+//!   or command queue), `fault`, and `mod` (the unit and its backend).
 //!
 //! Nothing here allocates or keeps global state. Unsafe code is confined to the MMIO and
 //! physical-memory edges, which live in `platform`; this crate only defines the traits.
@@ -19,7 +19,7 @@
 //! # Features
 //!
 //! One per vendor backend, all on by default: `vtd` ([`vtd`]), `smmuv3` ([`smmuv3`]), `amd`
-//! ([`amd`]), and `riscv` (declared for the backend that follows). With
+//! ([`amd`]), `riscv` ([`riscv`]). With
 //! `default-features = false` only the traits, the backend trait and the page-table engine
 //! are built. `defmt` derives `defmt::Format` for the public types.
 //!
@@ -84,6 +84,8 @@ pub mod amd;
 pub mod backend;
 pub mod mem;
 pub mod pagetable;
+#[cfg(feature = "riscv")]
+pub mod riscv;
 #[cfg(feature = "smmuv3")]
 pub mod smmuv3;
 pub mod units;

@@ -6,7 +6,7 @@
 //! [`Unit`] for it; [`UnitBackend`] does the rest: unit lookup (a bad index is the unit's
 //! [`Unit::BAD_UNIT`] error, never a panic), the bounded unit list, per-unit counters. The
 //! vendor backends are aliases: [`crate::vtd::VtdBackend`], [`crate::smmuv3::SmmuBackend`],
-//! [`crate::amd::AmdBackend`].
+//! [`crate::amd::AmdBackend`], [`crate::riscv::RiscvBackend`].
 
 use embedded_hal::delay::DelayNs;
 use heapless::Vec;

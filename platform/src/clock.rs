@@ -17,6 +17,10 @@
 //! 3. when CPUID and the PIT disagree by more than [`CROSS_CHECK_PERCENT`], the higher;
 //! 4. when nothing is usable: the highest plausible round seen, else [`TSC_FALLBACK_PER_US`].
 //!
+//! RISC-V `mtime`: the device tree's `/cpus/timebase-frequency` (RISC-V binding
+//! `riscv/cpus.yaml`; there is no architectural register), used only within
+//! [`TIMEBASE_MIN_HZ`, `COUNTER_MAX_HZ`], else [`COUNTER_FALLBACK_HZ`].
+//!
 //! Arm generic timer: CNTFRQ_EL0 is what firmware programmed; a device tree `clock-frequency`
 //! on the `arm,armv8-timer` node overrides it (for firmware that leaves CNTFRQ_EL0 unset or
 //! wrong, as Linux's arch timer driver honours it); either is used only within
@@ -66,7 +70,7 @@ pub enum Source {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[cfg_attr(target_os = "none", derive(defmt::Format))]
 pub struct Rate {
-    /// TSC ticks per microsecond (x86) or counter ticks per second (Arm).
+    /// TSC ticks per microsecond (x86) or counter ticks per second (Arm, RISC-V).
     pub value: u64,
     /// Its source.
     pub source: Source,
@@ -177,6 +181,24 @@ pub fn choose_tsc(cpuid: Option<u64>, pit: Option<u64>, highest_round: Option<u6
     }
 }
 
+/// Lowest plausible RISC-V timebase: 32.768 kHz (a real-time-clock crystal; SiFive boards use
+/// 1 MHz, QEMU virt 10 MHz).
+pub const TIMEBASE_MIN_HZ: u64 = 32_768;
+
+/// Picks the RISC-V `mtime` rate from the device tree's `timebase-frequency`.
+pub fn choose_timebase(device_tree: Option<u64>) -> Rate {
+    match device_tree.filter(|&f| (TIMEBASE_MIN_HZ..=COUNTER_MAX_HZ).contains(&f)) {
+        Some(f) => Rate {
+            value: f,
+            source: Source::DeviceTree,
+        },
+        None => Rate {
+            value: COUNTER_FALLBACK_HZ,
+            source: Source::Fallback,
+        },
+    }
+}
+
 /// Whether `hz` is a plausible generic-timer frequency.
 pub const fn counter_plausible(hz: u64) -> bool {
     hz >= COUNTER_MIN_HZ && hz <= COUNTER_MAX_HZ
@@ -199,6 +221,27 @@ pub fn choose_counter(cntfrq: u64, device_tree: Option<u64>) -> Rate {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn riscv_timebase() {
+        assert_eq!(
+            choose_timebase(Some(10_000_000)),
+            Rate {
+                value: 10_000_000,
+                source: Source::DeviceTree
+            }
+        );
+        for bad in [None, Some(0), Some(1000), Some(20_000_000_000)] {
+            assert_eq!(
+                choose_timebase(bad),
+                Rate {
+                    value: COUNTER_FALLBACK_HZ,
+                    source: Source::Fallback
+                },
+                "{bad:?}"
+            );
+        }
+    }
 
     #[test]
     fn cpuid_leaves() {

@@ -1,5 +1,6 @@
-//! Device-tree discovery: what the aarch64 image needs to know about its machine, read from
-//! the flattened device tree (Devicetree Specification 0.4) that QEMU builds.
+//! Device-tree discovery: what the aarch64 and riscv64 images need to know about their
+//! machine, read from the flattened device tree (Devicetree Specification 0.4) that QEMU
+//! builds.
 //!
 //! - memory: every node with `device_type = "memory"` (its `reg`);
 //! - SMMUv3 units: nodes compatible with `"arm,smmu-v3"` (Linux binding
@@ -11,6 +12,16 @@
 //!   `interrupt-controller/arm,gic.yaml`, `arm,gic-v3.yaml`): distributor and CPU interface
 //!   (v2) or redistributor (v3) regions; its 3-cell interrupt specifiers `<type number flags>`
 //!   give SPI `number` as INTID `number + 32` (PPI: `+ 16`), flags 1/2 edge, 4/8 level;
+//! - RISC-V IOMMUs (Linux binding `iommu/riscv,iommu.yaml`): platform units compatible with
+//!   `"riscv,iommu"` (`reg`, `phandle`, `interrupts`), and PCI units compatible with
+//!   `"riscv,pci-iommu"`, child nodes of the PCIe host whose `reg` names their PCI function
+//!   (`phys.hi` bits 23:8 = bus, device, function), registers in the function's BAR0;
+//! - RISC-V timer: `timebase-frequency` of `/cpus` (RISC-V binding `riscv/cpus.yaml`) and
+//!   the CLINT (`"riscv,clint0"` or `"sifive,clint0"`), whose `mtime` counts at that rate;
+//! - the RISC-V PLIC (`"riscv,plic0"` or `"sifive,plic-1.0.0"`, binding
+//!   `interrupt-controller/sifive,plic-1.0.0.yaml`): `reg`, `phandle`, and which of its
+//!   contexts is the first hart's machine-mode external interrupt (the first
+//!   `interrupts-extended` entry naming interrupt 11);
 //! - the PCIe host: the first node compatible with `"pci-host-ecam-generic"` (binding
 //!   `pci/host-generic-pci.yaml`): `reg` = the ECAM window, `bus-range`, `ranges` = the windows
 //!   through which the CPU reaches PCI memory and I/O space (PCI bus binding, IEEE 1275 PCI
@@ -30,6 +41,10 @@ use heapless::Vec;
 pub const MAX_MEMORY: usize = 4;
 /// Most SMMUs kept.
 pub const MAX_SMMUS: usize = 4;
+/// Most RISC-V IOMMUs kept.
+pub const MAX_RISCV_IOMMUS: usize = 4;
+/// Most `interrupts` cells kept per RISC-V IOMMU.
+pub const MAX_IRQ_CELLS: usize = 8;
 /// Most `ranges` windows of the PCIe host kept.
 pub const MAX_WINDOWS: usize = 4;
 /// Most `iommu-map` entries kept.
@@ -51,14 +66,26 @@ const GIC_V3: &str = "arm,gic-v3";
 pub enum DtError {
     /// No FDT header (bad magic), or the blob is shorter than its header says.
     BadHeader,
-    /// A property's value does not have the size its cells say (property name given).
-    BadProperty(&'static str),
-    /// More nodes or entries than this module keeps (what overflowed given).
-    TooMany(&'static str),
+    /// A property is missing or its value does not have the size its cells say.
+    BadProperty {
+        /// The property's name.
+        name: &'static str,
+    },
+    /// More nodes or entries than this module keeps.
+    TooMany {
+        /// What overflowed.
+        what: &'static str,
+    },
     /// An `iommu-map` names an IOMMU whose `#iommu-cells` is not 1 (the only form decoded).
-    UnsupportedIommuCells(u32),
+    UnsupportedIommuCells {
+        /// Its `#iommu-cells` (0 when absent).
+        cells: u32,
+    },
     /// An `iommu-map` names a phandle no node has.
-    UnknownPhandle(u32),
+    UnknownPhandle {
+        /// The phandle.
+        phandle: u32,
+    },
 }
 
 impl core::fmt::Display for DtError {
@@ -67,18 +94,18 @@ impl core::fmt::Display for DtError {
             DtError::BadHeader => {
                 f.write_str("no device tree: bad FDT magic, or shorter than its header says")
             }
-            DtError::BadProperty(name) => write!(
+            DtError::BadProperty { name } => write!(
                 f,
                 "device tree property `{name}` is missing or its size disagrees with its cells"
             ),
-            DtError::TooMany(what) => {
+            DtError::TooMany { what } => {
                 write!(f, "more {what} in the device tree than this module keeps")
             }
-            DtError::UnsupportedIommuCells(cells) => write!(
+            DtError::UnsupportedIommuCells { cells } => write!(
                 f,
                 "an iommu-map names an IOMMU with #iommu-cells = {cells}; only 1 is decoded"
             ),
-            DtError::UnknownPhandle(phandle) => {
+            DtError::UnknownPhandle { phandle } => {
                 write!(
                     f,
                     "an iommu-map names phandle {phandle:#x}, which no node has"
@@ -176,6 +203,56 @@ pub struct Gic {
     pub cpu_or_redistributor: Region,
     /// Its phandle (what `interrupt-parent` names).
     pub phandle: Option<u32>,
+}
+
+/// The RISC-V platform-level interrupt controller.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(target_os = "none", derive(defmt::Format))]
+pub struct Plic {
+    /// Its register block.
+    pub reg: Region,
+    /// Its phandle (what `interrupt-parent` names).
+    pub phandle: Option<u32>,
+    /// The context delivering to the first hart in machine mode: the index of the first
+    /// `interrupts-extended` entry (`<hart-intc cause>`, 2 cells) whose cause is 11, the
+    /// machine external interrupt (privileged spec, `mcause` values).
+    pub m_context: Option<u32>,
+}
+
+/// Where a RISC-V IOMMU's registers are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(target_os = "none", derive(defmt::Format))]
+pub enum RiscvIommuAt {
+    /// A platform device (`"riscv,iommu"`): its register block.
+    Platform(Region),
+    /// A PCI function (`"riscv,pci-iommu"`): its requester id (bus << 8 | device << 3 |
+    /// function); the registers are its BAR0, which software assigns.
+    Pci(u16),
+}
+
+/// One RISC-V IOMMU.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RiscvIommu {
+    /// Where it is.
+    pub at: RiscvIommuAt,
+    /// Its phandle, which `iommu-map` entries name.
+    pub phandle: Option<u32>,
+    /// The raw cells of its `interrupts` property (wired interrupt specifiers in the
+    /// interrupt parent's format; empty for a PCI unit, which signals by MSI).
+    pub interrupts: Vec<u32, MAX_IRQ_CELLS>,
+}
+
+#[cfg(target_os = "none")]
+impl defmt::Format for RiscvIommu {
+    fn format(&self, f: defmt::Formatter) {
+        defmt::write!(
+            f,
+            "{} phandle {} interrupts {=[?]}",
+            self.at,
+            self.phandle,
+            self.interrupts.as_slice()
+        )
+    }
 }
 
 /// The PCI address space a `ranges` window opens.
@@ -306,13 +383,29 @@ pub struct Machine {
     pub memory: Vec<Region, MAX_MEMORY>,
     /// SMMUv3 units, in device-tree order.
     pub smmus: Vec<Smmu, MAX_SMMUS>,
+    /// RISC-V IOMMUs, in device-tree order.
+    pub riscv_iommus: Vec<RiscvIommu, MAX_RISCV_IOMMUS>,
     /// The PCIe host, if there is one.
     pub pci: Option<PciHost>,
+    /// `/cpus/timebase-frequency`: the rate of the RISC-V `mtime` counter, in Hz.
+    pub timebase_hz: Option<u64>,
+    /// The RISC-V CLINT's register block (`mtime` at offset 0xbff8).
+    pub clint: Option<Region>,
     /// The GIC, if there is one.
     pub gic: Option<Gic>,
+    /// The RISC-V PLIC, if there is one.
+    pub plic: Option<Plic>,
 }
 
 impl Machine {
+    /// The RISC-V IOMMU with phandle `phandle`, with its index in [`Machine::riscv_iommus`].
+    pub fn riscv_iommu_by_phandle(&self, phandle: u32) -> Option<(usize, &RiscvIommu)> {
+        self.riscv_iommus
+            .iter()
+            .enumerate()
+            .find(|(_, s)| s.phandle == Some(phandle))
+    }
+
     /// The SMMU with phandle `phandle`, with its index in [`Machine::smmus`].
     pub fn smmu_by_phandle(&self, phandle: u32) -> Option<(usize, &Smmu)> {
         self.smmus
@@ -341,7 +434,7 @@ fn u32_prop(node: FdtNode<'_, '_>, name: &'static str) -> Result<Option<u32>, Dt
         None => Ok(None),
         Some(p) => match p.value {
             [a, b, c, d] => Ok(Some(u32::from_be_bytes([*a, *b, *c, *d]))),
-            _ => Err(DtError::BadProperty(name)),
+            _ => Err(DtError::BadProperty { name }),
         },
     }
 }
@@ -355,8 +448,9 @@ fn first_reg(node: FdtNode<'_, '_>) -> Result<Option<Region>, DtError> {
         return Ok(None);
     };
     let (base, _) =
-        take_cells(r.address, r.address.len() / 4).ok_or(DtError::BadProperty("reg"))?;
-    let (size, _) = take_cells(r.size, r.size.len() / 4).ok_or(DtError::BadProperty("reg"))?;
+        take_cells(r.address, r.address.len() / 4).ok_or(DtError::BadProperty { name: "reg" })?;
+    let (size, _) =
+        take_cells(r.size, r.size.len() / 4).ok_or(DtError::BadProperty { name: "reg" })?;
     Ok(Some(Region { base, size }))
 }
 
@@ -389,10 +483,10 @@ fn regs<const N: usize>(node: FdtNode<'_, '_>) -> Result<Vec<Region, N>, DtError
     let mut out = Vec::new();
     if let Some(regs) = node.raw_reg() {
         for r in regs {
-            let (base, _) =
-                take_cells(r.address, r.address.len() / 4).ok_or(DtError::BadProperty("reg"))?;
+            let (base, _) = take_cells(r.address, r.address.len() / 4)
+                .ok_or(DtError::BadProperty { name: "reg" })?;
             let (size, _) =
-                take_cells(r.size, r.size.len() / 4).ok_or(DtError::BadProperty("reg"))?;
+                take_cells(r.size, r.size.len() / 4).ok_or(DtError::BadProperty { name: "reg" })?;
             if out.push(Region { base, size }).is_err() {
                 break;
             }
@@ -404,7 +498,7 @@ fn regs<const N: usize>(node: FdtNode<'_, '_>) -> Result<Vec<Region, N>, DtError
 fn parse_gic(node: FdtNode<'_, '_>, version: GicVersion) -> Result<Gic, DtError> {
     let r: Vec<Region, 2> = regs(node)?;
     let [distributor, cpu_or_redistributor] = r.as_slice() else {
-        return Err(DtError::BadProperty("reg"));
+        return Err(DtError::BadProperty { name: "reg" });
     };
     Ok(Gic {
         version,
@@ -439,7 +533,7 @@ fn smmu_irqs(fdt: &Fdt<'_>, node: FdtNode<'_, '_>) -> Result<SmmuIrqs, DtError> 
         return Ok(irqs);
     }
     if spec.value.len() % 12 != 0 {
-        return Err(DtError::BadProperty("interrupts"));
+        return Err(DtError::BadProperty { name: "interrupts" });
     }
     let names = names.value.split(|&b| b == 0);
     for (cells, name) in spec.value.chunks_exact(12).zip(names) {
@@ -456,7 +550,7 @@ fn smmu_irqs(fdt: &Fdt<'_>, node: FdtNode<'_, '_>) -> Result<SmmuIrqs, DtError> 
             1 => word(1).checked_add(16),
             _ => None,
         }
-        .ok_or(DtError::BadProperty("interrupts"))?;
+        .ok_or(DtError::BadProperty { name: "interrupts" })?;
         let irq = Some(Interrupt {
             intid,
             edge: word(2) & 0x3 != 0,
@@ -472,20 +566,21 @@ fn smmu_irqs(fdt: &Fdt<'_>, node: FdtNode<'_, '_>) -> Result<SmmuIrqs, DtError> 
 }
 
 fn parse_pci(fdt: &Fdt<'_>, node: FdtNode<'_, '_>) -> Result<PciHost, DtError> {
-    let ecam = first_reg(node)?.ok_or(DtError::BadProperty("reg"))?;
+    let ecam = first_reg(node)?.ok_or(DtError::BadProperty { name: "reg" })?;
     let (mut bus_first, mut bus_last) = (0u8, 255u8);
     if let Some(p) = node.property("bus-range") {
-        let (first, rest) = take_cells(p.value, 1).ok_or(DtError::BadProperty("bus-range"))?;
-        let (last, _) = take_cells(rest, 1).ok_or(DtError::BadProperty("bus-range"))?;
+        let (first, rest) =
+            take_cells(p.value, 1).ok_or(DtError::BadProperty { name: "bus-range" })?;
+        let (last, _) = take_cells(rest, 1).ok_or(DtError::BadProperty { name: "bus-range" })?;
         if first > last || last > 255 {
-            return Err(DtError::BadProperty("bus-range"));
+            return Err(DtError::BadProperty { name: "bus-range" });
         }
         (bus_first, bus_last) = (first as u8, last as u8);
     }
     // The ECAM window bounds the buses that can be reached.
     let ecam_buses = (ecam.size >> 20).min(256);
     if ecam_buses == 0 {
-        return Err(DtError::BadProperty("reg"));
+        return Err(DtError::BadProperty { name: "reg" });
     }
     bus_last = bus_last.min((u64::from(bus_first) + ecam_buses - 1).min(255) as u8);
 
@@ -499,18 +594,20 @@ fn parse_pci(fdt: &Fdt<'_>, node: FdtNode<'_, '_>) -> Result<PciHost, DtError> {
     let mut windows = Vec::new();
     if let Some(p) = node.property("ranges") {
         if child_ac != 3 || size_c > 2 || parent_ac > 2 {
-            return Err(DtError::BadProperty("ranges"));
+            return Err(DtError::BadProperty { name: "ranges" });
         }
         let entry = 4 * (child_ac + parent_ac + size_c);
         if p.value.len() % entry != 0 {
-            return Err(DtError::BadProperty("ranges"));
+            return Err(DtError::BadProperty { name: "ranges" });
         }
         for e in p.value.chunks_exact(entry) {
-            let (hi, rest) = take_cells(e, 1).ok_or(DtError::BadProperty("ranges"))?;
-            let (pci_addr, rest) = take_cells(rest, 2).ok_or(DtError::BadProperty("ranges"))?;
+            let (hi, rest) = take_cells(e, 1).ok_or(DtError::BadProperty { name: "ranges" })?;
+            let (pci_addr, rest) =
+                take_cells(rest, 2).ok_or(DtError::BadProperty { name: "ranges" })?;
             let (cpu_addr, rest) =
-                take_cells(rest, parent_ac).ok_or(DtError::BadProperty("ranges"))?;
-            let (size, _) = take_cells(rest, size_c).ok_or(DtError::BadProperty("ranges"))?;
+                take_cells(rest, parent_ac).ok_or(DtError::BadProperty { name: "ranges" })?;
+            let (size, _) =
+                take_cells(rest, size_c).ok_or(DtError::BadProperty { name: "ranges" })?;
             let space = match (hi >> 24) & 3 {
                 0 => Space::Config,
                 1 => Space::Io,
@@ -525,7 +622,7 @@ fn parse_pci(fdt: &Fdt<'_>, node: FdtNode<'_, '_>) -> Result<PciHost, DtError> {
                     cpu_addr,
                     size,
                 })
-                .map_err(|_| DtError::TooMany("ranges"))?;
+                .map_err(|_| DtError::TooMany { what: "ranges" })?;
         }
     }
 
@@ -533,7 +630,7 @@ fn parse_pci(fdt: &Fdt<'_>, node: FdtNode<'_, '_>) -> Result<PciHost, DtError> {
     let mut iommu_map = Vec::new();
     if let Some(p) = node.property("iommu-map") {
         if p.value.len() % 16 != 0 {
-            return Err(DtError::BadProperty("iommu-map"));
+            return Err(DtError::BadProperty { name: "iommu-map" });
         }
         for e in p.value.chunks_exact(16) {
             let word =
@@ -541,10 +638,14 @@ fn parse_pci(fdt: &Fdt<'_>, node: FdtNode<'_, '_>) -> Result<PciHost, DtError> {
             let iommu = word(1);
             let target = fdt
                 .find_phandle(iommu)
-                .ok_or(DtError::UnknownPhandle(iommu))?;
+                .ok_or(DtError::UnknownPhandle { phandle: iommu })?;
             match u32_prop(target, "#iommu-cells")? {
                 Some(1) => {}
-                other => return Err(DtError::UnsupportedIommuCells(other.unwrap_or(0))),
+                other => {
+                    return Err(DtError::UnsupportedIommuCells {
+                        cells: other.unwrap_or(0),
+                    });
+                }
             }
             iommu_map
                 .push(IdMapEntry {
@@ -553,7 +654,7 @@ fn parse_pci(fdt: &Fdt<'_>, node: FdtNode<'_, '_>) -> Result<PciHost, DtError> {
                     id_base: word(2),
                     len: word(3),
                 })
-                .map_err(|_| DtError::TooMany("iommu-map"))?;
+                .map_err(|_| DtError::TooMany { what: "iommu-map" })?;
         }
     }
     Ok(PciHost {
@@ -574,26 +675,41 @@ pub fn parse(dtb: &[u8]) -> Result<Machine, DtError> {
     let mut machine = Machine {
         memory: Vec::new(),
         smmus: Vec::new(),
+        riscv_iommus: Vec::new(),
         pci: None,
+        timebase_hz: None,
+        clint: None,
         gic: None,
+        plic: None,
     };
+    if let Some(cpus) = fdt.find_node("/cpus")
+        && let Some(p) = cpus.property("timebase-frequency")
+    {
+        let cells = p.value.len() / 4;
+        let (hz, _) = take_cells(p.value, cells.min(2))
+            .filter(|_| cells == 1 || cells == 2)
+            .ok_or(DtError::BadProperty {
+                name: "timebase-frequency",
+            })?;
+        machine.timebase_hz = Some(hz);
+    }
     for node in fdt.all_nodes() {
         let device_type = node.property("device_type").and_then(|p| p.as_str());
         if device_type == Some("memory") {
             if let Some(mut regs) = node.raw_reg() {
                 for r in regs.by_ref() {
                     let (base, _) = take_cells(r.address, r.address.len() / 4)
-                        .ok_or(DtError::BadProperty("reg"))?;
-                    let (size, _) =
-                        take_cells(r.size, r.size.len() / 4).ok_or(DtError::BadProperty("reg"))?;
+                        .ok_or(DtError::BadProperty { name: "reg" })?;
+                    let (size, _) = take_cells(r.size, r.size.len() / 4)
+                        .ok_or(DtError::BadProperty { name: "reg" })?;
                     machine
                         .memory
                         .push(Region { base, size })
-                        .map_err(|_| DtError::TooMany("memory"))?;
+                        .map_err(|_| DtError::TooMany { what: "memory" })?;
                 }
             }
         } else if is_compatible(node, "arm,smmu-v3") {
-            let reg = first_reg(node)?.ok_or(DtError::BadProperty("reg"))?;
+            let reg = first_reg(node)?.ok_or(DtError::BadProperty { name: "reg" })?;
             machine
                 .smmus
                 .push(Smmu {
@@ -602,7 +718,68 @@ pub fn parse(dtb: &[u8]) -> Result<Machine, DtError> {
                     coherent: node.property("dma-coherent").is_some(),
                     irqs: smmu_irqs(&fdt, node)?,
                 })
-                .map_err(|_| DtError::TooMany("smmu"))?;
+                .map_err(|_| DtError::TooMany { what: "smmu" })?;
+        } else if is_compatible(node, "riscv,iommu") || is_compatible(node, "riscv,pci-iommu") {
+            let at = if is_compatible(node, "riscv,pci-iommu") {
+                // reg: <phys.hi phys.mid phys.lo size.hi size.lo>, phys.hi bits 23:8 = BDF.
+                let hi = node
+                    .property("reg")
+                    .and_then(|p| take_cells(p.value, 1))
+                    .ok_or(DtError::BadProperty { name: "reg" })?
+                    .0;
+                RiscvIommuAt::Pci(((hi >> 8) & 0xffff) as u16)
+            } else {
+                RiscvIommuAt::Platform(
+                    first_reg(node)?.ok_or(DtError::BadProperty { name: "reg" })?,
+                )
+            };
+            let mut interrupts = Vec::new();
+            if let Some(p) = node.property("interrupts") {
+                if p.value.len() % 4 != 0 {
+                    return Err(DtError::BadProperty { name: "interrupts" });
+                }
+                for c in p.value.chunks_exact(4) {
+                    interrupts
+                        .push(u32::from_be_bytes([c[0], c[1], c[2], c[3]]))
+                        .map_err(|_| DtError::TooMany { what: "interrupts" })?;
+                }
+            }
+            machine
+                .riscv_iommus
+                .push(RiscvIommu {
+                    at,
+                    phandle: u32_prop(node, "phandle")?,
+                    interrupts,
+                })
+                .map_err(|_| DtError::TooMany {
+                    what: "riscv iommu",
+                })?;
+        } else if machine.clint.is_none()
+            && (is_compatible(node, "riscv,clint0") || is_compatible(node, "sifive,clint0"))
+        {
+            machine.clint = first_reg(node)?;
+        } else if machine.plic.is_none()
+            && (is_compatible(node, "riscv,plic0") || is_compatible(node, "sifive,plic-1.0.0"))
+        {
+            let reg = first_reg(node)?.ok_or(DtError::BadProperty { name: "reg" })?;
+            let mut m_context = None;
+            if let Some(p) = node.property("interrupts-extended") {
+                if p.value.len() % 8 != 0 {
+                    return Err(DtError::BadProperty {
+                        name: "interrupts-extended",
+                    });
+                }
+                m_context = p
+                    .value
+                    .chunks_exact(8)
+                    .position(|e| e[4..8] == 11u32.to_be_bytes())
+                    .map(|i| i as u32);
+            }
+            machine.plic = Some(Plic {
+                reg,
+                phandle: u32_prop(node, "phandle")?,
+                m_context,
+            });
         } else if machine.pci.is_none() && is_compatible(node, "pci-host-ecam-generic") {
             machine.pci = Some(parse_pci(&fdt, node)?);
         } else if machine.gic.is_none()
@@ -670,10 +847,10 @@ mod tests {
     #[test]
     fn errors_name_the_property() {
         use std::string::ToString;
-        let e = DtError::BadProperty("reg");
+        let e = DtError::BadProperty { name: "reg" };
         assert!(e.to_string().contains("`reg`"), "{e}");
         assert!(
-            DtError::UnknownPhandle(0x8001)
+            DtError::UnknownPhandle { phandle: 0x8001 }
                 .to_string()
                 .contains("0x8001")
         );
@@ -875,6 +1052,89 @@ mod tests {
         assert_eq!(pci.iommu_for(0xffff), Some((phandle, 0xffff)));
         assert_eq!(m.smmu_by_phandle(phandle).map(|(i, _)| i), Some(0));
         assert_eq!(m.smmu_by_phandle(phandle + 1), None);
+    }
+
+    /// The device trees QEMU 10.0.2 builds for `qemu-system-riscv64 -machine virt,iommu-sys=on
+    /// -m 256M -nodefaults -device edu` and for `-machine virt ... -device riscv-iommu-pci
+    /// -device edu` (written with `dumpdtb=`).
+    static QEMU_RISCV_SYS: &[u8] = include_bytes!("../tests/data/qemu-virt-riscv-iommu-sys.dtb");
+    static QEMU_RISCV_PCI: &[u8] = include_bytes!("../tests/data/qemu-virt-riscv-iommu-pci.dtb");
+
+    #[test]
+    fn qemu_riscv_virt_with_a_platform_iommu() {
+        let m = parse(QEMU_RISCV_SYS).unwrap();
+        assert_eq!(
+            m.memory.as_slice(),
+            [Region {
+                base: 0x8000_0000,
+                size: 0x1000_0000
+            }]
+        );
+        assert!(m.smmus.is_empty());
+        assert_eq!(m.timebase_hz, Some(10_000_000));
+        assert_eq!(
+            m.clint,
+            Some(Region {
+                base: 0x200_0000,
+                size: 0x1_0000
+            })
+        );
+        assert_eq!(m.riscv_iommus.len(), 1);
+        let u = &m.riscv_iommus[0];
+        assert_eq!(
+            u.at,
+            RiscvIommuAt::Platform(Region {
+                base: 0x301_0000,
+                size: 0x1000
+            })
+        );
+        // QEMU writes (irq, type) pairs for the four vectors: wires 36 to 39.
+        assert_eq!(
+            u.interrupts.as_slice(),
+            [0x24, 1, 0x25, 1, 0x26, 1, 0x27, 1]
+        );
+        let plic = m.plic.unwrap();
+        assert_eq!(
+            plic.reg,
+            Region {
+                base: 0xc00_0000,
+                size: 0x60_0000
+            }
+        );
+        assert_eq!(plic.m_context, Some(0), "<cpu0-intc 11>, <cpu0-intc 9>");
+        let pci = m.pci.as_ref().unwrap();
+        assert_eq!(
+            pci.ecam,
+            Region {
+                base: 0x3000_0000,
+                size: 0x1000_0000
+            }
+        );
+        let mem32 = pci.mem32().unwrap();
+        assert_eq!(
+            (mem32.pci_addr, mem32.cpu_addr, mem32.size),
+            (0x4000_0000, 0x4000_0000, 0x4000_0000)
+        );
+        // Every requester id reaches the IOMMU as itself.
+        let phandle = u.phandle.unwrap();
+        assert_eq!(pci.iommu_for(0x0008), Some((phandle, 8)));
+        assert_eq!(m.riscv_iommu_by_phandle(phandle).map(|(i, _)| i), Some(0));
+    }
+
+    #[test]
+    fn qemu_riscv_virt_with_a_pci_iommu() {
+        let m = parse(QEMU_RISCV_PCI).unwrap();
+        assert_eq!(m.riscv_iommus.len(), 1);
+        let u = &m.riscv_iommus[0];
+        assert_eq!(u.at, RiscvIommuAt::Pci(0x0008), "00:01.0");
+        assert!(u.interrupts.is_empty());
+        let pci = m.pci.as_ref().unwrap();
+        let phandle = u.phandle.unwrap();
+        // The IOMMU's own requester id is not translated; edu at 00:02.0 is.
+        assert_eq!(pci.iommu_for(0x0010), Some((phandle, 0x10)));
+        assert_eq!(pci.iommu_for(0x0007), Some((phandle, 7)));
+        assert_eq!(pci.iommu_for(0x0008), None, "the IOMMU itself");
+        assert_eq!(pci.iommu_for(0xffff), Some((phandle, 0xffff)));
     }
 
     #[test]

@@ -8,9 +8,9 @@
 //!
 //! Architecture-independent pieces ([`mem`], [`pci`], [`bars`], [`dmar`], [`ivrs`], [`devtree`],
 //! [`dma`], [`edu`], [`local`], [`clock`], [`fault_irq`], [`fault_log`]) build and are tested on
-//! the host too; the runtimes (`x86`, `aarch64`),
-//! the client scenario the images run (`scenario`, which logs with defmt) and what every image
-//! does around it (`image`) exist only on bare-metal targets.
+//! the host too; the runtimes (`x86`, `aarch64`, `riscv64`), the client scenario the images run
+//! (`scenario`, which logs with defmt) and what every image does around it (`image`) exist only
+//! on bare-metal targets.
 #![no_std]
 
 #[cfg(test)]
@@ -41,10 +41,16 @@ pub mod x86;
 #[cfg(all(target_arch = "aarch64", target_os = "none"))]
 pub mod aarch64;
 
-/// The runtime of the architecture being built for (`x86` or `aarch64`).
+#[cfg(all(target_arch = "riscv64", target_os = "none"))]
+pub mod riscv64;
+
+/// The runtime of the architecture being built for (`x86`, `aarch64` or `riscv64`).
 #[cfg(all(target_arch = "aarch64", target_os = "none"))]
 pub use aarch64 as arch;
-/// The runtime of the architecture being built for (`x86` or `aarch64`).
+/// The runtime of the architecture being built for (`x86`, `aarch64` or `riscv64`).
+#[cfg(all(target_arch = "riscv64", target_os = "none"))]
+pub use riscv64 as arch;
+/// The runtime of the architecture being built for (`x86`, `aarch64` or `riscv64`).
 #[cfg(all(target_arch = "x86_64", target_os = "none"))]
 pub use x86 as arch;
 

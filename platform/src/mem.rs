@@ -1,8 +1,9 @@
 //! The hardware-access traits of `iommu_hal::mem`, implemented for an identity-mapped machine:
 //! MMIO register blocks, physical memory, and a frame allocator over a static region.
 //!
-//! Identity mapping means a physical address is also the CPU's virtual address. Both bare-metal
-//! runtimes map memory that way, so the same code serves x86_64 and aarch64.
+//! Identity mapping means a physical address is also the CPU's virtual address. The bare-metal
+//! runtimes map memory that way (riscv64 runs in M-mode, where addresses are physical), so the
+//! same code serves x86_64, aarch64 and riscv64.
 
 use iommu_hal::mem::{FrameAlloc, PAGE_SIZE, PhysAddr, PhysMem, RegisterAccess};
 
@@ -125,7 +126,8 @@ pub mod barrier {
 /// `clflush` (VT-d 6.6, "Caching mode" and ECAP.C = 0: software must flush table writes) and
 /// DMA writes are always snooped, so `sync_for_cpu` has nothing to do; on aarch64 they clean
 /// (`dc cvac`) and invalidate (`dc ivac`) to the point of coherency, then `dsb sy` (Arm ARM
-/// D7.5 data cache maintenance). Elsewhere (the host) they do nothing.
+/// D7.5 data cache maintenance). Elsewhere (riscv64, whose IOMMU walks are coherent, and the
+/// host) they do nothing.
 #[derive(Debug)]
 pub struct IdentityMem {
     _private: (),

@@ -29,6 +29,10 @@ pub trait Serial: Copy {
             self.write_byte(b);
         }
     }
+
+    /// Marks the start of a defmt frame, on a port that shares its UART with the console
+    /// (riscv64: see `riscv64::serial`). Ports of their own need nothing.
+    fn begin_frame(self) {}
 }
 
 /// Formatted text on a [`Serial`] port.
@@ -94,6 +98,7 @@ unsafe impl defmt::Logger for Logger {
         if TAKEN.swap(true, Ordering::Acquire) {
             panic!("defmt logger re-entered");
         }
+        Uart::DEFMT.begin_frame();
         // SAFETY: TAKEN is ours and interrupts are masked: exclusive access.
         unsafe {
             SAVED_MASK = mask;

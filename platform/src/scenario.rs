@@ -99,6 +99,10 @@ pub enum FaultEvidence {
     /// The unit refuses DMA but its fault log records nothing (QEMU 10.0's AMD-Vi event log):
     /// refused DMA is shown by the data alone; records that do come back are still checked.
     DataOnly,
+    /// Every refused access is recorded, but not whether it read or wrote (QEMU 10.0's RISC-V
+    /// IOMMU records every translation fault as a write): the records are required and
+    /// matched by device, page and reason.
+    RecordsWithoutDirection,
 }
 
 /// Where the scenario's client finds its device, memory and IOVA space.
@@ -349,7 +353,9 @@ impl<T: Transport, E: DmaEngine, S: FaultSignal> Ctx<'_, T, E, S> {
             if r.device != self.layout.device || r.iova & !(SZ_4K - 1) != page {
                 return Err(self.fail("fault record for another device or page"));
             }
-            matched |= r.write == write && r.reason == reason;
+            let direction =
+                r.write == write || self.layout.faults == FaultEvidence::RecordsWithoutDirection;
+            matched |= direction && r.reason == reason;
         }
         if matched || (records.is_empty() && self.layout.faults == FaultEvidence::DataOnly) {
             Ok(())

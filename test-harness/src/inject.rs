@@ -3,7 +3,8 @@
 //! submission is lost, a command is rejected with a queue error.
 //!
 //! [`Faulty`] wraps a model's register handle and intercepts the one register write that hands
-//! work to the unit (the *doorbell*: VT-d IQT, SMMUv3 CMDQ_PROD, AMD-Vi Command Buffer Tail). The model itself is not
+//! work to the unit (the *doorbell*: VT-d IQT, SMMUv3 CMDQ_PROD, AMD-Vi Command Buffer Tail,
+//! RISC-V IOMMU `cqt`). The model itself is not
 //! changed: what it sees is exactly what a unit behind a broken doorbell or a corrupted queue
 //! would see, so its own caches show whether the server kept devices away from memory.
 //!
@@ -14,18 +15,19 @@
 //!   doorbell write is dropped, and before the next doorbell is forwarded its commands are
 //!   overwritten with no-ops (a VT-d wait descriptor without status write or interrupt, an
 //!   SMMUv3 CMD_SYNC signalling nothing, an AMD-Vi COMPLETION_WAIT without store or
-//!   interrupt), so its invalidations are never performed and its
+//!   interrupt, a RISC-V `IOFENCE.C` without `AV`, `WSI`, `PR`, `PW`), so its invalidations
+//!   are never performed and its
 //!   completion never comes, even after the queue moves on.
 //! - [`UnitFault::QueueError`]: the first command of one submission (after `after` that pass)
 //!   is overwritten with a reserved command type before the doorbell is forwarded: the unit
 //!   reports a queue error (VT-d FSTS.IQE, SMMUv3 GERROR.CMDQ_ERR with CERROR_ILL, AMD-Vi
-//!   ILLEGAL_COMMAND_ERROR with the command buffer stopped).
+//!   ILLEGAL_COMMAND_ERROR with the command buffer stopped, RISC-V `cqcsr.cmd_ill`).
 //!
 //! - [`UnitFault::LoseCompletion`]: one submission (after `after` that pass) is performed but
 //!   its completion is never signalled: VT-d gets the submission with the wait descriptor's
-//!   status write turned off, SMMUv3 gets everything but the final CMD_SYNC (which the next
-//!   doorbell lets through, late), AMD-Vi the submission with its final COMPLETION_WAIT's
-//!   store turned off. The waiter times out although the unit did the work:
+//!   status write turned off, SMMUv3 and RISC-V get everything but the final CMD_SYNC or
+//!   `IOFENCE.C` (which the next doorbell lets through, late), AMD-Vi the submission with its
+//!   final COMPLETION_WAIT's store turned off. The waiter times out although the unit did the work:
 //!   an attach that fails this way has made the device live.
 //!
 //! An attach whose entry was written but whose invalidation never completed is
@@ -166,12 +168,16 @@ pub enum Doorbell {
     /// 59:56) and Command Buffer Tail Pointer (0x2008, byte offset of the tail in bits 18:4),
     /// 16-byte commands with the opcode in bits 63:60 (AMD IOMMU spec 3.4, 2.4).
     AmdCmdTail,
+    /// RISC-V IOMMU command queue: `cqb` (0x18, PPN bits 53:10, LOG2SZ-1 bits 4:0) and `cqt`
+    /// (0x24, the index, no wrap bit), 16-byte commands (RISC-V IOMMU spec 1.0, 5.6 and 5.8).
+    RiscvCqt,
 }
 
 impl Doorbell {
     const fn base_reg(self) -> usize {
         match self {
             Doorbell::AmdCmdTail => 0x0008,
+            Doorbell::RiscvCqt => 0x18,
             _ => 0x90,
         }
     }
@@ -180,7 +186,14 @@ impl Doorbell {
             Doorbell::VtdIqt => 0x88,
             Doorbell::SmmuCmdqProd => 0x98,
             Doorbell::AmdCmdTail => 0x2008,
+            Doorbell::RiscvCqt => 0x24,
         }
+    }
+
+    /// log2 of a RISC-V command queue's entries.
+    const fn riscv_log2(base: u64) -> u64 {
+        let l = (base & 0x1f) + 1;
+        if l > 19 { 19 } else { l }
     }
 }
 
@@ -229,6 +242,10 @@ impl<R: RegisterAccess> Faulty<R> {
                 let index = tail & ((1u64 << log2) - 1);
                 (self.base & 0x000f_ffff_ffff_ffe0) + index * 16
             }
+            Doorbell::RiscvCqt => {
+                let index = tail & ((1u64 << Doorbell::riscv_log2(self.base)) - 1);
+                (((self.base >> 10) & ((1u64 << 44) - 1)) << 12) + index * 16
+            }
         }
     }
 
@@ -250,6 +267,8 @@ impl<R: RegisterAccess> Faulty<R> {
                 let log2 = (self.base & 0x1f).min(19);
                 (at + 1) & ((2u64 << log2) - 1)
             }
+            // The index alone, modulo the queue size.
+            Doorbell::RiscvCqt => (at + 1) & ((1u64 << Doorbell::riscv_log2(self.base)) - 1),
         }
     }
 
@@ -269,6 +288,8 @@ impl<R: RegisterAccess> Faulty<R> {
                 Doorbell::SmmuCmdqProd => (0x46, 0),
                 // COMPLETION_WAIT (opcode 1) with s = i = 0: does nothing.
                 Doorbell::AmdCmdTail => (1 << 60, 0),
+                // IOFENCE.C (opcode 2) without AV, WSI, PR or PW: does nothing.
+                Doorbell::RiscvCqt => (0x2, 0),
             };
             mem.write_u64(pa, lo);
             mem.write_u64(pa + 8, hi);
@@ -306,6 +327,8 @@ impl<R: RegisterAccess> Faulty<R> {
                     Doorbell::SmmuCmdqProd => w | 0xff,
                     // Opcode 0xf (bits 63:60) is no command: ILLEGAL_COMMAND_ERROR.
                     Doorbell::AmdCmdTail => w | (0xf << 60),
+                    // Opcode 5 (bits 6:0) is reserved for future standard use: cmd_ill.
+                    Doorbell::RiscvCqt => (w & !0x7f) | 5,
                 };
                 self.mem.clone().write_u64(at, bad);
             }
@@ -326,10 +349,13 @@ impl<R: RegisterAccess> Faulty<R> {
                     let w = self.mem.read_u64(at);
                     self.mem.clone().write_u64(at, w & !0x3);
                 }
-                Doorbell::SmmuCmdqProd => {
-                    // Everything but the final CMD_SYNC now; it goes with the next doorbell.
-                    let log2 = (self.base & 0x1f).min(19);
-                    let wrap = 2u64 << log2;
+                Doorbell::SmmuCmdqProd | Doorbell::RiscvCqt => {
+                    // Everything but the final CMD_SYNC or IOFENCE.C now; it goes with the
+                    // next doorbell.
+                    let wrap = match self.doorbell {
+                        Doorbell::RiscvCqt => 1u64 << Doorbell::riscv_log2(self.base),
+                        _ => 2u64 << (self.base & 0x1f).min(19),
+                    };
                     let short = (value + wrap - 1) % wrap;
                     self.tail = short;
                     self.inner

@@ -1,5 +1,5 @@
-//! Memory ordering toward the IOMMU: the VT-d, SMMUv3 and AMD-Vi backends driving their models
-//! through
+//! Memory ordering toward the IOMMU: the VT-d, SMMUv3, AMD-Vi and RISC-V IOMMU backends
+//! driving their models through
 //! a [`ReorderMem`], which holds every CPU store back until a barrier (or a register write)
 //! orders it, and after every store asks the model's side-effect-free walk what the unit
 //! could see with any adversarial subset of the pending stores (the latest alone, each alone,
@@ -13,11 +13,13 @@
 use iommu_hal::PhysMem;
 use iommu_hal::amd::{AmdBackend, AmdConfig, AmdRegs};
 use iommu_hal::backend::{Backend, DomainConfig};
-use iommu_hal::pagetable::format::{AmdV1, ArmS1, VtdSl};
+use iommu_hal::pagetable::format::{AmdV1, ArmS1, RiscvSv, VtdSl};
 use iommu_hal::pagetable::{Format, Gather, PageTable, Perms};
+use iommu_hal::riscv::{RiscvBackend, RiscvConfig};
 use iommu_hal::smmuv3::{SmmuBackend, SmmuConfig};
 use iommu_hal::vtd::{VtdBackend, VtdConfig};
 use iommu_test_harness::model::amd::{AmdFault, AmdHandle, AmdModelConfig as AmdModelCfg};
+use iommu_test_harness::model::riscv::{RiscvConfig as RiscvModelCfg, RiscvHandle};
 use iommu_test_harness::model::smmuv3::{
     Access, EventType, SmmuConfig as SmmuModelCfg, SmmuFault, SmmuHandle,
 };
@@ -861,5 +863,191 @@ fn amd_commands_are_ordered_by_the_doorbell() {
     assert!(
         got.is_err(),
         "commands the IOMMU could not yet see were taken as written: {got:?}"
+    );
+}
+
+// ----------------------------------------------------------------------- RISC-V IOMMU
+
+type RiscvBe = RiscvBackend<Ordered<RiscvHandle>, ReorderMem, FakeDelay, 1>;
+
+struct RiscvRig {
+    mem: ReorderMem,
+    hw: RiscvHandle,
+    be: RiscvBe,
+    alloc: Alloc,
+}
+
+fn riscv_rig(model: RiscvModelCfg) -> RiscvRig {
+    let (dev, mem, mut alloc) = memory();
+    let hw = RiscvHandle::new(dev, model);
+    let mut be = RiscvBe::new(mem.clone(), FakeDelay::default());
+    be.add_unit(
+        Ordered::new(hw.clone(), mem.clone()),
+        &mut alloc,
+        RiscvConfig::default(),
+    )
+    .expect("bring-up");
+    RiscvRig { mem, hw, be, alloc }
+}
+
+impl RiscvRig {
+    fn table(&mut self, phys: u64) -> PageTable<RiscvSv> {
+        let info = self.be.unit_info(0);
+        table::<RiscvSv>(&info, &self.mem, &mut self.alloc, phys)
+    }
+}
+
+/// "DDT entry not valid": the device is blocked.
+const RV_BLOCKED: Result<u64, u16> = Err(258);
+
+/// A check that every `(device, iova)` write translates to one of its allowed results in a
+/// fresh walk of the device view.
+/// `(device, iova, allowed results of a write)`.
+type RiscvWatch = (u32, u64, Vec<Result<u64, u16>>);
+
+fn riscv_check(
+    hw: &RiscvHandle,
+    watches: Vec<RiscvWatch>,
+) -> impl FnMut() -> Result<(), String> + use<> {
+    let hw = hw.clone();
+    move || {
+        for (did, iova, allowed) in &watches {
+            let got = hw.probe(*did, *iova, true);
+            if !allowed.contains(&got) {
+                return Err(format!(
+                    "device {did:#x} iova {iova:#x} gives {got:x?}; allowed {allowed:x?}"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+const RDEV: u32 = 0x0310; // a DDT range (level-1 and leaf tables) of its own
+const RDEV2: u32 = 0x0311; // in the same leaf table
+
+#[test]
+fn riscv_first_attach_links_ddt_tables_and_publishes_the_context() {
+    let caught = sweep("riscv attach", |skip| {
+        let mut r = riscv_rig(RiscvModelCfg::qemu());
+        assert_eq!(r.be.unit(0).expect("unit").ddt().levels, 3);
+        let pt = r.table(PHYS_A);
+        let b0 = watch(
+            &r.mem,
+            skip,
+            riscv_check(
+                &r.hw,
+                vec![
+                    (RDEV, IOVA, vec![RV_BLOCKED, Ok(PHYS_A)]),
+                    // A neighbour in the same new leaf table stays blocked throughout.
+                    (RDEV2, IOVA, vec![RV_BLOCKED]),
+                ],
+            ),
+        );
+        r.be.attach(&mut r.alloc, 0, RDEV, dom(&pt, 1))
+            .expect("attach");
+        assert_eq!(r.hw.probe(RDEV, IOVA, true), Ok(PHYS_A));
+        Run {
+            barriers: r.mem.barrier_calls() - b0,
+            mem: r.mem,
+        }
+    });
+    // The new tables (zeroed, the leaf linked into the level-1 table while neither is
+    // reachable) become reachable with one published link into the root; the context's tc
+    // (V = 1) must not overtake its fsc and ta (else: first stage Bare, untranslated DMA).
+    assert_eq!(caught, [true, true], "root link, tc");
+}
+
+#[test]
+fn riscv_live_move_between_domains() {
+    let caught = sweep("riscv move", |skip| {
+        let mut r = riscv_rig(RiscvModelCfg::qemu());
+        let a = r.table(PHYS_A);
+        let b = r.table(PHYS_B);
+        r.be.attach(&mut r.alloc, 0, RDEV, dom(&a, 1))
+            .expect("attach");
+        // What the device reaches, and that a context it could use never pairs one domain's
+        // PSCID with the other's tables (which would put one domain's translations in the
+        // other's IOTLB entries; a fresh walk alone does not show it).
+        let mut reach = riscv_check(
+            &r.hw,
+            vec![(RDEV, IOVA, vec![Ok(PHYS_A), RV_BLOCKED, Ok(PHYS_B)])],
+        );
+        let hw = r.hw.clone();
+        let allowed = [Err(258), Ok((1, 9, a.root())), Ok((2, 9, b.root()))];
+        let b0 = watch(&r.mem, skip, move || {
+            reach()?;
+            let got = hw.probe_context(RDEV);
+            if allowed.contains(&got) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "device {RDEV:#x} context {got:x?}; allowed {allowed:x?}"
+                ))
+            }
+        });
+        r.be.attach(&mut r.alloc, 0, RDEV, dom(&b, 2))
+            .expect("move");
+        assert_eq!(r.hw.probe(RDEV, IOVA, true), Ok(PHYS_B));
+        Run {
+            barriers: r.mem.barrier_calls() - b0,
+            mem: r.mem,
+        }
+    });
+    // Break before make: the context made invalid (its barrier orders it before the new
+    // fields; the doorbell of the invalidation that follows orders it too, so its absence is
+    // not observable), then the new fields, and tc published last (without its barrier a
+    // context pairing PSCID and tables of different domains becomes visible).
+    assert_eq!(caught, [false, true], "invalidation, tc");
+}
+
+#[test]
+fn riscv_block() {
+    let caught = sweep("riscv block", |skip| {
+        let mut r = riscv_rig(RiscvModelCfg::qemu());
+        let a = r.table(PHYS_A);
+        r.be.attach(&mut r.alloc, 0, RDEV, dom(&a, 1))
+            .expect("attach");
+        let b0 = watch(
+            &r.mem,
+            skip,
+            riscv_check(&r.hw, vec![(RDEV, IOVA, vec![Ok(PHYS_A), RV_BLOCKED])]),
+        );
+        r.be.block(0, RDEV).expect("block");
+        assert_eq!(r.hw.probe(RDEV, IOVA, true), RV_BLOCKED);
+        Run {
+            barriers: r.mem.barrier_calls() - b0,
+            mem: r.mem,
+        }
+    });
+    // One store of tc (V = 0) and its barrier before whatever follows: nothing to observe.
+    assert_eq!(caught, [false], "block's single store");
+}
+
+#[test]
+fn riscv_commands_are_ordered_by_the_doorbell() {
+    let mut r = riscv_rig(RiscvModelCfg::qemu());
+    let a = r.table(PHYS_A);
+    r.be.attach(&mut r.alloc, 0, RDEV, dom(&a, 1))
+        .expect("attach");
+    r.be.invalidate_all(0, 1).expect("invalidate");
+    assert!(
+        r.hw.borrow().misuse.is_empty(),
+        "{:?}",
+        r.hw.borrow().misuse
+    );
+
+    // A doorbell that overtakes the commands: the unit fetches what the queue held before
+    // (the frame's poison), refuses it as illegal, and the batch fails.
+    let mut r = riscv_rig(RiscvModelCfg::qemu());
+    let a = r.table(PHYS_A);
+    r.be.attach(&mut r.alloc, 0, RDEV, dom(&a, 1))
+        .expect("attach");
+    let regs = r.be.unit_mut(0).expect("unit").regs_mut();
+    regs.commits = false;
+    let got = r.be.invalidate_all(0, 1);
+    assert!(
+        got.is_err(),
+        "commands the unit could not yet see were taken as written: {got:?}"
     );
 }

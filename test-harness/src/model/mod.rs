@@ -3,5 +3,6 @@
 //! invalidation. Each sits behind [`iommu_hal::RegisterAccess`] so a driver can run on it.
 
 pub mod amd;
+pub mod riscv;
 pub mod smmuv3;
 pub mod vtd;

@@ -111,6 +111,43 @@ impl<'t> DefmtLog<'t> {
     }
 }
 
+/// Splits one UART's bytes into console text and defmt frames ([`super::targets::Channels::Muxed`]):
+/// 0xFF opens a frame, whose bytes up to and including its 0x00 terminator go to the defmt
+/// decoder (zeros before the frame's first data byte, such as the encoder's separator at the
+/// start of the stream, do not end it); every other byte is text. The state carries over
+/// between calls.
+#[derive(Debug, Default)]
+pub struct Demux {
+    in_frame: bool,
+    has_data: bool,
+}
+
+impl Demux {
+    /// The byte that opens a frame.
+    pub const FRAME_START: u8 = 0xff;
+
+    /// Splits newly arrived bytes into (text, frame bytes).
+    pub fn split(&mut self, bytes: &[u8]) -> (Vec<u8>, Vec<u8>) {
+        let (mut text, mut frames) = (Vec::new(), Vec::new());
+        for &b in bytes {
+            if self.in_frame {
+                frames.push(b);
+                if b != 0 {
+                    self.has_data = true;
+                } else if self.has_data {
+                    self.in_frame = false;
+                }
+            } else if b == Self::FRAME_START {
+                self.in_frame = true;
+                self.has_data = false;
+            } else {
+                text.push(b);
+            }
+        }
+        (text, frames)
+    }
+}
+
 /// Splits the console byte stream into lines, prints them, and notes failure reports.
 #[derive(Default)]
 pub struct ConsoleLog {
@@ -151,6 +188,20 @@ impl ConsoleLog {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn muxed_stream_is_split() {
+        let mut d = Demux::default();
+        let (t, f) = d.split(b"boot\n\xff\x00\x03\xff\x04");
+        assert_eq!(
+            (t.as_slice(), f.as_slice()),
+            (&b"boot\n"[..], &[0u8, 3, 0xff, 4][..]),
+            "a leading separator and 0xFF data bytes stay in the frame"
+        );
+        let (t, f) = d.split(b"\x05\x00PANIC\n\xff\x01\x00");
+        assert_eq!(t, b"PANIC\n");
+        assert_eq!(f, [5, 0, 1, 0]);
+    }
 
     #[test]
     fn console_lines_are_split_and_failures_noted() {

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use log::{ConsoleLog, DefmtLog, ElfInfo, LogSummary};
+use log::{ConsoleLog, DefmtLog, Demux, ElfInfo, LogSummary};
 use targets::{Channels, Target};
 
 /// How one run ended.
@@ -103,6 +103,10 @@ pub fn boot(target: &Target, elf: &Path, dir: &Path, limit: Duration) -> Result<
                 .arg("-serial")
                 .arg(format!("file:{}", defmt_path.display()));
         }
+        Channels::Muxed => {
+            cmd.arg("-serial")
+                .arg(format!("file:{}", console_path.display()));
+        }
     }
     cmd.arg("-kernel").arg(elf);
     cmd.stdin(Stdio::null()).stderr(Stdio::piped());
@@ -120,11 +124,21 @@ pub fn boot(target: &Target, elf: &Path, dir: &Path, limit: Duration) -> Result<
     });
 
     let start = Instant::now();
+    let mut demux = Demux::default();
     let mut pump = |summary: &mut LogSummary| {
         let c = tails[0].read_new();
-        console.feed(&c, summary);
-        let d = tails[1].read_new();
-        defmt.feed(&d, summary);
+        match target.channels {
+            Channels::TwoSerials => {
+                console.feed(&c, summary);
+                let d = tails[1].read_new();
+                defmt.feed(&d, summary);
+            }
+            Channels::Muxed => {
+                let (text, frames) = demux.split(&c);
+                console.feed(&text, summary);
+                defmt.feed(&frames, summary);
+            }
+        }
     };
     let (status, timed_out) = loop {
         pump(&mut summary);

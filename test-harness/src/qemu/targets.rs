@@ -6,6 +6,10 @@ pub enum Channels {
     /// Two UARTs: the first is the console, the second carries only defmt frames. Each is
     /// given to QEMU as `-serial file:<path>`.
     TwoSerials,
+    /// One UART carries both: console text as it is, each defmt frame opened by 0xFF (never
+    /// in UTF-8 text) and closed by its 0x00 terminator (riscv64 virt has one UART; see
+    /// `iommu_platform::riscv64::serial`). Given to QEMU as one `-serial file:<path>`.
+    Muxed,
 }
 
 /// One bootable image.
@@ -209,6 +213,64 @@ pub const TARGETS: &[Target] = &[
             "enable=on,target=native",
         ],
         channels: Channels::TwoSerials,
+        success_status: 0,
+    },
+    Target {
+        name: "riscv",
+        about: "riscv64 virt + RISC-V IOMMU (iommu-sys) + edu: protocol client, server and RISC-V IOMMU backend",
+        rust_target: "riscv64gc-unknown-none-elf",
+        package: "iommu-platform",
+        bin: "riscv",
+        qemu: "qemu-system-riscv64",
+        qemu_args: &[
+            // The platform form of the RISC-V IOMMU (0x3010000, wired interrupts); the image
+            // also handles the PCI form (`-device riscv-iommu-pci`).
+            "-machine",
+            "virt,iommu-sys=on",
+            "-bios",
+            "none",
+            // edu's DMA mask widened from 28 to 40 bits: the image's untranslated check (the
+            // IOMMU in Bare mode) makes edu reach RAM, which starts at 2 GiB on virt.
+            "-device",
+            "edu,dma_mask=0xffffffffff",
+            "-m",
+            "256M",
+            "-display",
+            "none",
+            "-nodefaults",
+            "-no-reboot",
+        ],
+        // virt has one UART (0x1000_0000): console and defmt share it.
+        channels: Channels::Muxed,
+        // The sifive_test finisher's PASS (iommu_platform::riscv64::EXIT_SUCCESS).
+        success_status: 0,
+    },
+    Target {
+        name: "riscv-pci",
+        about: "riscv64 virt + RISC-V IOMMU (riscv-iommu-pci) + edu: the riscv image with the PCI form of the IOMMU",
+        rust_target: "riscv64gc-unknown-none-elf",
+        package: "iommu-platform",
+        bin: "riscv",
+        qemu: "qemu-system-riscv64",
+        qemu_args: &[
+            "-machine",
+            "virt",
+            "-bios",
+            "none",
+            // The IOMMU at 00:01.0 (its registers in BAR0, which the image assigns), edu
+            // behind it at 00:02.0.
+            "-device",
+            "riscv-iommu-pci",
+            "-device",
+            "edu,dma_mask=0xffffffffff",
+            "-m",
+            "256M",
+            "-display",
+            "none",
+            "-nodefaults",
+            "-no-reboot",
+        ],
+        channels: Channels::Muxed,
         success_status: 0,
     },
 ];
