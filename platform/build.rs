@@ -17,6 +17,13 @@ fn main() {
         // defmt's interned-string section (the file comes with the defmt crate).
         println!("cargo:rustc-link-arg-bins=-Tdefmt.x");
     }
+    if arch == "aarch64" && env::var_os("CARGO_FEATURE_MICROKIT").is_some() {
+        // seL4 Microkit protection domains, linked where Microkit's own PD images are.
+        println!("cargo:rerun-if-changed=link-microkit.ld");
+        println!("cargo:rustc-link-arg-bins=-T{dir}/link-microkit.ld");
+        println!("cargo:rustc-link-arg-bins=-Tdefmt.x");
+        return;
+    }
     if arch == "riscv64" {
         // QEMU virt with -bios none: linked at the start of RAM, entered in M-mode.
         println!("cargo:rerun-if-changed=link-riscv64.ld");

@@ -255,6 +255,8 @@ pub const MAX_POOL_FRAMES: usize = 4096;
 /// frame of the pool, is ignored and counted in [`FramePool::bad_frees`].
 pub struct FramePool {
     base: usize,
+    /// Physical address of the frame at `base` (equal to `base` when identity mapped).
+    phys_base: u64,
     frames: usize,
     bitmap: [u64; MAX_POOL_FRAMES / 64],
     in_use: usize,
@@ -268,9 +270,33 @@ impl FramePool {
     /// used).
     pub fn new(region: &'static mut [Frame]) -> Self {
         let frames = region.len().min(MAX_POOL_FRAMES);
+        let base = region.as_mut_ptr() as usize;
         FramePool {
-            base: region.as_mut_ptr() as usize,
+            base,
+            phys_base: base as u64,
             frames,
+            bitmap: [0; MAX_POOL_FRAMES / 64],
+            in_use: 0,
+            peak: 0,
+            next: 0,
+            bad_frees: 0,
+        }
+    }
+
+    /// A pool over `frames` frames mapped at virtual address `virt` whose physical address is
+    /// `phys` (memory not identity mapped, e.g. a Microkit memory region whose physical
+    /// address the system description gives). Frames are zeroed through `virt` and handed out
+    /// as physical addresses.
+    ///
+    /// # Safety
+    /// `[virt, virt + frames * 4096)` must be mapped, writable, used by nothing but the pool
+    /// from now on, and backed by the physical range starting at `phys`; `virt` and `phys`
+    /// must be 4 KiB aligned.
+    pub unsafe fn over_mapped(virt: usize, phys: u64, frames: usize) -> Self {
+        FramePool {
+            base: virt,
+            phys_base: phys,
+            frames: frames.min(MAX_POOL_FRAMES),
             bitmap: [0; MAX_POOL_FRAMES / 64],
             in_use: 0,
             peak: 0,
@@ -318,16 +344,16 @@ impl FrameAlloc for FramePool {
         // SAFETY: frame `i` lies inside the region `new` was given exclusively, and nobody holds
         // it (its bit was clear).
         unsafe { core::ptr::write_bytes(addr as *mut u8, 0, PAGE_SIZE as usize) };
-        Some(addr as PhysAddr)
+        Some(self.phys_base + (i as u64) * PAGE_SIZE)
     }
 
     fn free_frame(&mut self, pa: PhysAddr) {
-        let Some(off) = (pa as usize).checked_sub(self.base) else {
+        let Some(off) = pa.checked_sub(self.phys_base) else {
             self.bad_frees += 1;
             return;
         };
-        let i = off / PAGE_SIZE as usize;
-        if off % PAGE_SIZE as usize != 0 || i >= self.frames || !self.is_set(i) {
+        let i = (off / PAGE_SIZE) as usize;
+        if off % PAGE_SIZE != 0 || i >= self.frames || !self.is_set(i) {
             self.bad_frees += 1;
             return;
         }
@@ -341,6 +367,8 @@ impl FrameAlloc for FramePool {
 #[derive(Debug)]
 pub struct DmaRegion {
     base: usize,
+    /// Physical address of `base` (equal to `base` when identity mapped).
+    phys_base: PhysAddr,
     len: usize,
 }
 
@@ -353,13 +381,28 @@ impl DmaRegion {
     pub unsafe fn new(base: *mut u8, len: usize) -> Self {
         DmaRegion {
             base: base as usize,
+            phys_base: base as PhysAddr,
             len,
         }
     }
 
-    /// Physical address of byte `offset` (the region is identity mapped).
+    /// The region mapped at `base` whose physical address is `phys` (memory that is not
+    /// identity mapped, e.g. a Microkit memory region).
+    ///
+    /// # Safety
+    /// As [`DmaRegion::new`], except that the memory need not be identity mapped: it must be
+    /// physically contiguous from `phys`.
+    pub unsafe fn with_phys(base: *mut u8, phys: PhysAddr, len: usize) -> Self {
+        DmaRegion {
+            base: base as usize,
+            phys_base: phys,
+            len,
+        }
+    }
+
+    /// Physical address of byte `offset`.
     pub const fn phys(&self, offset: usize) -> PhysAddr {
-        (self.base + offset) as PhysAddr
+        self.phys_base + offset as PhysAddr
     }
 
     /// Length in bytes.
@@ -451,6 +494,32 @@ mod tests {
         r.write(64, 1); // ignored
         assert_eq!(r.first_mismatch(60, 8, |_| 0), Some((4, 0)));
         assert_eq!(r.phys(3), base as u64 + 3);
+    }
+
+    #[test]
+    fn a_pool_over_mapped_memory_hands_out_physical_addresses() {
+        let region: &'static mut [Frame] = Box::leak((0..3).map(|_| Frame::ZERO).collect());
+        let virt = region.as_mut_ptr() as usize;
+        region[1].0[8] = 0xaa;
+        const PHYS: u64 = 0x7000_0000;
+        // SAFETY: the leaked frames are used by the pool only.
+        let mut p = unsafe { FramePool::over_mapped(virt, PHYS, 3) };
+        let a: Vec<_> = (0..3).map(|_| p.alloc_frame().unwrap()).collect();
+        assert_eq!(a, [PHYS, PHYS + 0x1000, PHYS + 0x2000]);
+        // Zeroed through the mapping.
+        // SAFETY: frame 1 of the leaked region, now the pool's; read only.
+        assert_eq!(unsafe { ((virt + 0x1008) as *const u8).read_volatile() }, 0);
+        p.free_frame(virt as u64);
+        assert_eq!(
+            p.bad_frees(),
+            1,
+            "a virtual address is no frame of the pool"
+        );
+        p.free_frame(PHYS + 0x1000);
+        assert_eq!(p.alloc_frame(), Some(PHYS + 0x1000));
+        // SAFETY: a leaked buffer used by nothing else.
+        let r = unsafe { DmaRegion::with_phys(virt as *mut u8, PHYS, 64) };
+        assert_eq!(r.phys(3), PHYS + 3);
     }
 
     #[test]

@@ -58,7 +58,7 @@ pub fn build(target: &Target) -> Result<PathBuf, String> {
 
 /// The executable path in one line of cargo's JSON output, if the line is the
 /// `compiler-artifact` message of binary `bin`.
-fn executable_of(line: &str, bin: &str) -> Option<PathBuf> {
+pub fn executable_of(line: &str, bin: &str) -> Option<PathBuf> {
     let msg: serde_json::Value = serde_json::from_str(line).ok()?;
     if msg.get("reason")?.as_str()? != "compiler-artifact" {
         return None;

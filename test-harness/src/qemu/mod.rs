@@ -7,6 +7,7 @@
 
 pub mod build;
 pub mod log;
+pub mod microkit;
 pub mod targets;
 
 use std::fs::File;
@@ -175,7 +176,8 @@ pub fn boot(target: &Target, elf: &Path, dir: &Path, limit: Duration) -> Result<
     })
 }
 
-fn render(cmd: &Command) -> String {
+/// A command line as one string, for the log.
+pub fn render(cmd: &Command) -> String {
     std::iter::once(cmd.get_program())
         .chain(cmd.get_args())
         .map(|a| a.to_string_lossy().into_owned())
