@@ -67,7 +67,8 @@ step "cargo clippy --workspace --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
 
 step "cargo clippy of the seL4 Microkit PDs (aarch64-unknown-none, feature microkit)"
-cargo clippy -p iommu-platform --features microkit --target aarch64-unknown-none \
+cargo clippy -p iommu-platform --no-default-features --features microkit \
+    --target aarch64-unknown-none \
     --bin mk-iommu --bin mk-driver --bin mk-intruder -- -D warnings
 
 step "bare-metal builds of the no_std crates"
@@ -99,6 +100,8 @@ done
 for t in $IMAGE_TARGETS; do
     cargo +"$MSRV" check -q -p iommu-platform --bins --target "$t"
 done
+cargo +"$MSRV" check -q -p iommu-platform --no-default-features --features microkit \
+    --target aarch64-unknown-none --bins
 
 step "cargo doc --no-deps with -D warnings (host; protocol, hal, server, platform per target)"
 RUSTDOCFLAGS="-D warnings" cargo doc -q --no-deps --workspace
@@ -108,6 +111,8 @@ for t in $BARE_METAL; do
     # shellcheck disable=SC2086
     RUSTDOCFLAGS="-D warnings" cargo doc -q --no-deps $pkgs --target "$t"
 done
+RUSTDOCFLAGS="-D warnings" cargo doc -q --no-deps -p iommu-platform --no-default-features \
+    --features microkit --target aarch64-unknown-none
 
 step "host tests (unit, property, conformance, model and message-level suites)"
 log="$(mktemp)"
