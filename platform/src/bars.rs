@@ -71,9 +71,8 @@ impl core::fmt::Display for BarError {
 
 impl core::error::Error for BarError {}
 
-/// One memory BAR the allocator placed.
+/// One memory BAR the allocator placed (logged with addresses in hex).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[cfg_attr(target_os = "none", derive(defmt::Format))]
 pub struct AssignedBar {
     /// BAR register index (0..6).
     pub index: u16,
@@ -87,6 +86,26 @@ pub struct AssignedBar {
     pub is_64: bool,
     /// Whether it is prefetchable.
     pub prefetchable: bool,
+}
+
+#[cfg(target_os = "none")]
+impl defmt::Format for AssignedBar {
+    fn format(&self, f: defmt::Formatter<'_>) {
+        defmt::write!(
+            f,
+            "BAR{=u16} cpu {=u64:#x}+{=u64:#x} = pci {=u64:#x} ({=str}{=str})",
+            self.index,
+            self.cpu_addr,
+            self.size,
+            self.pci_addr,
+            if self.is_64 { "64-bit" } else { "32-bit" },
+            if self.prefetchable {
+                ", prefetchable"
+            } else {
+                ""
+            }
+        )
+    }
 }
 
 impl BarAllocator {

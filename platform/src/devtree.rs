@@ -117,14 +117,20 @@ impl core::fmt::Display for DtError {
 
 impl core::error::Error for DtError {}
 
-/// A physical address range.
+/// A physical address range (logged as `base+size` in hex).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[cfg_attr(target_os = "none", derive(defmt::Format))]
 pub struct Region {
     /// First byte.
     pub base: u64,
     /// Length in bytes.
     pub size: u64,
+}
+
+#[cfg(target_os = "none")]
+impl defmt::Format for Region {
+    fn format(&self, f: defmt::Formatter<'_>) {
+        defmt::write!(f, "{=u64:#x}+{=u64:#x}", self.base, self.size)
+    }
 }
 
 /// One interrupt line at the GIC.
@@ -269,9 +275,8 @@ pub enum Space {
     Mem64,
 }
 
-/// One window of the PCIe host's `ranges`.
+/// One window of the PCIe host's `ranges` (logged with addresses in hex).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[cfg_attr(target_os = "none", derive(defmt::Format))]
 pub struct Window {
     /// The PCI space.
     pub space: Space,
@@ -285,6 +290,25 @@ pub struct Window {
     pub size: u64,
 }
 
+#[cfg(target_os = "none")]
+impl defmt::Format for Window {
+    fn format(&self, f: defmt::Formatter<'_>) {
+        defmt::write!(
+            f,
+            "{} cpu {=u64:#x}+{=u64:#x} = pci {=u64:#x}{=str}",
+            self.space,
+            self.cpu_addr,
+            self.size,
+            self.pci_addr,
+            if self.prefetchable {
+                " prefetchable"
+            } else {
+                ""
+            }
+        )
+    }
+}
+
 impl Window {
     /// The CPU address of PCI bus address `pci`, if the window holds it.
     pub fn cpu_of(&self, pci: u64) -> Option<u64> {
@@ -294,9 +318,8 @@ impl Window {
 }
 
 /// One `iommu-map` entry: requester ids `rid_base..rid_base + len` reach the IOMMU with
-/// phandle `iommu` as ids `id_base..id_base + len`.
+/// phandle `iommu` as ids `id_base..id_base + len` (logged with ids in hex).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[cfg_attr(target_os = "none", derive(defmt::Format))]
 pub struct IdMapEntry {
     /// First requester id (after `iommu-map-mask`).
     pub rid_base: u32,
@@ -306,6 +329,20 @@ pub struct IdMapEntry {
     pub id_base: u32,
     /// Number of ids.
     pub len: u32,
+}
+
+#[cfg(target_os = "none")]
+impl defmt::Format for IdMapEntry {
+    fn format(&self, f: defmt::Formatter<'_>) {
+        defmt::write!(
+            f,
+            "rid {=u32:#06x}+{=u32:#x} -> iommu {=u32:#x} id {=u32:#x}",
+            self.rid_base,
+            self.len,
+            self.iommu,
+            self.id_base
+        )
+    }
 }
 
 /// The generic ECAM PCIe host bridge.

@@ -18,6 +18,14 @@ use core::sync::atomic::{AtomicBool, Ordering};
 use crate::arch;
 use crate::arch::serial::Uart;
 
+/// Writes an optional address in hex (`0x2000` or `none`) into a defmt message.
+pub fn hex_opt(f: defmt::Formatter<'_>, value: Option<u64>) {
+    match value {
+        Some(v) => defmt::write!(f, "{=u64:#x}", v),
+        None => defmt::write!(f, "none"),
+    }
+}
+
 /// A UART that sends bytes (boundedly waiting for room).
 pub trait Serial: Copy {
     /// Sends one byte.

@@ -284,29 +284,38 @@ impl<T: Transport, E: DmaEngine, S: FaultSignal> Ctx<'_, T, E, S> {
     }
 
     /// Takes every pending fault record.
+    /// Takes every pending fault record. The log shows a run of identical records (a
+    /// byte-wise DMA faults once per access) as one line with its count.
     fn faults(&mut self) -> Result<Vec<FaultRecord, 64>, Failure> {
+        fn log(run: Option<(FaultRecord, u32)>) {
+            match run {
+                Some((r, 1)) => defmt::info!("  fault: {}", r),
+                Some((r, n)) => defmt::info!("  fault: {} ({=u32} times)", r, n),
+                None => {}
+            }
+        }
         let mut all = Vec::new();
+        let mut run: Option<(FaultRecord, u32)> = None;
         loop {
-            let Faults { records, lost } = self
-                .client
-                .faults()
-                .map_err(|e| self.client_failed("Faults refused", e))?;
+            let Faults { records, lost } = self.client.faults().map_err(|e| {
+                log(run.take());
+                self.client_failed("Faults refused", e)
+            })?;
             if lost > 0 {
+                log(run.take());
                 defmt::warn!("  {=u32} fault record(s) lost", lost);
             }
             let n = records.len();
             for r in records {
-                defmt::info!(
-                    "  fault: device {=u32}, iova {=u64:#x}, {=str}, {}",
-                    r.device.0,
-                    r.iova,
-                    if r.write { "write" } else { "read" },
-                    r.reason
-                );
+                match &mut run {
+                    Some((same, count)) if *same == r => *count += 1,
+                    _ => log(run.replace((r, 1))),
+                }
                 let _ = all.push(r);
             }
             self.summary.faults += n as u32;
             if n == 0 || all.is_full() {
+                log(run);
                 return Ok(all);
             }
         }

@@ -170,7 +170,6 @@ pub enum Reply {
 ///
 /// Wire: `units` (varint `u32`), `page_sizes` (varint `u64`), `domain_kinds` (varint length,
 /// then each kind), `limits`.
-#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub struct InfoReply {
     /// Number of IOMMU units the server drives.
@@ -184,4 +183,18 @@ pub struct InfoReply {
     pub domain_kinds: heapless::Vec<DomainKind, MAX_DOMAIN_KINDS>,
     /// The caller's limits.
     pub limits: Limits,
+}
+
+#[cfg(feature = "defmt")]
+impl defmt::Format for InfoReply {
+    fn format(&self, f: defmt::Formatter<'_>) {
+        defmt::write!(
+            f,
+            "InfoReply {{ units: {=u32}, page_sizes: {=u64:#x}, domain_kinds: {}, limits: {} }}",
+            self.units,
+            self.page_sizes,
+            self.domain_kinds.as_slice(),
+            self.limits
+        )
+    }
 }

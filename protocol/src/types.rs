@@ -215,13 +215,19 @@ impl From<Perms> for u8 {
 /// One physically contiguous piece of a `MapSg` request.
 ///
 /// Wire: `phys`, `len` as postcard varint `u64`.
-#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
 pub struct Segment {
     /// Physical start address, a multiple of 4 KiB.
     pub phys: u64,
     /// Length in bytes, a nonzero multiple of 4 KiB.
     pub len: u64,
+}
+
+#[cfg(feature = "defmt")]
+impl defmt::Format for Segment {
+    fn format(&self, f: defmt::Formatter<'_>) {
+        defmt::write!(f, "{=u64:#x}+{=u64:#x}", self.phys, self.len)
+    }
 }
 
 /// Why the IOMMU blocked a DMA access.
@@ -248,7 +254,6 @@ pub enum FaultReason {
 ///
 /// Wire: `device` (varint `u32`), `iova` (varint `u64`), `write` (one byte, 0 or 1), `reason`
 /// (varint variant index).
-#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
 pub struct FaultRecord {
     /// The faulting device.
@@ -261,16 +266,36 @@ pub struct FaultRecord {
     pub reason: FaultReason,
 }
 
+#[cfg(feature = "defmt")]
+impl defmt::Format for FaultRecord {
+    fn format(&self, f: defmt::Formatter<'_>) {
+        defmt::write!(
+            f,
+            "device {=u32}, iova {=u64:#x}, {=str}, {}",
+            self.device.0,
+            self.iova,
+            if self.write { "write" } else { "read" },
+            self.reason
+        )
+    }
+}
+
 /// An inclusive IOVA range `[first, last]`.
 ///
 /// Wire: `first`, `last` as varint `u64`.
-#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
 pub struct IovaRange {
     /// First usable IOVA (a multiple of 4 KiB).
     pub first: u64,
     /// Last usable IOVA, inclusive (one below a multiple of 4 KiB).
     pub last: u64,
+}
+
+#[cfg(feature = "defmt")]
+impl defmt::Format for IovaRange {
+    fn format(&self, f: defmt::Formatter<'_>) {
+        defmt::write!(f, "{=u64:#x}..={=u64:#x}", self.first, self.last)
+    }
 }
 
 /// The address space one kind of domain offers.

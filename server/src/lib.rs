@@ -146,6 +146,8 @@ extern crate std;
 pub mod config;
 mod dispatch;
 mod faults;
+#[cfg(feature = "defmt")]
+mod log;
 mod quota;
 mod server;
 

@@ -28,6 +28,18 @@ pub mod time;
 
 use serial::Uart;
 
+impl defmt::Format for BootInfo {
+    fn format(&self, f: defmt::Formatter<'_>) {
+        defmt::write!(
+            f,
+            "BootInfo {{ start_info: {=u64:#x}, rsdp: ",
+            self.start_info
+        );
+        crate::rt::hex_opt(f, self.rsdp);
+        defmt::write!(f, ", tsc: {} }}", self.tsc);
+    }
+}
+
 /// Value written to the exit device for success (QEMU exit status 33).
 pub const EXIT_SUCCESS: u32 = 0x10;
 /// Value written to the exit device for failure (QEMU exit status 35).
@@ -56,8 +68,8 @@ pub fn exit_failure() -> ! {
     exit(EXIT_FAILURE)
 }
 
-/// What the boot protocol told the image.
-#[derive(Clone, Copy, Debug, defmt::Format)]
+/// What the boot protocol told the image. Logged with addresses in hex.
+#[derive(Clone, Copy, Debug)]
 pub struct BootInfo {
     /// Physical address of the `hvm_start_info` structure.
     pub start_info: u64,
