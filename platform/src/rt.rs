@@ -53,12 +53,15 @@ impl<S: Serial> fmt::Write for Console<S> {
     }
 }
 
-/// Prints a line of plain text on the console UART.
+/// Prints a line of plain text on the console UART, stamped `[micros] ` with the clock defmt's
+/// timestamps use, so that the runner can show console and defmt lines in the order they were
+/// written.
 #[macro_export]
 macro_rules! console {
     ($($arg:tt)*) => {{
         use core::fmt::Write as _;
         let mut console = $crate::rt::Console($crate::arch::serial::Uart::CONSOLE);
+        let _ = write!(console, "[{}] ", $crate::arch::time::micros());
         let _ = writeln!(console, $($arg)*);
     }};
 }

@@ -284,18 +284,32 @@ impl<T: Transport, E: DmaEngine, S: FaultSignal> Ctx<'_, T, E, S> {
     }
 
     /// Takes every pending fault record.
-    /// Takes every pending fault record. The log shows a run of identical records (a
-    /// byte-wise DMA faults once per access) as one line with its count.
+    /// Takes every pending fault record. The log shows a run of records that differ at most
+    /// in the IOVA's offset within one page (a byte-wise DMA faults once per access) as one
+    /// line: the first record, the count and the last IOVA.
     fn faults(&mut self) -> Result<Vec<FaultRecord, 64>, Failure> {
-        fn log(run: Option<(FaultRecord, u32)>) {
+        /// The first record of a run, its count and its last IOVA.
+        type Run = (FaultRecord, u32, u64);
+        fn log(run: Option<Run>) {
             match run {
-                Some((r, 1)) => defmt::info!("  fault: {}", r),
-                Some((r, n)) => defmt::info!("  fault: {} ({=u32} times)", r, n),
+                Some((r, 1, _)) => defmt::info!("  fault: {}", r),
+                Some((r, n, last)) => defmt::info!(
+                    "  fault: {} and {=u32} more in its page, the last at {=u64:#x}",
+                    r,
+                    n - 1,
+                    last
+                ),
                 None => {}
             }
         }
+        fn same_run(a: &FaultRecord, b: &FaultRecord) -> bool {
+            a.device == b.device
+                && a.write == b.write
+                && a.reason == b.reason
+                && a.iova & !(SZ_4K - 1) == b.iova & !(SZ_4K - 1)
+        }
         let mut all = Vec::new();
-        let mut run: Option<(FaultRecord, u32)> = None;
+        let mut run: Option<Run> = None;
         loop {
             let Faults { records, lost } = self.client.faults().map_err(|e| {
                 log(run.take());
@@ -308,8 +322,11 @@ impl<T: Transport, E: DmaEngine, S: FaultSignal> Ctx<'_, T, E, S> {
             let n = records.len();
             for r in records {
                 match &mut run {
-                    Some((same, count)) if *same == r => *count += 1,
-                    _ => log(run.replace((r, 1))),
+                    Some((first, count, last)) if same_run(first, &r) => {
+                        *count += 1;
+                        *last = r.iova;
+                    }
+                    _ => log(run.replace((r, 1, r.iova))),
                 }
                 let _ = all.push(r);
             }
