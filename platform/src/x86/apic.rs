@@ -82,21 +82,15 @@ impl core::fmt::Display for ApicError {
 impl core::error::Error for ApicError {}
 
 fn rdmsr(msr: u32) -> u64 {
-    let (lo, hi): (u32, u32);
     // SAFETY: reads an architectural MSR this runtime checked exists (IA32_APIC_BASE with an
     // APIC present, x2APIC MSRs with EXTD set); no memory is touched.
-    unsafe {
-        core::arch::asm!("rdmsr", in("ecx") msr, out("eax") lo, out("edx") hi, options(nomem, nostack))
-    };
-    u64::from(hi) << 32 | u64::from(lo)
+    unsafe { x86_64::registers::model_specific::Msr::new(msr).read() }
 }
 
 fn wrmsr(msr: u32, v: u64) {
     // SAFETY: writes an architectural local APIC MSR with a value valid for it (callers);
     // no memory is touched.
-    unsafe {
-        core::arch::asm!("wrmsr", in("ecx") msr, in("eax") v as u32, in("edx") (v >> 32) as u32, options(nomem, nostack))
-    };
+    unsafe { x86_64::registers::model_specific::Msr::new(msr).write(v) }
 }
 
 fn read(off: usize) -> u32 {
