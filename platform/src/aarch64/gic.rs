@@ -150,9 +150,8 @@ fn device_memory(r: devtree::Region) -> bool {
 
 /// MPIDR_EL1's affinity fields packed as Aff3.Aff2.Aff1.Aff0 (32 bits, the GICR_TYPER layout).
 fn affinity() -> u32 {
-    let mpidr: u64;
-    // SAFETY: reads an identification register; no memory is touched.
-    unsafe { core::arch::asm!("mrs {}, mpidr_el1", out(reg) mpidr, options(nomem, nostack)) };
+    use aarch64_cpu::registers::{MPIDR_EL1, Readable};
+    let mpidr = MPIDR_EL1.get();
     ((mpidr >> 8) & 0xff00_0000) as u32 | (mpidr & 0x00ff_ffff) as u32
 }
 

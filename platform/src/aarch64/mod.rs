@@ -59,8 +59,7 @@ pub fn exit(code: u32) -> ! {
         )
     };
     loop {
-        // SAFETY: waiting for an event touches nothing; interrupts are masked.
-        unsafe { core::arch::asm!("wfe", options(nomem, nostack)) };
+        aarch64_cpu::asm::wfe();
     }
 }
 
