@@ -80,11 +80,6 @@ pub struct BootInfo {
     pub tsc: crate::clock::Rate,
 }
 
-/// Magic value of `hvm_start_info` (Xen public header `arch-x86/hvm/start_info.h`).
-const HVM_START_MAGIC: u32 = 0x336e_c578;
-/// Offset of `rsdp_paddr` in `hvm_start_info`.
-const HVM_RSDP_OFFSET: u64 = 0x20;
-
 unsafe extern "Rust" {
     /// The image's main function, defined by [`crate::entry!`].
     fn __iommu_platform_main(boot: BootInfo) -> !;
@@ -96,20 +91,13 @@ extern "C" fn rust_start(start_info: u32) -> ! {
     Uart::DEFMT.init();
     idt::init();
     let tsc = time::calibrate();
+    // SAFETY: the boot protocol passes `hvm_start_info` in identity-mapped low memory; the
+    // reader (`pvh` crate) returns None for address 0 or a wrong magic, and reads only the
+    // structure itself here.
+    let reader =
+        unsafe { pvh::start_info::reader::StartInfoReader::from_paddr_identity(start_info) };
+    let rsdp = reader.map(|r| r.raw().rsdp_paddr).filter(|&rsdp| rsdp != 0);
     let start_info = u64::from(start_info);
-    let rsdp = if start_info != 0 {
-        // SAFETY: the boot protocol passes the start info in identity-mapped low memory; the
-        // fields read are the 32-bit magic and the 64-bit `rsdp_paddr` at 0x20.
-        let (magic, rsdp) = unsafe {
-            (
-                core::ptr::read_volatile(start_info as *const u32),
-                core::ptr::read_volatile((start_info + HVM_RSDP_OFFSET) as *const u64),
-            )
-        };
-        (magic == HVM_START_MAGIC && rsdp != 0).then_some(rsdp)
-    } else {
-        None
-    };
     let boot = BootInfo {
         start_info,
         rsdp,
