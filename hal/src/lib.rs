@@ -54,11 +54,12 @@
 //! // A domain: an empty table the unit can walk, and a tag; attach device 00:01.0 to it.
 //! let config = TableConfig {
 //!     addr_width: info.addr_width,
+//!     phys_width: info.phys_width,
 //!     leaf_sizes: info.leaf_sizes,
 //!     split_live_blocks: info.split_live_blocks,
 //!     coherent: info.coherent_walk,
 //! };
-//! let table = PageTable::<VtdSl>::new(config, &mut frames).expect("a frame for the root");
+//! let table = PageTable::<VtdSl>::new(config, &mut frames)?;
 //! let domain = DomainConfig {
 //!     tag: 1,
 //!     root: table.root(),

@@ -3,7 +3,8 @@
 
 use iommu_hal::backend::{Backend, BackendError, DomainConfig, ErrorKind, FaultRecord, UnitIndex};
 use iommu_hal::pagetable::{
-    Format, Gather, LeafSizes, PageTable, Perms, PtError, TableConfig, Translation,
+    FindFree, Format, Gather, LeafSizes, Map, PageTable, Perms, PtError, Span, TableConfig,
+    Translation, Unmap,
 };
 use iommu_hal::{FrameAlloc, PAGE_SIZE, PhysMem};
 
@@ -31,7 +32,7 @@ fn pt_fail(e: PtError, quota_refused: bool) -> Fail {
     match e {
         PtError::Misaligned => Fail::Misaligned,
         PtError::ZeroLength => Fail::InvalidArgument,
-        PtError::OutOfRange => Fail::OutOfRange,
+        PtError::OutOfRange | PtError::PhysOutOfRange => Fail::OutOfRange,
         PtError::Overlap => Fail::Overlap,
         PtError::NoFrame if quota_refused => Fail::QuotaExceeded,
         PtError::NoFrame => Fail::OutOfTableMemory,
@@ -296,6 +297,7 @@ impl<
         let ranges = usable_ranges(last_iova, config.reserved).ok_or(ConfigError::Reserved)?;
         let table_config = TableConfig {
             addr_width: first.addr_width,
+            phys_width,
             leaf_sizes: leaf,
             split_live_blocks: split,
             coherent,
@@ -871,9 +873,17 @@ impl<
         let Slot::Live(d) = &mut self.domains[slot] else {
             return Err(Fail::NoSuchDomain);
         };
-        let r = d
-            .table
-            .map(&mut self.mem, &mut c, iova, phys, len, perms, &mut gather);
+        let r = d.table.map(
+            &mut self.mem,
+            &mut c,
+            Map {
+                iova,
+                phys,
+                len,
+                perms,
+            },
+            &mut gather,
+        );
         if let Err(e) = r {
             return Err(pt_fail(e, c.quota_refused));
         }
@@ -895,7 +905,13 @@ impl<
         let Slot::Live(d) = &mut self.domains[slot] else {
             return Err(Fail::NoSuchDomain);
         };
-        let mask = d.dirty & cnp;
+        // A map that replaced leafless tables by one leaf removed tables: every unit that may
+        // cache them must drop them before their frames go back.
+        let mask = if gather.tables_removed() {
+            d.dirty
+        } else {
+            d.dirty & cnp
+        };
         let mut failed = None;
         if !gather.is_empty() {
             for u in units_in(mask) {
@@ -916,7 +932,8 @@ impl<
         };
         let mut undo = gather;
         for &(i, l) in ranges {
-            let _ = d.table.unmap(&mut self.mem, &mut c, i, l, &mut undo);
+            let req = Unmap { iova: i, len: l };
+            let _ = d.table.undo(&mut self.mem, &mut c, req, &mut undo);
         }
         // Every unit that may have seen the new entries must drop them.
         let _ = self.flush(slot, undo);
@@ -950,10 +967,14 @@ impl<
         }
         self.ensure_clean(slot)?;
         // The whole IOVA range must be free before anything is written.
-        match self
-            .table(slot)
-            .find_free(&self.mem, total, PAGE_SIZE, iova, last)
-        {
+        match self.table(slot).find_free(
+            &self.mem,
+            FindFree {
+                len: total,
+                align: PAGE_SIZE,
+                within: Span { first: iova, last },
+            },
+        ) {
             Ok(Some(at)) if at == iova => {}
             Ok(_) => return Err(Fail::Overlap),
             Err(e) => return Err(pt_fail(e, false)),
@@ -969,10 +990,17 @@ impl<
         let mut failure = None;
         let mut done = 0usize;
         for &(phys, len) in segments {
-            if let Err(e) = d
-                .table
-                .map(&mut self.mem, &mut c, at, phys, len, perms, &mut gather)
-            {
+            if let Err(e) = d.table.map(
+                &mut self.mem,
+                &mut c,
+                Map {
+                    iova: at,
+                    phys,
+                    len,
+                    perms,
+                },
+                &mut gather,
+            ) {
                 failure = Some(pt_fail(e, c.quota_refused));
                 break;
             }
@@ -983,7 +1011,8 @@ impl<
             // Undo exactly what this request mapped (exact ranges: no split, no allocation).
             let mut at = iova;
             for &(_, len) in &segments[..done] {
-                let _ = d.table.unmap(&mut self.mem, &mut c, at, len, &mut gather);
+                let req = Unmap { iova: at, len };
+                let _ = d.table.undo(&mut self.mem, &mut c, req, &mut gather);
                 at += len;
             }
             let _ = self.flush(slot, gather);
@@ -1013,10 +1042,17 @@ impl<
         self.ensure_clean(slot)?;
         let mut found = None;
         for r in &self.ranges {
-            match self
-                .table(slot)
-                .find_free(&self.mem, len, align, r.first, r.last)
-            {
+            match self.table(slot).find_free(
+                &self.mem,
+                FindFree {
+                    len,
+                    align,
+                    within: Span {
+                        first: r.first,
+                        last: r.last,
+                    },
+                },
+            ) {
                 Ok(Some(iova)) => {
                     found = Some(iova);
                     break;
@@ -1059,7 +1095,9 @@ impl<
         let Slot::Live(d) = &mut self.domains[slot] else {
             return Err(Fail::NoSuchDomain);
         };
-        let r = d.table.unmap(&mut self.mem, &mut c, iova, len, &mut gather);
+        let r = d
+            .table
+            .unmap(&mut self.mem, &mut c, Unmap { iova, len }, &mut gather);
         let bytes = r.map_err(|e| pt_fail(e, c.quota_refused))?;
         self.flush(slot, gather)?;
         Ok(bytes)

@@ -1,124 +1,187 @@
-//! Server benchmark on the mock backend: one `Map` and one `Unmap` request (4 KiB and 2 MiB)
-//! through the whole path (encode the request, `Server::handle` on the bytes, decode the
-//! reply), against a baseline run in the same process: the same map / unmap done directly on a
-//! `PageTable` with the same simulated memory, allocator and mock invalidation, no server.
+//! Server benchmark: one `Map` and one `Unmap` request (4 KiB and 2 MiB) through the whole
+//! path (encode the request, `Server::handle` on the bytes, decode the reply), against the
+//! bare engine call, in the same process, on the same flat memory model (a pre-allocated array
+//! of words, as a deployment's identity-mapped memory; not the test memory's `RefCell` and
+//! `BTreeMap` per word) and the same allocator.
 //!
-//! `cargo bench -p iommu-test-harness --bench server` prints, before criterion's report, a
-//! table of mean time per request, the ratio to the baseline, and the invalidations issued per
-//! request (the server's counter), as recorded in BENCHMARKS.md. `SERVER_BENCH_TABLE_ONLY=1`
-//! prints the table and stops.
+//! Backend: the mock (`test-harness/src/mock.rs`), VT-d second-level format, 48-bit, two
+//! units, one device of the domain attached on unit 0, so every `Unmap` invalidates one unit
+//! and a `Map` none (the mock's units do not cache non-present entries). The baseline calls the
+//! engine and, for unmaps, the mock's invalidation and `Gather::release`.
 //!
-//! A device of the domain is attached on unit 0, so every `Unmap` invalidates one unit; the
-//! mock's units do not cache non-present entries, so a `Map` invalidates nothing.
+//! `cargo bench -p iommu-test-harness --bench server` prints the table BENCHMARKS.md records
+//! (median of interleaved batches, over `SERVER_BENCH_RUNS` runs, default 3), then runs
+//! criterion; `SERVER_BENCH_TABLE_ONLY=1` prints the table and stops.
 
+use std::cell::Cell;
 use std::hint::black_box;
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group};
 use iommu_hal::backend::Backend;
 use iommu_hal::pagetable::format::VtdSl;
-use iommu_hal::pagetable::{Gather, PageTable, Perms as HalPerms};
+use iommu_hal::pagetable::{Gather, LeafSizes, Map, PageTable, Perms as HalPerms, Unmap};
+use iommu_hal::{FrameAlloc, PhysAddr, PhysMem};
 use iommu_protocol::{
     DeviceHandle, DomainHandle, MAX_MESSAGE, Perms, Reply, Request, decode_reply, encode_request,
 };
-use iommu_test_harness::mock::{MockFixture, MockSpec, VtdMock};
-use iommu_test_harness::server_suite::{A, Fixture, Recorder, Setup};
-use iommu_test_harness::sim::{SharedMem, SimAlloc};
+use iommu_server::{NoNotify, Server};
+use iommu_test_harness::mock::{MockSpec, VtdMock};
+use iommu_test_harness::server_suite::{A, config};
+use iommu_test_harness::sim::SharedMem;
 
 const K4: u64 = 1 << 12;
 const M2: u64 = 1 << 21;
 const IOVA: u64 = 0x4000_0000;
 const PHYS: u64 = 0x1000_0000;
-/// A small pool: the simulated allocator checks every free against its free list (a linear
-/// double-free check), which would otherwise dominate the unmap times.
-const POOL_FRAMES: u64 = 32;
+const POOL_BASE: u64 = 1 << 40;
+const POOL_FRAMES: usize = 256;
 
-/// A server with client A's domain and device 0 attached.
+/// A flat physical memory (the tables' frames), shared with the allocator.
+#[derive(Clone)]
+struct Flat(Rc<[Cell<u64>]>);
+
+impl Flat {
+    fn new() -> Self {
+        Flat((0..POOL_FRAMES * 512).map(|_| Cell::new(0)).collect())
+    }
+    #[inline(always)]
+    fn idx(pa: PhysAddr) -> usize {
+        ((pa - POOL_BASE) / 8) as usize
+    }
+}
+
+impl PhysMem for Flat {
+    #[inline(always)]
+    fn read_u64(&self, pa: PhysAddr) -> u64 {
+        self.0[Self::idx(pa)].get()
+    }
+    #[inline(always)]
+    fn write_u64(&mut self, pa: PhysAddr, value: u64) {
+        self.0[Self::idx(pa)].set(value)
+    }
+    #[inline(always)]
+    fn order_writes(&mut self) {
+        std::sync::atomic::compiler_fence(std::sync::atomic::Ordering::Release);
+    }
+}
+
+/// LIFO allocator over [`Flat`], zeroing frames as `FrameAlloc` requires.
+struct FlatAlloc {
+    mem: Flat,
+    free: Vec<u64>,
+}
+
+impl FlatAlloc {
+    fn new(mem: Flat) -> Self {
+        let free = (0..POOL_FRAMES as u64)
+            .rev()
+            .map(|i| POOL_BASE + i * K4)
+            .collect();
+        FlatAlloc { mem, free }
+    }
+}
+
+impl FrameAlloc for FlatAlloc {
+    fn alloc_frame(&mut self) -> Option<PhysAddr> {
+        let pa = self.free.pop()?;
+        let i = Flat::idx(pa);
+        for w in &self.mem.0[i..i + 512] {
+            w.set(0);
+        }
+        Some(pa)
+    }
+    fn free_frame(&mut self, pa: PhysAddr) {
+        self.free.push(pa);
+    }
+}
+
+type BenchServer = Server<'static, VtdMock, Flat, FlatAlloc, NoNotify, 4, 16, 16, 8>;
+
+fn mock() -> VtdMock {
+    VtdMock::new(
+        SharedMem::new(),
+        MockSpec {
+            units: 2,
+            ..MockSpec::default()
+        },
+    )
+}
+
+/// A server on flat memory with client A's domain and device 0 attached.
 struct ServerPath {
-    f: MockFixture,
+    s: BenchServer,
     domain: DomainHandle,
 }
 
 impl ServerPath {
     fn new() -> Self {
-        let setup = Setup {
-            pool_frames: POOL_FRAMES,
-            ..Setup::default()
+        let mem = Flat::new();
+        let alloc = FlatAlloc::new(mem.clone());
+        let s = Server::new(mock(), mem, alloc, NoNotify, config()).expect("server");
+        let mut p = ServerPath {
+            s,
+            domain: DomainHandle(0),
         };
-        let mut f = MockFixture::build(&setup, Recorder::default());
-        let domain = match send(&mut f, &Request::CreateDomain) {
+        p.domain = match p.send(&Request::CreateDomain) {
             Reply::DomainCreated { domain } => domain,
             r => panic!("{r:?}"),
         };
         let attach = Request::Attach {
-            domain,
+            domain: p.domain,
             device: DeviceHandle(0),
         };
-        assert_eq!(send(&mut f, &attach), Reply::Done);
-        ServerPath { f, domain }
+        assert_eq!(p.send(&attach), Reply::Done);
+        p
+    }
+    /// Encode, handle, decode.
+    #[inline(always)]
+    fn send(&mut self, req: &Request) -> Reply {
+        let mut buf = [0u8; MAX_MESSAGE];
+        let n = encode_request(req, &mut buf).unwrap();
+        let mut rep = [0u8; MAX_MESSAGE];
+        let m = self.s.handle(A, &buf[..n], &mut rep);
+        decode_reply(&rep[..m]).unwrap()
     }
     fn map(&mut self, len: u64) {
-        let r = send(
-            &mut self.f,
-            &Request::Map {
-                domain: self.domain,
-                iova: IOVA,
-                phys: PHYS,
-                len,
-                perms: Perms::RW,
-            },
-        );
+        let r = self.send(&Request::Map {
+            domain: self.domain,
+            iova: black_box(IOVA),
+            phys: PHYS,
+            len,
+            perms: Perms::RW,
+        });
         debug_assert_eq!(r, Reply::Done);
         black_box(r);
     }
     fn unmap(&mut self, len: u64) {
-        let r = send(
-            &mut self.f,
-            &Request::Unmap {
-                domain: self.domain,
-                iova: IOVA,
-                len,
-            },
-        );
+        let r = self.send(&Request::Unmap {
+            domain: self.domain,
+            iova: black_box(IOVA),
+            len,
+        });
         debug_assert_eq!(r, Reply::Unmapped { bytes: len });
         black_box(r);
     }
-    fn invalidations(&self) -> u64 {
-        self.f.server.stats().invalidations
-    }
-}
-
-/// Encode, handle, decode.
-fn send(f: &mut MockFixture, req: &Request) -> Reply {
-    let mut buf = [0u8; MAX_MESSAGE];
-    let n = encode_request(req, &mut buf).unwrap();
-    let mut rep = [0u8; MAX_MESSAGE];
-    let m = f.server.handle(A, &buf[..n], &mut rep);
-    decode_reply(&rep[..m]).unwrap()
 }
 
 /// The baseline: the engine and the mock's invalidation, no server, no messages.
 struct EnginePath {
-    mem: SharedMem,
-    alloc: SimAlloc,
+    mem: Flat,
+    alloc: FlatAlloc,
     table: PageTable<VtdSl>,
     backend: VtdMock,
 }
 
 impl EnginePath {
     fn new() -> Self {
-        let mem = SharedMem::new();
-        let mut alloc = SimAlloc::new(mem.clone(), 1 << 32, POOL_FRAMES);
-        let backend = VtdMock::new(
-            mem.clone(),
-            MockSpec {
-                units: 2,
-                ..MockSpec::default()
-            },
-        );
+        let mem = Flat::new();
+        let mut alloc = FlatAlloc::new(mem.clone());
         let cfg = iommu_hal::pagetable::TableConfig {
             addr_width: 48,
-            leaf_sizes: iommu_hal::pagetable::LeafSizes::STANDARD,
+            phys_width: 52,
+            leaf_sizes: LeafSizes::STANDARD,
             split_live_blocks: true,
             coherent: true,
         };
@@ -127,29 +190,31 @@ impl EnginePath {
             mem,
             alloc,
             table,
-            backend,
+            backend: mock(),
         }
     }
     fn map(&mut self, len: u64) {
         let mut g = Gather::new();
+        let req = Map {
+            iova: black_box(IOVA),
+            phys: PHYS,
+            len,
+            perms: HalPerms::RW,
+        };
         self.table
-            .map(
-                &mut self.mem,
-                &mut self.alloc,
-                IOVA,
-                PHYS,
-                len,
-                HalPerms::RW,
-                &mut g,
-            )
+            .map(&mut self.mem, &mut self.alloc, req, &mut g)
             .unwrap();
         g.release(&mut self.mem, &mut self.alloc);
     }
     fn unmap(&mut self, len: u64) {
         let mut g = Gather::new();
+        let req = Unmap {
+            iova: black_box(IOVA),
+            len,
+        };
         let n = self
             .table
-            .unmap(&mut self.mem, &mut self.alloc, IOVA, len, &mut g)
+            .unmap(&mut self.mem, &mut self.alloc, req, &mut g)
             .unwrap();
         self.backend.invalidate(0, 1, &g).unwrap();
         g.release(&mut self.mem, &mut self.alloc);
@@ -157,106 +222,108 @@ impl EnginePath {
     }
 }
 
-/// Mean time of `timed` over `iters` rounds, with `untimed` run between rounds.
-fn measure(iters: u32, mut timed: impl FnMut(), mut untimed: impl FnMut()) -> Duration {
-    let mut total = Duration::ZERO;
-    for _ in 0..iters {
-        let t = Instant::now();
-        timed();
-        total += t.elapsed();
-        untimed();
+/// Median over batches of the mean time of `timed`, with `untimed` between calls.
+fn measure(mut timed: impl FnMut(), mut untimed: impl FnMut()) -> Duration {
+    const N: u32 = 2000;
+    let mut samples = Vec::new();
+    for _ in 0..7 {
+        let mut total = Duration::ZERO;
+        for _ in 0..N {
+            let t = Instant::now();
+            timed();
+            total += t.elapsed();
+            untimed();
+        }
+        samples.push(total / N);
     }
-    total / iters
+    samples.sort();
+    samples[3]
+}
+
+/// The clock's own cost per `Instant::now()` + `elapsed()` pair, subtracted from both sides.
+fn clock_cost() -> Duration {
+    measure(|| {}, || {})
 }
 
 fn table() {
-    const N: u32 = 3000;
-    println!("server bench (mock backend, VT-d format, 48-bit, one device attached on unit 0)");
+    let runs: usize = std::env::var("SERVER_BENCH_RUNS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3);
     println!(
-        "{:<10} {:>12} {:>12} {:>8} {:>14}",
-        "request", "server ns", "engine ns", "ratio", "invalidations"
+        "\n| request | server (encode + handle + decode) | engine alone | overhead | \
+         overhead / engine: median [min, max] over {runs} runs |"
     );
+    println!("|---|---:|---:|---:|---:|");
     for (name, len) in [("4K", K4), ("2M", M2)] {
-        let mut s = ServerPath::new();
-        let mut e = EnginePath::new();
-        // Warm up.
-        for _ in 0..200 {
-            s.map(len);
-            s.unmap(len);
-            e.map(len);
-            e.unmap(len);
+        let mut rows: Vec<[(Duration, Duration); 2]> = Vec::new();
+        for _ in 0..runs {
+            let s = std::cell::RefCell::new(ServerPath::new());
+            let e = std::cell::RefCell::new(EnginePath::new());
+            for _ in 0..200 {
+                s.borrow_mut().map(len);
+                s.borrow_mut().unmap(len);
+                e.borrow_mut().map(len);
+                e.borrow_mut().unmap(len);
+            }
+            let clock = clock_cost();
+            let sub = |d: Duration| d.saturating_sub(clock);
+            let sm = sub(measure(
+                || s.borrow_mut().map(len),
+                || s.borrow_mut().unmap(len),
+            ));
+            let em = sub(measure(
+                || e.borrow_mut().map(len),
+                || e.borrow_mut().unmap(len),
+            ));
+            s.borrow_mut().map(len);
+            e.borrow_mut().map(len);
+            let su = sub(measure(
+                || s.borrow_mut().unmap(len),
+                || s.borrow_mut().map(len),
+            ));
+            let eu = sub(measure(
+                || e.borrow_mut().unmap(len),
+                || e.borrow_mut().map(len),
+            ));
+            rows.push([(sm, em), (su, eu)]);
         }
-        let sp = std::cell::RefCell::new(s);
-        let ep = std::cell::RefCell::new(e);
-        let inv0 = sp.borrow().invalidations();
-        let sm = measure(
-            N,
-            || sp.borrow_mut().map(len),
-            || sp.borrow_mut().unmap(len),
-        );
-        let inv1 = sp.borrow().invalidations();
-        let em = measure(
-            N,
-            || ep.borrow_mut().map(len),
-            || ep.borrow_mut().unmap(len),
-        );
-        // Map per request: the untimed unmaps' invalidations are subtracted (one each).
-        let map_inv = (inv1 - inv0) as f64 / f64::from(N) - 1.0;
-        sp.borrow_mut().map(len);
-        ep.borrow_mut().map(len);
-        let inv2 = sp.borrow().invalidations();
-        let su = measure(
-            N,
-            || sp.borrow_mut().unmap(len),
-            || sp.borrow_mut().map(len),
-        );
-        let inv3 = sp.borrow().invalidations();
-        let eu = measure(
-            N,
-            || ep.borrow_mut().unmap(len),
-            || ep.borrow_mut().map(len),
-        );
-        let unmap_inv = (inv3 - inv2) as f64 / f64::from(N);
-        for (op, s, e, inv) in [("Map", sm, em, map_inv), ("Unmap", su, eu, unmap_inv)] {
+        for (k, op) in ["Map", "Unmap"].iter().enumerate() {
+            let mut ratio: Vec<f64> = rows
+                .iter()
+                .map(|r| r[k].0.as_secs_f64() / r[k].1.as_secs_f64() - 1.0)
+                .collect();
+            ratio.sort_by(|a, b| a.partial_cmp(b).unwrap());
+            let mut sv: Vec<Duration> = rows.iter().map(|r| r[k].0).collect();
+            let mut ev: Vec<Duration> = rows.iter().map(|r| r[k].1).collect();
+            sv.sort();
+            ev.sort();
+            let (s, e) = (sv[sv.len() / 2], ev[ev.len() / 2]);
             println!(
-                "{:<10} {:>12} {:>12} {:>8.2} {:>14.2}",
-                format!("{op} {name}"),
+                "| {op} {name} | {} ns | {} ns | +{} ns | {:+.0} % [{:+.0} %, {:+.0} %] |",
                 s.as_nanos(),
                 e.as_nanos(),
-                s.as_secs_f64() / e.as_secs_f64(),
-                inv
+                s.saturating_sub(e).as_nanos(),
+                ratio[ratio.len() / 2] * 100.0,
+                ratio[0] * 100.0,
+                ratio[ratio.len() - 1] * 100.0
             );
         }
     }
+    println!(
+        "\n(clock cost per timed call, subtracted on both sides: {:?})",
+        clock_cost()
+    );
 }
 
 fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("server");
     for (name, len) in [("4K", K4), ("2M", M2)] {
-        g.bench_function(format!("map {name} (encode+handle+decode)"), |b| {
+        g.bench_function(format!("map+unmap {name} (encode+handle+decode)"), |b| {
             let mut s = ServerPath::new();
-            b.iter_custom(|iters| {
-                let mut t = Duration::ZERO;
-                for _ in 0..iters {
-                    let s0 = Instant::now();
-                    s.map(len);
-                    t += s0.elapsed();
-                    s.unmap(len);
-                }
-                t
-            })
-        });
-        g.bench_function(format!("unmap {name} (encode+handle+decode)"), |b| {
-            let mut s = ServerPath::new();
-            b.iter_custom(|iters| {
-                let mut t = Duration::ZERO;
-                for _ in 0..iters {
-                    s.map(len);
-                    let s0 = Instant::now();
-                    s.unmap(len);
-                    t += s0.elapsed();
-                }
-                t
+            b.iter(|| {
+                s.map(len);
+                s.unmap(len);
             })
         });
         g.bench_function(format!("engine map+unmap {name} (baseline)"), |b| {
@@ -274,15 +341,17 @@ criterion_group! {
     name = benches;
     config = Criterion::default()
         .sample_size(20)
-        .warm_up_time(Duration::from_millis(300))
-        .measurement_time(Duration::from_secs(1));
+        .warm_up_time(Duration::from_millis(200))
+        .measurement_time(Duration::from_millis(800));
     targets = bench
 }
 
 fn main() {
-    table();
-    if std::env::var_os("SERVER_BENCH_TABLE_ONLY").is_some() {
-        return;
+    if std::env::args().any(|a| a == "--bench") {
+        table();
+        if std::env::var_os("SERVER_BENCH_TABLE_ONLY").is_some() {
+            return;
+        }
     }
     benches();
     Criterion::default().configure_from_args().final_summary();

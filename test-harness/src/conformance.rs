@@ -36,7 +36,9 @@ use std::marker::PhantomData;
 use std::string::String;
 use std::vec::Vec;
 
-use iommu_hal::pagetable::{Format, Gather, LeafSizes, PageTable, Perms, PtError, TableConfig};
+use iommu_hal::pagetable::{
+    Format, Gather, LeafSizes, Map, PageTable, Perms, PtError, RESERVE, TableConfig, Unmap,
+};
 use iommu_hal::{PhysAddr, PhysMem};
 use proptest::prelude::*;
 use proptest::test_runner::{Config as PtConfig, TestRunner};
@@ -63,6 +65,7 @@ pub const PHYS_BASE: u64 = 64 * G1;
 pub fn standard_config(addr_width: u32) -> TableConfig {
     TableConfig {
         addr_width,
+        phys_width: 52,
         leaf_sizes: LeafSizes::STANDARD,
         split_live_blocks: true,
         coherent: true,
@@ -311,7 +314,10 @@ impl<F: Format, W: RefWalker> Rig<F, W> {
             "{}/{width}: engine level count differs from the specification",
             F::NAME
         );
-        assert_eq!(alloc.in_use, 1, "new() must allocate exactly the root");
+        assert_eq!(
+            alloc.in_use, 2,
+            "new() must allocate exactly the root and its shadow"
+        );
         let spec = W::spec_leaf_sizes(levels);
         let mut format_sizes = 0;
         for l in 0..levels {
@@ -459,7 +465,13 @@ impl<F: Format, W: RefWalker> Rig<F, W> {
             .collect();
         let mut g = Gather::new();
         let r = self.run_watched(&watch, |pt, m, a| {
-            pt.map(m, a, iova, phys, len, perms, &mut g)
+            let req = Map {
+                iova,
+                phys,
+                len,
+                perms,
+            };
+            pt.map(m, a, req, &mut g)
         });
         let c1 = self.pt().counters();
         match r {
@@ -541,8 +553,9 @@ impl<F: Format, W: RefWalker> Rig<F, W> {
         }
         assert_eq!(
             self.alloc.in_use,
-            post.tables.len() as u64 + g.frames_pending(),
-            "{ctx}: frames in use != reachable tables + frames pending in the gather"
+            frames_of(&post) + g.frames_pending(),
+            "{ctx}: frames in use != reachable tables + their shadows + frames pending in \
+             the gather"
         );
     }
 
@@ -576,7 +589,9 @@ impl<F: Format, W: RefWalker> Rig<F, W> {
             .map(|p| (p, self.allowed_during(p, iova, last, None)))
             .collect();
         let mut g = Gather::new();
-        let r = self.run_watched(&watch, |pt, m, a| pt.unmap(m, a, iova, len, &mut g));
+        let r = self.run_watched(&watch, |pt, m, a| {
+            pt.unmap(m, a, Unmap { iova, len }, &mut g)
+        });
         let c1 = self.pt().counters();
         match r {
             Ok(bytes) => {
@@ -591,18 +606,30 @@ impl<F: Format, W: RefWalker> Rig<F, W> {
                     assert!(!needs_split, "{ctx}: split a live block although forbidden");
                 }
                 self.model.remove(iova, last);
+                // Tables this call unlinked, as (first, last) IOVA of their span.
+                let post: BTreeSet<u64> = self.audit().tables.iter().map(|t| t.0).collect();
+                let gone: Vec<(u64, u64)> = pre
+                    .tables
+                    .iter()
+                    .filter(|t| !post.contains(&t.0))
+                    .map(|t| {
+                        let base = pre.table_bases[&t.0];
+                        (base, last_of(base, level_span(t.1 + 1)))
+                    })
+                    .collect();
                 match g.span() {
                     None => assert!(
-                        mapped.is_empty(),
-                        "{ctx}: pages went away but the gather has no span"
+                        mapped.is_empty() && gone.is_empty(),
+                        "{ctx}: pages or tables went away but the gather has no span"
                     ),
                     Some((s, l)) => {
                         assert!(
-                            !mapped.is_empty(),
-                            "{ctx}: nothing was mapped, yet the gather asks for an invalidation"
+                            !mapped.is_empty() || !gone.is_empty(),
+                            "{ctx}: nothing was mapped or removed, yet the gather asks for an \
+                             invalidation"
                         );
-                        let first = mapped[0].0;
-                        let end = mapped[mapped.len() - 1].1;
+                        let first = mapped.first().map_or(s, |m| m.0);
+                        let end = mapped.last().map_or(l, |m| m.1);
                         assert!(
                             s <= first && l >= end,
                             "{ctx}: gather span {s:#x}..={l:#x} misses unmapped pages \
@@ -610,15 +637,19 @@ impl<F: Format, W: RefWalker> Rig<F, W> {
                         );
                         // The span may grow to whole leaves that were replaced (a split
                         // changes the cached translation of the entire old leaf), no further.
+                        // It may also cover tables this call unlinked elsewhere (a table
+                        // evicted from the reserve: its walk must be invalidated too).
                         let lo = touched
                             .iter()
                             .map(|t| t.iova)
+                            .chain(gone.iter().map(|g| g.0))
                             .min()
                             .unwrap_or(iova)
                             .min(iova);
                         let hi = touched
                             .iter()
                             .map(|t| last_of(t.iova, t.span))
+                            .chain(gone.iter().map(|g| g.1))
                             .max()
                             .unwrap_or(last)
                             .max(last);
@@ -630,7 +661,7 @@ impl<F: Format, W: RefWalker> Rig<F, W> {
                         let min = touched.iter().map(|t| t.size).min().unwrap_or(0);
                         let max = touched.iter().map(|t| t.size).max().unwrap_or(0);
                         assert!(
-                            g.min_leaf() <= min && g.max_leaf() >= max,
+                            touched.is_empty() || (g.min_leaf() <= min && g.max_leaf() >= max),
                             "{ctx}: gather leaf sizes {:#x}..{:#x} do not cover removed leaves \
                              {min:#x}..{max:#x}",
                             g.min_leaf(),
@@ -707,11 +738,12 @@ impl<F: Format, W: RefWalker> Rig<F, W> {
             );
         }
         assert_eq!(
-            audit.tables.len() as u64,
+            frames_of(&audit),
             self.alloc.in_use,
-            "{}: frames in use != reachable tables (leak or early free)",
+            "{}: frames in use != reachable tables + their shadows (leak or early free)",
             self.label
         );
+        self.check_counts(&audit, &free);
         let top = self.last_iova();
         let mut pts: BTreeSet<u64> = extra.iter().map(|a| a & !(K4 - 1)).collect();
         for (s, l) in self.model.ranges().into_iter().take(64) {
@@ -730,6 +762,85 @@ impl<F: Format, W: RefWalker> Rig<F, W> {
                 self.check_point(p);
             }
         }
+    }
+
+    /// The engine's bookkeeping against the walker's view: it reports exactly the reachable
+    /// tables, each live count equals this suite's own scan of the table (non-zero entries),
+    /// every shadow is a distinct allocated frame, and every empty table below the root is in
+    /// the reserve, which holds at most `RESERVE` of them.
+    fn check_counts(&self, audit: &Audit, free: &BTreeSet<u64>) {
+        let m = self.mem.borrow();
+        let mut seen = BTreeSet::new();
+        let mut shadows = BTreeSet::new();
+        let mut empty = 0usize;
+        let top = self.levels - 1;
+        self.pt().visit_tables(&self.mem, |t| {
+            seen.insert(t.table);
+            let level = u32::from(t.level);
+            let entries = if level == top {
+                1u64 << (self.width - (12 + 9 * top))
+            } else {
+                512
+            };
+            let live = (0..entries)
+                .filter(|i| m.read(t.table + i * 8) != 0)
+                .count() as u64;
+            if let Some(count) = t.live_count {
+                assert_eq!(
+                    count, live,
+                    "{}: live count of the level-{level} table {:#x} is {count}, a scan finds \
+                     {live}",
+                    self.label, t.table
+                );
+                if count == 0 {
+                    empty += 1;
+                    assert!(
+                        t.reserved,
+                        "{}: empty table {:#x} outside the reserve",
+                        self.label, t.table
+                    );
+                }
+            }
+            assert_eq!(t.shadow.is_some(), level > 0, "{}: shadow", self.label);
+            if let Some(sh) = t.shadow {
+                assert!(
+                    (POOL_BASE..POOL_BASE + POOL_FRAMES * K4).contains(&sh)
+                        && !free.contains(&sh)
+                        && shadows.insert(sh),
+                    "{}: shadow {sh:#x} is not a distinct allocated frame",
+                    self.label
+                );
+            }
+        });
+        let reachable: BTreeSet<u64> = audit.tables.iter().map(|t| t.0).collect();
+        assert_eq!(seen, reachable, "{}: tables the engine reports", self.label);
+        assert!(
+            shadows.is_disjoint(&reachable),
+            "{}: a shadow is also a table",
+            self.label
+        );
+        assert!(
+            empty <= RESERVE && audit.empty_tables as usize == empty,
+            "{}: {empty} empty tables kept ({} by the walker), at most {RESERVE}",
+            self.label,
+            audit.empty_tables
+        );
+    }
+
+    /// Gives the reserve back: reclaim, invalidate (nothing to do here), release.
+    pub fn reclaim(&mut self) {
+        let mut g = Gather::new();
+        let mut m = self.mem.clone();
+        let pt = self.pt.as_mut().expect("table destroyed");
+        pt.reclaim(&mut m, &mut self.alloc, &mut g);
+        self.release(&mut g);
+        self.check(&[]);
+        assert_eq!(
+            self.audit().empty_tables,
+            0,
+            "{}: reclaim left empty tables",
+            self.label
+        );
     }
 
     /// Walker, engine `query()` and model agree on `page` (and on an offset inside it).
@@ -779,8 +890,8 @@ impl<F: Format, W: RefWalker> Rig<F, W> {
         let audit = self.audit();
         assert_eq!(audit.empty_tables, 0, "{}: empty tables left", self.label);
         assert_eq!(
-            self.alloc.in_use, 1,
-            "{}: only the root may stay in use",
+            self.alloc.in_use, 2,
+            "{}: only the root and its shadow may stay in use",
             self.label
         );
     }
@@ -801,6 +912,11 @@ impl<F: Format, W: RefWalker> Rig<F, W> {
 // ---------------------------------------------------------------------------------------
 // Scenarios.
 // ---------------------------------------------------------------------------------------
+
+/// Frames a reachable set of tables holds: each table, and a shadow for each above level 0.
+fn frames_of(audit: &Audit) -> u64 {
+    audit.tables.len() as u64 + audit.tables.iter().filter(|t| t.1 > 0).count() as u64
+}
 
 /// One random operation, before being placed in a concrete address space.
 #[derive(Clone, Debug)]
@@ -1175,8 +1291,8 @@ pub fn bad_input<F: Format, W: RefWalker>(width: u32) {
         rw,
         PtError::OutOfRange,
     );
-    expect_map(&mut rig, G1, !(K4 - 1), 2 * K4, rw, PtError::OutOfRange);
-    expect_map(&mut rig, G1, 1 << 60, K4, rw, PtError::OutOfRange);
+    expect_map(&mut rig, G1, !(K4 - 1), 2 * K4, rw, PtError::PhysOutOfRange);
+    expect_map(&mut rig, G1, 1 << 60, K4, rw, PtError::PhysOutOfRange);
     let none = Perms {
         read: false,
         write: false,
@@ -1323,7 +1439,7 @@ pub fn gather_semantics<F: Format, W: RefWalker>(width: u32) {
     let mut g = Gather::new();
     let mut m = rig.mem.clone();
     let pt = rig.pt.as_mut().unwrap();
-    let r = pt.unmap(&mut m, &mut rig.alloc, iova, len, &mut g);
+    let r = pt.unmap(&mut m, &mut rig.alloc, Unmap { iova, len }, &mut g);
     assert_eq!(r, Ok(len));
     assert_eq!(
         g.span(),
@@ -1333,6 +1449,23 @@ pub fn gather_semantics<F: Format, W: RefWalker>(width: u32) {
     );
     assert_eq!(g.min_leaf(), K4, "{}: min_leaf", rig.label);
     assert_eq!(g.max_leaf(), M2, "{}: max_leaf", rig.label);
+    // The range covers no table whole: the tables it emptied at its two ends stay linked, in
+    // the reserve; nothing is removed, nothing waits.
+    assert!(!g.tables_removed(), "{}: tables_removed", rig.label);
+    assert_eq!(g.frames_pending(), 0, "{}: frames pending", rig.label);
+    rig.release(&mut g);
+    rig.model.remove(iova, iova + len - 1);
+    rig.check(&[]);
+    assert_eq!(
+        rig.audit().empty_tables,
+        2,
+        "{}: the two edge tables",
+        rig.label
+    );
+    // Reclaim unlinks them and every parent they leave empty: all but the root, deferred.
+    let mut g = Gather::new();
+    let pt = rig.pt.as_mut().unwrap();
+    assert_eq!(pt.reclaim(&mut m, &mut rig.alloc, &mut g), 2);
     assert!(g.tables_removed(), "{}: tables_removed", rig.label);
     let removed = pre.tables.len() as u64 - 1;
     assert_eq!(
@@ -1343,18 +1476,18 @@ pub fn gather_semantics<F: Format, W: RefWalker>(width: u32) {
     );
     assert_eq!(
         rig.alloc.in_use,
-        1 + removed,
-        "{}: freed before invalidation",
+        2 + removed,
+        "{}: freed before invalidation (shadows go at once)",
         rig.label
     );
     rig.release(&mut g);
-    rig.model.remove(iova, iova + len - 1);
     rig.check(&[]);
-    assert_eq!(rig.alloc.in_use, 1);
+    assert_eq!(rig.alloc.in_use, 2);
     // Nothing mapped: nothing to invalidate.
     let mut g = Gather::new();
     let pt = rig.pt.as_mut().unwrap();
-    assert_eq!(pt.unmap(&mut m, &mut rig.alloc, G1, G1, &mut g), Ok(0));
+    let req = Unmap { iova: G1, len: G1 };
+    assert_eq!(pt.unmap(&mut m, &mut rig.alloc, req, &mut g), Ok(0));
     assert!(g.is_empty(), "{}: empty unmap produced a gather", rig.label);
     // A split: the span covers the page, max_leaf covers the 1G leaf.
     if rig.allowed & G1 != 0 {
@@ -1362,7 +1495,15 @@ pub fn gather_semantics<F: Format, W: RefWalker>(width: u32) {
         let mut g = Gather::new();
         let pt = rig.pt.as_mut().unwrap();
         assert_eq!(
-            pt.unmap(&mut m, &mut rig.alloc, 5 * G1 + 9 * M2, K4, &mut g),
+            pt.unmap(
+                &mut m,
+                &mut rig.alloc,
+                Unmap {
+                    iova: 5 * G1 + 9 * M2,
+                    len: K4
+                },
+                &mut g
+            ),
             Ok(K4)
         );
         let (s, l) = g.span().unwrap();
@@ -1378,6 +1519,58 @@ pub fn gather_semantics<F: Format, W: RefWalker>(width: u32) {
         rig.check(&[]);
     }
     rig.unmap_everything();
+}
+
+/// The table lifetime policy: a page mapped and unmapped again and again in the same place
+/// allocates nothing after the first time; sparse pages mapped and unmapped forever hold at
+/// most `RESERVE` empty tables (and their parents) beyond the live ones; reclaim gives them
+/// all back.
+pub fn table_lifetime<F: Format, W: RefWalker>(width: u32) {
+    let mut rig = Rig::<F, W>::new(standard_config(width));
+    rig.watch = false;
+    let levels = u64::from(rig.levels);
+    // Same place, over and over: the path is allocated once.
+    let iova = 5 * G1 + 7 * M2 + 3 * K4;
+    rig.map(iova, PHYS_BASE, K4, Perms::RW).unwrap();
+    assert_eq!(rig.unmap(iova, K4), Ok(K4));
+    let allocated = rig.pt().counters().frames_allocated;
+    for _ in 0..20 {
+        rig.map(iova, PHYS_BASE, K4, Perms::RW).unwrap();
+        assert_eq!(rig.unmap(iova, K4), Ok(K4));
+    }
+    assert_eq!(
+        rig.pt().counters().frames_allocated,
+        allocated,
+        "{}: a small range mapped again reused its tables",
+        rig.label
+    );
+    // Sparse: a page in each of many 1 GiB regions (different tables every time).
+    let bound = 2 + RESERVE as u64 * (2 * (levels - 1) - 1);
+    for i in 0..(3 * RESERVE as u64) {
+        let at = (i * 3 + 1) * G1 + (i % 5) * M2;
+        rig.map(at, PHYS_BASE + i * K4, K4, Perms::R).unwrap();
+        assert_eq!(rig.unmap(at, K4), Ok(K4));
+        assert!(
+            rig.alloc.in_use <= bound,
+            "{}: {} frames held with nothing mapped (bound {bound})",
+            rig.label,
+            rig.alloc.in_use
+        );
+    }
+    rig.reclaim();
+    assert_eq!(
+        rig.alloc.in_use, 2,
+        "{}: reclaim gives everything back",
+        rig.label
+    );
+    // A table the unmap covers whole goes at once (no reserve): 2 MiB of 4 KiB pages.
+    rig.map(G1 + M2 + K4, PHYS_BASE + K4, M2 - K4, Perms::RW)
+        .unwrap();
+    rig.map(G1 + 4 * M2, PHYS_BASE, K4, Perms::RW).unwrap();
+    assert_eq!(rig.unmap(G1 + M2, M2), Ok(M2 - K4));
+    assert_eq!(rig.audit().empty_tables, 0, "{}", rig.label);
+    rig.unmap_everything();
+    rig.destroy();
 }
 
 /// After unmapping everything and releasing, only the root is in use; destroy frees it;
@@ -1425,9 +1618,18 @@ pub fn noncoherent_sync<F: Format, W: RefWalker>(width: u32) {
     for op in ops {
         let mut g = Gather::new();
         match op {
-            Op::Map(i, p, l, pr) => pt.map(&mut dev, &mut alloc, i, p, l, pr, &mut g).unwrap(),
-            Op::Unmap(i, l) => {
-                pt.unmap(&mut dev, &mut alloc, i, l, &mut g).unwrap();
+            Op::Map(iova, phys, len, perms) => {
+                let req = Map {
+                    iova,
+                    phys,
+                    len,
+                    perms,
+                };
+                pt.map(&mut dev, &mut alloc, req, &mut g).unwrap()
+            }
+            Op::Unmap(iova, len) => {
+                pt.unmap(&mut dev, &mut alloc, Unmap { iova, len }, &mut g)
+                    .unwrap();
             }
         }
         let cpu = enumerate::<W>(&mem.borrow(), pt.root(), width).unwrap();
@@ -1587,7 +1789,17 @@ pub fn reordering_with<F: Format, W: RefWalker>(width: u32, cases: u32, program_
                     *watch.borrow_mut() =
                         reorder_watch(&model, top, iova, last, Some((phys, perms)));
                     let overlap = model.overlaps(iova, last);
-                    let r = pt.map(&mut m, &mut alloc, iova, phys, len, perms, &mut g);
+                    let r = pt.map(
+                        &mut m,
+                        &mut alloc,
+                        Map {
+                            iova,
+                            phys,
+                            len,
+                            perms,
+                        },
+                        &mut g,
+                    );
                     if r.is_ok() {
                         assert!(!overlap, "{label}: {op:x?} succeeded over a mapping");
                         model.insert(iova, len, phys, perms);
@@ -1596,7 +1808,7 @@ pub fn reordering_with<F: Format, W: RefWalker>(width: u32, cases: u32, program_
                 Op::Unmap(iova, len) => {
                     let last = last_of(iova, len);
                     *watch.borrow_mut() = reorder_watch(&model, top, iova, last, None);
-                    pt.unmap(&mut m, &mut alloc, iova, len, &mut g)
+                    pt.unmap(&mut m, &mut alloc, Unmap { iova, len }, &mut g)
                         .unwrap_or_else(|e| panic!("{label}: {op:x?}: {e:?}"));
                     model.remove(iova, last);
                 }
@@ -1730,6 +1942,10 @@ macro_rules! pagetable_conformance {
             #[test]
             fn gather_semantics() {
                 c::gather_semantics::<$fmt, $walker>($width);
+            }
+            #[test]
+            fn table_lifetime() {
+                c::table_lifetime::<$fmt, $walker>($width);
             }
             #[test]
             fn no_leaks() {

@@ -26,6 +26,7 @@ impl DelayNs for FakeDelay {
 pub fn unit_table_config(info: &UnitInfo) -> TableConfig {
     TableConfig {
         addr_width: info.addr_width,
+        phys_width: info.phys_width,
         leaf_sizes: info.leaf_sizes,
         split_live_blocks: info.split_live_blocks,
         coherent: info.coherent_walk,

@@ -18,7 +18,7 @@ use iommu_hal::backend::{
     Backend, BackendError, DomainConfig, ErrorKind, FaultInterrupt, FaultReason, FaultRecord,
 };
 use iommu_hal::pagetable::format::AmdV1;
-use iommu_hal::pagetable::{Gather, LeafSizes, PageTable, Perms};
+use iommu_hal::pagetable::{Gather, LeafSizes, Map, PageTable, Perms, Unmap};
 use iommu_test_harness::model::amd::{
     AmdFault, AmdHandle, AmdModelConfig as ModelCfg, EventCode, InvalidationRecord, decode_range,
 };
@@ -100,10 +100,12 @@ impl Rig {
         pt.map(
             &mut self.mem,
             &mut self.alloc,
-            iova,
-            phys,
-            len,
-            perms,
+            Map {
+                iova,
+                phys,
+                len,
+                perms,
+            },
             &mut g,
         )
         .expect("map");
@@ -116,7 +118,7 @@ impl Rig {
     /// Unmaps, invalidates the gather, then frees the unlinked tables.
     fn unmap(&mut self, pt: &mut PageTable<AmdV1>, tag: u16, iova: u64, len: u64) {
         let mut g = Gather::new();
-        pt.unmap(&mut self.mem, &mut self.alloc, iova, len, &mut g)
+        pt.unmap(&mut self.mem, &mut self.alloc, Unmap { iova, len }, &mut g)
             .expect("unmap");
         self.be.invalidate(0, tag, &g).expect("invalidate");
         g.release(&mut self.mem, &mut self.alloc);
@@ -493,8 +495,16 @@ fn missing_invalidation_is_visible_in_the_model() {
     assert_eq!(r.hw.translate(DEV, 0x10_0000, false), Ok(0x40_0000));
     // Unmap without invalidating: the IOTLB still translates, and the model says so.
     let mut g = Gather::new();
-    pt.unmap(&mut r.mem, &mut r.alloc, 0x10_0000, 0x1000, &mut g)
-        .unwrap();
+    pt.unmap(
+        &mut r.mem,
+        &mut r.alloc,
+        Unmap {
+            iova: 0x10_0000,
+            len: 0x1000,
+        },
+        &mut g,
+    )
+    .unwrap();
     assert_eq!(
         r.hw.translate(DEV, 0x10_0000, false),
         Ok(0x40_0000),
@@ -528,10 +538,12 @@ fn maps_are_invalidated_on_units_caching_not_present_entries() {
     pt.map(
         &mut r.mem,
         &mut r.alloc,
-        0x50_0000,
-        0x41_0000,
-        0x1000,
-        Perms::RW,
+        Map {
+            iova: 0x50_0000,
+            phys: 0x41_0000,
+            len: 0x1000,
+            perms: Perms::RW,
+        },
         &mut g,
     )
     .unwrap();
@@ -1057,8 +1069,18 @@ fn two_units_are_independent() {
     let mut pt: PageTable<AmdV1> = rig::unit_table(&be.unit_info(1), &mut alloc);
     let mut g = Gather::new();
     let mut m = mem.clone();
-    pt.map(&mut m, &mut alloc, 0, 0x40_0000, 0x1000, Perms::RW, &mut g)
-        .unwrap();
+    pt.map(
+        &mut m,
+        &mut alloc,
+        Map {
+            iova: 0,
+            phys: 0x40_0000,
+            len: 0x1000,
+            perms: Perms::RW,
+        },
+        &mut g,
+    )
+    .unwrap();
     be.attach(&mut alloc, 1, u32::from(DEV), rig::domain(&pt, 1))
         .unwrap();
     assert_eq!(hws[1].translate(DEV, 0, false), Ok(0x40_0000));

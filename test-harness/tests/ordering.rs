@@ -14,7 +14,7 @@ use iommu_hal::PhysMem;
 use iommu_hal::amd::{AmdBackend, AmdConfig, AmdRegs};
 use iommu_hal::backend::{Backend, DomainConfig};
 use iommu_hal::pagetable::format::{AmdV1, ArmS1, RiscvSv, VtdSl};
-use iommu_hal::pagetable::{Format, Gather, PageTable, Perms};
+use iommu_hal::pagetable::{Format, Gather, Map, PageTable, Perms};
 use iommu_hal::riscv::{RiscvBackend, RiscvConfig};
 use iommu_hal::smmuv3::{SmmuBackend, SmmuConfig};
 use iommu_hal::vtd::{VtdBackend, VtdConfig};
@@ -54,8 +54,18 @@ fn table<F: Format>(
     let mut pt = PageTable::<F>::new(rig::unit_table_config(info), alloc).expect("table");
     let mut g = Gather::new();
     let mut m = mem.clone();
-    pt.map(&mut m, alloc, IOVA, phys, 0x1000, Perms::RW, &mut g)
-        .expect("map");
+    pt.map(
+        &mut m,
+        alloc,
+        Map {
+            iova: IOVA,
+            phys,
+            len: 0x1000,
+            perms: Perms::RW,
+        },
+        &mut g,
+    )
+    .expect("map");
     g.release(&mut m, alloc);
     pt
 }
@@ -437,6 +447,7 @@ fn smmuv3_cd_rewritten_under_a_live_stream() {
         let mut b = PageTable::<ArmS1>::new(
             iommu_hal::pagetable::TableConfig {
                 addr_width: 39,
+                phys_width: 52,
                 ..rig::unit_table_config(&r.be.unit_info(0))
             },
             &mut r.alloc,
@@ -447,10 +458,12 @@ fn smmuv3_cd_rewritten_under_a_live_stream() {
         b.map(
             &mut m,
             &mut r.alloc,
-            IOVA,
-            PHYS_B,
-            0x1000,
-            Perms::RW,
+            Map {
+                iova: IOVA,
+                phys: PHYS_B,
+                len: 0x1000,
+                perms: Perms::RW,
+            },
             &mut g,
         )
         .expect("map");
@@ -591,14 +604,25 @@ fn smmuv3_structures_follow_the_update_procedure() {
         let mut pt = PageTable::<ArmS1>::new(
             iommu_hal::pagetable::TableConfig {
                 addr_width: width,
+                phys_width: 52,
                 ..rig::unit_table_config(&info)
             },
             &mut alloc,
         )
         .expect("table");
         let mut g = Gather::new();
-        pt.map(&mut m, &mut alloc, IOVA, phys, 0x1000, Perms::RW, &mut g)
-            .expect("map");
+        pt.map(
+            &mut m,
+            &mut alloc,
+            Map {
+                iova: IOVA,
+                phys,
+                len: 0x1000,
+                perms: Perms::RW,
+            },
+            &mut g,
+        )
+        .expect("map");
         pt
     };
     let a = table(48, PHYS_A);

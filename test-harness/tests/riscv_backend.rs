@@ -15,7 +15,7 @@ use iommu_hal::backend::{
 };
 use iommu_hal::mem::{FrameAlloc, PhysMem};
 use iommu_hal::pagetable::format::RiscvSv;
-use iommu_hal::pagetable::{Gather, LeafSizes, PageTable, Perms, TableConfig};
+use iommu_hal::pagetable::{Gather, LeafSizes, Map, PageTable, Perms, TableConfig, Unmap};
 use iommu_hal::riscv::{RiscvBackend, RiscvConfig, RiscvError, Timing, WaitFor};
 use iommu_test_harness::model::riscv::{RiscvConfig as ModelCfg, RiscvFault, RiscvHandle, regs};
 use iommu_test_harness::rig::{self, FakeDelay};
@@ -93,10 +93,12 @@ impl Rig {
         pt.map(
             &mut self.mem,
             &mut self.alloc,
-            iova,
-            phys,
-            len,
-            perms,
+            Map {
+                iova,
+                phys,
+                len,
+                perms,
+            },
             &mut g,
         )
         .expect("map");
@@ -108,7 +110,7 @@ impl Rig {
     /// Unmaps, invalidates the gather, then frees the unlinked tables.
     fn unmap(&mut self, pt: &mut PageTable<RiscvSv>, tag: u16, iova: u64, len: u64) {
         let mut g = Gather::new();
-        pt.unmap(&mut self.mem, &mut self.alloc, iova, len, &mut g)
+        pt.unmap(&mut self.mem, &mut self.alloc, Unmap { iova, len }, &mut g)
             .expect("unmap");
         self.be.invalidate(0, tag, &g).expect("invalidate");
         g.release(&mut self.mem, &mut self.alloc);
@@ -405,7 +407,9 @@ fn unlinked_tables_are_forgotten() {
     assert!(r.read(DEV, 0x40_1000, 8).is_ok());
     assert!(r.hw.borrow().walk_cache_len() > 0);
     let before = r.counters().iotinval_pscid;
-    r.unmap(&mut pt, 1, 0x40_0000, 0x3000);
+    // The whole 2 MiB its leaf table translates: the table goes (a smaller unmap keeps it,
+    // empty, in the engine's reserve).
+    r.unmap(&mut pt, 1, 0x40_0000, 0x20_0000);
     assert_eq!(r.counters().iotinval_pscid, before + 1, "whole PSCID");
     // The freed tables' frames are reused for a new mapping elsewhere; a stale non-leaf
     // entry would walk them.
@@ -631,8 +635,16 @@ fn illegal_command_is_recovered() {
     // lets the queue go on, invalidates the whole PSCID and reports the error.
     r.hw.borrow_mut().refuse_next_opcode = Some(1);
     let mut g = Gather::new();
-    pt.unmap(&mut r.mem, &mut r.alloc, 0x1000, 0x1000, &mut g)
-        .unwrap();
+    pt.unmap(
+        &mut r.mem,
+        &mut r.alloc,
+        Unmap {
+            iova: 0x1000,
+            len: 0x1000,
+        },
+        &mut g,
+    )
+    .unwrap();
     let e = r.be.invalidate(0, 1, &g).unwrap_err();
     assert_eq!(
         e,
@@ -1007,8 +1019,16 @@ fn a_missing_invalidation_is_caught() {
     r.map(&mut pt, 0x1000, DATA, 0x1000, Perms::RW);
     assert!(r.read(DEV, 0x1000, 8).is_ok());
     let mut g = Gather::new();
-    pt.unmap(&mut r.mem, &mut r.alloc, 0x1000, 0x1000, &mut g)
-        .unwrap();
+    pt.unmap(
+        &mut r.mem,
+        &mut r.alloc,
+        Unmap {
+            iova: 0x1000,
+            len: 0x1000,
+        },
+        &mut g,
+    )
+    .unwrap();
     // No invalidate: the device still reaches the memory.
     assert_eq!(r.read(DEV, 0x1000, 8).unwrap(), vec![0x5e; 8]);
     assert_eq!(r.hw.stats().stale_hits, 1);

@@ -13,7 +13,7 @@ use iommu_hal::backend::{
     Backend, BackendError, DomainConfig, ErrorKind, FaultInterrupt, FaultReason, FaultRecord,
 };
 use iommu_hal::pagetable::format::ArmS1;
-use iommu_hal::pagetable::{Gather, LeafSizes, PageTable, Perms, PtError, TableConfig};
+use iommu_hal::pagetable::{Gather, LeafSizes, Map, PageTable, Perms, PtError, TableConfig, Unmap};
 use iommu_hal::smmuv3::{SmmuBackend, SmmuConfig, SmmuError, Timing, WaitFor};
 use iommu_test_harness::model::smmuv3::{
     Access, EventType, Irq, IrqSource, SmmuConfig as ModelCfg, SmmuFault, SmmuHandle,
@@ -89,10 +89,12 @@ impl Rig {
         pt.map(
             &mut self.mem,
             &mut self.alloc,
-            iova,
-            phys,
-            len,
-            perms,
+            Map {
+                iova,
+                phys,
+                len,
+                perms,
+            },
             &mut g,
         )
         .expect("map");
@@ -104,7 +106,7 @@ impl Rig {
     /// Unmaps, invalidates the gather, then frees the unlinked tables.
     fn unmap(&mut self, pt: &mut PageTable<ArmS1>, tag: u16, iova: u64, len: u64) -> Gather {
         let mut g = Gather::new();
-        pt.unmap(&mut self.mem, &mut self.alloc, iova, len, &mut g)
+        pt.unmap(&mut self.mem, &mut self.alloc, Unmap { iova, len }, &mut g)
             .expect("unmap");
         self.be.invalidate(0, tag, &g).expect("invalidate");
         g
@@ -421,7 +423,15 @@ fn split_refused_without_bbml2() {
     r.map(&mut pt, 0x40_0000, DATA, 0x20_0000, Perms::RW);
     let mut g = Gather::new();
     assert_eq!(
-        pt.unmap(&mut r.mem, &mut r.alloc, 0x40_5000, 0x1000, &mut g),
+        pt.unmap(
+            &mut r.mem,
+            &mut r.alloc,
+            Unmap {
+                iova: 0x40_5000,
+                len: 0x1000
+            },
+            &mut g
+        ),
         Err(PtError::SplitForbidden)
     );
     assert!(g.is_empty());
@@ -448,7 +458,9 @@ fn unlinked_tables_are_forgotten() {
         r.map(&mut pt, iova, DATA, 0x1_0000, Perms::RW);
         assert_eq!(r.read(SID, iova + 0x3000, 1).unwrap(), vec![0x22]);
         assert!(r.hw.borrow().walk_cache_len() > 0 || r.hw.borrow().tlb_len() > 0);
-        let g = r.unmap(&mut pt, 9, iova, 0x1_0000);
+        // The whole 2 MiB its level-3 table translates: the table goes (a smaller unmap
+        // would keep it, empty, in the engine's reserve).
+        let g = r.unmap(&mut pt, 9, iova, 0x20_0000);
         assert!(g.tables_removed());
         assert!(g.frames_pending() > 0);
         r.release(g);
@@ -508,10 +520,26 @@ fn one_batch_per_gather() {
     let before = r.counters();
     // 256 pages + a lone page far away: one gather, one range batch.
     let mut g = Gather::new();
-    pt.unmap(&mut r.mem, &mut r.alloc, 0x100_0000, 0x10_0000, &mut g)
-        .unwrap();
-    pt.unmap(&mut r.mem, &mut r.alloc, 0x11f_f000, 0x1000, &mut g)
-        .unwrap();
+    pt.unmap(
+        &mut r.mem,
+        &mut r.alloc,
+        Unmap {
+            iova: 0x100_0000,
+            len: 0x10_0000,
+        },
+        &mut g,
+    )
+    .unwrap();
+    pt.unmap(
+        &mut r.mem,
+        &mut r.alloc,
+        Unmap {
+            iova: 0x11f_f000,
+            len: 0x1000,
+        },
+        &mut g,
+    )
+    .unwrap();
     r.be.invalidate(0, 4, &g).unwrap();
     r.release(g);
     let after = r.counters();
@@ -733,8 +761,16 @@ fn command_error_is_recovered() {
     assert!(r.read(SID, 0x1000, 1).is_ok());
     r.hw.borrow_mut().config_mut().ril = false;
     let mut g = Gather::new();
-    pt.unmap(&mut r.mem, &mut r.alloc, 0x1000, 0x2000, &mut g)
-        .unwrap();
+    pt.unmap(
+        &mut r.mem,
+        &mut r.alloc,
+        Unmap {
+            iova: 0x1000,
+            len: 0x2000,
+        },
+        &mut g,
+    )
+    .unwrap();
     let e = r.be.invalidate(0, 2, &g).unwrap_err();
     assert_eq!(
         e,
@@ -1060,11 +1096,29 @@ fn non_coherent_units_get_every_structure_write_cleaned() {
         be.attach(&mut alloc, 0, SID, d).unwrap();
         let mut m = mem.clone();
         let mut g = Gather::new();
-        pt.map(&mut m, &mut alloc, 0x1000, DATA, 0x1000, Perms::RW, &mut g)
-            .unwrap();
+        pt.map(
+            &mut m,
+            &mut alloc,
+            Map {
+                iova: 0x1000,
+                phys: DATA,
+                len: 0x1000,
+                perms: Perms::RW,
+            },
+            &mut g,
+        )
+        .unwrap();
         assert!(hw.dma_read(SID, 0x1000, 8).is_ok());
-        pt.unmap(&mut m, &mut alloc, 0x1000, 0x1000, &mut g)
-            .unwrap();
+        pt.unmap(
+            &mut m,
+            &mut alloc,
+            Unmap {
+                iova: 0x1000,
+                len: 0x1000,
+            },
+            &mut g,
+        )
+        .unwrap();
         be.invalidate(0, 1, &g).unwrap();
         be.block(0, SID).unwrap();
         // Two event records written by the unit, then drained by the CPU.
@@ -1284,6 +1338,7 @@ fn eventq_abort_error_reports_loss_and_still_drains() {
     let mut pt: PageTable<ArmS1> = PageTable::new(
         TableConfig {
             addr_width: 48,
+            phys_width: 48,
             leaf_sizes: LeafSizes::STANDARD,
             split_live_blocks: true,
             coherent: true,
@@ -1300,8 +1355,18 @@ fn eventq_abort_error_reports_loss_and_still_drains() {
     be.attach(&mut alloc, 0, SID, d).unwrap();
     let mut m = mem.clone();
     let mut g = Gather::new();
-    pt.map(&mut m, &mut alloc, 0x1000, DATA, 0x1000, Perms::RW, &mut g)
-        .unwrap();
+    pt.map(
+        &mut m,
+        &mut alloc,
+        Map {
+            iova: 0x1000,
+            phys: DATA,
+            len: 0x1000,
+            perms: Perms::RW,
+        },
+        &mut g,
+    )
+    .unwrap();
     be.block(0, SID).unwrap();
     for i in 0..3 {
         assert_eq!(hw.dma_read(SID, 0x1000 + 4 * i, 4), Err(BAD_STE));
@@ -1309,8 +1374,16 @@ fn eventq_abort_error_reports_loss_and_still_drains() {
     regs.raise();
     // Commands go on while it is active, and do not acknowledge it.
     be.attach(&mut alloc, 0, SID, d).unwrap();
-    pt.unmap(&mut m, &mut alloc, 0x1000, 0x1000, &mut g)
-        .unwrap();
+    pt.unmap(
+        &mut m,
+        &mut alloc,
+        Unmap {
+            iova: 0x1000,
+            len: 0x1000,
+        },
+        &mut g,
+    )
+    .unwrap();
     be.invalidate(0, 1, &g).unwrap();
     g.release(&mut m, &mut alloc);
     assert!(regs.active());

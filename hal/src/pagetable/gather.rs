@@ -14,11 +14,17 @@ use crate::mem::{FrameAlloc, PhysAddr, PhysMem};
 /// needs no memory of its own, so one gather covers any range.
 /// Deliberately not `Clone`: two copies would free the same frames twice.
 ///
+/// Frames pending in a gather are freed only through [`Gather::release`] (or moved by
+/// [`Gather::merge`], or deliberately abandoned with [`Gather::leak`]). Dropping a gather that
+/// still holds frames loses them: debug builds panic, and with the `defmt` feature the loss is
+/// logged as an error.
+///
 /// `repr(C)` with `start` and `last` apart: they are written by separate 8-byte stores, and a
 /// copy of [`Gather::span`] right after a call must not read them with one 16-byte load (a
 /// load that spans two pending stores cannot be forwarded from them and stalls).
 #[derive(Debug, Default, PartialEq, Eq)]
 #[repr(C)]
+#[must_use = "a gather must be invalidated and released, or its frames are lost"]
 pub struct Gather {
     /// First byte changed (valid when `changed`).
     start: u64,
@@ -55,7 +61,7 @@ impl Gather {
         !self.changed && self.free_head.is_none() && !self.tables_removed
     }
 
-    /// The changed IOVA span as `(first, last)` inclusive, if any leaf changed.
+    /// The changed IOVA span as `(first, last)`, both inclusive, if any entry changed.
     #[inline]
     pub fn span(&self) -> Option<(u64, u64)> {
         self.changed.then_some((self.start, self.last))
@@ -86,18 +92,26 @@ impl Gather {
         self.free_count
     }
 
-    /// Records that leaves of `leaf_size` bytes covering `[iova, iova + len)` changed.
+    /// Records that leaves of `leaf_size` bytes covering the `len` bytes from `iova` changed.
+    /// A range that wraps past the top of the 64-bit space is recorded up to its top.
     #[inline(always)]
     pub fn add_range(&mut self, iova: u64, len: u64, leaf_size: u64) {
         if len == 0 {
             return;
         }
-        let last = iova.saturating_add(len - 1);
+        self.add_span(iova, iova.saturating_add(len - 1), leaf_size);
+    }
+
+    /// Records that leaves of `leaf_size` bytes covering `first..=last` changed (inclusive, so
+    /// the whole 64-bit space can be recorded).
+    #[inline(always)]
+    pub fn add_span(&mut self, first: u64, last: u64, leaf_size: u64) {
+        debug_assert!(first <= last);
         if self.changed {
-            self.start = self.start.min(iova);
+            self.start = self.start.min(first);
             self.last = self.last.max(last);
         } else {
-            self.start = iova;
+            self.start = first;
             self.last = last;
             self.changed = true;
         }
@@ -125,8 +139,8 @@ impl Gather {
 
     /// Moves everything recorded in `other` into `self` (one invalidation for both).
     pub fn merge<M: PhysMem + ?Sized>(&mut self, mem: &mut M, mut other: Gather) {
-        if let Some((s, l)) = other.span() {
-            self.add_range(s, l - s + 1, other.min_leaf);
+        if let Some((first, last)) = other.span() {
+            self.add_span(first, last, other.min_leaf);
             self.max_leaf = self.max_leaf.max(other.max_leaf);
         }
         self.tables_removed |= other.tables_removed;
@@ -144,6 +158,17 @@ impl Gather {
         Some(frame)
     }
 
+    /// Abandons the queued frames on purpose: they stay allocated forever (e.g. a domain
+    /// quarantined because its invalidation can never complete). Returns how many. The gather
+    /// is empty afterwards.
+    pub fn leak(&mut self) -> u64 {
+        let n = self.free_count;
+        self.free_head = None;
+        self.free_count = 0;
+        *self = Gather::new();
+        n
+    }
+
     /// Frees the queued frames. Call only after the invalidation covering this gather has
     /// completed on every unit that could have cached the removed tables. Returns how many
     /// frames were freed. The gather is empty afterwards.
@@ -157,7 +182,91 @@ impl Gather {
             alloc.free_frame(frame);
             n += 1;
         }
-        *self = Gather::new();
+        self.start = 0;
+        self.last = 0;
+        self.changed = false;
+        self.tables_removed = false;
+        self.min_leaf = 0;
+        self.max_leaf = 0;
         n
+    }
+}
+
+impl Drop for Gather {
+    /// Frames still pending are lost with the gather: loud in debug builds and in the log.
+    fn drop(&mut self) {
+        if self.free_count != 0 {
+            #[cfg(feature = "defmt")]
+            defmt::error!(
+                "Gather dropped with {=u64} table frames pending: they are leaked",
+                self.free_count
+            );
+            debug_assert!(
+                self.free_count == 0,
+                "Gather dropped with {} table frames pending (release, merge or leak it)",
+                self.free_count
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    #[derive(Default)]
+    struct Ram(BTreeMap<u64, u64>);
+    impl PhysMem for Ram {
+        fn read_u64(&self, pa: PhysAddr) -> u64 {
+            self.0.get(&pa).copied().unwrap_or(0)
+        }
+        fn write_u64(&mut self, pa: PhysAddr, value: u64) {
+            self.0.insert(pa, value);
+        }
+        fn order_writes(&mut self) {}
+    }
+
+    /// Issue 11: a span covering all 64 bits survives a merge (it used to wrap to length 0,
+    /// or panic with overflow checks).
+    #[test]
+    fn merge_keeps_a_span_of_the_whole_64_bit_space() {
+        let mut a = Gather::new();
+        a.add_span(0, u64::MAX, 1 << 39);
+        a.add_range(0x1000, 0x2000, 0x1000);
+        let mut into = Gather::new();
+        into.merge(&mut Ram::default(), a);
+        assert_eq!(into.span(), Some((0, u64::MAX)));
+        assert_eq!((into.min_leaf(), into.max_leaf()), (0x1000, 1 << 39));
+        // 0x1000..2^64 (AMD v1 at 64 bits), recorded as a length: reaches the top.
+        let mut b = Gather::new();
+        b.add_range(0x1000, 0u64.wrapping_sub(0x1000), 0x1000);
+        let mut into = Gather::new();
+        into.merge(&mut Ram::default(), b);
+        assert_eq!(into.span(), Some((0x1000, u64::MAX)));
+    }
+
+    #[test]
+    fn frames_move_with_a_merge_and_leak_is_explicit() {
+        let mut ram = Ram::default();
+        let mut a = Gather::new();
+        a.defer_free(&mut ram, 0x1000);
+        a.defer_free(&mut ram, 0x2000);
+        let mut b = Gather::new();
+        b.merge(&mut ram, a);
+        assert_eq!(b.frames_pending(), 2);
+        assert!(b.tables_removed());
+        assert_eq!(b.leak(), 2);
+        assert!(b.is_empty());
+    }
+
+    #[test]
+    #[should_panic(expected = "table frames pending")]
+    #[cfg(debug_assertions)]
+    fn dropping_pending_frames_is_loud() {
+        let mut ram = Ram::default();
+        let mut a = Gather::new();
+        a.defer_free(&mut ram, 0x1000);
+        drop(a);
     }
 }

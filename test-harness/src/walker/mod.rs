@@ -19,7 +19,7 @@ pub mod arm_s1;
 pub mod riscv;
 pub mod vtd;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::vec::Vec;
 
@@ -268,6 +268,8 @@ pub struct Audit {
     pub dead_leaves: u64,
     /// Non-root tables with no present entry.
     pub empty_tables: u64,
+    /// The first IOVA each table (by frame) translates.
+    pub table_bases: BTreeMap<u64, u64>,
 }
 
 /// Why [`enumerate`] failed.
@@ -303,6 +305,7 @@ pub fn enumerate<W: RefWalker>(
     let mut seen = BTreeSet::new();
     seen.insert(root);
     audit.tables.push((root, top));
+    audit.table_bases.insert(root, 0);
     let last = W::last_iova(addr_width);
     walk_table::<W>(
         mem,
@@ -382,6 +385,7 @@ fn walk_table<W: RefWalker>(
                     return Err(AuditError::SharedTable(addr));
                 }
                 audit.tables.push((addr, next_level));
+                audit.table_bases.insert(addr, iova);
                 walk_table::<W>(
                     mem, addr, next_level, top, addr_width, iova, access, last, audit, seen,
                 )?;

@@ -1,0 +1,360 @@
+//! Unmap: the 4 KiB road, the one-table road, and the general two-pass road.
+//!
+//! Cost: every road clears only the entries the range touches and updates the live count of
+//! each table it changed; a table whose count reaches zero is known empty without reading it
+//! (see *Table lifetime* in the module documentation for what then happens to it). Pass 1 of
+//! the general road reads only the two paths to the range's ends (the only entries that can
+//! need a split) to count the frames the splits need.
+
+use super::lifetime::{Emptied, FramePool, bump, key};
+use super::map::{Changes, Road, Run, Writer};
+use super::table::PageTable;
+use super::walk::{ENTRY_BYTES, Node, Slots, covers, in_one_entry, index, size};
+use super::{Format, Gather, PtError, Pte, Span, Unmap};
+use crate::mem::{FrameAlloc, PhysMem};
+
+impl<F: Format> PageTable<F> {
+    /// Unmaps exactly the pages of the `req.len` bytes from `req.iova`; returns the bytes that
+    /// were mapped.
+    ///
+    /// Holes are fine (unmapping nothing returns 0). A large leaf only partly inside the range
+    /// is split: its replacement table is built completely and installed with one publishing
+    /// store, so the pages that stay mapped never disappear. Tables the range covers that
+    /// become empty are unlinked and queued in `gather` (freed by [`Gather::release`] after the
+    /// invalidation); tables left empty that the range covers only partly stay linked in the
+    /// reserve (see *Table lifetime*); the root stays. Errors, checked in this order, leave
+    /// everything unchanged: `Misaligned`, `ZeroLength`, `OutOfRange`, `SplitForbidden` (a
+    /// split is needed and the unit forbids it), `NoFrame` (a split needs frames that cannot
+    /// be allocated).
+    #[inline]
+    pub fn unmap<M: PhysMem + ?Sized, A: FrameAlloc + ?Sized>(
+        &mut self,
+        mem: &mut M,
+        alloc: &mut A,
+        req: Unmap,
+        gather: &mut Gather,
+    ) -> Result<u64, PtError> {
+        let span = self.check_range(req.iova, req.len)?;
+        let iova = span.first;
+        if let Some(level) = self.one_leaf(iova, req.len) {
+            // One leaf of its table on the remembered path: the fast road.
+            let node = self.path.node[usize::from(level)];
+            if cfg!(debug_assertions) {
+                self.path_start(mem, span);
+            }
+            let pa = node.entry(iova);
+            match F::decode(mem.read_u64(pa), level) {
+                Pte::Absent => return Ok(0),
+                Pte::Leaf { .. } => {
+                    mem.write_u64(pa, 0);
+                    self.counters.leaf_writes += 1;
+                    if !self.config.coherent {
+                        mem.sync_for_device(pa, ENTRY_BYTES);
+                    }
+                    gather.add_span(iova, span.last, req.len);
+                    // One entry never covers its table: an empty table enters the reserve.
+                    if level < self.top() {
+                        let parent = self.path.node[usize::from(level) + 1];
+                        if bump(mem, parent, iova, -1) == 0 {
+                            self.keep_empty_below(mem, alloc, parent, iova, gather);
+                        }
+                    }
+                    return Ok(req.len);
+                }
+                // A table's whole span: the general road.
+                Pte::Table(_) => {}
+            }
+        }
+        self.unmap_slow(mem, alloc, span, gather)
+    }
+
+    /// Takes back what a request that is failing mapped: unmaps like [`Self::unmap`], but a
+    /// table this leaves empty is unlinked at once (with its parents while they become empty)
+    /// unless it was already empty, kept in the reserve, before: so the table, the frames it
+    /// holds and the reserve return to their state before the request (once `gather` is
+    /// invalidated and released). Call it only on ranges the failing request mapped; it never
+    /// splits, so it never allocates.
+    pub fn undo<M: PhysMem + ?Sized, A: FrameAlloc + ?Sized>(
+        &mut self,
+        mem: &mut M,
+        alloc: &mut A,
+        req: Unmap,
+        gather: &mut Gather,
+    ) -> Result<u64, PtError> {
+        self.undoing = true;
+        let r = self.unmap(mem, alloc, req, gather);
+        self.undoing = false;
+        r
+    }
+
+    /// `unmap` beyond one page of the remembered table: the one-table road, else the general
+    /// one. Kept out of line so the 4 KiB road stays lean.
+    #[inline(never)]
+    fn unmap_slow<M: PhysMem + ?Sized, A: FrameAlloc + ?Sized>(
+        &mut self,
+        mem: &mut M,
+        alloc: &mut A,
+        span: Span,
+        gather: &mut Gather,
+    ) -> Result<u64, PtError> {
+        match self.unmap_narrow(mem, alloc, span, gather) {
+            Road::Done(bytes) => Ok(bytes),
+            Road::Wide => self.unmap_general(mem, alloc, span, gather),
+        }
+    }
+
+    /// `unmap` of a span that lies in one table's entries and needs no split (a range inside
+    /// one 2 MiB region, or exactly one leaf): one descent recording the path, the leaves
+    /// cleared, the table's count updated. `Road::Wide`, with nothing changed, when the span
+    /// covers several entries above level 0 or would split a leaf.
+    fn unmap_narrow<M: PhysMem + ?Sized, A: FrameAlloc + ?Sized>(
+        &mut self,
+        mem: &mut M,
+        alloc: &mut A,
+        span: Span,
+        gather: &mut Gather,
+    ) -> Road<u64> {
+        let mut node = self.path_start(mem, span);
+        loop {
+            self.remember(span.first, node);
+            if node.level == 0 {
+                break;
+            }
+            if !in_one_entry(span, node.level) {
+                // Several whole entries of this table: here if none of them is a table.
+                let m = size(node.level) - 1;
+                if span.first & m == 0 && span.last & m == m {
+                    let (a, b) = (index(span.first, node.level), index(span.last, node.level));
+                    let level = node.level;
+                    if (a..=b).all(|i| {
+                        let e = mem.read_u64(node.table + i * ENTRY_BYTES);
+                        !matches!(F::decode(e, level), Pte::Table(_))
+                    }) {
+                        break;
+                    }
+                }
+                return Road::Wide;
+            }
+            match F::decode(mem.read_u64(node.entry(span.first)), node.level) {
+                Pte::Absent => return Road::Done(0),
+                Pte::Table(t) => node = self.child(mem, node, span.first, t),
+                Pte::Leaf { .. } if covers(span, node.level) => break,
+                Pte::Leaf { .. } => return Road::Wide,
+            }
+        }
+        let (a, b) = (index(span.first, node.level), index(span.last, node.level));
+        // First and last entry cleared, and how many.
+        let (mut lo, mut hi, mut n) = (0, 0, 0u64);
+        for i in a..=b {
+            let pa = node.table + i * ENTRY_BYTES;
+            if let Pte::Leaf { .. } = F::decode(mem.read_u64(pa), node.level) {
+                mem.write_u64(pa, 0);
+                if n == 0 {
+                    lo = i;
+                }
+                hi = i;
+                n += 1;
+            }
+        }
+        if n == 0 {
+            return Road::Done(0);
+        }
+        let sz = size(node.level);
+        self.counters.leaf_writes += n;
+        let first = span.first + (lo - a) * sz;
+        gather.add_span(first, first + ((hi - lo + 1) * sz - 1), sz);
+        let top = self.top();
+        let unlinked = node.level < top && {
+            let parent = self.path.node[usize::from(node.level) + 1];
+            bump(mem, parent, span.first, -(n as i64)) == 0
+                && self.emptied_by(mem, alloc, parent, span, gather)
+        };
+        if !unlinked && !self.config.coherent {
+            mem.sync_for_device(node.table + lo * ENTRY_BYTES, (hi - lo + 1) * ENTRY_BYTES);
+        }
+        Road::Done(n * sz)
+    }
+
+    /// The table below `parent`'s entry for `span` (on the remembered path) became empty
+    /// in a one-table unmap: unlinked at once if `span` covers it (then `parent` may become
+    /// empty in turn, partly covered: reserve), else kept in the reserve. Returns whether it
+    /// was unlinked.
+    fn emptied_by<M: PhysMem + ?Sized, A: FrameAlloc + ?Sized>(
+        &mut self,
+        mem: &mut M,
+        alloc: &mut A,
+        parent: Node,
+        span: Span,
+        gather: &mut Gather,
+    ) -> bool {
+        if !covers(span, parent.level) {
+            self.keep_empty_below(mem, alloc, parent, span.first, gather);
+            return false;
+        }
+        self.unlink(mem, alloc, parent, span.first, gather);
+        self.forget_path();
+        if parent.level < self.top() {
+            let grand = self.path.node[usize::from(parent.level) + 1];
+            if bump(mem, grand, span.first, -1) == 0 {
+                // A span inside one entry never covers a whole table of 2 or more entries.
+                self.keep_empty_below(mem, alloc, grand, span.first, gather);
+            }
+        }
+        true
+    }
+
+    /// The empty table below `holder`'s entry for `iova` enters the reserve unless it is
+    /// there (its reserve flag lives in `holder`'s shadow word).
+    pub(super) fn keep_empty_below<M: PhysMem + ?Sized, A: FrameAlloc + ?Sized>(
+        &mut self,
+        mem: &mut M,
+        alloc: &mut A,
+        holder: Node,
+        iova: u64,
+        gather: &mut Gather,
+    ) {
+        let word = mem.read_u64(holder.shadow_word(iova));
+        if super::lifetime::Meta(word).reserved() {
+            return;
+        }
+        self.keep_empty(mem, alloc, key(iova, holder.level - 1), gather);
+    }
+
+    /// The general `unmap`, in two passes (see the module documentation).
+    fn unmap_general<M: PhysMem + ?Sized, A: FrameAlloc + ?Sized>(
+        &mut self,
+        mem: &mut M,
+        alloc: &mut A,
+        span: Span,
+        gather: &mut Gather,
+    ) -> Result<u64, PtError> {
+        let root = self.root_node();
+        let need = self.unmap_count(mem, root, span)?;
+        let mut pool = FramePool::new();
+        if !pool.fill(mem, alloc, need) {
+            return Err(PtError::NoFrame);
+        }
+        self.counters.frames_allocated += need;
+        let mut w = Writer {
+            pt: self,
+            mem,
+            alloc,
+            gather,
+            pool,
+            changes: Changes::default(),
+            emptied: Emptied::default(),
+        };
+        w.clear(root, span);
+        Ok(w.finish())
+    }
+
+    /// Pass 1 of `unmap`: the frames the splits need. Only the entries holding the span's
+    /// first and last byte can be partly covered, so only those two paths are walked.
+    fn unmap_count<M: PhysMem + ?Sized>(
+        &self,
+        mem: &M,
+        node: Node,
+        span: Span,
+    ) -> Result<u64, PtError> {
+        let sz = size(node.level);
+        let first = span.first & !(sz - 1);
+        let last = span.last & !(sz - 1);
+        let mut total = self.unmap_count_entry(mem, node, span, first)?;
+        if last != first {
+            total = total.saturating_add(self.unmap_count_entry(mem, node, span, last)?);
+        }
+        Ok(total)
+    }
+
+    /// Frames a split of `node`'s entry starting at `entry_first` needs for `span`.
+    fn unmap_count_entry<M: PhysMem + ?Sized>(
+        &self,
+        mem: &M,
+        node: Node,
+        span: Span,
+        entry_first: u64,
+    ) -> Result<u64, PtError> {
+        let entry = Span {
+            first: entry_first,
+            last: entry_first + (size(node.level) - 1),
+        };
+        let part = Span {
+            first: span.first.max(entry.first),
+            last: span.last.min(entry.last),
+        };
+        if part == entry {
+            return Ok(0);
+        }
+        match F::decode(mem.read_u64(node.entry(entry_first)), node.level) {
+            Pte::Table(t) if node.level > 0 => {
+                let child = self.child(mem, node, entry_first, t);
+                self.unmap_count(mem, child, part)
+            }
+            Pte::Leaf { phys, .. } if node.level > 0 => {
+                if !self.config.split_live_blocks {
+                    return Err(PtError::SplitForbidden);
+                }
+                Ok(self.split_frames(node.level, entry, part, phys.wrapping_sub(entry.first)))
+            }
+            _ => Ok(0),
+        }
+    }
+}
+
+impl<F: Format, M: PhysMem + ?Sized, A: FrameAlloc + ?Sized> Writer<'_, F, M, A> {
+    /// Pass 2 of `unmap`: clears `span` below `node`. Returns how many entries of `node`'s
+    /// table became absent (the caller updates `node`'s live count).
+    pub fn clear(&mut self, node: Node, span: Span) -> u64 {
+        let mut run = Run::default();
+        let mut removed = 0;
+        for slot in Slots::new(node, span) {
+            match F::decode(self.mem.read_u64(slot.pa), node.level) {
+                Pte::Absent => {}
+                Pte::Leaf { .. } if slot.covered() => {
+                    self.mem.write_u64(slot.pa, 0);
+                    self.pt.counters.leaf_writes += 1;
+                    self.changes.leaf(slot.entry, size(node.level));
+                    self.changes.unmapped += slot.entry.last - slot.entry.first + 1;
+                    run.note(slot.pa);
+                    removed += 1;
+                }
+                Pte::Leaf { phys, perms } if node.level > 0 => {
+                    self.split(node, slot, phys, perms);
+                    run.note(slot.pa);
+                }
+                Pte::Table(t) if node.level > 0 => {
+                    let child = self.pt.child(self.mem, node, slot.entry.first, t);
+                    let n = self.clear(child, slot.part);
+                    let left = if n > 0 {
+                        bump(self.mem, node, slot.entry.first, -(n as i64))
+                    } else {
+                        let w = self.mem.read_u64(slot.shadow_word(node));
+                        super::lifetime::Meta(w).count()
+                    };
+                    if left == 0 {
+                        if slot.covered() {
+                            self.pt.unlink(
+                                self.mem,
+                                self.alloc,
+                                node,
+                                slot.entry.first,
+                                self.gather,
+                            );
+                            self.pt.forget_path();
+                            removed += 1;
+                        } else if n > 0 {
+                            self.emptied.note(slot.entry.first, child.level);
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        // A table the span covers whole is about to be unlinked: no walker needs its clears.
+        let whole = node.level < self.pt.top() && covers(span, node.level + 1);
+        if !self.pt.config.coherent && !whole {
+            run.sync(self.mem);
+        }
+        removed
+    }
+}
