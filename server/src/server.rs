@@ -42,9 +42,9 @@ fn pt_fail(e: PtError, quota_refused: bool) -> Fail {
     }
 }
 
-/// Counters kept by the server, for tests, benchmarks and diagnostics.
+/// Counters kept by the server, for tests, benchmarks and diagnostics. Logged (defmt) with
+/// the error replies by name, only those that occurred.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct Stats {
     /// Requests handled (every call of [`Server::handle`]).
     pub requests: u64,

@@ -241,7 +241,10 @@ mod config_checks {
             let clients = [client(1, &[], &good), client(2, &[], &regions)];
             assert_eq!(
                 validate(&clients, 1, 4, 4),
-                Err(ConfigError::BadRegion(1, 1)),
+                Err(ConfigError::BadRegion {
+                    client: 1,
+                    region: 1
+                }),
                 "{why}"
             );
         }
@@ -272,13 +275,16 @@ mod config_checks {
         let clients = [client(1, &[], &[]), client(1, &[], &[])];
         assert_eq!(
             validate(&clients, 1, 4, 4),
-            Err(ConfigError::DuplicateClient(1))
+            Err(ConfigError::DuplicateClient { client: 1 })
         );
         let clients = [client(1, &[], &[]), client(2, &on_last, &[])];
         assert_eq!(validate(&clients, 2, 4, 4), Ok(1));
         assert_eq!(
             validate(&clients, 1, 4, 4),
-            Err(ConfigError::NoSuchUnit(1, 0))
+            Err(ConfigError::NoSuchUnit {
+                client: 1,
+                device: 0
+            })
         );
     }
 
