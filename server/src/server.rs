@@ -1229,3 +1229,57 @@ fn free_domain<M: PhysMem, A: FrameAlloc, F: Format>(d: Domain<F>, mem: &mut M, 
     pending.release(mem, alloc);
     table.destroy(mem, alloc);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each backend failure kind keeps its own protocol code (a client tells a unit that did
+    /// not answer from one that erred, and a full pool from a broken unit).
+    #[test]
+    fn backend_failures_keep_their_kind() {
+        assert_eq!(backend_fail(ErrorKind::Timeout), Fail::HardwareTimeout);
+        assert_eq!(backend_fail(ErrorKind::NoFrame), Fail::OutOfTableMemory);
+        assert_eq!(backend_fail(ErrorKind::Unsupported), Fail::Unsupported);
+        assert_eq!(backend_fail(ErrorKind::Hardware), Fail::HardwareError);
+        assert_eq!(backend_fail(ErrorKind::BadDevice), Fail::HardwareError);
+        assert_eq!(backend_fail(ErrorKind::Other), Fail::HardwareError);
+    }
+
+    /// Each page-table failure has its protocol code; a frame the client's quota refused is
+    /// `QuotaExceeded`, one the pool lacked `OutOfTableMemory`.
+    #[test]
+    fn table_failures_keep_their_kind() {
+        let cases = [
+            (PtError::Misaligned, Fail::Misaligned),
+            (PtError::ZeroLength, Fail::InvalidArgument),
+            (PtError::OutOfRange, Fail::OutOfRange),
+            (PtError::PhysOutOfRange, Fail::OutOfRange),
+            (PtError::Overlap, Fail::Overlap),
+            (PtError::NoFrame, Fail::OutOfTableMemory),
+            (PtError::SplitForbidden, Fail::Unsupported),
+            (PtError::PermsUnsupported, Fail::Unsupported),
+            (PtError::BadConfig, Fail::Unsupported),
+        ];
+        for (e, want) in cases {
+            assert_eq!(pt_fail(e, false), want, "{e:?}");
+        }
+        assert_eq!(pt_fail(PtError::NoFrame, true), Fail::QuotaExceeded);
+        assert_eq!(pt_fail(PtError::Overlap, true), Fail::Overlap);
+    }
+
+    /// The unit mask iterator yields exactly the set bits, the top one included.
+    #[test]
+    fn units_in_yields_the_set_bits() {
+        let got: heapless::Vec<UnitIndex, 64> = units_in(0b1011 | 1 << 63).collect();
+        assert_eq!(&got[..], &[0, 1, 3, 63]);
+        assert_eq!(units_in(0).count(), 0);
+    }
+
+    /// Tags start at 1 (tag 0 is reserved by some units) and follow the slot.
+    #[test]
+    fn tags_follow_slots() {
+        assert_eq!(tag_of(0), 1);
+        assert_eq!(tag_of(7), 8);
+    }
+}

@@ -69,6 +69,207 @@ mod mock_only {
         assert_eq!(recs.len() as u64, slots.min(8));
         assert_eq!(u64::from(lost), slots.saturating_sub(8));
     }
+
+    /// The counters count exactly what happened: every request, every error reply by its
+    /// code, every invalidation call the units received (completed or failed, retries
+    /// included), every routed, unowned and lost fault record, every failed block.
+    #[test]
+    fn stats_count_exactly() {
+        use iommu_protocol::DeviceHandle;
+        use iommu_test_harness::inject::UnitFault;
+        use iommu_test_harness::server_suite::{B, Fixture, STRANGER, UNOWNED, call, done, faults};
+        fn inv_agree(f: &MockFixture) {
+            assert_eq!(
+                f.server.stats().invalidations,
+                f.server.backend().total_invalidations(),
+                "Stats::invalidations counts every call the units received"
+            );
+        }
+        let rec = Recorder::default();
+        let mut f = MockFixture::with_spec(&Setup::default(), rec.clone(), MockSpec::default());
+        let d = create(&mut f, A);
+        attach(&mut f, A, d, 0);
+        attach(&mut f, A, d, 2);
+        map(&mut f, A, d, 0, 0x1000_0000, 4 * 0x1000, Perms::RW);
+        assert_eq!(unmap(&mut f, A, d, 0, 0x1000), 0x1000);
+        inv_agree(&f);
+        assert_eq!(
+            f.server.stats().invalidations,
+            2,
+            "one per unit the domain is on"
+        );
+        assert_eq!(f.server.stats().requests, 5);
+        // Errors, by code.
+        let zero = map_req(d, 0, 0x1000_0000, 0, Perms::RW);
+        assert_eq!(err(&mut f, A, &zero), Error::InvalidArgument);
+        assert_eq!(err(&mut f, A, &zero), Error::InvalidArgument);
+        assert_eq!(err(&mut f, STRANGER, &Request::Info), Error::NotPermitted);
+        assert_eq!(
+            err(&mut f, B, &Request::DestroyDomain { domain: d }),
+            Error::NoSuchDomain
+        );
+        let st = *f.server.stats();
+        assert_eq!(st.requests, 9);
+        assert_eq!(st.errors[Error::InvalidArgument.code() as usize], 2);
+        assert_eq!(st.errors[Error::NotPermitted.code() as usize], 1);
+        assert_eq!(st.errors[Error::NoSuchDomain.code() as usize], 1);
+        assert_eq!(st.errors.iter().sum::<u64>(), 4);
+        // Faults: two of A's devices, one unowned, then A's queue overflows by two.
+        assert!(dma(&mut f, A, 0, 0x10_0000, false).is_err());
+        assert!(dma(&mut f, A, 2, 0x10_0000, true).is_err());
+        let (unit, rid) = UNOWNED;
+        assert!(
+            f.server
+                .backend_mut()
+                .translate(unit, rid, 0, false)
+                .is_err()
+        );
+        f.server.service_faults();
+        let st = *f.server.stats();
+        assert_eq!(
+            (st.faults_routed, st.faults_unowned, st.faults_lost),
+            (2, 1, 0)
+        );
+        for i in 0..7u64 {
+            assert!(dma(&mut f, A, 0, 0x20_0000 + i * 0x1000, false).is_err());
+            f.server.service_faults();
+        }
+        let st = *f.server.stats();
+        assert_eq!(
+            (st.faults_routed, st.faults_unowned, st.faults_lost),
+            (8, 1, 1)
+        );
+        assert_eq!(faults(&mut f, A).1, 1);
+        // A lost invalidation, its retry, a hung unit's failed blocks: all counted.
+        f.inject(0, UnitFault::Lose { after: 0 });
+        let unmap1 = Request::Unmap {
+            domain: d,
+            iova: 0x1000,
+            len: 0x1000,
+        };
+        assert_eq!(err(&mut f, A, &unmap1), Error::HardwareTimeout);
+        inv_agree(&f);
+        assert_eq!(
+            call(&mut f, A, &unmap1),
+            iommu_protocol::Reply::Unmapped { bytes: 0 }
+        );
+        inv_agree(&f);
+        assert_eq!(f.server.stats().failed_blocks, 0);
+        // The failed invalidation blocked the domain's devices: attach one again, then hang.
+        attach(&mut f, A, d, 0);
+        f.inject(0, UnitFault::Hang);
+        let detach = Request::Detach {
+            device: DeviceHandle(0),
+        };
+        assert_eq!(err(&mut f, A, &detach), Error::HardwareTimeout);
+        assert_eq!(err(&mut f, A, &detach), Error::HardwareTimeout);
+        assert_eq!(f.server.stats().failed_blocks, 2);
+        f.heal();
+        done(&mut f, A, &detach);
+        inv_agree(&f);
+        assert_eq!(
+            f.server.stats().errors[Error::HardwareTimeout.code() as usize],
+            3
+        );
+    }
+
+    /// A quarantined domain is never reclaimed while a device may still reach it: the retry
+    /// before the client's next request fails to block the device (its submission is lost,
+    /// so the unit still holds the cached entry) although the unit answers invalidations
+    /// again; the domain stays quarantined and charged, its tag serves nobody else, and B's
+    /// domain stays out of the device's reach. Once the block succeeds it is reclaimed.
+    #[test]
+    fn quarantine_outlives_a_failed_block() {
+        use iommu_test_harness::inject::UnitFault;
+        use iommu_test_harness::server_suite::{B, Fixture, call};
+        let mut f =
+            MockFixture::with_spec(&Setup::default(), Recorder::default(), MockSpec::default());
+        let d = create(&mut f, A);
+        attach(&mut f, A, d, 0);
+        map(&mut f, A, d, 0, 0x1000_0000, 0x1000, Perms::RW);
+        assert_eq!(dma(&mut f, A, 0, 0, true), Ok(0x1000_0000));
+        f.inject(0, UnitFault::Hang);
+        f.server.client_exited(A);
+        f.heal();
+        assert_eq!(f.server.stats().quarantined_domains, 1);
+        // The retry's block is lost; everything after it would succeed.
+        f.inject(0, UnitFault::Lose { after: 0 });
+        let _ = call(&mut f, A, &Request::Info);
+        assert_eq!(
+            f.server.stats().reclaimed_domains,
+            0,
+            "reclaimed while reachable"
+        );
+        assert_eq!(f.server.usage(A).map(|u| u.0), Some(1));
+        let b = create(&mut f, B);
+        map(&mut f, B, b, 0, 0x4000_0000, 0x1000, Perms::RW);
+        assert_ne!(
+            dma(&mut f, A, 0, 0, true),
+            Ok(0x4000_0000),
+            "A's device reaches B"
+        );
+        // The unit answers: the next request's retry blocks the device and reclaims.
+        let _ = call(&mut f, A, &Request::Info);
+        assert_eq!(f.server.stats().reclaimed_domains, 1);
+        assert_eq!(f.server.usage(A), Some((0, 0)));
+        assert_eq!(dma(&mut f, A, 0, 0, true), Err(Faulted));
+    }
+
+    /// A unit whose invalidation failed is retried once, before the domain's next request,
+    /// and then is clean: later requests that need no invalidation issue none.
+    #[test]
+    fn a_retried_unit_is_clean_afterwards() {
+        use iommu_test_harness::inject::UnitFault;
+        use iommu_test_harness::server_suite::Fixture;
+        let mut f =
+            MockFixture::with_spec(&Setup::default(), Recorder::default(), MockSpec::default());
+        let d = create(&mut f, A);
+        // Device 2 sits behind unit 1 (the stale bit is not bit 0).
+        attach(&mut f, A, d, 2);
+        map(&mut f, A, d, 0, 0x1000_0000, 2 * 0x1000, Perms::RW);
+        f.inject(1, UnitFault::Lose { after: 0 });
+        let unmap1 = Request::Unmap {
+            domain: d,
+            iova: 0x1000,
+            len: 0x1000,
+        };
+        assert_eq!(err(&mut f, A, &unmap1), Error::HardwareTimeout);
+        let inv = |f: &MockFixture| f.server.backend().total_invalidations();
+        let before = inv(&f);
+        map(&mut f, A, d, 0x10_0000, 0x1000_0000, 0x1000, Perms::RW);
+        assert_eq!(inv(&f), before + 1, "the failed unit retried once");
+        let before = inv(&f);
+        map(&mut f, A, d, 0x20_0000, 0x1000_0000, 0x1000, Perms::RW);
+        map(&mut f, A, d, 0x30_0000, 0x1000_0000, 0x1000, Perms::RW);
+        assert_eq!(inv(&f), before, "clean: nothing to invalidate for a map");
+    }
+
+    /// Detaching the last device of a domain on a unit invalidates the domain there once, so
+    /// the unit is no longer dirty: the domain's next unmap invalidates nowhere.
+    #[test]
+    fn detaching_the_last_device_forgets_the_unit() {
+        use iommu_protocol::DeviceHandle;
+        use iommu_test_harness::server_suite::done;
+        let mut f =
+            MockFixture::with_spec(&Setup::default(), Recorder::default(), MockSpec::default());
+        let d = create(&mut f, A);
+        attach(&mut f, A, d, 2);
+        map(&mut f, A, d, 0, 0x1000_0000, 2 * 0x1000, Perms::RW);
+        let on1 = |f: &MockFixture| f.server.backend().invalidations(1);
+        let before = on1(&f);
+        let detach = Request::Detach {
+            device: DeviceHandle(2),
+        };
+        done(&mut f, A, &detach);
+        assert_eq!(on1(&f), before + 1, "the unit forgets the domain at detach");
+        let total = f.server.backend().total_invalidations();
+        assert_eq!(unmap(&mut f, A, d, 0, 0x1000), 0x1000);
+        assert_eq!(
+            f.server.backend().total_invalidations(),
+            total,
+            "no unit is dirty"
+        );
+    }
 }
 
 /// Issue 10, case 4: quotas that cannot all be honoured at once are refused at start, so no
