@@ -85,7 +85,10 @@
 //!   destroyed, after its devices are blocked and the domain-wide invalidation completed) are
 //!   charged to the client per request through a counting wrapper around the global
 //!   allocator: refused by the quota is `QuotaExceeded`. Frames come back to the quota when
-//!   freed (after the invalidation). Unit structures shared between domains (VT-d context
+//!   freed (after the invalidation). Empty tables the page-table engine keeps linked in its
+//!   reserve (hal's *Table lifetime*) stay charged, but never make a request fail: a map or
+//!   unmap short of frames gives the client's reserves back (invalidated first, as any
+//!   unmap) and runs once more ([`Server::trim`] does the same on demand). Unit structures shared between domains (VT-d context
 //!   tables, SMMUv3 level-2 stream tables) are taken from the pool at start for every
 //!   configured device (`Backend::prepare`) and never freed. [`Server::new`] refuses
 //!   quotas that could not all be honoured at once: `max_domains` adding up to more than the

@@ -171,7 +171,7 @@ fn decode_hex(hex: &str) -> Option<Vec<u8>> {
 
 impl MicrokitLog {
     /// Notes what a text line says: failure markers, and the monitor's fault reports
-    /// ("MON|ERROR: faulting PD: <name>", then "MON|ERROR: <Kind>: ... fault_addr=0x...").
+    /// (`MON|ERROR: faulting PD: <name>`, then `MON|ERROR: <Kind>: ... fault_addr=0x...`).
     pub fn text(&mut self, line: &str) {
         let line = line.trim_end_matches('\r');
         if ["PANIC", "EXCEPTION", "FAIL"]
