@@ -1350,6 +1350,36 @@ mod tests {
         assert_eq!(units_in(0).count(), 0);
     }
 
+    /// Handles are per client, never 0 and never one still in use: once the counter wraps,
+    /// creation skips 0 and the handles held.
+    #[test]
+    fn handles_skip_zero_and_those_in_use() {
+        use crate::config::ClientConfig;
+        use iommu_test_harness::mock::{MockSpec, VtdMock};
+        use iommu_test_harness::sim::{SharedMem, SimAlloc};
+        let clients = [ClientConfig {
+            id: ClientId(1),
+            devices: &[],
+            regions: &[],
+            max_domains: 4,
+            max_table_frames: 64,
+        }];
+        let mem = SharedMem::new();
+        let alloc = SimAlloc::new(mem.clone(), 0x1_0000_0000, 512);
+        let config = Config {
+            clients: &clients,
+            reserved: &[],
+        };
+        let backend = VtdMock::new(mem.clone(), MockSpec::default());
+        let mut s: Server<'_, VtdMock, SharedMem, SimAlloc, crate::NoNotify, 2, 8, 4, 4> =
+            Server::new(backend, mem, alloc, crate::NoNotify, config).expect("valid");
+        s.clients[0].next_handle = u32::MAX;
+        assert_eq!(s.op_create(0), Ok(u32::MAX));
+        assert_eq!(s.op_create(0), Ok(1), "0 is never a handle");
+        s.clients[0].next_handle = u32::MAX;
+        assert_eq!(s.op_create(0), Ok(2), "handles in use are skipped");
+    }
+
     /// Tags start at 1 (tag 0 is reserved by some units) and follow the slot.
     #[test]
     fn tags_follow_slots() {

@@ -270,6 +270,77 @@ mod mock_only {
             "no unit is dirty"
         );
     }
+
+    /// What is wrong with a request itself is reported before any capability check: a
+    /// misaligned or wrapping address alone, of memory the client was never granted, is
+    /// `Misaligned` or `OutOfRange`, never `NotPermitted`.
+    #[test]
+    fn argument_errors_come_before_capability_errors() {
+        let mut f =
+            MockFixture::with_spec(&Setup::default(), Recorder::default(), MockSpec::default());
+        let d = create(&mut f, A);
+        let pg = 0x1000;
+        // 0x7000_0000 is granted to nobody.
+        let far = 0x7000_0000;
+        let cases = [
+            (pg, far + 1, pg, Error::Misaligned),
+            (pg + 1, far, pg, Error::Misaligned),
+            (pg, far, pg + 1, Error::Misaligned),
+            (u64::MAX - 0xfff, far, 2 * pg, Error::OutOfRange),
+            (pg, u64::MAX - 0xfff, 2 * pg, Error::OutOfRange),
+            (pg, far, pg, Error::NotPermitted),
+        ];
+        for (iova, phys, len, want) in cases {
+            let req = map_req(d, iova, phys, len, Perms::RW);
+            assert_eq!(err(&mut f, A, &req), want, "{iova:#x} {phys:#x} {len:#x}");
+        }
+    }
+
+    /// A Detach whose block completed but whose invalidation of the domain on the unit was
+    /// lost (here unit 1, while the domain also has a device on unit 0): the device is
+    /// blocked (Done), the lost unit is retried before the domain's next request, the other
+    /// unit stays invalidated on unmaps, the retried unit is clean afterwards, and the tag
+    /// never serves C (whose device is on unit 1) with A's stale translations behind it.
+    #[test]
+    fn a_lost_detach_invalidation_on_one_of_two_units() {
+        use iommu_protocol::DeviceHandle;
+        use iommu_test_harness::inject::UnitFault;
+        use iommu_test_harness::server_suite::{C, Fixture, done};
+        let mut f =
+            MockFixture::with_spec(&Setup::default(), Recorder::default(), MockSpec::default());
+        let x = 0x30_0000;
+        let d = create(&mut f, A);
+        attach(&mut f, A, d, 0);
+        attach(&mut f, A, d, 2);
+        map(&mut f, A, d, x, 0x1000_0000, 2 * 0x1000, Perms::RW);
+        assert_eq!(dma(&mut f, A, 0, x, true), Ok(0x1000_0000));
+        assert_eq!(dma(&mut f, A, 2, x, true), Ok(0x1000_0000));
+        assert_eq!(dma(&mut f, A, 2, x + 0x1000, true), Ok(0x1000_1000));
+        // The block passes; the invalidation of the domain's tag on unit 1 after it is lost.
+        f.inject(1, UnitFault::Lose { after: 1 });
+        let detach = |dev| Request::Detach {
+            device: DeviceHandle(dev),
+        };
+        done(&mut f, A, &detach(2));
+        assert_eq!(dma(&mut f, A, 2, x, true), Err(Faulted));
+        // Device 0 on unit 0 still sees unmaps.
+        assert_eq!(unmap(&mut f, A, d, x, 0x1000), 0x1000);
+        assert_eq!(dma(&mut f, A, 0, x, true), Err(Faulted), "unit 0 stale");
+        // Unit 1 was retried, and nothing of the domain is on it: not invalidated again.
+        let on1 = f.server.backend().invalidations(1);
+        assert_eq!(unmap(&mut f, A, d, x + 0x1000, 0x1000), 0x1000);
+        assert_eq!(f.server.backend().invalidations(1), on1, "unit 1 is clean");
+        // The domain goes; C's domain gets its tag on unit 1, without A's translations.
+        done(&mut f, A, &detach(0));
+        done(&mut f, A, &Request::DestroyDomain { domain: d });
+        let c = create(&mut f, C);
+        attach(&mut f, C, c, 0);
+        assert_eq!(
+            dma(&mut f, C, 0, x + 0x1000, true),
+            Err(Faulted),
+            "A's stale page"
+        );
+    }
 }
 
 /// Issue 10, case 4: quotas that cannot all be honoured at once are refused at start, so no
@@ -558,5 +629,139 @@ mod config_checks {
         ] {
             assert_eq!(ranges(last, &bad), None, "{why}");
         }
+    }
+}
+
+/// Physical ranges at the edges of what the units can address (the mock's units output 52
+/// bits): the lowest page and the highest addressable page map; one page further is
+/// `OutOfRange`, as is a granted page beyond the output width.
+mod phys_edges {
+    use iommu_hal::pagetable::Perms;
+    use iommu_protocol::{DomainHandle, Error, Reply, Request};
+    use iommu_server::{ClientConfig, ClientId, Config, RegionGrant, Server};
+    use iommu_test_harness::mock::{MockSpec, VtdMock};
+    use iommu_test_harness::server_suite::{POOL_BASE, Recorder};
+    use iommu_test_harness::sim::{SharedMem, SimAlloc};
+
+    const TOP: u64 = 1 << 52;
+    const REGIONS: [RegionGrant; 4] = [
+        // Write-only: the device may write it (e.g. a receive buffer), never read it.
+        RegionGrant {
+            base: 0x100_0000,
+            len: 0x10_0000,
+            perms: Perms {
+                read: false,
+                write: true,
+            },
+        },
+        RegionGrant {
+            base: 0,
+            len: 0x10_0000,
+            perms: Perms::RW,
+        },
+        RegionGrant {
+            base: TOP - 0x10_0000,
+            len: 0x20_0000,
+            perms: Perms::RW,
+        },
+        RegionGrant {
+            base: u64::MAX - 0xfff,
+            len: 0x1000,
+            perms: Perms::RW,
+        },
+    ];
+
+    #[test]
+    fn phys_edges() {
+        let clients = [ClientConfig {
+            id: ClientId(1),
+            devices: &[],
+            regions: &REGIONS,
+            max_domains: 1,
+            max_table_frames: 32,
+        }];
+        let mem = SharedMem::new();
+        let alloc = SimAlloc::new(mem.clone(), POOL_BASE, 64);
+        let config = Config {
+            clients: &clients,
+            reserved: &[],
+        };
+        let mut s: Server<'_, VtdMock, SharedMem, SimAlloc, Recorder, 4, 16, 16, 8> = Server::new(
+            VtdMock::new(mem.clone(), MockSpec::default()),
+            mem,
+            alloc,
+            Recorder::default(),
+            config,
+        )
+        .expect("valid configuration");
+        let c = ClientId(1);
+        let Reply::DomainCreated { domain } = s.handle_request(c, Request::CreateDomain) else {
+            panic!("CreateDomain");
+        };
+        let map_p = |s: &mut Server<'_, VtdMock, SharedMem, SimAlloc, Recorder, 4, 16, 16, 8>,
+                     domain: DomainHandle,
+                     iova: u64,
+                     phys: u64,
+                     len: u64,
+                     perms: iommu_protocol::Perms| {
+            s.handle_request(
+                c,
+                Request::Map {
+                    domain,
+                    iova,
+                    phys,
+                    len,
+                    perms,
+                },
+            )
+        };
+        let map =
+            |s: &mut Server<'_, VtdMock, SharedMem, SimAlloc, Recorder, 4, 16, 16, 8>,
+             domain: DomainHandle,
+             iova: u64,
+             phys: u64,
+             len: u64| map_p(s, domain, iova, phys, len, iommu_protocol::Perms::RW);
+        // A write-only grant is never readable.
+        use iommu_protocol::Perms as P;
+        for perms in [P::READ, P::RW] {
+            assert_eq!(
+                map_p(&mut s, domain, 0x80_0000, 0x100_0000, 0x1000, perms),
+                Reply::Error(Error::NotPermitted),
+                "{perms:?}"
+            );
+        }
+        assert_eq!(
+            map_p(&mut s, domain, 0x80_0000, 0x100_0000, 0x1000, P::WRITE),
+            Reply::Done
+        );
+        // The lowest pages, and the highest page the units can address.
+        assert_eq!(map(&mut s, domain, 0, 0, 0x2000), Reply::Done);
+        assert_eq!(
+            map(&mut s, domain, 0x10_0000, TOP - 0x1000, 0x1000),
+            Reply::Done
+        );
+        assert_eq!(
+            map(&mut s, domain, 0x20_0000, TOP - 0x2000, 0x2000),
+            Reply::Done
+        );
+        // One page further: granted, but beyond every unit's output width.
+        for (phys, len) in [
+            (TOP - 0x1000, 0x2000),
+            (TOP, 0x1000),
+            (u64::MAX - 0xfff, 0x1000),
+        ] {
+            assert_eq!(
+                map(&mut s, domain, 0x40_0000, phys, len),
+                Reply::Error(Error::OutOfRange),
+                "{phys:#x}+{len:#x}"
+            );
+        }
+        let q = |s: &mut Server<'_, VtdMock, SharedMem, SimAlloc, Recorder, 4, 16, 16, 8>, iova| {
+            s.handle_request(c, Request::Query { domain, iova })
+        };
+        assert!(
+            matches!(q(&mut s, 0x10_0000), Reply::Translation { phys, .. } if phys == TOP - 0x1000)
+        );
+        assert_eq!(q(&mut s, 0x40_0000), Reply::Error(Error::NotMapped));
     }
 }
