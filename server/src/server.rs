@@ -215,9 +215,17 @@ fn probe_pool<A: FrameAlloc, M: PhysMem>(alloc: &mut A, mem: &mut M, wanted: u64
     got
 }
 
-/// Iterates the set bits of a unit mask.
-fn units_in(mask: u64) -> impl Iterator<Item = UnitIndex> {
-    (0..64).filter(move |u| mask & (1u64 << u) != 0)
+/// Iterates the set bits of a unit mask, lowest first, one step per set bit (an empty mask,
+/// the common case for a map, costs one test).
+fn units_in(mut mask: u64) -> impl Iterator<Item = UnitIndex> {
+    core::iter::from_fn(move || {
+        if mask == 0 {
+            return None;
+        }
+        let u = mask.trailing_zeros();
+        mask &= mask - 1;
+        Some(u as UnitIndex)
+    })
 }
 
 const fn tag_of(slot: usize) -> u16 {
