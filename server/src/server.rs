@@ -494,15 +494,22 @@ impl<
     }
 
     /// Retries the invalidations that failed earlier for `slot`; frees the frames that waited
-    /// for them once every unit is clean.
+    /// for them once every unit is clean. Inline: on every map and unmap it is one test.
+    #[inline]
     fn ensure_clean(&mut self, slot: usize) -> Result<(), Fail> {
+        match &self.domains[slot] {
+            Slot::Live(d) if d.stale == 0 => Ok(()),
+            _ => self.retry_stale(slot),
+        }
+    }
+
+    /// [`Server::ensure_clean`] when some unit is stale (or the slot is not live).
+    #[cold]
+    fn retry_stale(&mut self, slot: usize) -> Result<(), Fail> {
         let tag = tag_of(slot);
         let Slot::Live(d) = &mut self.domains[slot] else {
             return Err(Fail::NoSuchDomain);
         };
-        if d.stale == 0 {
-            return Ok(());
-        }
         for u in units_in(d.stale) {
             self.stats.invalidations += 1;
             self.backend
