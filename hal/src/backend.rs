@@ -12,7 +12,6 @@ pub type UnitIndex = usize;
 
 /// What a unit can do, read from its capability registers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct UnitInfo {
     /// Input (IOVA) address width in bits that the page tables are built for.
     pub addr_width: u32,
@@ -31,9 +30,27 @@ pub struct UnitInfo {
     pub max_tag: u16,
 }
 
+#[cfg(feature = "defmt")]
+impl defmt::Format for UnitInfo {
+    fn format(&self, f: defmt::Formatter<'_>) {
+        defmt::write!(
+            f,
+            "UnitInfo {{ addr_width: {=u32}, phys_width: {=u32}, leaf_sizes: {=u64:#x}, \
+             caches_not_present: {=bool}, split_live_blocks: {=bool}, coherent_walk: {=bool}, \
+             max_tag: {=u16} }}",
+            self.addr_width,
+            self.phys_width,
+            self.leaf_sizes.0,
+            self.caches_not_present,
+            self.split_live_blocks,
+            self.coherent_walk,
+            self.max_tag
+        )
+    }
+}
+
 /// What a device is attached to: a domain's hardware tag and root table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct DomainConfig {
     /// Hardware domain tag (VT-d DID, SMMU ASID, AMD DomainID, RISC-V PSCID/GSCID), `>= 1`.
     pub tag: u16,
@@ -43,6 +60,20 @@ pub struct DomainConfig {
     pub levels: u8,
     /// Input address width the table was built for.
     pub addr_width: u32,
+}
+
+#[cfg(feature = "defmt")]
+impl defmt::Format for DomainConfig {
+    fn format(&self, f: defmt::Formatter<'_>) {
+        defmt::write!(
+            f,
+            "DomainConfig {{ tag: {=u16}, root: {=u64:#x}, levels: {=u8}, addr_width: {=u32} }}",
+            self.tag,
+            self.root,
+            self.levels,
+            self.addr_width
+        )
+    }
 }
 
 /// What kind of failure a backend met. The server decides on the kind only.
@@ -64,6 +95,19 @@ pub enum ErrorKind {
     Other,
 }
 
+impl core::fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(match self {
+            ErrorKind::Timeout => "the unit did not answer in bounded time",
+            ErrorKind::Hardware => "the unit reported an error or is in a bad state",
+            ErrorKind::NoFrame => "no frame for a unit structure: give the frame pool more",
+            ErrorKind::BadDevice => "device id or unit index outside what the unit supports",
+            ErrorKind::Unsupported => "the unit cannot do this",
+            ErrorKind::Other => "other backend failure",
+        })
+    }
+}
+
 /// A backend error: concrete per backend (with a message a person can act on), mapped to one
 /// shared [`ErrorKind`] on which the server decides.
 pub trait BackendError: core::error::Error {
@@ -74,7 +118,6 @@ pub trait BackendError: core::error::Error {
 /// How a unit signals that it has fault records or an error pending (its fault / event /
 /// error interrupt), as the platform provides it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[non_exhaustive]
 pub enum FaultInterrupt {
     /// A message-signalled interrupt: the unit writes `data` (32 bits) to `address` (VT-d
@@ -89,6 +132,18 @@ pub enum FaultInterrupt {
     /// The unit's wired interrupt lines, routed by the platform (e.g. the SMMUv3 event queue
     /// and GERROR SPIs of a GIC, RISC-V IOMMU wires to a PLIC/APLIC).
     Wired,
+}
+
+#[cfg(feature = "defmt")]
+impl defmt::Format for FaultInterrupt {
+    fn format(&self, f: defmt::Formatter<'_>) {
+        match self {
+            FaultInterrupt::Msi { address, data } => {
+                defmt::write!(f, "MSI {=u64:#x} <- {=u32:#x}", address, data)
+            }
+            FaultInterrupt::Wired => defmt::write!(f, "wired"),
+        }
+    }
 }
 
 /// Why a DMA was refused, as recorded by the unit.
@@ -109,7 +164,6 @@ pub enum FaultReason {
 
 /// One fault record drained from a unit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct FaultRecord {
     /// The unit that recorded it.
     pub unit: UnitIndex,
@@ -121,6 +175,21 @@ pub struct FaultRecord {
     pub write: bool,
     /// Why it faulted.
     pub reason: FaultReason,
+}
+
+#[cfg(feature = "defmt")]
+impl defmt::Format for FaultRecord {
+    fn format(&self, f: defmt::Formatter<'_>) {
+        defmt::write!(
+            f,
+            "unit {=usize}, device {=u32:#06x}, iova {=u64:#x}, {=str}, {}",
+            self.unit,
+            self.device,
+            self.iova,
+            if self.write { "write" } else { "read" },
+            self.reason
+        )
+    }
 }
 
 /// A backend driving all units of one vendor kind.

@@ -51,9 +51,28 @@ pub enum BarError {
     Bad64BitBar,
 }
 
-/// One memory BAR the allocator placed.
+impl core::fmt::Display for BarError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            BarError::WindowFull { size } => write!(
+                f,
+                "no naturally aligned room left in the MMIO window for a BAR of {size:#x} bytes"
+            ),
+            BarError::BadSize { index } => write!(
+                f,
+                "BAR {index} reads back a size that is not a power of two (broken device)"
+            ),
+            BarError::Bad64BitBar => {
+                f.write_str("a 64-bit BAR sits in the last BAR register (no upper half)")
+            }
+        }
+    }
+}
+
+impl core::error::Error for BarError {}
+
+/// One memory BAR the allocator placed (logged with addresses in hex).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[cfg_attr(target_os = "none", derive(defmt::Format))]
 pub struct AssignedBar {
     /// BAR register index (0..6).
     pub index: u16,
@@ -67,6 +86,26 @@ pub struct AssignedBar {
     pub is_64: bool,
     /// Whether it is prefetchable.
     pub prefetchable: bool,
+}
+
+#[cfg(target_os = "none")]
+impl defmt::Format for AssignedBar {
+    fn format(&self, f: defmt::Formatter<'_>) {
+        defmt::write!(
+            f,
+            "BAR{=u16} cpu {=u64:#x}+{=u64:#x} = pci {=u64:#x} ({=str}{=str})",
+            self.index,
+            self.cpu_addr,
+            self.size,
+            self.pci_addr,
+            if self.is_64 { "64-bit" } else { "32-bit" },
+            if self.prefetchable {
+                ", prefetchable"
+            } else {
+                ""
+            }
+        )
+    }
 }
 
 impl BarAllocator {
@@ -173,6 +212,14 @@ mod tests {
     use super::*;
     use crate::pci::mem_bar;
     use std::collections::BTreeMap;
+    use std::string::ToString;
+
+    #[test]
+    fn errors_name_the_bar() {
+        let e = BarError::WindowFull { size: 0x10_0000 };
+        assert!(e.to_string().contains("0x100000"), "{e}");
+        assert!(BarError::BadSize { index: 2 }.to_string().contains("BAR 2"));
+    }
 
     /// One function whose BARs answer sizing like hardware: each register keeps only the
     /// address bits its size allows, plus read-only flag bits.

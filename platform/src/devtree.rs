@@ -66,24 +66,71 @@ const GIC_V3: &str = "arm,gic-v3";
 pub enum DtError {
     /// No FDT header (bad magic), or the blob is shorter than its header says.
     BadHeader,
-    /// A property's value does not have the size its cells say (property name given).
-    BadProperty(&'static str),
-    /// More nodes or entries than this module keeps (what overflowed given).
-    TooMany(&'static str),
+    /// A property is missing or its value does not have the size its cells say.
+    BadProperty {
+        /// The property's name.
+        name: &'static str,
+    },
+    /// More nodes or entries than this module keeps.
+    TooMany {
+        /// What overflowed.
+        what: &'static str,
+    },
     /// An `iommu-map` names an IOMMU whose `#iommu-cells` is not 1 (the only form decoded).
-    UnsupportedIommuCells(u32),
+    UnsupportedIommuCells {
+        /// Its `#iommu-cells` (0 when absent).
+        cells: u32,
+    },
     /// An `iommu-map` names a phandle no node has.
-    UnknownPhandle(u32),
+    UnknownPhandle {
+        /// The phandle.
+        phandle: u32,
+    },
 }
 
-/// A physical address range.
+impl core::fmt::Display for DtError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match *self {
+            DtError::BadHeader => {
+                f.write_str("no device tree: bad FDT magic, or shorter than its header says")
+            }
+            DtError::BadProperty { name } => write!(
+                f,
+                "device tree property `{name}` is missing or its size disagrees with its cells"
+            ),
+            DtError::TooMany { what } => {
+                write!(f, "more {what} in the device tree than this module keeps")
+            }
+            DtError::UnsupportedIommuCells { cells } => write!(
+                f,
+                "an iommu-map names an IOMMU with #iommu-cells = {cells}; only 1 is decoded"
+            ),
+            DtError::UnknownPhandle { phandle } => {
+                write!(
+                    f,
+                    "an iommu-map names phandle {phandle:#x}, which no node has"
+                )
+            }
+        }
+    }
+}
+
+impl core::error::Error for DtError {}
+
+/// A physical address range (logged as `base+size` in hex).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[cfg_attr(target_os = "none", derive(defmt::Format))]
 pub struct Region {
     /// First byte.
     pub base: u64,
     /// Length in bytes.
     pub size: u64,
+}
+
+#[cfg(target_os = "none")]
+impl defmt::Format for Region {
+    fn format(&self, f: defmt::Formatter<'_>) {
+        defmt::write!(f, "{=u64:#x}+{=u64:#x}", self.base, self.size)
+    }
 }
 
 /// One interrupt line at the GIC.
@@ -228,9 +275,8 @@ pub enum Space {
     Mem64,
 }
 
-/// One window of the PCIe host's `ranges`.
+/// One window of the PCIe host's `ranges` (logged with addresses in hex).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[cfg_attr(target_os = "none", derive(defmt::Format))]
 pub struct Window {
     /// The PCI space.
     pub space: Space,
@@ -244,6 +290,25 @@ pub struct Window {
     pub size: u64,
 }
 
+#[cfg(target_os = "none")]
+impl defmt::Format for Window {
+    fn format(&self, f: defmt::Formatter<'_>) {
+        defmt::write!(
+            f,
+            "{} cpu {=u64:#x}+{=u64:#x} = pci {=u64:#x}{=str}",
+            self.space,
+            self.cpu_addr,
+            self.size,
+            self.pci_addr,
+            if self.prefetchable {
+                " prefetchable"
+            } else {
+                ""
+            }
+        )
+    }
+}
+
 impl Window {
     /// The CPU address of PCI bus address `pci`, if the window holds it.
     pub fn cpu_of(&self, pci: u64) -> Option<u64> {
@@ -253,9 +318,8 @@ impl Window {
 }
 
 /// One `iommu-map` entry: requester ids `rid_base..rid_base + len` reach the IOMMU with
-/// phandle `iommu` as ids `id_base..id_base + len`.
+/// phandle `iommu` as ids `id_base..id_base + len` (logged with ids in hex).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[cfg_attr(target_os = "none", derive(defmt::Format))]
 pub struct IdMapEntry {
     /// First requester id (after `iommu-map-mask`).
     pub rid_base: u32,
@@ -265,6 +329,20 @@ pub struct IdMapEntry {
     pub id_base: u32,
     /// Number of ids.
     pub len: u32,
+}
+
+#[cfg(target_os = "none")]
+impl defmt::Format for IdMapEntry {
+    fn format(&self, f: defmt::Formatter<'_>) {
+        defmt::write!(
+            f,
+            "rid {=u32:#06x}+{=u32:#x} -> iommu {=u32:#x} id {=u32:#x}",
+            self.rid_base,
+            self.len,
+            self.iommu,
+            self.id_base
+        )
+    }
 }
 
 /// The generic ECAM PCIe host bridge.
@@ -393,7 +471,7 @@ fn u32_prop(node: FdtNode<'_, '_>, name: &'static str) -> Result<Option<u32>, Dt
         None => Ok(None),
         Some(p) => match p.value {
             [a, b, c, d] => Ok(Some(u32::from_be_bytes([*a, *b, *c, *d]))),
-            _ => Err(DtError::BadProperty(name)),
+            _ => Err(DtError::BadProperty { name }),
         },
     }
 }
@@ -407,8 +485,9 @@ fn first_reg(node: FdtNode<'_, '_>) -> Result<Option<Region>, DtError> {
         return Ok(None);
     };
     let (base, _) =
-        take_cells(r.address, r.address.len() / 4).ok_or(DtError::BadProperty("reg"))?;
-    let (size, _) = take_cells(r.size, r.size.len() / 4).ok_or(DtError::BadProperty("reg"))?;
+        take_cells(r.address, r.address.len() / 4).ok_or(DtError::BadProperty { name: "reg" })?;
+    let (size, _) =
+        take_cells(r.size, r.size.len() / 4).ok_or(DtError::BadProperty { name: "reg" })?;
     Ok(Some(Region { base, size }))
 }
 
@@ -441,10 +520,10 @@ fn regs<const N: usize>(node: FdtNode<'_, '_>) -> Result<Vec<Region, N>, DtError
     let mut out = Vec::new();
     if let Some(regs) = node.raw_reg() {
         for r in regs {
-            let (base, _) =
-                take_cells(r.address, r.address.len() / 4).ok_or(DtError::BadProperty("reg"))?;
+            let (base, _) = take_cells(r.address, r.address.len() / 4)
+                .ok_or(DtError::BadProperty { name: "reg" })?;
             let (size, _) =
-                take_cells(r.size, r.size.len() / 4).ok_or(DtError::BadProperty("reg"))?;
+                take_cells(r.size, r.size.len() / 4).ok_or(DtError::BadProperty { name: "reg" })?;
             if out.push(Region { base, size }).is_err() {
                 break;
             }
@@ -456,7 +535,7 @@ fn regs<const N: usize>(node: FdtNode<'_, '_>) -> Result<Vec<Region, N>, DtError
 fn parse_gic(node: FdtNode<'_, '_>, version: GicVersion) -> Result<Gic, DtError> {
     let r: Vec<Region, 2> = regs(node)?;
     let [distributor, cpu_or_redistributor] = r.as_slice() else {
-        return Err(DtError::BadProperty("reg"));
+        return Err(DtError::BadProperty { name: "reg" });
     };
     Ok(Gic {
         version,
@@ -491,7 +570,7 @@ fn smmu_irqs(fdt: &Fdt<'_>, node: FdtNode<'_, '_>) -> Result<SmmuIrqs, DtError> 
         return Ok(irqs);
     }
     if spec.value.len() % 12 != 0 {
-        return Err(DtError::BadProperty("interrupts"));
+        return Err(DtError::BadProperty { name: "interrupts" });
     }
     let names = names.value.split(|&b| b == 0);
     for (cells, name) in spec.value.chunks_exact(12).zip(names) {
@@ -508,7 +587,7 @@ fn smmu_irqs(fdt: &Fdt<'_>, node: FdtNode<'_, '_>) -> Result<SmmuIrqs, DtError> 
             1 => word(1).checked_add(16),
             _ => None,
         }
-        .ok_or(DtError::BadProperty("interrupts"))?;
+        .ok_or(DtError::BadProperty { name: "interrupts" })?;
         let irq = Some(Interrupt {
             intid,
             edge: word(2) & 0x3 != 0,
@@ -524,20 +603,21 @@ fn smmu_irqs(fdt: &Fdt<'_>, node: FdtNode<'_, '_>) -> Result<SmmuIrqs, DtError> 
 }
 
 fn parse_pci(fdt: &Fdt<'_>, node: FdtNode<'_, '_>) -> Result<PciHost, DtError> {
-    let ecam = first_reg(node)?.ok_or(DtError::BadProperty("reg"))?;
+    let ecam = first_reg(node)?.ok_or(DtError::BadProperty { name: "reg" })?;
     let (mut bus_first, mut bus_last) = (0u8, 255u8);
     if let Some(p) = node.property("bus-range") {
-        let (first, rest) = take_cells(p.value, 1).ok_or(DtError::BadProperty("bus-range"))?;
-        let (last, _) = take_cells(rest, 1).ok_or(DtError::BadProperty("bus-range"))?;
+        let (first, rest) =
+            take_cells(p.value, 1).ok_or(DtError::BadProperty { name: "bus-range" })?;
+        let (last, _) = take_cells(rest, 1).ok_or(DtError::BadProperty { name: "bus-range" })?;
         if first > last || last > 255 {
-            return Err(DtError::BadProperty("bus-range"));
+            return Err(DtError::BadProperty { name: "bus-range" });
         }
         (bus_first, bus_last) = (first as u8, last as u8);
     }
     // The ECAM window bounds the buses that can be reached.
     let ecam_buses = (ecam.size >> 20).min(256);
     if ecam_buses == 0 {
-        return Err(DtError::BadProperty("reg"));
+        return Err(DtError::BadProperty { name: "reg" });
     }
     bus_last = bus_last.min((u64::from(bus_first) + ecam_buses - 1).min(255) as u8);
 
@@ -551,18 +631,20 @@ fn parse_pci(fdt: &Fdt<'_>, node: FdtNode<'_, '_>) -> Result<PciHost, DtError> {
     let mut windows = Vec::new();
     if let Some(p) = node.property("ranges") {
         if child_ac != 3 || size_c > 2 || parent_ac > 2 {
-            return Err(DtError::BadProperty("ranges"));
+            return Err(DtError::BadProperty { name: "ranges" });
         }
         let entry = 4 * (child_ac + parent_ac + size_c);
         if p.value.len() % entry != 0 {
-            return Err(DtError::BadProperty("ranges"));
+            return Err(DtError::BadProperty { name: "ranges" });
         }
         for e in p.value.chunks_exact(entry) {
-            let (hi, rest) = take_cells(e, 1).ok_or(DtError::BadProperty("ranges"))?;
-            let (pci_addr, rest) = take_cells(rest, 2).ok_or(DtError::BadProperty("ranges"))?;
+            let (hi, rest) = take_cells(e, 1).ok_or(DtError::BadProperty { name: "ranges" })?;
+            let (pci_addr, rest) =
+                take_cells(rest, 2).ok_or(DtError::BadProperty { name: "ranges" })?;
             let (cpu_addr, rest) =
-                take_cells(rest, parent_ac).ok_or(DtError::BadProperty("ranges"))?;
-            let (size, _) = take_cells(rest, size_c).ok_or(DtError::BadProperty("ranges"))?;
+                take_cells(rest, parent_ac).ok_or(DtError::BadProperty { name: "ranges" })?;
+            let (size, _) =
+                take_cells(rest, size_c).ok_or(DtError::BadProperty { name: "ranges" })?;
             let space = match (hi >> 24) & 3 {
                 0 => Space::Config,
                 1 => Space::Io,
@@ -577,7 +659,7 @@ fn parse_pci(fdt: &Fdt<'_>, node: FdtNode<'_, '_>) -> Result<PciHost, DtError> {
                     cpu_addr,
                     size,
                 })
-                .map_err(|_| DtError::TooMany("ranges"))?;
+                .map_err(|_| DtError::TooMany { what: "ranges" })?;
         }
     }
 
@@ -585,7 +667,7 @@ fn parse_pci(fdt: &Fdt<'_>, node: FdtNode<'_, '_>) -> Result<PciHost, DtError> {
     let mut iommu_map = Vec::new();
     if let Some(p) = node.property("iommu-map") {
         if p.value.len() % 16 != 0 {
-            return Err(DtError::BadProperty("iommu-map"));
+            return Err(DtError::BadProperty { name: "iommu-map" });
         }
         for e in p.value.chunks_exact(16) {
             let word =
@@ -593,10 +675,14 @@ fn parse_pci(fdt: &Fdt<'_>, node: FdtNode<'_, '_>) -> Result<PciHost, DtError> {
             let iommu = word(1);
             let target = fdt
                 .find_phandle(iommu)
-                .ok_or(DtError::UnknownPhandle(iommu))?;
+                .ok_or(DtError::UnknownPhandle { phandle: iommu })?;
             match u32_prop(target, "#iommu-cells")? {
                 Some(1) => {}
-                other => return Err(DtError::UnsupportedIommuCells(other.unwrap_or(0))),
+                other => {
+                    return Err(DtError::UnsupportedIommuCells {
+                        cells: other.unwrap_or(0),
+                    });
+                }
             }
             iommu_map
                 .push(IdMapEntry {
@@ -605,7 +691,7 @@ fn parse_pci(fdt: &Fdt<'_>, node: FdtNode<'_, '_>) -> Result<PciHost, DtError> {
                     id_base: word(2),
                     len: word(3),
                 })
-                .map_err(|_| DtError::TooMany("iommu-map"))?;
+                .map_err(|_| DtError::TooMany { what: "iommu-map" })?;
         }
     }
     Ok(PciHost {
@@ -639,7 +725,9 @@ pub fn parse(dtb: &[u8]) -> Result<Machine, DtError> {
         let cells = p.value.len() / 4;
         let (hz, _) = take_cells(p.value, cells.min(2))
             .filter(|_| cells == 1 || cells == 2)
-            .ok_or(DtError::BadProperty("timebase-frequency"))?;
+            .ok_or(DtError::BadProperty {
+                name: "timebase-frequency",
+            })?;
         machine.timebase_hz = Some(hz);
     }
     for node in fdt.all_nodes() {
@@ -648,17 +736,17 @@ pub fn parse(dtb: &[u8]) -> Result<Machine, DtError> {
             if let Some(mut regs) = node.raw_reg() {
                 for r in regs.by_ref() {
                     let (base, _) = take_cells(r.address, r.address.len() / 4)
-                        .ok_or(DtError::BadProperty("reg"))?;
-                    let (size, _) =
-                        take_cells(r.size, r.size.len() / 4).ok_or(DtError::BadProperty("reg"))?;
+                        .ok_or(DtError::BadProperty { name: "reg" })?;
+                    let (size, _) = take_cells(r.size, r.size.len() / 4)
+                        .ok_or(DtError::BadProperty { name: "reg" })?;
                     machine
                         .memory
                         .push(Region { base, size })
-                        .map_err(|_| DtError::TooMany("memory"))?;
+                        .map_err(|_| DtError::TooMany { what: "memory" })?;
                 }
             }
         } else if is_compatible(node, "arm,smmu-v3") {
-            let reg = first_reg(node)?.ok_or(DtError::BadProperty("reg"))?;
+            let reg = first_reg(node)?.ok_or(DtError::BadProperty { name: "reg" })?;
             machine
                 .smmus
                 .push(Smmu {
@@ -667,28 +755,30 @@ pub fn parse(dtb: &[u8]) -> Result<Machine, DtError> {
                     coherent: node.property("dma-coherent").is_some(),
                     irqs: smmu_irqs(&fdt, node)?,
                 })
-                .map_err(|_| DtError::TooMany("smmu"))?;
+                .map_err(|_| DtError::TooMany { what: "smmu" })?;
         } else if is_compatible(node, "riscv,iommu") || is_compatible(node, "riscv,pci-iommu") {
             let at = if is_compatible(node, "riscv,pci-iommu") {
                 // reg: <phys.hi phys.mid phys.lo size.hi size.lo>, phys.hi bits 23:8 = BDF.
                 let hi = node
                     .property("reg")
                     .and_then(|p| take_cells(p.value, 1))
-                    .ok_or(DtError::BadProperty("reg"))?
+                    .ok_or(DtError::BadProperty { name: "reg" })?
                     .0;
                 RiscvIommuAt::Pci(((hi >> 8) & 0xffff) as u16)
             } else {
-                RiscvIommuAt::Platform(first_reg(node)?.ok_or(DtError::BadProperty("reg"))?)
+                RiscvIommuAt::Platform(
+                    first_reg(node)?.ok_or(DtError::BadProperty { name: "reg" })?,
+                )
             };
             let mut interrupts = Vec::new();
             if let Some(p) = node.property("interrupts") {
                 if p.value.len() % 4 != 0 {
-                    return Err(DtError::BadProperty("interrupts"));
+                    return Err(DtError::BadProperty { name: "interrupts" });
                 }
                 for c in p.value.chunks_exact(4) {
                     interrupts
                         .push(u32::from_be_bytes([c[0], c[1], c[2], c[3]]))
-                        .map_err(|_| DtError::TooMany("interrupts"))?;
+                        .map_err(|_| DtError::TooMany { what: "interrupts" })?;
                 }
             }
             machine
@@ -698,7 +788,9 @@ pub fn parse(dtb: &[u8]) -> Result<Machine, DtError> {
                     phandle: u32_prop(node, "phandle")?,
                     interrupts,
                 })
-                .map_err(|_| DtError::TooMany("riscv iommu"))?;
+                .map_err(|_| DtError::TooMany {
+                    what: "riscv iommu",
+                })?;
         } else if machine.clint.is_none()
             && (is_compatible(node, "riscv,clint0") || is_compatible(node, "sifive,clint0"))
         {
@@ -706,11 +798,13 @@ pub fn parse(dtb: &[u8]) -> Result<Machine, DtError> {
         } else if machine.plic.is_none()
             && (is_compatible(node, "riscv,plic0") || is_compatible(node, "sifive,plic-1.0.0"))
         {
-            let reg = first_reg(node)?.ok_or(DtError::BadProperty("reg"))?;
+            let reg = first_reg(node)?.ok_or(DtError::BadProperty { name: "reg" })?;
             let mut m_context = None;
             if let Some(p) = node.property("interrupts-extended") {
                 if p.value.len() % 8 != 0 {
-                    return Err(DtError::BadProperty("interrupts-extended"));
+                    return Err(DtError::BadProperty {
+                        name: "interrupts-extended",
+                    });
                 }
                 m_context = p
                     .value
@@ -786,6 +880,18 @@ pub unsafe fn timer_frequency_at(addr: u64) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn errors_name_the_property() {
+        use std::string::ToString;
+        let e = DtError::BadProperty { name: "reg" };
+        assert!(e.to_string().contains("`reg`"), "{e}");
+        assert!(
+            DtError::UnknownPhandle { phandle: 0x8001 }
+                .to_string()
+                .contains("0x8001")
+        );
+    }
 
     /// The device tree QEMU 10.0.2 builds for `-machine virt,iommu=smmuv3 -cpu cortex-a57
     /// -m 256M -nodefaults -device edu` with two `-serial`s (written with `dumpdtb=` and cut

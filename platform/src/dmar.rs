@@ -34,17 +34,53 @@ pub enum DmarError {
     BadSignature,
     /// The bytes of the table do not sum to zero.
     BadChecksum,
-    /// A remapping structure at this offset has a length that is too small or runs past the
-    /// end of the table.
-    BadStructure(u32),
-    /// A device scope inside the DRHD at this offset is malformed.
-    BadScope(u32),
+    /// A remapping structure has a length that is too small or runs past the end of the
+    /// table.
+    BadStructure {
+        /// Byte offset of the structure in the table.
+        offset: u32,
+    },
+    /// A device scope inside a DRHD is malformed.
+    BadScope {
+        /// Byte offset of the scope in the table.
+        offset: u32,
+    },
     /// More DRHD units than [`MAX_UNITS`].
     TooManyUnits,
     /// More device scopes in one unit than [`MAX_SCOPES`], or a longer path than
     /// [`MAX_PATH`].
     TooManyScopes,
 }
+
+impl core::fmt::Display for DmarError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            DmarError::Truncated => {
+                f.write_str("DMAR table shorter than its header or its length field says")
+            }
+            DmarError::BadSignature => f.write_str("table signature is not DMAR"),
+            DmarError::BadChecksum => f.write_str("DMAR table checksum does not sum to zero"),
+            DmarError::BadStructure { offset } => write!(
+                f,
+                "DMAR remapping structure at byte {offset:#x} is too short or runs past the table"
+            ),
+            DmarError::BadScope { offset } => {
+                write!(f, "DMAR device scope at byte {offset:#x} is malformed")
+            }
+            DmarError::TooManyUnits => write!(
+                f,
+                "DMAR lists more than {MAX_UNITS} remapping units (raise dmar::MAX_UNITS)"
+            ),
+            DmarError::TooManyScopes => write!(
+                f,
+                "a DMAR unit has more than {MAX_SCOPES} device scopes or a path longer than \
+                 {MAX_PATH} (raise dmar::MAX_SCOPES / MAX_PATH)"
+            ),
+        }
+    }
+}
+
+impl core::error::Error for DmarError {}
 
 /// Kind of a device scope entry (8.3.1, table 8-6).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -169,7 +205,7 @@ pub fn parse(table: &[u8]) -> Result<Dmar, DmarError> {
     };
     let mut off = STRUCTS_OFFSET;
     while off < len {
-        let bad = DmarError::BadStructure(off as u32);
+        let bad = DmarError::BadStructure { offset: off as u32 };
         let kind = u16_at(table, off).ok_or(bad)?;
         let slen = u16_at(table, off + 2).ok_or(bad)? as usize;
         if slen < 4 || off + slen > len {
@@ -178,7 +214,9 @@ pub fn parse(table: &[u8]) -> Result<Dmar, DmarError> {
         let s = &table[off..off + slen];
         if kind == TYPE_DRHD {
             let unit = parse_drhd(s).map_err(|e| match e {
-                DmarError::BadScope(inner) => DmarError::BadScope(off as u32 + inner),
+                DmarError::BadScope { offset } => DmarError::BadScope {
+                    offset: off as u32 + offset,
+                },
                 DmarError::Truncated => bad,
                 other => other,
             })?;
@@ -206,7 +244,7 @@ fn parse_drhd(s: &[u8]) -> Result<Drhd, DmarError> {
     };
     let mut off = 16;
     while off < s.len() {
-        let bad = DmarError::BadScope(off as u32);
+        let bad = DmarError::BadScope { offset: off as u32 };
         let hdr = s.get(off..off + 6).ok_or(bad)?;
         let slen = hdr[1] as usize;
         if slen < 6 || (slen - 6) % 2 != 0 || off + slen > s.len() {
@@ -252,10 +290,10 @@ impl Dmar {
                 match (scope.kind, end) {
                     (ScopeKind::Endpoint, Some(end)) if end == bdf => return Some(i),
                     (ScopeKind::SubHierarchy, Some((b, d, f))) => {
-                        if let Some((sec, sub)) = bridge_buses(b, d, f) {
-                            if (sec..=sub).contains(&bdf.0) {
-                                return Some(i);
-                            }
+                        if let Some((sec, sub)) = bridge_buses(b, d, f)
+                            && (sec..=sub).contains(&bdf.0)
+                        {
+                            return Some(i);
                         }
                     }
                     _ => {}
@@ -271,8 +309,18 @@ impl Dmar {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::string::ToString;
     use std::vec;
     use std::vec::Vec as StdVec;
+
+    #[test]
+    fn errors_name_the_offset() {
+        let e = DmarError::BadScope { offset: 0x40 };
+        assert!(e.to_string().contains("0x40"), "{e}");
+        let e = DmarError::BadStructure { offset: 0x30 };
+        assert!(e.to_string().contains("0x30"), "{e}");
+        assert!(DmarError::TooManyUnits.to_string().contains("MAX_UNITS"));
+    }
 
     fn scope(kind: u8, bus: u8, path: &[(u8, u8)]) -> StdVec<u8> {
         let mut v = vec![kind, (6 + 2 * path.len()) as u8, 0, 0, 0, bus];
@@ -363,23 +411,26 @@ mod tests {
         assert_eq!(parse(&sum), Err(DmarError::BadChecksum));
         // A structure length of zero would loop forever if not refused.
         let t = table(&[vec![0, 0, 0, 0]]);
-        assert_eq!(parse(&t), Err(DmarError::BadStructure(48)));
+        assert_eq!(parse(&t), Err(DmarError::BadStructure { offset: 48 }));
         // A structure running past the end.
         let mut s = drhd(0, 0x1000, &[]);
         s[2] = 200;
-        assert_eq!(parse(&table(&[s])), Err(DmarError::BadStructure(48)));
+        assert_eq!(
+            parse(&table(&[s])),
+            Err(DmarError::BadStructure { offset: 48 })
+        );
         // A scope with an odd path length, and a scope of length zero.
         let mut sc = scope(1, 0, &[(3, 0)]);
         sc[1] = 7;
         sc.push(0);
         assert_eq!(
             parse(&table(&[drhd(0, 0x1000, &[sc])])),
-            Err(DmarError::BadScope(48 + 16))
+            Err(DmarError::BadScope { offset: 48 + 16 })
         );
         let sc = vec![1, 0, 0, 0, 0, 0];
         assert_eq!(
             parse(&table(&[drhd(0, 0x1000, &[sc])])),
-            Err(DmarError::BadScope(48 + 16))
+            Err(DmarError::BadScope { offset: 48 + 16 })
         );
         // Unknown structure types are skipped.
         let t = table(&[vec![7, 0, 8, 0, 1, 2, 3, 4], drhd(1, 0x1000, &[])]);

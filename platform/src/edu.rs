@@ -53,7 +53,10 @@ const DMA_TIMEOUT_MS: u32 = 5_000;
 #[cfg_attr(target_os = "none", derive(defmt::Format))]
 pub enum EduError {
     /// The identification register does not read `0x..0000ed`.
-    BadId(u32),
+    BadId {
+        /// What it read.
+        id: u32,
+    },
     /// The liveness register did not return the complement of what was written.
     NotAlive,
     /// The transfer would leave the 4 KiB internal buffer, or the IOVA range is beyond the
@@ -62,6 +65,29 @@ pub enum EduError {
     /// A transfer did not complete within the bound.
     Timeout,
 }
+
+impl core::fmt::Display for EduError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            EduError::BadId { id } => write!(
+                f,
+                "edu identification register reads {id:#010x}, not 0x..0000ed: wrong BAR or \
+                 not QEMU's edu device"
+            ),
+            EduError::NotAlive => f.write_str(
+                "edu liveness register did not return the complement: BAR not decoded \
+                 (memory space disabled?)",
+            ),
+            EduError::OutOfRange => f.write_str(
+                "edu transfer leaves its 4 KiB buffer, wraps, or reaches beyond the device's \
+                 DMA mask (give QEMU -device edu,dma_mask=...)",
+            ),
+            EduError::Timeout => f.write_str("edu DMA transfer did not complete in time"),
+        }
+    }
+}
+
+impl core::error::Error for EduError {}
 
 /// The `edu` device behind its BAR0 registers, with a delay for bounded polling.
 pub struct Edu<R, D> {
@@ -86,7 +112,7 @@ impl<R: RegisterAccess, D: DelayNs> Edu<R, D> {
     pub fn with_dma_limit(mut regs: R, delay: D, dma_limit: u64) -> Result<Self, EduError> {
         let id = regs.read32(REG_ID);
         if id & 0xffff != 0x00ed {
-            return Err(EduError::BadId(id));
+            return Err(EduError::BadId { id });
         }
         regs.write32(REG_LIVENESS, 0x1234_5678);
         if regs.read32(REG_LIVENESS) != !0x1234_5678 {
@@ -164,7 +190,15 @@ impl<R: RegisterAccess, D: DelayNs> DmaEngine for Edu<R, D> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::string::ToString;
     use std::vec::Vec;
+
+    #[test]
+    fn errors_say_what_was_read() {
+        let e = EduError::BadId { id: 0x1234 };
+        assert!(e.to_string().contains("0x00001234"), "{e}");
+        assert!(EduError::OutOfRange.to_string().contains("dma_mask"));
+    }
 
     /// A register-level stand-in: records writes, completes a transfer after `busy_reads`
     /// polls.

@@ -81,16 +81,53 @@ pub enum IvrsError {
     BadSignature,
     /// The bytes of the table do not sum to zero.
     BadChecksum,
-    /// A block at this offset has a length that is too small or runs past the end.
-    BadBlock(u32),
-    /// A device entry at this offset (from the table start) is malformed: cut short, of a
-    /// variable-length type this parser cannot size, or a range without its end.
-    BadEntry(u32),
+    /// A block has a length that is too small or runs past the end.
+    BadBlock {
+        /// Byte offset of the block in the table.
+        offset: u32,
+    },
+    /// A device entry is malformed: cut short, of a variable-length type this parser cannot
+    /// size, or a range without its end.
+    BadEntry {
+        /// Byte offset of the entry in the table.
+        offset: u32,
+    },
     /// More IVHD blocks than [`MAX_BLOCKS`].
     TooManyUnits,
     /// More ranges, aliases or special devices in one block than this parser keeps.
     TooManyEntries,
 }
+
+impl core::fmt::Display for IvrsError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match *self {
+            IvrsError::Truncated => {
+                f.write_str("IVRS table shorter than its header or its length field says")
+            }
+            IvrsError::BadSignature => f.write_str("table signature is not IVRS"),
+            IvrsError::BadChecksum => f.write_str("IVRS table checksum does not sum to zero"),
+            IvrsError::BadBlock { offset } => write!(
+                f,
+                "IVRS block at byte {offset:#x} is too short or runs past the table"
+            ),
+            IvrsError::BadEntry { offset } => write!(
+                f,
+                "IVRS device entry at byte {offset:#x} is cut short, of a variable-length type \
+                 this parser cannot size, or a range without its end"
+            ),
+            IvrsError::TooManyUnits => write!(
+                f,
+                "IVRS lists more than {MAX_BLOCKS} IVHD blocks (raise ivrs::MAX_BLOCKS)"
+            ),
+            IvrsError::TooManyEntries => f.write_str(
+                "an IVHD block has more ranges, aliases or special devices than this parser \
+                 keeps (raise ivrs::MAX_RANGES / MAX_ALIASES / MAX_SPECIALS)",
+            ),
+        }
+    }
+}
+
+impl core::error::Error for IvrsError {}
 
 /// A range of DeviceIDs a unit translates.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -240,7 +277,7 @@ pub fn parse(table: &[u8]) -> Result<Ivrs, IvrsError> {
     };
     let mut off = BLOCKS_OFFSET;
     while off < len {
-        let bad = IvrsError::BadBlock(off as u32);
+        let bad = IvrsError::BadBlock { offset: off as u32 };
         let kind = *table.get(off).ok_or(bad)?;
         let blen = u16_at(table, off + 2).ok_or(bad)? as usize;
         if blen < 4 || off + blen > len {
@@ -266,7 +303,7 @@ pub fn parse(table: &[u8]) -> Result<Ivrs, IvrsError> {
 fn parse_ivhd(b: &[u8], at: usize) -> Result<Ivhd, IvrsError> {
     let kind = b[0];
     let hlen = if kind == 0x10 { IVHD10_LEN } else { IVHD11_LEN };
-    let bad = IvrsError::BadBlock(at as u32);
+    let bad = IvrsError::BadBlock { offset: at as u32 };
     if b.len() < hlen {
         return Err(bad);
     }
@@ -290,7 +327,9 @@ fn parse_ivhd(b: &[u8], at: usize) -> Result<Ivhd, IvrsError> {
     let mut open: Option<(usize, u16, u8, Option<u16>)> = None;
     let mut off = hlen;
     while off < b.len() {
-        let bad = IvrsError::BadEntry((at + off) as u32);
+        let bad = IvrsError::BadEntry {
+            offset: (at + off) as u32,
+        };
         let t = b[off];
         let elen = match t {
             0x00..=0x3f => 4,
@@ -384,7 +423,9 @@ fn parse_ivhd(b: &[u8], at: usize) -> Result<Ivhd, IvrsError> {
         off += elen;
     }
     if let Some((o, ..)) = open {
-        return Err(IvrsError::BadEntry((at + o) as u32));
+        return Err(IvrsError::BadEntry {
+            offset: (at + o) as u32,
+        });
     }
     Ok(unit)
 }
@@ -428,8 +469,16 @@ impl Ivrs {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::string::ToString;
     use std::vec;
     use std::vec::Vec as StdVec;
+
+    #[test]
+    fn errors_name_the_offset() {
+        let e = IvrsError::BadEntry { offset: 0x48 };
+        assert!(e.to_string().contains("0x48"), "{e}");
+        assert!(IvrsError::TooManyUnits.to_string().contains("MAX_BLOCKS"));
+    }
 
     fn e4(t: u8, dev: u16) -> StdVec<u8> {
         let d = dev.to_le_bytes();
@@ -598,28 +647,43 @@ mod tests {
         // A block of length zero would loop forever if not refused.
         assert_eq!(
             parse(&table(0, &[vec![0x10, 0, 0, 0]])),
-            Err(IvrsError::BadBlock(48))
+            Err(IvrsError::BadBlock { offset: 48 })
         );
         // An IVHD shorter than its header.
         let mut short = ivhd(0x11, 0, 0, &[]);
         short[2] = 30;
         short.truncate(30);
-        assert_eq!(parse(&table(0, &[short])), Err(IvrsError::BadBlock(48)));
+        assert_eq!(
+            parse(&table(0, &[short])),
+            Err(IvrsError::BadBlock { offset: 48 })
+        );
         // A range without its end, an end without a start, an end below its start.
         let open = ivhd(0x10, 0, 0, &[e4(entry::START_OF_RANGE, 5)]);
-        assert_eq!(parse(&table(0, &[open])), Err(IvrsError::BadEntry(48 + 24)));
+        assert_eq!(
+            parse(&table(0, &[open])),
+            Err(IvrsError::BadEntry { offset: 48 + 24 })
+        );
         let lone = ivhd(0x10, 0, 0, &[e4(entry::END_OF_RANGE, 5)]);
-        assert_eq!(parse(&table(0, &[lone])), Err(IvrsError::BadEntry(48 + 24)));
+        assert_eq!(
+            parse(&table(0, &[lone])),
+            Err(IvrsError::BadEntry { offset: 48 + 24 })
+        );
         let back = ivhd(
             0x10,
             0,
             0,
             &[e4(entry::START_OF_RANGE, 9), e4(entry::END_OF_RANGE, 5)],
         );
-        assert_eq!(parse(&table(0, &[back])), Err(IvrsError::BadEntry(48 + 28)));
+        assert_eq!(
+            parse(&table(0, &[back])),
+            Err(IvrsError::BadEntry { offset: 48 + 28 })
+        );
         // A variable-length type the parser cannot size.
         let odd = ivhd(0x10, 0, 0, &[vec![0x90, 0, 0, 0]]);
-        assert_eq!(parse(&table(0, &[odd])), Err(IvrsError::BadEntry(48 + 24)));
+        assert_eq!(
+            parse(&table(0, &[odd])),
+            Err(IvrsError::BadEntry { offset: 48 + 24 })
+        );
         // Unknown fixed-size types and IVMD blocks are skipped.
         let ivmd = {
             let mut v = vec![0x21, 0x07];

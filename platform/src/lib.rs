@@ -2,8 +2,8 @@
 //!
 //! What belongs here: the bare-metal runtimes of the QEMU images (boot code, serial console,
 //! defmt logger, exit device, PCI configuration access, ACPI and device-tree discovery, MMIO
-//! register access, identity-mapped physical memory and a frame allocator, a `DelayNs`), and the
-//! hosted runtime. This is where the unsafe code that touches hardware lives, each block with a
+//! register access, identity-mapped physical memory and a frame allocator, a `DelayNs`). This
+//! is where the unsafe code that touches hardware lives, each block with a
 //! `// SAFETY:` comment.
 //!
 //! Architecture-independent pieces ([`mem`], [`pci`], [`bars`], [`dmar`], [`ivrs`], [`devtree`],

@@ -251,6 +251,28 @@ pub enum AliasError {
     BusLoop,
 }
 
+impl core::fmt::Display for AliasError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            AliasError::TooManyBridges => write!(
+                f,
+                "more than {MAX_BRIDGES} PCI bridges on the segment (raise pci::MAX_BRIDGES)"
+            ),
+            AliasError::TooManyAliases => write!(
+                f,
+                "the device's DMA may carry more than {MAX_ALIASES} requester ids (raise \
+                 pci::MAX_ALIASES)"
+            ),
+            AliasError::BusLoop => f.write_str(
+                "the bridges' bus numbers form a loop: firmware or the guest numbered them \
+                 inconsistently",
+            ),
+        }
+    }
+}
+
+impl core::error::Error for AliasError {}
+
 impl Topology {
     /// Records every type 1 function on buses `0..=max_bus` with its secondary and
     /// subordinate bus numbers.
@@ -444,6 +466,17 @@ pub fn enable_mem_and_dma(cfg: &mut impl ConfigSpace, bdf: Bdf) {
 mod tests {
     use super::*;
     use std::collections::BTreeMap;
+    use std::string::ToString;
+
+    #[test]
+    fn alias_errors_name_the_limit() {
+        assert!(
+            AliasError::TooManyBridges
+                .to_string()
+                .contains("MAX_BRIDGES")
+        );
+        assert!(AliasError::BusLoop.to_string().contains("loop"));
+    }
     use std::vec;
 
     /// A configuration space with a few functions, as plain data.

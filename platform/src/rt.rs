@@ -18,6 +18,14 @@ use core::sync::atomic::{AtomicBool, Ordering};
 use crate::arch;
 use crate::arch::serial::Uart;
 
+/// Writes an optional address in hex (`0x2000` or `none`) into a defmt message.
+pub fn hex_opt(f: defmt::Formatter<'_>, value: Option<u64>) {
+    match value {
+        Some(v) => defmt::write!(f, "{=u64:#x}", v),
+        None => defmt::write!(f, "none"),
+    }
+}
+
 /// A UART that sends bytes (boundedly waiting for room).
 pub trait Serial: Copy {
     /// Sends one byte.
@@ -45,12 +53,15 @@ impl<S: Serial> fmt::Write for Console<S> {
     }
 }
 
-/// Prints a line of plain text on the console UART.
+/// Prints a line of plain text on the console UART, stamped `[micros] ` with the clock defmt's
+/// timestamps use, so that the runner can show console and defmt lines in the order they were
+/// written.
 #[macro_export]
 macro_rules! console {
     ($($arg:tt)*) => {{
         use core::fmt::Write as _;
         let mut console = $crate::rt::Console($crate::arch::serial::Uart::CONSOLE);
+        let _ = write!(console, "[{}] ", $crate::arch::time::micros());
         let _ = writeln!(console, $($arg)*);
     }};
 }

@@ -34,10 +34,10 @@
 //! notification.
 
 use heapless::Vec;
-use iommu_protocol::client::{Client, ClientError, Transport};
+use iommu_protocol::client::{Client, ClientError, Faults, Translation, Transport};
 use iommu_protocol::{
-    DeviceHandle, DomainHandle, Error, FaultReason, FaultRecord, MAX_MESSAGE, Perms, Reply,
-    decode_reply,
+    ByteLen, DeviceHandle, DomainHandle, Error, FaultReason, FaultRecord, Iova, MAX_MESSAGE, Perms,
+    PhysAddr, Reply, decode_reply,
 };
 
 use crate::dma::DmaEngine;
@@ -191,7 +191,7 @@ impl<T: Transport, E: DmaEngine, S: FaultSignal> Ctx<'_, T, E, S> {
         let (iova, phys) = (self.iova(iova_off), self.mem.phys(mem_off));
         defmt::debug!("  map {=u64:#x}+{=u64:#x} -> {=u64:#x}", iova, len, phys);
         self.client
-            .map(d, iova, phys, len, Perms::RW)
+            .map(d, Iova(iova), PhysAddr(phys), ByteLen(len), Perms::RW)
             .map_err(|e| self.client_failed("map refused", e))
     }
 
@@ -204,9 +204,9 @@ impl<T: Transport, E: DmaEngine, S: FaultSignal> Ctx<'_, T, E, S> {
     ) -> Result<(), Failure> {
         let iova = self.iova(iova_off);
         defmt::debug!("  unmap {=u64:#x}+{=u64:#x}", iova, len);
-        match self.client.unmap(d, iova, len) {
-            Ok(n) if n == expect => Ok(()),
-            Ok(n) => {
+        match self.client.unmap(d, Iova(iova), ByteLen(len)) {
+            Ok(ByteLen(n)) if n == expect => Ok(()),
+            Ok(ByteLen(n)) => {
                 defmt::error!(
                     "unmap returned {=u64:#x} bytes, expected {=u64:#x}",
                     n,
@@ -284,29 +284,55 @@ impl<T: Transport, E: DmaEngine, S: FaultSignal> Ctx<'_, T, E, S> {
     }
 
     /// Takes every pending fault record.
+    /// Takes every pending fault record. The log shows a run of records that differ at most
+    /// in the IOVA's offset within one page (a byte-wise DMA faults once per access) as one
+    /// line: the first record, the count and the last IOVA.
     fn faults(&mut self) -> Result<Vec<FaultRecord, 64>, Failure> {
+        /// The first record of a run, its count and its last IOVA.
+        type Run = (FaultRecord, u32, u64);
+        fn log(run: Option<Run>) {
+            match run {
+                Some((r, 1, _)) => defmt::info!("  fault: {}", r),
+                Some((r, n, last)) => defmt::info!(
+                    "  fault: {} and {=u32} more in its page, the last at {=u64:#x}",
+                    r,
+                    n - 1,
+                    last
+                ),
+                None => {}
+            }
+        }
+        fn same_run(a: &FaultRecord, b: &FaultRecord) -> bool {
+            a.device == b.device
+                && a.write == b.write
+                && a.reason == b.reason
+                && a.iova & !(SZ_4K - 1) == b.iova & !(SZ_4K - 1)
+        }
         let mut all = Vec::new();
+        let mut run: Option<Run> = None;
         loop {
-            let (records, lost) = self
-                .client
-                .faults()
-                .map_err(|e| self.client_failed("Faults refused", e))?;
+            let Faults { records, lost } = self.client.faults().map_err(|e| {
+                log(run.take());
+                self.client_failed("Faults refused", e)
+            })?;
             if lost > 0 {
+                log(run.take());
                 defmt::warn!("  {=u32} fault record(s) lost", lost);
             }
             let n = records.len();
             for r in records {
-                defmt::info!(
-                    "  fault: device {=u32}, iova {=u64:#x}, {=str}, {}",
-                    r.device.0,
-                    r.iova,
-                    if r.write { "write" } else { "read" },
-                    r.reason
-                );
+                match &mut run {
+                    Some((first, count, last)) if same_run(first, &r) => {
+                        *count += 1;
+                        *last = r.iova;
+                    }
+                    _ => log(run.replace((r, 1, r.iova))),
+                }
                 let _ = all.push(r);
             }
             self.summary.faults += n as u32;
             if n == 0 || all.is_full() {
+                log(run);
                 return Ok(all);
             }
         }
@@ -490,11 +516,11 @@ fn step1<T: Transport, E: DmaEngine, S: FaultSignal>(
     cx.mem.fill(SRC, PAGE, |i| pattern(1, i));
     cx.mem.fill(DST, PAGE, |_| 0);
     cx.map(dom, IOVA_STEP1, SRC, 2 * SZ_4K)?;
-    let (phys, perms) = cx
+    let Translation { phys, perms } = cx
         .client
-        .query(dom, cx.iova(IOVA_STEP1 + 0x123))
+        .query(dom, Iova(cx.iova(IOVA_STEP1 + 0x123)))
         .map_err(|e| cx.client_failed("query", e))?;
-    if phys != cx.mem.phys(SRC + 0x123) || perms != Perms::RW {
+    if phys != PhysAddr(cx.mem.phys(SRC + 0x123)) || perms != Perms::RW {
         return Err(cx.fail("query returned the wrong translation"));
     }
     cx.dev_read(IOVA_STEP1, PAGE)?;
@@ -532,7 +558,7 @@ fn step2<T: Transport, E: DmaEngine, S: FaultSignal>(
     cx.step = 2;
     defmt::info!("step 2: unmap, DMA again: blocked, faults reported");
     cx.unmap(dom, IOVA_STEP1, 2 * SZ_4K, 2 * SZ_4K)?;
-    match cx.client.query(dom, cx.iova(IOVA_STEP1)) {
+    match cx.client.query(dom, Iova(cx.iova(IOVA_STEP1))) {
         Err(ClientError::Server(Error::NotMapped)) => {}
         _ => return Err(cx.fail("query still finds the unmapped page")),
     }
@@ -566,10 +592,10 @@ fn step3<T: Transport, E: DmaEngine, S: FaultSignal>(
     cx.map(dom, IOVA_BIG, BIG, 2 * SZ_2M)?;
     cx.unmap(dom, IOVA_BIG + HOLE, SZ_4K, SZ_4K)?;
     for &p in &probes {
-        let r = cx.client.query(dom, cx.iova(IOVA_BIG + p));
+        let r = cx.client.query(dom, Iova(cx.iova(IOVA_BIG + p)));
         let ok = match r {
             Err(ClientError::Server(Error::NotMapped)) => p == HOLE,
-            Ok((phys, _)) => p != HOLE && phys == cx.mem.phys(BIG + p as usize),
+            Ok(t) => p != HOLE && t.phys == PhysAddr(cx.mem.phys(BIG + p as usize)),
             Err(_) => false,
         };
         if !ok {
@@ -636,12 +662,12 @@ fn step4<T: Transport, E: DmaEngine, S: FaultSignal>(
         cx.load_buffer(seed ^ 0x80)?;
         cx.dev_write(IOVA_CYCLE, PAGE)?;
         cx.check_mem(off, "write after remapping", |i| pattern(seed ^ 0x80, i))?;
-        if let Some((prev, prev_seed)) = previous {
-            if prev != off {
-                cx.check_mem(prev, "previous cycle's memory (stale IOTLB?)", |i| {
-                    pattern(prev_seed ^ 0x80, i)
-                })?;
-            }
+        if let Some((prev, prev_seed)) = previous
+            && prev != off
+        {
+            cx.check_mem(prev, "previous cycle's memory (stale IOTLB?)", |i| {
+                pattern(prev_seed ^ 0x80, i)
+            })?;
         }
         cx.unmap(dom, IOVA_CYCLE, len, len)?;
         previous = Some((off, seed));
@@ -670,30 +696,31 @@ where
 {
     cx.step = 5;
     defmt::info!("step 5: hostile requests");
-    let iova = cx.iova(IOVA_HOSTILE);
+    let iova = Iova(cx.iova(IOVA_HOSTILE));
     let l = cx.layout;
-    let end = cx.mem.phys(0) + cx.mem.len() as u64;
-    let r = cx.client.map(dom, iova, l.forbidden_phys, SZ_4K, Perms::RW);
+    let end = PhysAddr(cx.mem.phys(0) + cx.mem.len() as u64);
+    let stage = PhysAddr(cx.mem.phys(STAGE));
+    let (page, two_pages) = (ByteLen(SZ_4K), ByteLen(2 * SZ_4K));
+    let r = cx
+        .client
+        .map(dom, iova, PhysAddr(l.forbidden_phys), page, Perms::RW);
     cx.expect_refusal("map memory not granted", r, Error::NotPermitted)?;
-    let r = cx.client.map(dom, iova, end - SZ_4K, 2 * SZ_4K, Perms::RW);
+    let r = cx
+        .client
+        .map(dom, iova, PhysAddr(end.0 - SZ_4K), two_pages, Perms::RW);
     cx.expect_refusal("map a range running past the grant", r, Error::NotPermitted)?;
     let r = cx.client.attach(dom, l.foreign_device);
     cx.expect_refusal("attach a device not owned", r, Error::NoSuchDevice)?;
     let r = cx
         .client
-        .map(dom, iova + 0x10, cx.mem.phys(STAGE), SZ_4K, Perms::RW);
+        .map(dom, Iova(iova.0 + 0x10), stage, page, Perms::RW);
     cx.expect_refusal("map a misaligned IOVA", r, Error::Misaligned)?;
-    let r = cx.client.map(
-        dom,
-        cx.iova(IOVA_BOUNCE),
-        cx.mem.phys(STAGE),
-        SZ_4K,
-        Perms::RW,
-    );
+    let bounce = Iova(cx.iova(IOVA_BOUNCE));
+    let r = cx.client.map(dom, bounce, stage, page, Perms::RW);
     cx.expect_refusal("map over an existing mapping", r, Error::Overlap)?;
     let r = cx
         .client
-        .map(dom, l.reserved_iova, cx.mem.phys(STAGE), SZ_4K, Perms::RW);
+        .map(dom, Iova(l.reserved_iova), stage, page, Perms::RW);
     cx.expect_refusal("map inside a reserved IOVA window", r, Error::OutOfRange)?;
     let r = cx.client.destroy_domain(dom);
     cx.expect_refusal(
@@ -703,13 +730,13 @@ where
     )?;
 
     // Another configured client: cannot reach this client's domain, device or memory.
-    let r = intruder.map(dom, iova, cx.mem.phys(STAGE), SZ_4K, Perms::RW);
+    let r = intruder.map(dom, iova, stage, page, Perms::RW);
     cx.expect_refusal(
         "intruder maps into another client's domain",
         r,
         Error::NoSuchDomain,
     )?;
-    let r = intruder.unmap(dom, cx.iova(IOVA_BOUNCE), SZ_4K);
+    let r = intruder.unmap(dom, bounce, page);
     cx.expect_refusal(
         "intruder unmaps in another client's domain",
         r,
@@ -724,7 +751,7 @@ where
     let own = intruder
         .create_domain()
         .map_err(|e| cx.client_failed("intruder's own domain", e))?;
-    let r = intruder.map(own, iova, cx.mem.phys(STAGE), SZ_4K, Perms::RW);
+    let r = intruder.map(own, iova, stage, page, Perms::RW);
     cx.expect_refusal(
         "intruder maps another client's memory",
         r,

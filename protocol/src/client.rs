@@ -5,11 +5,15 @@
 //! Transport failures ([`ClientError::Transport`]) and the server's refusals
 //! ([`ClientError::Server`]) stay apart.
 //!
+//! Addresses and lengths have their own types ([`Iova`], [`PhysAddr`], [`ByteLen`], [`Align`]),
+//! so arguments cannot be swapped without a compile error; replies with more than one value
+//! come back as named structs ([`Translation`], [`Faults`]).
+//!
 //! ```
 //! use iommu_protocol::client::{Client, ClientError, Transport};
 //! use iommu_protocol::{
-//!     DeviceHandle, DomainHandle, Error, Perms, Reply, Request, TransportError, decode_request,
-//!     encode_reply,
+//!     ByteLen, DeviceHandle, DomainHandle, Error, Iova, Perms, PhysAddr, Reply, Request,
+//!     TransportError, decode_request, encode_reply,
 //! };
 //!
 //! /// A stand-in for the IPC call: answers like a server would.
@@ -18,6 +22,7 @@
 //! impl Transport for Fake {
 //!     fn call(&mut self, request: &[u8], reply: &mut [u8]) -> Result<usize, TransportError> {
 //!         let answer = match decode_request(request) {
+//!             Ok(Request::Hello { version }) => Reply::Hello { version },
 //!             Ok(Request::CreateDomain) => Reply::DomainCreated { domain: DomainHandle(1) },
 //!             Ok(Request::Unmap { len, .. }) => Reply::Unmapped { bytes: len },
 //!             Ok(Request::Query { .. }) => Reply::Error(Error::NotMapped),
@@ -29,19 +34,22 @@
 //! }
 //!
 //! let mut iommu = Client::new(Fake);
+//! assert_eq!(iommu.hello()?, 1);
 //! let d = iommu.create_domain()?;
 //! iommu.attach(d, DeviceHandle(0))?;
-//! iommu.map(d, 0x10_0000, 0x8000_0000, 0x4_0000, Perms::RW)?;
-//! assert_eq!(iommu.unmap(d, 0x10_0000, 0x4_0000)?, 0x4_0000);
-//! assert_eq!(iommu.query(d, 0x10_0000), Err(ClientError::Server(Error::NotMapped)));
+//! let (iova, len) = (Iova(0x10_0000), ByteLen(0x4_0000));
+//! iommu.map(d, iova, PhysAddr(0x8000_0000), len, Perms::RW)?;
+//! assert_eq!(iommu.unmap(d, iova, len)?, len);
+//! assert_eq!(iommu.query(d, iova), Err(ClientError::Server(Error::NotMapped)));
 //! # Ok::<(), ClientError>(())
 //! ```
 
 use core::fmt;
 
 use crate::{
-    DeviceHandle, DomainHandle, Error, FaultRecord, InfoReply, MAX_FAULTS_PER_REPLY, MAX_MESSAGE,
-    PROTOCOL_VERSION, Perms, Reply, Request, Segment, TransportError, decode_reply, encode_request,
+    Align, ByteLen, DeviceHandle, DomainHandle, Error, FaultRecord, InfoReply, Iova,
+    MAX_FAULTS_PER_REPLY, MAX_MESSAGE, PROTOCOL_VERSION, Perms, PhysAddr, Reply, Request, Segment,
+    TransportError, decode_reply, encode_request,
 };
 
 /// Carries one encoded request to the server and its encoded reply back.
@@ -82,28 +90,78 @@ impl fmt::Display for ClientError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ClientError::Transport(e) => write!(f, "transport: {e}"),
-            ClientError::Server(e) => write!(f, "server: {e}"),
-            ClientError::UnexpectedReply => f.write_str("unexpected reply"),
-            ClientError::TooManySegments => f.write_str("too many segments"),
+            ClientError::Server(e) => write!(f, "the server refused the request: {e}"),
+            ClientError::UnexpectedReply => f.write_str(
+                "the reply does not decode or does not answer the request (client and server \
+                 disagree on the protocol, or the transport mixed up replies)",
+            ),
+            ClientError::TooManySegments => write!(
+                f,
+                "map_sg takes at most {} segments (MAX_SG_SEGMENTS); nothing was sent: split \
+                 the request",
+                crate::MAX_SG_SEGMENTS
+            ),
         }
     }
 }
 
-impl core::error::Error for ClientError {}
+impl core::error::Error for ClientError {
+    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
+        match self {
+            ClientError::Transport(e) => Some(e),
+            ClientError::Server(e) => Some(e),
+            ClientError::UnexpectedReply | ClientError::TooManySegments => None,
+        }
+    }
+}
 
 /// The fault records of one `Faults` reply.
 pub type FaultRecords = heapless::Vec<FaultRecord, MAX_FAULTS_PER_REPLY>;
 
+/// What [`Client::query`] answers: where one IOVA leads.
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub struct Translation {
+    /// The physical address of the queried byte (page base plus the IOVA's page offset).
+    pub phys: PhysAddr,
+    /// The mapping's permissions.
+    pub perms: Perms,
+}
+
+/// What [`Client::faults`] answers: this client's pending fault records.
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[derive(Clone, PartialEq, Eq, Hash, Debug, Default)]
+pub struct Faults {
+    /// Oldest first, consumed by the call. A full list means more may be pending: ask again.
+    pub records: FaultRecords,
+    /// Faults of this client's devices dropped (queue overflow) since the previous call,
+    /// saturating at `u32::MAX`.
+    pub lost: u32,
+}
+
 /// A typed client of the IOMMU server: one method per [`Request`].
+///
+/// It remembers the protocol version [`Client::hello`] negotiated ([`Client::version`]).
 #[derive(Debug)]
 pub struct Client<T: Transport> {
     transport: T,
+    version: Option<u16>,
 }
 
 impl<T: Transport> Client<T> {
-    /// A client that talks through `transport`.
+    /// A client that talks through `transport`. No message is sent: call [`Client::hello`]
+    /// first to negotiate the version (until then the server assumes version 1).
     pub const fn new(transport: T) -> Self {
-        Client { transport }
+        Client {
+            transport,
+            version: None,
+        }
+    }
+
+    /// The protocol version the last successful [`Client::hello`] negotiated; `None` before
+    /// one succeeded (the server then speaks version 1).
+    pub const fn version(&self) -> Option<u16> {
+        self.version
     }
 
     /// The transport, e.g. to inspect a test transport.
@@ -136,12 +194,17 @@ impl<T: Transport> Client<T> {
     }
 
     /// Negotiates the protocol version (offers [`PROTOCOL_VERSION`]); returns the version the
-    /// server chose. A reply of 0 or above what was offered is [`ClientError::UnexpectedReply`].
+    /// server chose and remembers it ([`Client::version`]). A reply of 0 or above what was
+    /// offered is [`ClientError::UnexpectedReply`]; on any error the remembered version stays
+    /// as it was.
     pub fn hello(&mut self) -> Result<u16, ClientError> {
         match self.call(&Request::Hello {
             version: PROTOCOL_VERSION,
         })? {
-            Reply::Hello { version } if (1..=PROTOCOL_VERSION).contains(&version) => Ok(version),
+            Reply::Hello { version } if (1..=PROTOCOL_VERSION).contains(&version) => {
+                self.version = Some(version);
+                Ok(version)
+            }
             _ => Err(ClientError::UnexpectedReply),
         }
     }
@@ -181,29 +244,29 @@ impl<T: Transport> Client<T> {
         self.done(&Request::Detach { device })
     }
 
-    /// Maps `[iova, iova + len)` to `[phys, phys + len)`.
+    /// Maps `[iova, iova + len)` to `[phys, phys + len)` with `perms`.
     pub fn map(
         &mut self,
         domain: DomainHandle,
-        iova: u64,
-        phys: u64,
-        len: u64,
+        iova: Iova,
+        phys: PhysAddr,
+        len: ByteLen,
         perms: Perms,
     ) -> Result<(), ClientError> {
         self.done(&Request::Map {
             domain,
-            iova,
-            phys,
-            len,
+            iova: iova.0,
+            phys: phys.0,
+            len: len.0,
             perms,
         })
     }
 
-    /// Maps one IOVA range starting at `iova` onto `segments`, back to back.
+    /// Maps one IOVA range starting at `iova` onto `segments`, back to back, atomically.
     pub fn map_sg(
         &mut self,
         domain: DomainHandle,
-        iova: u64,
+        iova: Iova,
         perms: Perms,
         segments: &[Segment],
     ) -> Result<(), ClientError> {
@@ -211,56 +274,72 @@ impl<T: Transport> Client<T> {
             heapless::Vec::from_slice(segments).map_err(|()| ClientError::TooManySegments)?;
         self.done(&Request::MapSg {
             domain,
-            iova,
+            iova: iova.0,
             perms,
             segments,
         })
     }
 
-    /// Maps `[phys, phys + len)` at an IOVA aligned to `align` (0 or a power of two; below
-    /// 4096 means 4096) that the server picks; returns that IOVA.
+    /// Maps `[phys, phys + len)` with `perms` at an IOVA aligned to `align` that the server
+    /// picks; returns that IOVA.
     pub fn map_anywhere(
         &mut self,
         domain: DomainHandle,
-        phys: u64,
-        len: u64,
+        phys: PhysAddr,
+        len: ByteLen,
         perms: Perms,
-        align: u64,
-    ) -> Result<u64, ClientError> {
+        align: Align,
+    ) -> Result<Iova, ClientError> {
         match self.call(&Request::MapAnywhere {
             domain,
-            phys,
-            len,
+            phys: phys.0,
+            len: len.0,
             perms,
-            align,
+            align: align.0,
         })? {
-            Reply::Mapped { iova } => Ok(iova),
+            Reply::Mapped { iova } => Ok(Iova(iova)),
             _ => Err(ClientError::UnexpectedReply),
         }
     }
 
-    /// Unmaps every mapped page in `[iova, iova + len)`; returns the bytes unmapped.
-    pub fn unmap(&mut self, domain: DomainHandle, iova: u64, len: u64) -> Result<u64, ClientError> {
-        match self.call(&Request::Unmap { domain, iova, len })? {
-            Reply::Unmapped { bytes } => Ok(bytes),
+    /// Unmaps every mapped page in `[iova, iova + len)`; returns how many bytes were mapped
+    /// there (and are not any more). When it returns, no device of the domain can reach them.
+    pub fn unmap(
+        &mut self,
+        domain: DomainHandle,
+        iova: Iova,
+        len: ByteLen,
+    ) -> Result<ByteLen, ClientError> {
+        match self.call(&Request::Unmap {
+            domain,
+            iova: iova.0,
+            len: len.0,
+        })? {
+            Reply::Unmapped { bytes } => Ok(ByteLen(bytes)),
             _ => Err(ClientError::UnexpectedReply),
         }
     }
 
-    /// Translates `iova`: the physical address of that byte and the mapping's permissions.
-    /// Nothing mapped there is `ClientError::Server(Error::NotMapped)`.
-    pub fn query(&mut self, domain: DomainHandle, iova: u64) -> Result<(u64, Perms), ClientError> {
-        match self.call(&Request::Query { domain, iova })? {
-            Reply::Translation { phys, perms } => Ok((phys, perms)),
+    /// Translates `iova` (any byte address): the physical address of that byte and the
+    /// mapping's permissions. Nothing mapped there is `ClientError::Server(Error::NotMapped)`.
+    pub fn query(&mut self, domain: DomainHandle, iova: Iova) -> Result<Translation, ClientError> {
+        match self.call(&Request::Query {
+            domain,
+            iova: iova.0,
+        })? {
+            Reply::Translation { phys, perms } => Ok(Translation {
+                phys: PhysAddr(phys),
+                perms,
+            }),
             _ => Err(ClientError::UnexpectedReply),
         }
     }
 
     /// Takes pending fault records of this client's devices (oldest first) and the count of
     /// faults lost since the last call. A full list means more may be pending.
-    pub fn faults(&mut self) -> Result<(FaultRecords, u32), ClientError> {
+    pub fn faults(&mut self) -> Result<Faults, ClientError> {
         match self.call(&Request::Faults)? {
-            Reply::Faults { records, lost } => Ok((records, lost)),
+            Reply::Faults { records, lost } => Ok(Faults { records, lost }),
             _ => Err(ClientError::UnexpectedReply),
         }
     }

@@ -13,9 +13,13 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 ///
 /// Unless a variant says otherwise, a request that fails **changed nothing**: tables, handles,
 /// quotas and attachments are exactly as before the request.
+///
+/// `#[non_exhaustive]`: codes are append-only, so a `match` outside this crate needs a
+/// wildcard arm. Its `Display` says what was wrong and what to do about it.
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 #[repr(u16)]
+#[non_exhaustive]
 pub enum Error {
     /// The message did not decode: unknown request tag, a field out of its wire range (e.g.
     /// unknown [`Perms`](crate::Perms) bits, too many segments), truncated, trailing bytes, or
@@ -113,7 +117,7 @@ impl Error {
         Some(Self::ALL[code as usize - 1])
     }
 
-    /// A short human-readable description.
+    /// A short name, as in logs (`NotMapped` is "not mapped").
     pub const fn as_str(self) -> &'static str {
         match self {
             Error::BadMessage => "malformed message",
@@ -136,11 +140,72 @@ impl Error {
             Error::DomainBusy => "domain has attached devices",
         }
     }
+
+    /// What the caller can do about it: the second half of the `Display` message.
+    pub const fn remedy(self) -> &'static str {
+        match self {
+            Error::BadMessage => {
+                "the request did not decode (truncated, trailing bytes, unknown tag or field \
+                 value); encode it with this crate's encode_request"
+            }
+            Error::UnsupportedVersion => {
+                "Hello offered version 0 or one older than the server speaks; offer \
+                 PROTOCOL_VERSION"
+            }
+            Error::NoSuchDomain => {
+                "the handle names no live domain of this client; use one from CreateDomain"
+            }
+            Error::NoSuchDevice => {
+                "the handle names no device of this client; the system configuration lists \
+                 its device handles"
+            }
+            Error::NotPermitted => {
+                "the physical range is outside the memory granted to this client (or the \
+                 client is not configured); map only granted memory"
+            }
+            Error::Overlap => "part of the IOVA range is already mapped; unmap it first",
+            Error::Misaligned => "use multiples of 4096 for addresses and lengths",
+            Error::OutOfRange => {
+                "the range wraps, leaves the domain's usable IOVA ranges (see Info) or \
+                 exceeds the physical address width"
+            }
+            Error::QuotaExceeded => {
+                "this client's domain or page-table frame quota is used up; destroy domains \
+                 or unmap first"
+            }
+            Error::OutOfTableMemory => "the server's table memory is exhausted; retry later",
+            Error::DeviceBusy => "detach the device from its domain first",
+            Error::Unsupported => "the server or the IOMMU cannot do this (e.g. these permissions)",
+            Error::HardwareTimeout => {
+                "the IOMMU did not complete in bounded time; the domain's devices may be \
+                 blocked: re-attach them once a later request on the domain succeeds"
+            }
+            Error::HardwareError => {
+                "the IOMMU reported an error; the domain's devices may be blocked: \
+                 re-attach them once a later request on the domain succeeds"
+            }
+            Error::NotMapped => "nothing is mapped at this IOVA",
+            Error::NoSpace => {
+                "no free IOVA range of that length and alignment; unmap or ask for less"
+            }
+            Error::InvalidArgument => {
+                "zero length, empty permissions, an empty or too long segment list, or an \
+                 alignment that is not 0 or a power of two"
+            }
+            Error::DomainBusy => "detach the domain's devices before destroying it",
+        }
+    }
 }
 
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        write!(
+            f,
+            "{} (code {}): {}",
+            self.as_str(),
+            self.code(),
+            self.remedy()
+        )
     }
 }
 
@@ -185,11 +250,21 @@ pub enum TransportError {
 impl fmt::Display for TransportError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            TransportError::Disconnected => "server disconnected",
-            TransportError::RequestTooLarge => "request too large for the transport",
-            TransportError::ReplyTooLarge => "reply too large for the buffer",
-            TransportError::Timeout => "transport timed out",
-            TransportError::Other => "transport failure",
+            TransportError::Disconnected => {
+                "the server is gone (exited, restarted or its endpoint revoked); whether the \
+                 request ran is unknown"
+            }
+            TransportError::RequestTooLarge => {
+                "the request is larger than the transport carries (MAX_MESSAGE is 256 bytes); \
+                 it was not sent"
+            }
+            TransportError::ReplyTooLarge => {
+                "the reply did not fit the reply buffer; give the transport MAX_MESSAGE bytes"
+            }
+            TransportError::Timeout => {
+                "no reply arrived in time; whether the request ran is unknown"
+            }
+            TransportError::Other => "the transport failed",
         })
     }
 }

@@ -15,8 +15,8 @@ pub use codec::{decode_reply, decode_request, encode_reply, encode_request};
 pub use error::{Error, TransportError};
 pub use message::{InfoReply, Reply, Request};
 pub use types::{
-    DeviceHandle, DomainHandle, DomainKind, FaultReason, FaultRecord, IovaRange, Limits, Perms,
-    Segment,
+    Align, ByteLen, DeviceHandle, DomainHandle, DomainKind, FaultReason, FaultRecord, Iova,
+    IovaRange, Limits, Perms, PhysAddr, Segment,
 };
 
 /// The protocol version this crate speaks.

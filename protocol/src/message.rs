@@ -16,8 +16,13 @@ use crate::{
 /// Addresses and lengths are bytes and must be multiples of 4 KiB unless a field says
 /// otherwise. The caller never splits a range by page size: page sizes are the server's
 /// business. Every request that fails changes nothing.
+///
+/// `#[non_exhaustive]`: requests are append-only (a later protocol version adds variants with
+/// the next tag), so a `match` outside this crate needs a wildcard arm; a server answers a
+/// request it does not implement with [`Error::Unsupported`].
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[non_exhaustive]
 pub enum Request {
     /// Tag 0. Negotiate the protocol version. `version` is the highest version the client
     /// speaks. Reply: [`Reply::Hello`] with the version used from now on.
@@ -110,8 +115,12 @@ pub enum Request {
 }
 
 /// The server's answer to one [`Request`].
+///
+/// `#[non_exhaustive]`: replies are append-only, so a `match` outside this crate needs a
+/// wildcard arm (the server never sends a variant newer than the negotiated version).
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[non_exhaustive]
 pub enum Reply {
     /// Tag 0. Answer to [`Request::Hello`].
     Hello {
@@ -161,7 +170,6 @@ pub enum Reply {
 ///
 /// Wire: `units` (varint `u32`), `page_sizes` (varint `u64`), `domain_kinds` (varint length,
 /// then each kind), `limits`.
-#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub struct InfoReply {
     /// Number of IOMMU units the server drives.
@@ -175,4 +183,18 @@ pub struct InfoReply {
     pub domain_kinds: heapless::Vec<DomainKind, MAX_DOMAIN_KINDS>,
     /// The caller's limits.
     pub limits: Limits,
+}
+
+#[cfg(feature = "defmt")]
+impl defmt::Format for InfoReply {
+    fn format(&self, f: defmt::Formatter<'_>) {
+        defmt::write!(
+            f,
+            "InfoReply {{ units: {=u32}, page_sizes: {=u64:#x}, domain_kinds: {}, limits: {} }}",
+            self.units,
+            self.page_sizes,
+            self.domain_kinds.as_slice(),
+            self.limits
+        )
+    }
 }

@@ -1,7 +1,8 @@
 //! Value types carried inside messages: handles, permissions, segments, fault records and the
-//! pieces of the `Info` reply.
+//! pieces of the `Info` reply; and the address and length newtypes of the client API.
 
-use core::ops::BitOr;
+use core::fmt;
+use core::ops::{Add, BitOr};
 use serde::{Deserialize, Serialize};
 
 use crate::Error;
@@ -23,16 +24,128 @@ pub struct DomainHandle(pub u32);
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Serialize, Deserialize)]
 pub struct DeviceHandle(pub u32);
 
+/// Defines a `u64` newtype of the client API: `Debug` (`Iova(0x1000)`) and `defmt::Format`
+/// (`0x1000`) in hex.
+macro_rules! u64_newtype {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+        pub struct $name(pub u64);
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, concat!(stringify!($name), "({:#x})"), self.0)
+            }
+        }
+
+        impl fmt::LowerHex for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                fmt::LowerHex::fmt(&self.0, f)
+            }
+        }
+
+        #[cfg(feature = "defmt")]
+        impl defmt::Format for $name {
+            fn format(&self, f: defmt::Formatter<'_>) {
+                defmt::write!(f, "{=u64:#x}", self.0)
+            }
+        }
+    };
+}
+
+u64_newtype!(
+    /// An I/O virtual address: where a device's DMA lands in a domain.
+    ///
+    /// The client API takes addresses and lengths as distinct types, so an IOVA, a physical
+    /// address and a length cannot be passed in each other's place:
+    ///
+    /// ```compile_fail
+    /// # use iommu_protocol::{ByteLen, DomainHandle, Iova, Perms, PhysAddr, client::*};
+    /// # fn f<T: Transport>(c: &mut Client<T>) -> Result<(), ClientError> {
+    /// let (iova, phys) = (Iova(0x1000), PhysAddr(0x8000_0000));
+    /// c.map(DomainHandle(1), phys, iova, ByteLen(0x1000), Perms::RW)?; // swapped: no build
+    /// # Ok(()) }
+    /// ```
+    Iova
+);
+u64_newtype!(
+    /// A physical (bus) address of memory a client was granted.
+    PhysAddr
+);
+u64_newtype!(
+    /// A length in bytes.
+    ByteLen
+);
+u64_newtype!(
+    /// The alignment `MapAnywhere` must give the IOVA it picks: 0 or a power of two; values
+    /// below 4096 (including 0, [`Align::PAGE`]'s equivalent) mean 4096.
+    Align
+);
+
+impl Align {
+    /// 4 KiB, the smallest alignment (what 0 and anything below 4096 also mean).
+    pub const PAGE: Align = Align(4096);
+}
+
+impl Add<ByteLen> for Iova {
+    type Output = Iova;
+    /// The IOVA `len` bytes further on (wrapping: the server refuses ranges that wrap).
+    fn add(self, len: ByteLen) -> Iova {
+        Iova(self.0.wrapping_add(len.0))
+    }
+}
+
+impl Add<ByteLen> for PhysAddr {
+    type Output = PhysAddr;
+    /// The physical address `len` bytes further on (wrapping: the server refuses ranges that
+    /// wrap).
+    fn add(self, len: ByteLen) -> PhysAddr {
+        PhysAddr(self.0.wrapping_add(len.0))
+    }
+}
+
+impl Add for ByteLen {
+    type Output = ByteLen;
+    /// The sum of two lengths (wrapping: the server refuses ranges that wrap).
+    fn add(self, other: ByteLen) -> ByteLen {
+        ByteLen(self.0.wrapping_add(other.0))
+    }
+}
+
 /// Access permissions of a mapping: bit 0 read (device may read memory), bit 1 write (device
 /// may write memory).
 ///
 /// Only these two bits exist: decoding a byte with any other bit set is
 /// [`Error::BadMessage`]. The empty set ([`Perms::NONE`]) is a valid wire value but useless;
 /// the server refuses it with [`Error::InvalidArgument`]. Wire: one raw byte (postcard `u8`).
-#[cfg_attr(feature = "defmt", derive(defmt::Format))]
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(try_from = "u8", into = "u8")]
 pub struct Perms(u8);
+
+impl Perms {
+    /// `"NONE"`, `"R"`, `"W"` or `"RW"` (any other bits cannot be constructed).
+    const fn name(self) -> &'static str {
+        match self.0 {
+            0 => "NONE",
+            1 => "R",
+            2 => "W",
+            _ => "RW",
+        }
+    }
+}
+
+impl fmt::Debug for Perms {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Perms({})", self.name())
+    }
+}
+
+#[cfg(feature = "defmt")]
+impl defmt::Format for Perms {
+    fn format(&self, f: defmt::Formatter<'_>) {
+        defmt::write!(f, "{=str}", self.name())
+    }
+}
 
 impl Perms {
     /// No access (refused by the server with [`Error::InvalidArgument`]).
@@ -102,7 +215,6 @@ impl From<Perms> for u8 {
 /// One physically contiguous piece of a `MapSg` request.
 ///
 /// Wire: `phys`, `len` as postcard varint `u64`.
-#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
 pub struct Segment {
     /// Physical start address, a multiple of 4 KiB.
@@ -111,11 +223,20 @@ pub struct Segment {
     pub len: u64,
 }
 
+#[cfg(feature = "defmt")]
+impl defmt::Format for Segment {
+    fn format(&self, f: defmt::Formatter<'_>) {
+        defmt::write!(f, "{=u64:#x}+{=u64:#x}", self.phys, self.len)
+    }
+}
+
 /// Why the IOMMU blocked a DMA access.
 ///
-/// Wire: postcard varint variant index (declaration order, append-only).
+/// Wire: postcard varint variant index (declaration order, append-only). `#[non_exhaustive]`:
+/// a later protocol version may add reasons, so a `match` needs a wildcard arm.
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
+#[non_exhaustive]
 pub enum FaultReason {
     /// No mapping at the IOVA.
     NotPresent,
@@ -133,7 +254,6 @@ pub enum FaultReason {
 ///
 /// Wire: `device` (varint `u32`), `iova` (varint `u64`), `write` (one byte, 0 or 1), `reason`
 /// (varint variant index).
-#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
 pub struct FaultRecord {
     /// The faulting device.
@@ -146,16 +266,36 @@ pub struct FaultRecord {
     pub reason: FaultReason,
 }
 
+#[cfg(feature = "defmt")]
+impl defmt::Format for FaultRecord {
+    fn format(&self, f: defmt::Formatter<'_>) {
+        defmt::write!(
+            f,
+            "device {=u32}, iova {=u64:#x}, {=str}, {}",
+            self.device.0,
+            self.iova,
+            if self.write { "write" } else { "read" },
+            self.reason
+        )
+    }
+}
+
 /// An inclusive IOVA range `[first, last]`.
 ///
 /// Wire: `first`, `last` as varint `u64`.
-#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
 pub struct IovaRange {
     /// First usable IOVA (a multiple of 4 KiB).
     pub first: u64,
     /// Last usable IOVA, inclusive (one below a multiple of 4 KiB).
     pub last: u64,
+}
+
+#[cfg(feature = "defmt")]
+impl defmt::Format for IovaRange {
+    fn format(&self, f: defmt::Formatter<'_>) {
+        defmt::write!(f, "{=u64:#x}..={=u64:#x}", self.first, self.last)
+    }
 }
 
 /// The address space one kind of domain offers.

@@ -1,11 +1,11 @@
 //! The typed client over a loopback transport that decodes each request and answers with a
 //! canned reply.
 
-use iommu_protocol::client::{Client, ClientError, Transport};
+use iommu_protocol::client::{Client, ClientError, Faults, Translation, Transport};
 use iommu_protocol::{
-    DeviceHandle, DomainHandle, DomainKind, Error, FaultReason, FaultRecord, InfoReply, IovaRange,
-    Limits, MAX_MESSAGE, MAX_SG_SEGMENTS, PROTOCOL_VERSION, Perms, Reply, Request, Segment,
-    TransportError, decode_request, encode_reply,
+    Align, ByteLen, DeviceHandle, DomainHandle, DomainKind, Error, FaultReason, FaultRecord,
+    InfoReply, Iova, IovaRange, Limits, MAX_MESSAGE, MAX_SG_SEGMENTS, PROTOCOL_VERSION, Perms,
+    PhysAddr, Reply, Request, Segment, TransportError, decode_request, encode_reply,
 };
 
 /// What the loopback answers with.
@@ -70,7 +70,9 @@ const DEV: DeviceHandle = DeviceHandle(9);
 #[test]
 fn hello_offers_our_version_and_checks_the_answer() {
     let mut c = answering(Reply::Hello { version: 1 });
+    assert_eq!(c.version(), None);
     assert_eq!(c.hello(), Ok(1));
+    assert_eq!(c.version(), Some(1));
     assert_eq!(
         last_sent(&mut c),
         Request::Hello {
@@ -80,7 +82,19 @@ fn hello_offers_our_version_and_checks_the_answer() {
     for bad in [0, PROTOCOL_VERSION + 1] {
         let mut c = answering(Reply::Hello { version: bad });
         assert_eq!(c.hello(), Err(ClientError::UnexpectedReply));
+        assert_eq!(c.version(), None);
     }
+    // A failed Hello keeps the version negotiated before.
+    let mut c = client_answering(vec![
+        Canned::Reply(Reply::Hello { version: 1 }),
+        Canned::Reply(Reply::Error(Error::UnsupportedVersion)),
+    ]);
+    assert_eq!(c.hello(), Ok(1));
+    assert_eq!(
+        c.hello(),
+        Err(ClientError::Server(Error::UnsupportedVersion))
+    );
+    assert_eq!(c.version(), Some(1));
 }
 
 #[test]
@@ -139,7 +153,16 @@ fn domain_and_device_calls_send_the_right_requests() {
 #[test]
 fn map_calls_send_the_right_requests() {
     let mut c = answering(Reply::Done);
-    assert_eq!(c.map(D, 0x1000, 0x8000_0000, 0x2000, Perms::RW), Ok(()));
+    assert_eq!(
+        c.map(
+            D,
+            Iova(0x1000),
+            PhysAddr(0x8000_0000),
+            ByteLen(0x2000),
+            Perms::RW
+        ),
+        Ok(())
+    );
     assert_eq!(
         last_sent(&mut c),
         Request::Map {
@@ -162,7 +185,7 @@ fn map_calls_send_the_right_requests() {
         },
     ];
     let mut c = answering(Reply::Done);
-    assert_eq!(c.map_sg(D, 0x10_0000, Perms::READ, &segs), Ok(()));
+    assert_eq!(c.map_sg(D, Iova(0x10_0000), Perms::READ, &segs), Ok(()));
     assert_eq!(
         last_sent(&mut c),
         Request::MapSg {
@@ -175,8 +198,14 @@ fn map_calls_send_the_right_requests() {
 
     let mut c = answering(Reply::Mapped { iova: 0x20_0000 });
     assert_eq!(
-        c.map_anywhere(D, 0x9000_0000, 0x4000, Perms::WRITE, 0x20_0000),
-        Ok(0x20_0000)
+        c.map_anywhere(
+            D,
+            PhysAddr(0x9000_0000),
+            ByteLen(0x4000),
+            Perms::WRITE,
+            Align(0x20_0000)
+        ),
+        Ok(Iova(0x20_0000))
     );
     assert_eq!(
         last_sent(&mut c),
@@ -198,7 +227,7 @@ fn too_many_segments_are_refused_before_sending() {
     }; MAX_SG_SEGMENTS + 1];
     let mut c = client_answering(vec![]);
     assert_eq!(
-        c.map_sg(D, 0, Perms::RW, &segs),
+        c.map_sg(D, Iova(0), Perms::RW, &segs),
         Err(ClientError::TooManySegments)
     );
     assert!(c.transport_mut().sent.is_empty());
@@ -207,7 +236,10 @@ fn too_many_segments_are_refused_before_sending() {
 #[test]
 fn unmap_query_and_faults_return_their_values() {
     let mut c = answering(Reply::Unmapped { bytes: 0x3000 });
-    assert_eq!(c.unmap(D, 0x1000, 0x10_0000), Ok(0x3000));
+    assert_eq!(
+        c.unmap(D, Iova(0x1000), ByteLen(0x10_0000)),
+        Ok(ByteLen(0x3000))
+    );
     assert_eq!(
         last_sent(&mut c),
         Request::Unmap {
@@ -221,7 +253,13 @@ fn unmap_query_and_faults_return_their_values() {
         phys: 0x8000_0234,
         perms: Perms::READ,
     });
-    assert_eq!(c.query(D, 0x1234), Ok((0x8000_0234, Perms::READ)));
+    assert_eq!(
+        c.query(D, Iova(0x1234)),
+        Ok(Translation {
+            phys: PhysAddr(0x8000_0234),
+            perms: Perms::READ
+        })
+    );
     assert_eq!(
         last_sent(&mut c),
         Request::Query {
@@ -241,18 +279,21 @@ fn unmap_query_and_faults_return_their_values() {
         records: records.clone(),
         lost: 3,
     });
-    assert_eq!(c.faults(), Ok((records, 3)));
+    assert_eq!(c.faults(), Ok(Faults { records, lost: 3 }));
     assert_eq!(last_sent(&mut c), Request::Faults);
 }
 
 #[test]
 fn server_errors_are_kept_apart_from_transport_errors() {
     let mut c = answering(Reply::Error(Error::NotMapped));
-    assert_eq!(c.query(D, 0), Err(ClientError::Server(Error::NotMapped)));
+    assert_eq!(
+        c.query(D, Iova(0)),
+        Err(ClientError::Server(Error::NotMapped))
+    );
 
     let mut c = answering(Reply::Error(Error::Overlap));
     assert_eq!(
-        c.map(D, 0, 0, 0x1000, Perms::RW),
+        c.map(D, Iova(0), PhysAddr(0), ByteLen(0x1000), Perms::RW),
         Err(ClientError::Server(Error::Overlap))
     );
 
@@ -290,4 +331,48 @@ fn client_works_through_a_mutable_reference() {
     let mut c = Client::new(&mut t);
     assert_eq!(c.detach(DEV), Ok(()));
     assert_eq!(t.sent, [Request::Detach { device: DEV }]);
+}
+
+#[test]
+fn errors_say_what_to_do() {
+    use std::error::Error as _;
+    for e in Error::ALL {
+        let text = e.to_string();
+        assert!(
+            text.contains(e.as_str()) && text.contains(e.remedy()),
+            "{text}"
+        );
+        assert!(text.contains(&format!("code {}", e.code())), "{text}");
+    }
+    let e = ClientError::Server(Error::Overlap);
+    assert!(e.to_string().contains("already mapped"), "{e}");
+    assert_eq!(
+        e.source().map(|s| s.to_string()),
+        Some(Error::Overlap.to_string())
+    );
+    let e = ClientError::Transport(TransportError::Disconnected);
+    assert!(e.source().is_some());
+    assert!(ClientError::TooManySegments.to_string().contains("11"));
+}
+
+#[test]
+fn addresses_debug_in_hex_and_add_lengths() {
+    assert_eq!(format!("{:?}", Iova(0x1000)), "Iova(0x1000)");
+    assert_eq!(
+        format!("{:?}", PhysAddr(0x8000_0000)),
+        "PhysAddr(0x80000000)"
+    );
+    assert_eq!(format!("{:#x}", ByteLen(0x2000)), "0x2000");
+    assert_eq!(Iova(0x1000) + ByteLen(0x2000), Iova(0x3000));
+    assert_eq!(PhysAddr(0x1000) + ByteLen(0x1000), PhysAddr(0x2000));
+    assert_eq!(ByteLen(1) + ByteLen(2), ByteLen(3));
+    assert_eq!(Align::PAGE, Align(4096));
+}
+
+#[test]
+fn perms_debug_by_name() {
+    assert_eq!(format!("{:?}", Perms::RW), "Perms(RW)");
+    assert_eq!(format!("{:?}", Perms::READ), "Perms(R)");
+    assert_eq!(format!("{:?}", Perms::WRITE), "Perms(W)");
+    assert_eq!(format!("{:?}", Perms::NONE), "Perms(NONE)");
 }

@@ -124,6 +124,9 @@ pub struct Config<'a> {
 }
 
 /// Why [`crate::Server::new`] refused a configuration or a backend.
+///
+/// Indices name entries of [`Config::clients`], [`ClientConfig::devices`] and
+/// [`ClientConfig::regions`]. `Display` says what to change.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub enum ConfigError {
@@ -131,16 +134,32 @@ pub enum ConfigError {
     TooManyClients,
     /// More devices (over all clients) than the server's `DEVICES` capacity.
     TooManyDevices,
-    /// Two clients share a [`ClientId`] (index of the second).
-    DuplicateClient(usize),
-    /// A `(unit, id)` pair is granted twice, as a device or an alias (client index, device
-    /// index of the second).
-    DeviceOverlap(usize, usize),
-    /// A device names a unit the backend does not drive (client index, device index).
-    NoSuchUnit(usize, usize),
-    /// A region is empty, unaligned, wraps around, or grants no permission
-    /// (client index, region index).
-    BadRegion(usize, usize),
+    /// Two clients share a [`ClientId`].
+    DuplicateClient {
+        /// Index of the second client with that id.
+        client: usize,
+    },
+    /// A `(unit, id)` pair is granted twice, as a device or an alias.
+    DeviceOverlap {
+        /// Index of the client of the second grant.
+        client: usize,
+        /// Index of the second grant in that client's devices.
+        device: usize,
+    },
+    /// A device names a unit the backend does not drive.
+    NoSuchUnit {
+        /// Index of the client.
+        client: usize,
+        /// Index of the device in that client's devices.
+        device: usize,
+    },
+    /// A region is empty, unaligned, wraps around, or grants no permission.
+    BadRegion {
+        /// Index of the client.
+        client: usize,
+        /// Index of the region in that client's regions.
+        region: usize,
+    },
     /// The backend drives no unit, or more than 64.
     UnitCount,
     /// The units report different address widths, or a width the format does not support.
@@ -173,6 +192,74 @@ pub enum ConfigError {
     },
 }
 
+impl core::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match *self {
+            ConfigError::TooManyClients => f.write_str(
+                "more clients than the server's CLIENTS capacity: raise the const generic or \
+                 configure fewer clients",
+            ),
+            ConfigError::TooManyDevices => f.write_str(
+                "more devices over all clients than the server's DEVICES capacity: raise the \
+                 const generic or grant fewer devices",
+            ),
+            ConfigError::DuplicateClient { client } => write!(
+                f,
+                "client {client} has the same ClientId as an earlier client: ids must be unique"
+            ),
+            ConfigError::DeviceOverlap { client, device } => write!(
+                f,
+                "device {device} of client {client} shares a (unit, requester id) with an \
+                 earlier grant (its own id or an alias): devices that share an id cannot be \
+                 isolated, grant them as one device to one client"
+            ),
+            ConfigError::NoSuchUnit { client, device } => write!(
+                f,
+                "device {device} of client {client} names a unit the backend does not drive"
+            ),
+            ConfigError::BadRegion { client, region } => write!(
+                f,
+                "region {region} of client {client} is empty, not 4 KiB aligned, wraps around \
+                 2^64 or grants neither read nor write"
+            ),
+            ConfigError::UnitCount => {
+                f.write_str("the backend drives no unit, or more than 64: bring units up first")
+            }
+            ConfigError::AddressWidth => f.write_str(
+                "the units report different address widths, or one the page-table format does \
+                 not support: serve such units with separate servers",
+            ),
+            ConfigError::LeafSizes => {
+                f.write_str("the units' common leaf sizes do not include 4 KiB")
+            }
+            ConfigError::NoTags => f.write_str("the units offer no usable domain tag"),
+            ConfigError::Reserved => f.write_str(
+                "a reserved IOVA window is not 4 KiB granular, not ascending and disjoint, or \
+                 leaves no usable range or more than MAX_IOVA_RANGES",
+            ),
+            ConfigError::Backend(kind) => {
+                write!(
+                    f,
+                    "setting up a unit structure or blocking a device failed: {kind}"
+                )
+            }
+            ConfigError::DomainQuotas { total, slots } => write!(
+                f,
+                "the clients' max_domains add up to {total}, but only {slots} domains fit at \
+                 once (domain tags and the DOMAINS capacity): lower the quotas"
+            ),
+            ConfigError::FrameQuotas { total, pool } => write!(
+                f,
+                "the clients' max_table_frames add up to {total}, but the frame pool holds \
+                 {pool} after the units' shared structures: lower the quotas or give the pool \
+                 more frames"
+            ),
+        }
+    }
+}
+
+impl core::error::Error for ConfigError {}
+
 impl Config<'_> {
     /// An empty configuration (no clients): useful as a placeholder.
     pub const EMPTY: Config<'static> = Config {
@@ -193,11 +280,14 @@ impl Config<'_> {
         let mut total = 0usize;
         for (ci, c) in self.clients.iter().enumerate() {
             if self.clients[..ci].iter().any(|o| o.id == c.id) {
-                return Err(ConfigError::DuplicateClient(ci));
+                return Err(ConfigError::DuplicateClient { client: ci });
             }
             for (di, d) in c.devices.iter().enumerate() {
                 if d.unit >= units {
-                    return Err(ConfigError::NoSuchUnit(ci, di));
+                    return Err(ConfigError::NoSuchUnit {
+                        client: ci,
+                        device: di,
+                    });
                 }
                 let twice_in_itself = d
                     .ids()
@@ -208,7 +298,10 @@ impl Config<'_> {
                     .iter()
                     .any(|o| o.devices.iter().any(|od| od.overlaps(d)));
                 if twice_in_itself || dup_here || dup_before {
-                    return Err(ConfigError::DeviceOverlap(ci, di));
+                    return Err(ConfigError::DeviceOverlap {
+                        client: ci,
+                        device: di,
+                    });
                 }
             }
             for (ri, r) in c.regions.iter().enumerate() {
@@ -219,7 +312,10 @@ impl Config<'_> {
                     && r.base.checked_add(r.len - 1).is_some()
                     && (r.perms.read || r.perms.write);
                 if !ok {
-                    return Err(ConfigError::BadRegion(ci, ri));
+                    return Err(ConfigError::BadRegion {
+                        client: ci,
+                        region: ri,
+                    });
                 }
             }
             total += c.devices.len();
@@ -354,7 +450,13 @@ mod tests {
             clients: &CLIENTS,
             reserved: &[],
         };
-        assert_eq!(c.validate(1, 4, 4), Err(ConfigError::DeviceOverlap(1, 0)));
+        assert_eq!(
+            c.validate(1, 4, 4),
+            Err(ConfigError::DeviceOverlap {
+                client: 1,
+                device: 0
+            })
+        );
         assert_eq!(c.validate(1, 1, 4), Err(ConfigError::TooManyClients));
     }
 
@@ -388,7 +490,13 @@ mod tests {
             clients: &shared,
             reserved: &[],
         };
-        assert_eq!(c.validate(2, 4, 4), Err(ConfigError::DeviceOverlap(1, 0)));
+        assert_eq!(
+            c.validate(2, 4, 4),
+            Err(ConfigError::DeviceOverlap {
+                client: 1,
+                device: 0
+            })
+        );
         let apart = [client(1, &a), client(2, &other_unit)];
         let c = Config {
             clients: &apart,
@@ -416,6 +524,12 @@ mod tests {
             clients: &bad,
             reserved: &[],
         };
-        assert_eq!(c.validate(1, 4, 4), Err(ConfigError::DeviceOverlap(0, 0)));
+        assert_eq!(
+            c.validate(1, 4, 4),
+            Err(ConfigError::DeviceOverlap {
+                client: 0,
+                device: 0
+            })
+        );
     }
 }

@@ -185,6 +185,8 @@ impl<
                 let lost = core::mem::take(&mut q.lost);
                 Reply::Faults { records, lost }
             }
+            // A request of a newer protocol crate than this server implements.
+            _ => return Err(Fail::Unsupported),
         })
     }
 
@@ -234,9 +236,11 @@ impl<
         }
     }
 
-    /// Drains every unit's fault records (call it when a unit raises its fault interrupt) and
-    /// routes each to the client owning the faulting device, as that client's device handle;
-    /// records of devices no client owns are counted and dropped. A full client queue counts
+    /// Drains every unit's fault records and routes each to the client owning the faulting
+    /// device, as that client's device handle. Call it from the unit's fault interrupt where
+    /// the backend programs one ([`Backend::enable_fault_interrupt`]), otherwise before
+    /// handling requests or periodically. Records of devices no client owns are counted and
+    /// dropped. A full client queue counts
     /// the record as lost and reports the count with that client's next `Faults` reply. Calls
     /// [`Notify::notify`] once for each client that received records.
     pub fn service_faults(&mut self) {

@@ -15,7 +15,47 @@
 //! then [`Server::new`]`(backend, mem, alloc, notify, config)`, and from its receive loop calls
 //! [`Server::handle`]`(client, request_bytes, reply_buf)` with the client identity its IPC
 //! gives (seL4 badge, Hubris task index), [`Server::client_exited`] when a client is gone, and
-//! [`Server::service_faults`] when a unit raises its fault interrupt.
+//! [`Server::service_faults`] to drain the units' fault records into the clients' queues: from
+//! its interrupt path once the backend signals faults
+//! ([`Backend::enable_fault_interrupt`](iommu_hal::backend::Backend::enable_fault_interrupt)),
+//! or before requests where it does not (the QEMU images do that).
+//!
+//! ```
+//! use iommu_hal::pagetable::Perms;
+//! use iommu_protocol::{MAX_MESSAGE, Reply, Request, decode_reply, encode_request};
+//! use iommu_server::{ClientConfig, ClientId, Config, DeviceGrant, NoNotify, RegionGrant, Server};
+//! use iommu_test_harness::mock::{MockSpec, VtdMock};
+//! use iommu_test_harness::sim::{SharedMem, SimAlloc};
+//!
+//! // Client 1 owns the device with requester id 0x08 behind unit 0, and 1 MiB of memory.
+//! let devices = [DeviceGrant::new(0, 0x08)];
+//! let regions = [RegionGrant { base: 0x1000_0000, len: 0x10_0000, perms: Perms::RW }];
+//! let clients = [ClientConfig {
+//!     id: ClientId(1),
+//!     devices: &devices,
+//!     regions: &regions,
+//!     max_domains: 2,
+//!     max_table_frames: 32,
+//! }];
+//! let config = Config { clients: &clients, reserved: &[] };
+//!
+//! // A backend (here the test harness's mock), the memory its tables live in, a frame pool.
+//! let mem = SharedMem::new();
+//! let backend = VtdMock::new(mem.clone(), MockSpec::default());
+//! let frames = SimAlloc::new(mem.clone(), 0x4000_0000, 64);
+//! let mut server: Server<'_, _, _, _, _> = Server::new(backend, mem, frames, NoNotify, config)?;
+//!
+//! // The receive loop: bytes in, with the identity the IPC gave; bytes out.
+//! let mut request = [0u8; MAX_MESSAGE];
+//! let mut reply = [0u8; MAX_MESSAGE];
+//! let n = encode_request(&Request::CreateDomain, &mut request)?;
+//! let m = server.handle(ClientId(1), &request[..n], &mut reply);
+//! assert!(matches!(decode_reply(&reply[..m])?, Reply::DomainCreated { .. }));
+//! // A client the configuration does not know is refused.
+//! let m = server.handle(ClientId(7), &request[..n], &mut reply);
+//! assert_eq!(decode_reply(&reply[..m])?, Reply::Error(iommu_protocol::Error::NotPermitted));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 //!
 //! # Semantics decided here
 //!
@@ -45,7 +85,10 @@
 //!   destroyed, after its devices are blocked and the domain-wide invalidation completed) are
 //!   charged to the client per request through a counting wrapper around the global
 //!   allocator: refused by the quota is `QuotaExceeded`. Frames come back to the quota when
-//!   freed (after the invalidation). Unit structures shared between domains (VT-d context
+//!   freed (after the invalidation). Empty tables the page-table engine keeps linked in its
+//!   reserve (hal's *Table lifetime*) stay charged, but never make a request fail: a map or
+//!   unmap short of frames gives the client's reserves back (invalidated first, as any
+//!   unmap) and runs once more ([`Server::trim`] does the same on demand). Unit structures shared between domains (VT-d context
 //!   tables, SMMUv3 level-2 stream tables) are taken from the pool at start for every
 //!   configured device (`Backend::prepare`) and never freed. [`Server::new`] refuses
 //!   quotas that could not all be honoured at once: `max_domains` adding up to more than the
@@ -106,6 +149,8 @@ extern crate std;
 pub mod config;
 mod dispatch;
 mod faults;
+#[cfg(feature = "defmt")]
+mod log;
 mod quota;
 mod server;
 

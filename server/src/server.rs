@@ -42,9 +42,9 @@ fn pt_fail(e: PtError, quota_refused: bool) -> Fail {
     }
 }
 
-/// Counters kept by the server, for tests, benchmarks and diagnostics.
+/// Counters kept by the server, for tests, benchmarks and diagnostics. Logged (defmt) with
+/// the error replies by name, only those that occurred.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct Stats {
     /// Requests handled (every call of [`Server::handle`]).
     pub requests: u64,
@@ -869,7 +869,59 @@ impl<
         }
         self.check_grant(ci, phys, len, perms)?;
         self.ensure_clean(slot)?;
-        self.map_into(slot, ci, iova, phys, len, perms)
+        self.with_trim(ci, |s| s.map_into(slot, ci, iova, phys, len, perms))
+    }
+
+    /// Runs `op` (a table operation that leaves everything as it was when it fails); if it
+    /// failed for want of a table frame and the client's domains kept empty tables in the
+    /// engine's reserve, gives those back ([`Server::trim`]) and runs it once more. The
+    /// reserve is a cache: it never makes a request fail that would succeed without it.
+    fn with_trim<T>(
+        &mut self,
+        ci: usize,
+        mut op: impl FnMut(&mut Self) -> Result<T, Fail>,
+    ) -> Result<T, Fail> {
+        match op(self) {
+            Err(Fail::QuotaExceeded | Fail::OutOfTableMemory) if self.trim_client(ci) => op(self),
+            r => r,
+        }
+    }
+
+    /// Gives back the empty tables the engine keeps in reserve in client `ci`'s domains:
+    /// unlinks them, invalidates (one invalidation per unit per domain) and frees their
+    /// frames. Returns whether any domain gave frames back. A domain whose invalidation fails
+    /// keeps them pending and has its devices blocked, as after a failed unmap.
+    fn trim_client(&mut self, ci: usize) -> bool {
+        let mut freed = false;
+        for slot in 0..self.domains.len() {
+            let Slot::Live(d) = &mut self.domains[slot] else {
+                continue;
+            };
+            if d.owner != ci || d.table.reserved() == 0 {
+                continue;
+            }
+            let mut gather = Gather::new();
+            let limit = self.config.clients[ci].max_table_frames;
+            let mut c = Counting::new(&mut self.alloc, &mut self.clients[ci].frames, limit);
+            d.table.reclaim(&mut self.mem, &mut c, &mut gather);
+            if self.flush(slot, gather).is_ok() {
+                freed = true;
+            }
+        }
+        freed
+    }
+
+    /// Gives back the empty tables the page-table engine keeps linked in reserve in every
+    /// domain of client `id` (about 40 frames per domain at most; hal's *Table lifetime*),
+    /// so the client's frame count is exactly what its live mappings need. The server does
+    /// this by itself when a request of the client runs short of frames; a deployment may
+    /// also call it when a client goes idle. `false` when nothing was given back (or `id`
+    /// is not a client).
+    pub fn trim(&mut self, id: ClientId) -> bool {
+        match self.client_index(id) {
+            Some(ci) => self.trim_client(ci),
+            None => false,
+        }
     }
 
     /// Maps one checked range and invalidates where non-present entries may be cached.
@@ -981,6 +1033,22 @@ impl<
             self.check_grant(ci, phys, len, perms)?;
         }
         self.ensure_clean(slot)?;
+        self.with_trim(ci, |s| {
+            s.map_segments(slot, ci, iova, last, segments, perms)
+        })
+    }
+
+    /// Maps checked segments at consecutive IOVAs from `iova` to `last`, all or nothing.
+    fn map_segments(
+        &mut self,
+        slot: usize,
+        ci: usize,
+        iova: u64,
+        last: u64,
+        segments: &[(u64, u64)],
+        perms: Perms,
+    ) -> Result<(), Fail> {
+        let total = last - iova + 1;
         // The whole IOVA range must be free before anything is written.
         match self.table(slot).find_free(
             &self.mem,
@@ -1077,7 +1145,7 @@ impl<
             }
         }
         let iova = found.ok_or(Fail::NoSpace)?;
-        self.map_into(slot, ci, iova, phys, len, perms)?;
+        self.with_trim(ci, |s| s.map_into(slot, ci, iova, phys, len, perms))?;
         Ok(iova)
     }
 
@@ -1104,6 +1172,12 @@ impl<
             return Err(Fail::OutOfRange);
         }
         self.ensure_clean(slot)?;
+        // A split needs frames: with the reserve given back, it may find them.
+        self.with_trim(ci, |s| s.unmap_in(slot, ci, iova, len))
+    }
+
+    /// Unmaps a checked range and invalidates, then frees what it unlinked.
+    fn unmap_in(&mut self, slot: usize, ci: usize, iova: u64, len: u64) -> Result<u64, Fail> {
         let mut gather = Gather::new();
         let limit = self.config.clients[ci].max_table_frames;
         let mut c = Counting::new(&mut self.alloc, &mut self.clients[ci].frames, limit);

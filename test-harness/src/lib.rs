@@ -7,6 +7,8 @@
 //! benchmarks, and the QEMU runner.
 
 pub mod conformance;
+pub mod fixtures;
+pub mod fuzzing;
 pub mod inject;
 pub mod mock;
 pub mod model;

@@ -12,7 +12,7 @@
 //!   miss and dropped by `attach`/`block` as the [`Backend`] contract promises;
 //! - fault records for every faulting access, in a bounded per-unit log with an overflow flag.
 //!
-//! It is configurable ([`MockSpec`]) and takes injected failures ([`Inject`]) to drive the
+//! It is configurable ([`MockSpec`]) and takes injected failures ([`Injector`]) to drive the
 //! server's error paths.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};

@@ -1908,6 +1908,52 @@ pub fn queue_errors_are_reported_and_recovered<F: Fixture>() {
     assert_eq!(dma(&mut f, A, 0, 0, true), Err(Faulted));
 }
 
+/// The engine's reserve (empty tables kept linked after a partial unmap) is a cache, never a
+/// cost to the client: at its frame quota, a client whose only held frames are reserved
+/// tables can still map elsewhere (the server gives the reserve back and retries), and the
+/// page it unmapped stays unreachable.
+pub fn reserve_never_costs_quota<F: Fixture>() {
+    let (mut f, _) = fresh::<F>();
+    let c = create(&mut f, C);
+    attach(&mut f, C, c, 0);
+    // Fill C's quota with 4 KiB pages in separate 1 GiB regions (a path of tables each).
+    let mut i = 0u64;
+    loop {
+        match call(
+            &mut f,
+            C,
+            &map_req(c, i << 30, 0x8000_0000 + i * PG, PG, RW),
+        ) {
+            Reply::Done => i += 1,
+            Reply::Error(Error::QuotaExceeded) => break,
+            r => panic!("{r:?}"),
+        }
+        assert!(i < 16);
+    }
+    assert!(i >= 1, "C's quota must hold a path");
+    // Unmap one page only (a partial unmap of its tables' spans: they stay in reserve).
+    assert_eq!(unmap(&mut f, C, c, 0, PG), PG);
+    assert_eq!(dma(&mut f, C, 0, 0, true), Err(Faulted));
+    // A new path fits again: the reserve is given back on demand.
+    map(&mut f, C, c, i << 30, 0x8000_0000, PG, RW);
+    assert_eq!(dma(&mut f, C, 0, i << 30, true), Ok(0x8000_0000));
+    assert_eq!(dma(&mut f, C, 0, 0, true), Err(Faulted));
+    for j in 1..i {
+        assert_eq!(dma(&mut f, C, 0, j << 30, true), Ok(0x8000_0000 + j * PG));
+    }
+    assert!(f.server_ref().usage(C).unwrap().1 <= u64::from(C_MAX_FRAMES));
+    // `trim` gives back what is still reserved, and nothing a mapping needs.
+    assert_eq!(unmap(&mut f, C, c, i << 30, PG), PG);
+    let held = f.server_ref().usage(C).unwrap().1;
+    assert!(f.server().trim(C));
+    assert!(f.server_ref().usage(C).unwrap().1 < held);
+    assert!(!f.server().trim(C));
+    assert_eq!(dma(&mut f, C, 0, i << 30, true), Err(Faulted));
+    for j in 1..i {
+        assert_eq!(dma(&mut f, C, 0, j << 30, true), Ok(0x8000_0000 + j * PG));
+    }
+}
+
 /// Random bytes never panic, always get a decodable reply, and never change state.
 pub fn random_bytes<F: Fixture>(seed: u64, count: usize) {
     let mut x = seed | 1;
@@ -1959,6 +2005,9 @@ pub fn garbage<F: Fixture>(inputs: &[Vec<u8>]) {
             other => undo(&mut f, d, &other, &reply),
         }
     }
+    // Undone maps may leave empty tables in the engine's reserve (frames held, nothing
+    // mapped): give them back, so what remains is exactly what the mappings need.
+    f.server().trim(A);
     assert_eq!(observe(&mut f, &[(A, d)], &[(A, 0)], &probes), before);
 }
 
@@ -2643,7 +2692,51 @@ pub fn run_fault_stream<F: Fixture>(ops: &[FaultOp]) {
                             _ => {}
                         }
                     }
-                    Op::MapSg { .. } => {}
+                    Op::MapSg { dom, iova, segs } => {
+                        let Some((h, id)) = handle(*dom) else {
+                            continue;
+                        };
+                        let iova = iova % window;
+                        let segs = segs.map(|(p, n)| (p, n.min(32)));
+                        let segments = segs
+                            .iter()
+                            .map(|&(p, n)| Segment {
+                                phys: base + p * PG,
+                                len: n * PG,
+                            })
+                            .collect();
+                        let r = call(
+                            &mut f,
+                            client,
+                            &Request::MapSg {
+                                domain: h,
+                                iova: iova * PG,
+                                perms: RW,
+                                segments,
+                            },
+                        );
+                        // (IOVA page, physical page) of every page the request maps.
+                        let mut pages = Vec::new();
+                        let mut at = iova;
+                        for (p, n) in segs {
+                            pages.extend((0..n).map(|i| (at + i, (base >> 12) + p + i)));
+                            at += n;
+                        }
+                        match r {
+                            Reply::Done => {
+                                for (v, ph) in pages {
+                                    doms[id].sure.insert(v, ph);
+                                }
+                            }
+                            Reply::Error(err) if is_hw(err) => {
+                                for (v, ph) in pages {
+                                    doms[id].add_maybe(v, ph);
+                                }
+                                blocked_by_failure(&mut reach[*ci], id);
+                            }
+                            _ => {}
+                        }
+                    }
                     Op::Exit => {
                         f.server().client_exited(client);
                         live[*ci].clear();
@@ -2810,6 +2903,10 @@ macro_rules! server_suite_tests {
         #[test]
         fn retried_detach_blocks() {
             $crate::server_suite::retried_detach_blocks::<$fixture>();
+        }
+        #[test]
+        fn reserve_never_costs_quota() {
+            $crate::server_suite::reserve_never_costs_quota::<$fixture>();
         }
         #[test]
         fn stale_tags_are_never_reused() {

@@ -167,3 +167,195 @@ mod random_faults {
         }
     }
 }
+
+/// What `Server::new` refuses before touching the backend (`Config::validate`): each way a
+/// configuration is malformed, next to the boundary case that is still accepted.
+mod config_checks {
+    use iommu_hal::pagetable::Perms;
+    use iommu_protocol::IovaRange;
+    use iommu_server::{
+        ClientConfig, ClientId, Config, ConfigError, DeviceGrant, RegionGrant, usable_ranges,
+    };
+
+    const PAGE: u64 = 0x1000;
+
+    fn region(base: u64, len: u64, perms: Perms) -> RegionGrant {
+        RegionGrant { base, len, perms }
+    }
+
+    fn client<'a>(
+        id: u32,
+        devices: &'a [DeviceGrant<'a>],
+        regions: &'a [RegionGrant],
+    ) -> ClientConfig<'a> {
+        ClientConfig {
+            id: ClientId(id),
+            devices,
+            regions,
+            max_domains: 1,
+            max_table_frames: 8,
+        }
+    }
+
+    fn validate(
+        clients: &[ClientConfig<'_>],
+        units: usize,
+        max_clients: usize,
+        max_devices: usize,
+    ) -> Result<usize, ConfigError> {
+        Config {
+            clients,
+            reserved: &[],
+        }
+        .validate(units, max_clients, max_devices)
+    }
+
+    /// A region must be non-empty, page aligned in base and length, end at or below 2^64 and
+    /// grant something; each case breaks exactly one of these.
+    #[test]
+    fn malformed_regions_are_refused() {
+        let top = region(u64::MAX - (PAGE - 1), PAGE, Perms::W);
+        let good = [region(PAGE, PAGE, Perms::R), top];
+        assert_eq!(validate(&[client(1, &[], &good)], 1, 4, 4), Ok(0));
+        let none = Perms {
+            read: false,
+            write: false,
+        };
+        for (bad, why) in [
+            (region(PAGE, 0, Perms::RW), "empty"),
+            (
+                region(PAGE + 0x800, PAGE, Perms::RW),
+                "base not page aligned",
+            ),
+            (
+                region(PAGE, PAGE + 0x800, Perms::RW),
+                "length not page aligned",
+            ),
+            (
+                region(u64::MAX - (PAGE - 1), 2 * PAGE, Perms::RW),
+                "wraps past 2^64",
+            ),
+            (region(PAGE, PAGE, none), "grants nothing"),
+        ] {
+            let regions = [good[0], bad];
+            let clients = [client(1, &[], &good), client(2, &[], &regions)];
+            assert_eq!(
+                validate(&clients, 1, 4, 4),
+                Err(ConfigError::BadRegion {
+                    client: 1,
+                    region: 1
+                }),
+                "{why}"
+            );
+        }
+    }
+
+    /// Capacities are limits, not one past them: exactly `max_clients` clients and
+    /// `max_devices` devices are accepted, one more is refused.
+    #[test]
+    fn capacities_are_inclusive() {
+        let a = [DeviceGrant::new(0, 1), DeviceGrant::new(0, 2)];
+        let b = [DeviceGrant::new(1, 1)];
+        let clients = [client(1, &a, &[]), client(2, &b, &[])];
+        assert_eq!(validate(&clients, 2, 2, 3), Ok(3));
+        assert_eq!(
+            validate(&clients, 2, 1, 3),
+            Err(ConfigError::TooManyClients)
+        );
+        assert_eq!(
+            validate(&clients, 2, 2, 2),
+            Err(ConfigError::TooManyDevices)
+        );
+    }
+
+    /// Client ids are unique; a device's unit must exist (the last unit does).
+    #[test]
+    fn duplicate_clients_and_missing_units_are_refused() {
+        let on_last = [DeviceGrant::new(1, 7)];
+        let clients = [client(1, &[], &[]), client(1, &[], &[])];
+        assert_eq!(
+            validate(&clients, 1, 4, 4),
+            Err(ConfigError::DuplicateClient { client: 1 })
+        );
+        let clients = [client(1, &[], &[]), client(2, &on_last, &[])];
+        assert_eq!(validate(&clients, 2, 4, 4), Ok(1));
+        assert_eq!(
+            validate(&clients, 1, 4, 4),
+            Err(ConfigError::NoSuchUnit {
+                client: 1,
+                device: 0
+            })
+        );
+    }
+
+    fn w(first: u64, last: u64) -> IovaRange {
+        IovaRange { first, last }
+    }
+
+    fn ranges(last: u64, reserved: &[IovaRange]) -> Option<Vec<IovaRange>> {
+        usable_ranges(last, reserved).map(|v| v.to_vec())
+    }
+
+    /// The usable ranges are `[0, last]` minus the windows: at the edges, adjacent, beyond the
+    /// address space, ending at 2^64 - 1; malformed, unsorted or overlapping windows, an empty
+    /// result, and more ranges than the protocol reports are refused.
+    #[test]
+    fn usable_ranges_at_the_edges() {
+        let last = 0xffff;
+        assert_eq!(ranges(last, &[]), Some(vec![w(0, last)]));
+        assert_eq!(
+            ranges(last, &[w(0, 0xfff)]),
+            Some(vec![w(0x1000, last)]),
+            "a window at 0"
+        );
+        assert_eq!(
+            ranges(last, &[w(0xf000, last)]),
+            Some(vec![w(0, 0xefff)]),
+            "a window at the end"
+        );
+        assert_eq!(
+            ranges(last, &[w(0x8000, 0x1_ffff)]),
+            Some(vec![w(0, 0x7fff)]),
+            "a window running past the end"
+        );
+        assert_eq!(
+            ranges(last, &[w(0x1_0000, 0x1_0fff)]),
+            Some(vec![w(0, last)]),
+            "a window just beyond the end"
+        );
+        assert_eq!(
+            ranges(last, &[w(0x1000, 0x1fff), w(0x2000, 0x2fff)]),
+            Some(vec![w(0, 0xfff), w(0x3000, last)]),
+            "adjacent windows"
+        );
+        assert_eq!(
+            ranges(u64::MAX, &[w(u64::MAX - 0xfff, u64::MAX)]),
+            Some(vec![w(0, u64::MAX - 0x1000)]),
+            "a window ending at 2^64 - 1"
+        );
+        assert_eq!(
+            ranges(0x1000, &[w(0, 0xfff)]),
+            Some(vec![w(0x1000, 0x1000)]),
+            "one byte left"
+        );
+        assert_eq!(
+            ranges(last, &[w(0x1000, 0x1fff), w(0x3000, 0x3fff)]),
+            Some(vec![w(0, 0xfff), w(0x2000, 0x2fff), w(0x4000, last)]),
+            "as many ranges as the protocol reports"
+        );
+        for (bad, why) in [
+            (vec![w(0x2000, 0x1fff)], "first above last"),
+            (vec![w(0x1800, 0x1fff)], "first not page aligned"),
+            (vec![w(0x1000, 0x1ffe)], "last not at a page's end"),
+            (vec![w(0x3000, 0x3fff), w(0x1000, 0x1fff)], "unsorted"),
+            (vec![w(0x1000, 0x2fff), w(0x2000, 0x3fff)], "overlapping"),
+            (vec![w(0, last)], "nothing left"),
+            (
+                vec![w(0x1000, 0x1fff), w(0x3000, 0x3fff), w(0x5000, 0x5fff)],
+                "four ranges",
+            ),
+        ] {
+            assert_eq!(ranges(last, &bad), None, "{why}");
+        }
+    }
+}

@@ -20,126 +20,7 @@
 //! memory are legitimate (the server was told the invalidation failed), so the stale-hit
 //! checks are left to the suite's own invariant checks from then on.
 
-use std::marker::PhantomData;
-
-use iommu_hal::smmuv3::{SmmuBackend, SmmuConfig};
-use iommu_test_harness::inject::{Doorbell, Faulty, Injector, UnitFault};
-use iommu_test_harness::model::smmuv3::{Access, SmmuConfig as ModelCfg, SmmuHandle};
-use iommu_test_harness::rig::FakeDelay;
-use iommu_test_harness::server_suite::{
-    Faulted, Fixture, POOL_BASE, Recorder, Setup, SuiteServer, config,
-};
-use iommu_test_harness::sim::{SharedMem, SimAlloc};
-
-type Be = SmmuBackend<Faulty<SmmuHandle>, SharedMem, FakeDelay, 2>;
-
-/// A model configuration for both units.
-trait Variant {
-    fn model() -> ModelCfg;
-}
-
-/// The model's defaults (QEMU `virt`).
-struct Qemu;
-impl Variant for Qemu {
-    fn model() -> ModelCfg {
-        ModelCfg::default()
-    }
-}
-
-/// No RIL, BBML0, non-coherent walks, 8-bit ASIDs.
-struct Minimal;
-impl Variant for Minimal {
-    fn model() -> ModelCfg {
-        ModelCfg {
-            ril: false,
-            bbml: 0,
-            cohacc: false,
-            asid16: false,
-            ..ModelCfg::default()
-        }
-    }
-}
-
-struct SmmuFixture<V> {
-    server: SuiteServer<Be>,
-    units: [SmmuHandle; 2],
-    injectors: [Injector; 2],
-    /// A fault was injected at some point.
-    injected: bool,
-    _v: PhantomData<V>,
-}
-
-impl<V> SmmuFixture<V> {
-    /// The models' misuse logs are empty and no cached entry disagreed with memory.
-    fn check_models(&self) {
-        for (u, hw) in self.units.iter().enumerate() {
-            let m = hw.borrow();
-            if self.injectors[u].plan().corrupted == 0 {
-                assert!(m.misuse.is_empty(), "unit {u} misuse: {:?}", m.misuse);
-            }
-            if self.injected {
-                continue;
-            }
-            assert_eq!(m.stats.stale_hits, 0, "unit {u}: stale TLB hits");
-            assert_eq!(m.stats.stale_cfg_hits, 0, "unit {u}: stale STE/CD hits");
-        }
-    }
-}
-
-impl<V: Variant> Fixture for SmmuFixture<V> {
-    type Backend = Be;
-
-    fn build(setup: &Setup, notify: Recorder) -> Self {
-        let mem = SharedMem::new();
-        let mut alloc = SimAlloc::new(mem.clone(), POOL_BASE, setup.pool_frames);
-        let mut be = Be::new(mem.clone(), FakeDelay::default());
-        // `setup.caches_not_present` cannot be expressed: SMMUv3 never caches invalid
-        // translations, and the units say so in their info.
-        let units = [0, 1].map(|_| SmmuHandle::new(mem.clone(), V::model()));
-        let injectors = [Injector::default(), Injector::default()];
-        for (hw, inj) in units.iter().zip(&injectors) {
-            let regs = Faulty::new(hw.clone(), Doorbell::SmmuCmdqProd, mem.clone(), inj.clone());
-            be.add_unit(regs, &mut alloc, SmmuConfig::default())
-                .expect("unit bring-up");
-        }
-        let server = SuiteServer::new(be, mem, alloc, notify, config()).expect("server");
-        let f = SmmuFixture {
-            server,
-            units,
-            injectors,
-            injected: false,
-            _v: PhantomData,
-        };
-        f.check_models();
-        f
-    }
-    fn server(&mut self) -> &mut SuiteServer<Be> {
-        &mut self.server
-    }
-    fn server_ref(&self) -> &SuiteServer<Be> {
-        &self.server
-    }
-    fn dma(&mut self, unit: usize, rid: u32, iova: u64, write: bool) -> Result<u64, Faulted> {
-        let access = if write { Access::Write } else { Access::Read };
-        let r = self.units[unit].translate(rid, iova, access);
-        self.check_models();
-        r.map_err(|_| Faulted)
-    }
-    fn inject(&mut self, unit: usize, fault: UnitFault) -> bool {
-        self.injected = true;
-        self.injectors[unit].inject(fault);
-        true
-    }
-    fn heal(&mut self) {
-        for i in &self.injectors {
-            i.heal();
-        }
-    }
-    /// Blocked StreamIDs have an invalid STE: C_BAD_STE carries no address (7.3.4).
-    fn blocked_records_carry_iova(&self) -> bool {
-        false
-    }
-}
+use iommu_test_harness::fixtures::{Minimal, Qemu, SmmuFixture};
 
 mod qemu {
     use super::{Qemu, SmmuFixture};
@@ -177,8 +58,9 @@ mod random {
 }
 
 mod smmu_only {
-    use super::{Minimal, Qemu, SmmuFixture, Variant};
+    use super::{Minimal, Qemu, SmmuFixture};
     use iommu_protocol::{DeviceHandle, Error, Request};
+    use iommu_test_harness::fixtures::SmmuVariant as Variant;
     use iommu_test_harness::server_suite::{
         A, Faulted, Fixture, Recorder, Setup, attach, create, dma, done, err, map,
     };

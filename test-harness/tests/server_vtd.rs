@@ -9,34 +9,14 @@
 use iommu_hal::FrameAlloc;
 use iommu_hal::backend::{Backend, DomainConfig, FaultInterrupt, FaultRecord, UnitIndex, UnitInfo};
 use iommu_hal::pagetable::Gather;
-use iommu_hal::vtd::{VtdBackend, VtdConfig};
-use iommu_test_harness::inject::{Doorbell, Faulty, Injector, UnitFault};
-use iommu_test_harness::model::vtd::{VtdConfig as ModelCfg, VtdHandle};
-use iommu_test_harness::rig::FakeDelay;
-use iommu_test_harness::server_suite::{
-    Faulted, Fixture, POOL_BASE, Recorder, Setup, SuiteServer, config,
-};
-use iommu_test_harness::sim::{SharedMem, SimAlloc};
-
-type Be = VtdBackend<Faulty<VtdHandle>, SharedMem, FakeDelay, 2>;
-
-/// How a fixture's server sees the VT-d backend: as it is, or through a test wrapper.
-trait MakeBackend: Backend + Sized {
-    fn make(be: Be) -> Self;
-}
-
-impl MakeBackend for Be {
-    fn make(be: Be) -> Be {
-        be
-    }
-}
+use iommu_test_harness::fixtures::{MakeVtdBackend, VtdBe as Be, VtdFixture};
 
 /// The VT-d backend with every unit reported as not caching not-present entries, whatever
 /// its CAP.CM says: the server then skips the invalidation after a map (hal itself still
 /// honours caching mode for context entries). Only for showing that the tests notice.
 struct HideCachingMode(Be);
 
-impl MakeBackend for HideCachingMode {
+impl MakeVtdBackend for HideCachingMode {
     fn make(be: Be) -> Self {
         HideCachingMode(be)
     }
@@ -101,63 +81,6 @@ impl Backend for HideCachingMode {
         sink: &mut dyn FnMut(FaultRecord),
     ) -> Result<bool, Self::Error> {
         self.0.drain_faults(unit, sink)
-    }
-}
-
-struct VtdFixture<B: Backend = Be> {
-    server: SuiteServer<B>,
-    units: [VtdHandle; 2],
-    injectors: [Injector; 2],
-}
-
-impl<B: MakeBackend> Fixture for VtdFixture<B> {
-    type Backend = B;
-
-    fn build(setup: &Setup, notify: Recorder) -> Self {
-        let mem = SharedMem::new();
-        let mut alloc = SimAlloc::new(mem.clone(), POOL_BASE, setup.pool_frames);
-        let mut be = Be::new(mem.clone(), FakeDelay::default());
-        let units = [0, 1].map(|u| {
-            let cm = setup.caches_not_present & (1 << u) != 0;
-            VtdHandle::new(mem.clone(), ModelCfg::qemu().with_caching_mode(cm))
-        });
-        let injectors = [Injector::default(), Injector::default()];
-        for (hw, inj) in units.iter().zip(&injectors) {
-            let regs = Faulty::new(hw.clone(), Doorbell::VtdIqt, mem.clone(), inj.clone());
-            be.add_unit(regs, &mut alloc, VtdConfig::default())
-                .expect("unit bring-up");
-        }
-        let server = SuiteServer::new(B::make(be), mem, alloc, notify, config()).expect("server");
-        VtdFixture {
-            server,
-            units,
-            injectors,
-        }
-    }
-    fn server(&mut self) -> &mut SuiteServer<B> {
-        &mut self.server
-    }
-    fn server_ref(&self) -> &SuiteServer<B> {
-        &self.server
-    }
-    fn dma(&mut self, unit: usize, rid: u32, iova: u64, write: bool) -> Result<u64, Faulted> {
-        let hw = &self.units[unit];
-        let r = hw.borrow_mut().translate(rid as u16, iova, write);
-        let violations = hw.borrow().violations().to_vec();
-        // A corrupted descriptor is a violation the test put there itself.
-        if self.injectors[unit].plan().corrupted == 0 {
-            assert!(violations.is_empty(), "model violations: {violations:?}");
-        }
-        r.map_err(|_| Faulted)
-    }
-    fn inject(&mut self, unit: usize, fault: UnitFault) -> bool {
-        self.injectors[unit].inject(fault);
-        true
-    }
-    fn heal(&mut self) {
-        for i in &self.injectors {
-            i.heal();
-        }
     }
 }
 

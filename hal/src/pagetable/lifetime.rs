@@ -82,6 +82,10 @@ impl Reserve {
         self.len += 1;
         out
     }
+    /// How many keys it holds.
+    pub const fn len(&self) -> usize {
+        self.len
+    }
     /// Removes and returns the oldest key.
     fn pop(&mut self) -> Option<u64> {
         if self.len == 0 {

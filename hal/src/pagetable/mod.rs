@@ -64,7 +64,9 @@
 //!   gather (and its parents with it, while they become empty: they are never kept), unless
 //!   it was reused in the meantime.
 //! - [`PageTable::reclaim`] unlinks every table in the reserve at once (for a caller under quota
-//!   pressure, or before it reports a domain idle); [`PageTable::destroy`] frees everything.
+//!   pressure, or before it reports a domain idle: iommu-server reclaims a client's reserves
+//!   and retries whenever a map or unmap of that client runs short of frames);
+//!   [`PageTable::destroy`] frees everything.
 //! - A map that can put one large leaf where the reserve left a subtree without any leaf
 //!   discards that subtree (its tables go to the gather) and writes the leaf, so the entries
 //!   written stay minimal. Such a map removed tables: its gather reports

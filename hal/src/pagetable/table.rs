@@ -187,6 +187,11 @@ impl<F: Format> PageTable<F> {
     pub fn config(&self) -> TableConfig {
         self.config
     }
+    /// How many empty tables the reserve keeps linked (*Table lifetime*): frames held with
+    /// nothing mapped through them, which [`PageTable::reclaim`] gives back.
+    pub fn reserved(&self) -> usize {
+        self.reserve.len()
+    }
     /// Work counters.
     pub fn counters(&self) -> Counters {
         self.counters

@@ -302,9 +302,8 @@ pub fn fill_blocked<M: PhysMem + ?Sized>(mem: &mut M, frame: PhysAddr, coherent:
     }
 }
 
-/// The stream table of one unit.
+/// The stream table of one unit (logged with its base in hex).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct StreamTable {
     /// Physical base (of the linear table or of the level-1 table), aligned to its size.
     pub base: PhysAddr,
@@ -314,6 +313,20 @@ pub struct StreamTable {
     pub log2size: u32,
     /// Frames of the linear or level-1 table (contiguous from `base`).
     pub frames: u32,
+}
+
+#[cfg(feature = "defmt")]
+impl defmt::Format for StreamTable {
+    fn format(&self, f: defmt::Formatter<'_>) {
+        defmt::write!(
+            f,
+            "StreamTable {{ base: {=u64:#x}, two_level: {=bool}, log2size: {=u32}, frames: {=u32} }}",
+            self.base,
+            self.two_level,
+            self.log2size,
+            self.frames
+        )
+    }
 }
 
 impl StreamTable {

@@ -16,7 +16,7 @@
 //!   registers: ICC_SRE_EL1.SRE, ICC_PMR_EL1, ICC_BPR1_EL1, ICC_IGRPEN1_EL1; ICC_IAR1_EL1 to
 //!   acknowledge and ICC_EOIR1_EL1 to end (EOImode 0: priority drop and deactivation).
 //!
-//! The IRQ vector (see `super::exceptions`) calls [`irq_handler`], which acknowledges one
+//! The IRQ vector (see `super::exceptions`) calls `irq_handler`, which acknowledges one
 //! interrupt, calls [`crate::fault_irq::on_interrupt`] when it is a registered fault line,
 //! and ends it.
 
@@ -72,7 +72,10 @@ static OTHER: AtomicU32 = AtomicU32::new(0);
 pub enum GicError {
     /// A register region lies in RAM (1 GiB..4 GiB, mapped Normal by the boot code) or
     /// beyond what the boot code maps.
-    NotDeviceMemory(u64),
+    NotDeviceMemory {
+        /// The region's base address.
+        base: u64,
+    },
     /// No redistributor in the region has this CPU's affinity.
     NoRedistributor,
     /// GICD_CTLR.RWP or GICR_WAKER.ChildrenAsleep did not clear.
@@ -80,10 +83,42 @@ pub enum GicError {
     /// The CPU interface's system registers could not be enabled (ICC_SRE_EL1.SRE stays 0).
     NoSystemRegisters,
     /// The interrupt id is not an SPI this module configures, or every slot is taken.
-    BadLine(u32),
+    BadLine {
+        /// The interrupt id.
+        line: u32,
+    },
     /// [`init`] was not called.
     NotSetUp,
 }
+
+impl core::fmt::Display for GicError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match *self {
+            GicError::NotDeviceMemory { base } => write!(
+                f,
+                "GIC registers at {base:#x} lie in RAM or beyond what the boot code maps as \
+                 device memory"
+            ),
+            GicError::NoRedistributor => {
+                f.write_str("no GIC redistributor has this CPU's affinity")
+            }
+            GicError::Timeout => {
+                f.write_str("GICD_CTLR.RWP or GICR_WAKER.ChildrenAsleep did not clear in time")
+            }
+            GicError::NoSystemRegisters => f.write_str(
+                "the GICv3 CPU interface's system registers cannot be enabled (ICC_SRE_EL1.SRE \
+                 stays 0)",
+            ),
+            GicError::BadLine { line } => write!(
+                f,
+                "interrupt {line} is not an SPI (32..1019), or every fault-line slot is taken"
+            ),
+            GicError::NotSetUp => f.write_str("the GIC was not set up (call gic::init first)"),
+        }
+    }
+}
+
+impl core::error::Error for GicError {}
 
 fn read32(base: usize, off: usize) -> u32 {
     // SAFETY: `init` checked the base is one of the GIC's register regions from the device
@@ -115,9 +150,8 @@ fn device_memory(r: devtree::Region) -> bool {
 
 /// MPIDR_EL1's affinity fields packed as Aff3.Aff2.Aff1.Aff0 (32 bits, the GICR_TYPER layout).
 fn affinity() -> u32 {
-    let mpidr: u64;
-    // SAFETY: reads an identification register; no memory is touched.
-    unsafe { core::arch::asm!("mrs {}, mpidr_el1", out(reg) mpidr, options(nomem, nostack)) };
+    use aarch64_cpu::registers::{MPIDR_EL1, Readable};
+    let mpidr = MPIDR_EL1.get();
     ((mpidr >> 8) & 0xff00_0000) as u32 | (mpidr & 0x00ff_ffff) as u32
 }
 
@@ -135,7 +169,7 @@ fn wait_rwp(gicd: usize) -> Result<(), GicError> {
 pub fn init(gic: &devtree::Gic) -> Result<(), GicError> {
     for r in [gic.distributor, gic.cpu_or_redistributor] {
         if !device_memory(r) {
-            return Err(GicError::NotDeviceMemory(r.base));
+            return Err(GicError::NotDeviceMemory { base: r.base });
         }
     }
     let gicd = gic.distributor.base as usize;
@@ -258,7 +292,7 @@ pub fn enable_fault_line(line: Interrupt) -> Result<(), GicError> {
     }
     let n = line.intid;
     if !(32..SPECIAL_INTIDS).contains(&n) {
-        return Err(GicError::BadLine(n));
+        return Err(GicError::BadLine { line: n });
     }
     let registered = FAULT_LINES.iter().any(|s| {
         match s.compare_exchange(0, n, Ordering::AcqRel, Ordering::Acquire) {
@@ -267,7 +301,7 @@ pub fn enable_fault_line(line: Interrupt) -> Result<(), GicError> {
         }
     });
     if !registered {
-        return Err(GicError::BadLine(n));
+        return Err(GicError::BadLine { line: n });
     }
     // ICFGR: bit 1 of the 2-bit field is 1 for edge-triggered.
     set_field(gicd, GICD_ICFGR, n, 2, if line.edge { 0b10 } else { 0b00 });

@@ -59,8 +59,7 @@ pub fn exit(code: u32) -> ! {
         )
     };
     loop {
-        // SAFETY: waiting for an event touches nothing; interrupts are masked.
-        unsafe { core::arch::asm!("wfe", options(nomem, nostack)) };
+        aarch64_cpu::asm::wfe();
     }
 }
 
@@ -74,8 +73,8 @@ pub fn exit_failure() -> ! {
     exit(EXIT_FAILURE)
 }
 
-/// What the boot protocol told the image.
-#[derive(Clone, Copy, Debug, defmt::Format)]
+/// What the boot protocol told the image. Logged with addresses in hex.
+#[derive(Clone, Copy, Debug)]
 pub struct BootInfo {
     /// Physical address of the flattened device tree: x0 at entry when it was non-zero and
     /// pointed at an FDT header, else [`RAM_BASE`] when an FDT header is there.
@@ -85,6 +84,19 @@ pub struct BootInfo {
     /// The generic timer's frequency in Hz and where it came from (CNTFRQ_EL0, the device
     /// tree, or the long-side fallback; see [`crate::clock`]).
     pub counter: crate::clock::Rate,
+}
+
+impl defmt::Format for BootInfo {
+    fn format(&self, f: defmt::Formatter<'_>) {
+        defmt::write!(f, "BootInfo {{ dtb: ");
+        crate::rt::hex_opt(f, self.dtb);
+        defmt::write!(
+            f,
+            ", entry_el: {=u8}, counter: {} }}",
+            self.entry_el,
+            self.counter
+        );
+    }
 }
 
 /// Whether an FDT header starts at `addr` (identity mapped RAM).

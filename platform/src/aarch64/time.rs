@@ -4,8 +4,10 @@
 //! either is used only when plausible, else waits err on the long side (see
 //! [`crate::clock::choose_counter`]).
 
-use core::arch::asm;
 use core::sync::atomic::{AtomicU64, Ordering};
+
+use aarch64_cpu::asm::barrier;
+use aarch64_cpu::registers::{CNTFRQ_EL0, CNTPCT_EL0, Readable};
 
 use embedded_hal::delay::DelayNs;
 
@@ -18,18 +20,13 @@ static ZERO: AtomicU64 = AtomicU64::new(0);
 
 /// Reads the physical counter (after an ISB, so it is not read early).
 pub fn counter() -> u64 {
-    let v: u64;
-    // SAFETY: reads a system register that EL1 may read; no memory is touched.
-    unsafe { asm!("isb", "mrs {}, cntpct_el0", out(reg) v, options(nomem, nostack)) };
-    v
+    barrier::isb(barrier::SY);
+    CNTPCT_EL0.get()
 }
 
 /// The counter frequency CNTFRQ_EL0 says.
 pub fn frequency_register() -> u64 {
-    let v: u64;
-    // SAFETY: reads a system register; no memory is touched.
-    unsafe { asm!("mrs {}, cntfrq_el0", out(reg) v, options(nomem, nostack)) };
-    v
+    CNTFRQ_EL0.get()
 }
 
 /// Chooses the frequency from CNTFRQ_EL0 and the device tree's `clock-frequency` of the timer

@@ -20,21 +20,21 @@
 //!
 //! Prints `PASS` and exits with the success code only if every step passed. Run with
 //! `cargo run -p iommu-test-harness --bin qemu -- amd`. On the host this file builds to an
-//! empty program; on aarch64-unknown-none to an image that reports it is x86_64 only.
+//! empty program; on other bare-metal targets to an image that reports it is x86_64 only.
 #![cfg_attr(target_os = "none", no_std, no_main)]
 
 #[cfg(not(target_os = "none"))]
 fn main() {}
 
-#[cfg(all(target_os = "none", target_arch = "aarch64"))]
+#[cfg(all(target_os = "none", not(target_arch = "x86_64")))]
 mod stub {
-    use iommu_platform::aarch64::{self, BootInfo};
+    use iommu_platform::arch::{self, BootInfo};
 
     iommu_platform::entry!(main);
 
     fn main(_boot: BootInfo) -> ! {
         iommu_platform::console!("FAIL: the amd image runs on x86_64 only");
-        aarch64::exit_failure()
+        arch::exit_failure()
     }
 }
 

@@ -29,6 +29,25 @@ pub enum FrameError {
     Capabilities,
 }
 
+impl core::fmt::Display for FrameError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            FrameError::TooLong => write!(
+                f,
+                "the message's label (byte count) exceeds the buffer or {MAX_BYTES} bytes"
+            ),
+            FrameError::BadLength => f.write_str(
+                "the message's length is not the number of registers its byte count needs",
+            ),
+            FrameError::Capabilities => {
+                f.write_str("the message carries capabilities; the protocol sends none")
+            }
+        }
+    }
+}
+
+impl core::error::Error for FrameError {}
+
 /// Message registers needed for `n` bytes.
 pub const fn words_for(n: usize) -> usize {
     n.div_ceil(8)

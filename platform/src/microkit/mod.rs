@@ -3,7 +3,7 @@
 //!
 //! What a PD built on it gets:
 //! - entry (`_start` on the stack the system gives it) and the symbols the Microkit tool
-//!   patches (`microkit_name`, the channel masks; [`pd`] module, target only);
+//!   patches (`microkit_name`, the channel masks; the `pd` module, built for the target only);
 //! - the event loop ([`event::EventLoop`]): `seL4_Recv` / `seL4_ReplyRecv` on the PD's input
 //!   capability, badges decoded into notifications and protected procedure calls
 //!   ([`abi::Event`]), a [`event::Handler`] with `notified` and `protected`;

@@ -48,6 +48,23 @@ pub enum TableError {
     IrqIsClient,
 }
 
+impl core::fmt::Display for TableError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(match self {
+            TableError::DuplicateChannel => "two channel-table entries name the same channel",
+            TableError::DuplicateClient => "two channel-table entries name the same client",
+            TableError::ReservedClient => {
+                "a channel-table entry names UNKNOWN_CLIENT, which is reserved"
+            }
+            TableError::IrqIsClient => {
+                "a fault-interrupt channel is also a client channel in the system description"
+            }
+        })
+    }
+}
+
+impl core::error::Error for TableError {}
+
 /// Checks a channel table: channels and clients distinct, [`UNKNOWN_CLIENT`] unused, no
 /// fault-interrupt channel used by a client.
 pub fn check_table(clients: &[ClientChannel], fault_irqs: ChannelSet) -> Result<(), TableError> {

@@ -68,8 +68,8 @@ pub fn exit_failure() -> ! {
     exit(EXIT_FAILURE)
 }
 
-/// What the boot protocol told the image.
-#[derive(Clone, Copy, Debug, defmt::Format)]
+/// What the boot protocol told the image. Logged with addresses in hex.
+#[derive(Clone, Copy, Debug)]
 pub struct BootInfo {
     /// The hart the image runs on (`a0` at entry; the other harts wait forever).
     pub hart: u64,
@@ -79,6 +79,14 @@ pub struct BootInfo {
     /// The `mtime` rate in Hz and its source (the device tree's `timebase-frequency`, or,
     /// when missing or implausible, a fallback rate that makes waits longer, never shorter).
     pub timer: crate::clock::Rate,
+}
+
+impl defmt::Format for BootInfo {
+    fn format(&self, f: defmt::Formatter<'_>) {
+        defmt::write!(f, "BootInfo {{ hart: {=u64}, dtb: ", self.hart);
+        crate::rt::hex_opt(f, self.dtb);
+        defmt::write!(f, ", timer: {} }}", self.timer);
+    }
 }
 
 /// Whether an FDT header starts at `addr`.

@@ -45,12 +45,35 @@ pub enum PlicError {
     /// The device tree names no context for the first hart's machine-mode interrupt.
     NoMachineContext,
     /// A source number outside 1..1024.
-    BadSource(u32),
+    BadSource {
+        /// The source number.
+        source: u32,
+    },
     /// More fault lines than this driver keeps.
     TooManyLines,
     /// [`init`] was not called.
     NotSetUp,
 }
+
+impl core::fmt::Display for PlicError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match *self {
+            PlicError::NoMachineContext => f.write_str(
+                "the device tree's PLIC names no context for the first hart's machine-mode \
+                 external interrupt",
+            ),
+            PlicError::BadSource { source } => {
+                write!(f, "PLIC source {source} is outside 1..1024")
+            }
+            PlicError::TooManyLines => {
+                f.write_str("more fault lines than the PLIC driver keeps slots for")
+            }
+            PlicError::NotSetUp => f.write_str("the PLIC was not set up (call plic::init first)"),
+        }
+    }
+}
+
+impl core::error::Error for PlicError {}
 
 fn write(offset: usize, value: u32) {
     let base = BASE.load(Ordering::Relaxed);
@@ -82,7 +105,7 @@ pub fn enable_fault_line(source: u32) -> Result<(), PlicError> {
         return Err(PlicError::NotSetUp);
     }
     if source == 0 || source >= MAX_SOURCES {
-        return Err(PlicError::BadSource(source));
+        return Err(PlicError::BadSource { source });
     }
     let slot = FAULT_LINES
         .iter()

@@ -77,6 +77,38 @@ pub enum AcpiError {
     Ivrs(IvrsError),
 }
 
+impl core::fmt::Display for AcpiError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            AcpiError::NoRsdp => f.write_str(
+                "no valid ACPI RSDP (from the boot protocol or in the BIOS area): boot with \
+                 firmware that provides ACPI",
+            ),
+            AcpiError::BadRootTable => f.write_str("the ACPI RSDT/XSDT cannot be read"),
+            AcpiError::NoDmar => f.write_str(
+                "no valid ACPI DMAR table: the machine has no VT-d unit (QEMU: -device \
+                 intel-iommu)",
+            ),
+            AcpiError::Dmar(e) => write!(f, "malformed DMAR table: {e}"),
+            AcpiError::NoIvrs => f.write_str(
+                "no valid ACPI IVRS table: the machine has no AMD-Vi unit (QEMU: -device \
+                 amd-iommu)",
+            ),
+            AcpiError::Ivrs(e) => write!(f, "malformed IVRS table: {e}"),
+        }
+    }
+}
+
+impl core::error::Error for AcpiError {
+    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
+        match self {
+            AcpiError::Dmar(e) => Some(e),
+            AcpiError::Ivrs(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
 /// Which IOMMU description tables the firmware provides.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, defmt::Format)]
 pub struct IommuTables {

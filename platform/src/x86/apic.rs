@@ -52,27 +52,45 @@ pub enum ApicError {
     /// CPUID reports no local APIC.
     NoApic,
     /// The xAPIC registers lie outside the identity-mapped low 4 GiB.
-    BaseNotMapped(u64),
+    BaseNotMapped {
+        /// The xAPIC base address (IA32_APIC_BASE).
+        base: u64,
+    },
     /// This CPU's APIC id does not fit the 8-bit destination of a compatibility-format MSI.
-    IdTooLarge(u32),
+    IdTooLarge {
+        /// This CPU's APIC id.
+        id: u32,
+    },
 }
 
+impl core::fmt::Display for ApicError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match *self {
+            ApicError::NoApic => f.write_str("CPUID reports no local APIC"),
+            ApicError::BaseNotMapped { base } => write!(
+                f,
+                "the xAPIC registers at {base:#x} lie outside the identity-mapped low 4 GiB"
+            ),
+            ApicError::IdTooLarge { id } => write!(
+                f,
+                "APIC id {id} does not fit the 8-bit destination of a compatibility-format MSI"
+            ),
+        }
+    }
+}
+
+impl core::error::Error for ApicError {}
+
 fn rdmsr(msr: u32) -> u64 {
-    let (lo, hi): (u32, u32);
     // SAFETY: reads an architectural MSR this runtime checked exists (IA32_APIC_BASE with an
     // APIC present, x2APIC MSRs with EXTD set); no memory is touched.
-    unsafe {
-        core::arch::asm!("rdmsr", in("ecx") msr, out("eax") lo, out("edx") hi, options(nomem, nostack))
-    };
-    u64::from(hi) << 32 | u64::from(lo)
+    unsafe { x86_64::registers::model_specific::Msr::new(msr).read() }
 }
 
 fn wrmsr(msr: u32, v: u64) {
     // SAFETY: writes an architectural local APIC MSR with a value valid for it (callers);
     // no memory is touched.
-    unsafe {
-        core::arch::asm!("wrmsr", in("ecx") msr, in("eax") v as u32, in("edx") (v >> 32) as u32, options(nomem, nostack))
-    };
+    unsafe { x86_64::registers::model_specific::Msr::new(msr).write(v) }
 }
 
 fn read(off: usize) -> u32 {
@@ -107,7 +125,7 @@ pub fn init() -> Result<u32, ApicError> {
         super::io::outb(PIC2_DATA, 0xff);
     }
     // CPUID leaf 1 exists on every x86_64 CPU.
-    let leaf1 = core::arch::x86_64::__cpuid(1);
+    let leaf1 = super::cpuid(1, 0);
     if leaf1.edx & CPUID_APIC == 0 {
         return Err(ApicError::NoApic);
     }
@@ -121,7 +139,7 @@ pub fn init() -> Result<u32, ApicError> {
     } else {
         let addr = base & BASE_ADDR;
         if addr == 0 || addr >= 1 << 32 {
-            return Err(ApicError::BaseNotMapped(addr));
+            return Err(ApicError::BaseNotMapped { base: addr });
         }
         MODE.store(addr as usize, Ordering::Relaxed);
     }
@@ -147,7 +165,7 @@ pub fn eoi() {
 /// destination mode, no redirection; data = the vector, fixed delivery, edge triggered.
 pub fn msi(apic_id: u32, vector: u8) -> Result<FaultInterrupt, ApicError> {
     if apic_id > 0xff {
-        return Err(ApicError::IdTooLarge(apic_id));
+        return Err(ApicError::IdTooLarge { id: apic_id });
     }
     Ok(FaultInterrupt::Msi {
         address: MSI_BASE | u64::from(apic_id) << 12,

@@ -14,20 +14,17 @@ use core::arch::global_asm;
 /// Size of the boot stack.
 pub const STACK_SIZE: usize = 1 << 20;
 
+// XEN_ELFNOTE_PHYS32_ENTRY: the 32-bit entry point, in the `.note.Xen` section the linker
+// script keeps (an SHT_NOTE section, so the linker emits the PT_NOTE QEMU reads).
+pvh::xen_elfnote_phys32_entry!(_pvh_start);
+
+unsafe extern "C" {
+    /// The 32-bit PVH entry below (protected mode, paging off, EBX = start info).
+    fn _pvh_start() -> !;
+}
+
 global_asm!(
     r#"
-    /* XEN_ELFNOTE_PHYS32_ENTRY (type 18): the 32-bit entry point. */
-    .pushsection .note.Xen, "a", @note
-    .balign 4
-    .long 4
-    .long 8
-    .long 18
-    .asciz "Xen"
-    .balign 4
-    .quad _pvh_start
-    .balign 4
-    .popsection
-
     .pushsection .bss.boot, "aw", @nobits
     .balign 4096
 boot_pml4:

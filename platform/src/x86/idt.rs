@@ -7,8 +7,15 @@
 //!   red zone), clears the direction flag, calls [`super::apic::fault_handler`] and returns
 //!   with `iretq`. The interrupt gate masks interrupts for the handler's duration.
 //! - [`super::apic::SPURIOUS_VECTOR`]: returns at once without an EOI (SDM 11.9).
+//!
+//! The entry stubs are assembly (they must not touch the interrupted code's state before it is
+//! saved); the table itself, `lidt` and CR2 come from the `x86_64` crate.
 
-use core::arch::{asm, global_asm};
+use core::arch::global_asm;
+
+use x86_64::VirtAddr;
+use x86_64::registers::control::Cr2;
+use x86_64::structures::idt::{Entry, InterruptDescriptorTable};
 
 global_asm!(
     r#"
@@ -63,7 +70,6 @@ isr_common:
     mov rdi, qword ptr [rsp]        /* vector */
     mov rsi, qword ptr [rsp + 8]    /* error code */
     mov rdx, qword ptr [rsp + 16]   /* faulting RIP */
-    mov rcx, cr2                    /* page-fault address */
     and rsp, -16
     call {handler}
     ud2
@@ -101,61 +107,57 @@ unsafe extern "C" {
     static iommu_platform_isr_table: [u64; 256];
 }
 
-/// One 16-byte 64-bit interrupt gate.
-#[derive(Clone, Copy)]
-#[repr(C)]
-struct Gate {
-    offset_low: u16,
-    selector: u16,
-    ist: u8,
-    type_attr: u8,
-    offset_mid: u16,
-    offset_high: u32,
-    reserved: u32,
-}
+static mut IDT: InterruptDescriptorTable = InterruptDescriptorTable::new();
 
-const EMPTY: Gate = Gate {
-    offset_low: 0,
-    selector: 0,
-    ist: 0,
-    type_attr: 0,
-    offset_mid: 0,
-    offset_high: 0,
-    reserved: 0,
-};
-
-static mut IDT: [Gate; 256] = [EMPTY; 256];
-
-#[repr(C, packed)]
-struct DescriptorPointer {
-    limit: u16,
-    base: u64,
+/// Points `entry` at the stub at `addr`: a present 64-bit interrupt gate, DPL 0, no IST, the
+/// current code segment.
+///
+/// # Safety
+/// `addr` is one of the stubs above.
+unsafe fn point<F>(entry: &mut Entry<F>, addr: u64) {
+    // SAFETY: the caller's contract; the stubs are in the identity-mapped low 4 GiB, so the
+    // address is canonical.
+    unsafe { entry.set_handler_addr(VirtAddr::new_truncate(addr)) };
 }
 
 /// Fills and loads the IDT. Called once, early, with interrupts disabled.
 pub(super) fn init() {
     // SAFETY: single-threaded early boot; nothing else references IDT or reads the table
-    // while it is filled. The table symbol is defined by the assembly above.
+    // while it is filled; each entry gets the stub of its own vector (the table symbol is
+    // defined by the assembly above). Vectors the crate keeps reserved (9, 15, 22..=27, 31)
+    // stay not present: the CPU never raises them.
     unsafe {
-        let idt: *mut [Gate; 256] = &raw mut IDT;
-        let table: *const [u64; 256] = &raw const iommu_platform_isr_table;
-        for v in 0..256 {
-            let handler = (*table)[v];
-            (*idt)[v] = Gate {
-                offset_low: handler as u16,
-                selector: 0x08,
-                ist: 0,
-                type_attr: 0x8e, // present, DPL 0, 64-bit interrupt gate
-                offset_mid: (handler >> 16) as u16,
-                offset_high: (handler >> 32) as u32,
-                reserved: 0,
-            };
+        let table: *mut InterruptDescriptorTable = &raw mut IDT;
+        let stubs: *const [u64; 256] = &raw const iommu_platform_isr_table;
+        let idt = &mut *table;
+        let stub = |v: usize| (*stubs)[v];
+        point(&mut idt.divide_error, stub(0));
+        point(&mut idt.debug, stub(1));
+        point(&mut idt.non_maskable_interrupt, stub(2));
+        point(&mut idt.breakpoint, stub(3));
+        point(&mut idt.overflow, stub(4));
+        point(&mut idt.bound_range_exceeded, stub(5));
+        point(&mut idt.invalid_opcode, stub(6));
+        point(&mut idt.device_not_available, stub(7));
+        point(&mut idt.double_fault, stub(8));
+        point(&mut idt.invalid_tss, stub(10));
+        point(&mut idt.segment_not_present, stub(11));
+        point(&mut idt.stack_segment_fault, stub(12));
+        point(&mut idt.general_protection_fault, stub(13));
+        point(&mut idt.page_fault, stub(14));
+        point(&mut idt.x87_floating_point, stub(16));
+        point(&mut idt.alignment_check, stub(17));
+        point(&mut idt.machine_check, stub(18));
+        point(&mut idt.simd_floating_point, stub(19));
+        point(&mut idt.virtualization, stub(20));
+        point(&mut idt.cp_protection_exception, stub(21));
+        point(&mut idt.hv_injection_exception, stub(28));
+        point(&mut idt.vmm_communication_exception, stub(29));
+        point(&mut idt.security_exception, stub(30));
+        for (i, entry) in idt.slice_mut(32..).iter_mut().enumerate() {
+            point(entry, stub(32 + i));
         }
-        let ptr = DescriptorPointer {
-            limit: (core::mem::size_of::<[Gate; 256]>() - 1) as u16,
-            base: idt as u64,
-        };
-        asm!("lidt [{}]", in(reg) &ptr, options(readonly, nostack, preserves_flags));
+        (*table).load();
     }
 }
 
@@ -184,7 +186,10 @@ fn name(vector: u64) -> &'static str {
 }
 
 /// Every vector ends here: report on the console and exit with the failure code.
-extern "C" fn exception(vector: u64, error: u64, rip: u64, cr2: u64) -> ! {
+extern "C" fn exception(vector: u64, error: u64, rip: u64) -> ! {
+    // The page-fault address (the handler runs with interrupts masked and touches no unmapped
+    // memory before this, so CR2 is still the fault's).
+    let cr2 = Cr2::read_raw();
     crate::console!(
         "EXCEPTION {} ({}): error code {:#x}, rip {:#x}, cr2 {:#x}",
         vector,

@@ -1,6 +1,6 @@
-//! x86 port I/O.
+//! x86 port I/O, through the `x86_64` crate's `Port`.
 
-use core::arch::asm;
+use x86_64::instructions::port::Port;
 
 /// Writes a byte to an I/O port.
 ///
@@ -9,9 +9,7 @@ use core::arch::asm;
 /// safety (e.g. by starting a DMA into memory Rust code uses).
 pub unsafe fn outb(port: u16, value: u8) {
     // SAFETY: the caller's contract.
-    unsafe {
-        asm!("out dx, al", in("dx") port, in("al") value, options(nomem, nostack, preserves_flags))
-    }
+    unsafe { Port::new(port).write(value) }
 }
 
 /// Reads a byte from an I/O port.
@@ -19,12 +17,8 @@ pub unsafe fn outb(port: u16, value: u8) {
 /// # Safety
 /// As for [`outb`] (reads may have side effects).
 pub unsafe fn inb(port: u16) -> u8 {
-    let value: u8;
     // SAFETY: the caller's contract.
-    unsafe {
-        asm!("in al, dx", out("al") value, in("dx") port, options(nomem, nostack, preserves_flags))
-    }
-    value
+    unsafe { Port::new(port).read() }
 }
 
 /// Writes 32 bits to an I/O port.
@@ -33,9 +27,7 @@ pub unsafe fn inb(port: u16) -> u8 {
 /// As for [`outb`].
 pub unsafe fn outl(port: u16, value: u32) {
     // SAFETY: the caller's contract.
-    unsafe {
-        asm!("out dx, eax", in("dx") port, in("eax") value, options(nomem, nostack, preserves_flags))
-    }
+    unsafe { Port::new(port).write(value) }
 }
 
 /// Reads 32 bits from an I/O port.
@@ -43,10 +35,6 @@ pub unsafe fn outl(port: u16, value: u32) {
 /// # Safety
 /// As for [`outb`].
 pub unsafe fn inl(port: u16) -> u32 {
-    let value: u32;
     // SAFETY: the caller's contract.
-    unsafe {
-        asm!("in eax, dx", out("eax") value, in("dx") port, options(nomem, nostack, preserves_flags))
-    }
-    value
+    unsafe { Port::new(port).read() }
 }

@@ -1,8 +1,9 @@
 //! The x86_64 bare-metal runtime for QEMU q35 (PVH boot).
 //!
-//! What it provides to an image: boot to 64-bit Rust ([`boot`]), an IDT that turns every fault
-//! into a report and a failing exit and delivers the IOMMU fault interrupt ([`idt`]), the local
-//! APIC and the MSI that raises that interrupt ([`apic`]), the console on COM1 and the defmt logger on COM2
+//! What it provides to an image: boot to 64-bit Rust (module `boot`), an IDT that turns every
+//! fault into a report and a failing exit and delivers the IOMMU fault interrupt (module
+//! `idt`), the local APIC and the MSI that raises that interrupt ([`apic`]), the console on
+//! COM1 and the defmt logger on COM2
 //! ([`serial`], [`irq`] for the shared [`crate::rt`]), the exit device ([`exit`]), a calibrated TSC delay ([`time`]), PCI
 //! configuration through ports ([`pci`]), and ACPI/DMAR discovery ([`acpi`]).
 //!
@@ -26,6 +27,18 @@ pub mod serial;
 pub mod time;
 
 use serial::Uart;
+
+impl defmt::Format for BootInfo {
+    fn format(&self, f: defmt::Formatter<'_>) {
+        defmt::write!(
+            f,
+            "BootInfo {{ start_info: {=u64:#x}, rsdp: ",
+            self.start_info
+        );
+        crate::rt::hex_opt(f, self.rsdp);
+        defmt::write!(f, ", tsc: {} }}", self.tsc);
+    }
+}
 
 /// Value written to the exit device for success (QEMU exit status 33).
 pub const EXIT_SUCCESS: u32 = 0x10;
@@ -55,8 +68,8 @@ pub fn exit_failure() -> ! {
     exit(EXIT_FAILURE)
 }
 
-/// What the boot protocol told the image.
-#[derive(Clone, Copy, Debug, defmt::Format)]
+/// What the boot protocol told the image. Logged with addresses in hex.
+#[derive(Clone, Copy, Debug)]
 pub struct BootInfo {
     /// Physical address of the `hvm_start_info` structure.
     pub start_info: u64,
@@ -66,11 +79,6 @@ pub struct BootInfo {
     /// long-side fallback; see [`crate::clock`]).
     pub tsc: crate::clock::Rate,
 }
-
-/// Magic value of `hvm_start_info` (Xen public header `arch-x86/hvm/start_info.h`).
-const HVM_START_MAGIC: u32 = 0x336e_c578;
-/// Offset of `rsdp_paddr` in `hvm_start_info`.
-const HVM_RSDP_OFFSET: u64 = 0x20;
 
 unsafe extern "Rust" {
     /// The image's main function, defined by [`crate::entry!`].
@@ -83,20 +91,13 @@ extern "C" fn rust_start(start_info: u32) -> ! {
     Uart::DEFMT.init();
     idt::init();
     let tsc = time::calibrate();
+    // SAFETY: the boot protocol passes `hvm_start_info` in identity-mapped low memory; the
+    // reader (`pvh` crate) returns None for address 0 or a wrong magic, and reads only the
+    // structure itself here.
+    let reader =
+        unsafe { pvh::start_info::reader::StartInfoReader::from_paddr_identity(start_info) };
+    let rsdp = reader.map(|r| r.raw().rsdp_paddr).filter(|&rsdp| rsdp != 0);
     let start_info = u64::from(start_info);
-    let rsdp = if start_info != 0 {
-        // SAFETY: the boot protocol passes the start info in identity-mapped low memory; the
-        // fields read are the 32-bit magic and the 64-bit `rsdp_paddr` at 0x20.
-        let (magic, rsdp) = unsafe {
-            (
-                core::ptr::read_volatile(start_info as *const u32),
-                core::ptr::read_volatile((start_info + HVM_RSDP_OFFSET) as *const u64),
-            )
-        };
-        (magic == HVM_START_MAGIC && rsdp != 0).then_some(rsdp)
-    } else {
-        None
-    };
     let boot = BootInfo {
         start_info,
         rsdp,
@@ -108,4 +109,16 @@ extern "C" fn rust_start(start_info: u32) -> ! {
     );
     // SAFETY: `entry!` defines the function with exactly this signature.
     unsafe { __iommu_platform_main(boot) }
+}
+
+/// CPUID `leaf`, `subleaf`: EAX, EBX, ECX, EDX. A leaf beyond the maximum returns what the CPU
+/// returns for that (the caller checks leaf 0's EAX first where it matters).
+pub(crate) fn cpuid(leaf: u32, subleaf: u32) -> core::arch::x86_64::CpuidResult {
+    // `__cpuid_count` is an unsafe function on older toolchains (the declared MSRV, 1.88,
+    // among them) and a safe one on current stable: the block builds on both.
+    #[allow(unused_unsafe)]
+    // SAFETY: CPUID only reads processor identification; every x86_64 CPU has it.
+    unsafe {
+        core::arch::x86_64::__cpuid_count(leaf, subleaf)
+    }
 }

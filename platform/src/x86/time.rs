@@ -44,10 +44,10 @@ pub fn rdtsc() -> u64 {
 
 /// CPUID leaf `leaf` (subleaf 0) as (EAX, EBX, ECX), or `None` beyond the maximum basic leaf.
 fn cpuid(leaf: u32) -> Option<(u32, u32, u32)> {
-    if leaf > core::arch::x86_64::__cpuid(0).eax {
+    if leaf > super::cpuid(0, 0).eax {
         return None;
     }
-    let r = core::arch::x86_64::__cpuid_count(leaf, 0);
+    let r = super::cpuid(leaf, 0);
     Some((r.eax, r.ebx, r.ecx))
 }
 

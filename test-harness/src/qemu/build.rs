@@ -17,6 +17,9 @@ pub fn workspace_root() -> PathBuf {
 
 /// Builds `target`'s binary (release profile, full debug info) and returns the path of its ELF.
 /// defmt's log filter is `DEFMT_LOG` from the environment, `debug` when unset.
+///
+/// Only the image's own cargo feature is enabled (each image binary has a feature of its
+/// name, its `required-features`), so the image compiles only its vendor's hal code.
 pub fn build(target: &Target) -> Result<PathBuf, String> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let defmt_log = std::env::var("DEFMT_LOG").unwrap_or_else(|_| "debug".into());
@@ -28,6 +31,7 @@ pub fn build(target: &Target) -> Result<PathBuf, String> {
             "--message-format=json-render-diagnostics",
         ])
         .args(["-p", target.package, "--bin", target.bin])
+        .args(["--no-default-features", "--features", target.bin])
         .args(["--target", target.rust_target])
         .env("DEFMT_LOG", defmt_log)
         // Full debug info: defmt-decoder finds the log statements' source locations in it.

@@ -148,13 +148,13 @@ pub enum Line<'a> {
 
 /// Classifies a console line (without its newline).
 pub fn classify(line: &str) -> Line<'_> {
-    if let Some(rest) = line.strip_prefix('~') {
-        if let Some((pd, hex)) = rest.split_once(':') {
-            return Line::Defmt {
-                pd,
-                bytes: decode_hex(hex),
-            };
-        }
+    if let Some(rest) = line.strip_prefix('~')
+        && let Some((pd, hex)) = rest.split_once(':')
+    {
+        return Line::Defmt {
+            pd,
+            bytes: decode_hex(hex),
+        };
     }
     Line::Text(line)
 }
@@ -171,7 +171,7 @@ fn decode_hex(hex: &str) -> Option<Vec<u8>> {
 
 impl MicrokitLog {
     /// Notes what a text line says: failure markers, and the monitor's fault reports
-    /// ("MON|ERROR: faulting PD: <name>", then "MON|ERROR: <Kind>: ... fault_addr=0x...").
+    /// (`MON|ERROR: faulting PD: <name>`, then `MON|ERROR: <Kind>: ... fault_addr=0x...`).
     pub fn text(&mut self, line: &str) {
         let line = line.trim_end_matches('\r');
         if ["PANIC", "EXCEPTION", "FAIL"]
@@ -259,6 +259,7 @@ fn build_pds(t: &MicrokitTarget) -> Result<Vec<(String, PathBuf)>, String> {
         .args([
             "-p",
             t.package,
+            "--no-default-features",
             "--features",
             t.feature,
             "--target",

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use log::{ConsoleLog, DefmtLog, Demux, ElfInfo, LogSummary};
+use log::{ConsoleLog, DefmtLog, Demux, ElfInfo, LogSummary, Merge};
 use targets::{Channels, Target};
 
 /// How one run ended.
@@ -81,7 +81,7 @@ impl Tail {
 pub fn boot(target: &Target, elf: &Path, dir: &Path, limit: Duration) -> Result<Outcome, String> {
     let info = ElfInfo::load(elf)?;
     let root = build::workspace_root();
-    let mut defmt = DefmtLog::new(&info, &root);
+    let mut defmt = DefmtLog::new(&info, &root).hold();
     let mut console = ConsoleLog::default();
     let mut summary = LogSummary::default();
 
@@ -126,7 +126,11 @@ pub fn boot(target: &Target, elf: &Path, dir: &Path, limit: Duration) -> Result<
 
     let start = Instant::now();
     let mut demux = Demux::default();
-    let mut pump = |summary: &mut LogSummary| {
+    // Console and defmt lines in the order the image wrote them (see `Merge`): the console
+    // file is read before the defmt file each round.
+    let mut merge = Merge::default();
+    let mut pump = |summary: &mut LogSummary, last: bool| {
+        merge.next_round();
         let c = tails[0].read_new();
         match target.channels {
             Channels::TwoSerials => {
@@ -140,9 +144,17 @@ pub fn boot(target: &Target, elf: &Path, dir: &Path, limit: Duration) -> Result<
                 defmt.feed(&frames, summary);
             }
         }
+        if last {
+            console.finish(summary);
+        }
+        merge.add(console.take(), false);
+        merge.add(defmt.take(), true);
+        for line in merge.release(last) {
+            println!("{line}");
+        }
     };
     let (status, timed_out) = loop {
-        pump(&mut summary);
+        pump(&mut summary, false);
         match child.try_wait() {
             Ok(Some(st)) => break (st.code(), false),
             Ok(None) if start.elapsed() >= limit => {
@@ -154,11 +166,10 @@ pub fn boot(target: &Target, elf: &Path, dir: &Path, limit: Duration) -> Result<
             Err(e) => return Err(format!("waiting for QEMU: {e}")),
         }
     };
-    pump(&mut summary);
+    pump(&mut summary, true);
     if let Some(t) = stderr {
         let _ = t.join();
     }
-    console.finish(&mut summary);
     defmt.finish(&mut summary);
     println!(
         "qemu| ended after {:.2} s: {}",

@@ -6,17 +6,17 @@
 //! a 48-bit range (T0SZ = 16) at level 0 (4 levels).
 //!
 //! Enforced here:
-//! - descriptor bits[1:0]: `x0` invalid; `11` table at levels 0-2 and page at level 3; `01`
+//! - descriptor `bits[1:0]`: `x0` invalid; `11` table at levels 0-2 and page at level 3; `01`
 //!   block at levels 1-2 only (a level-0 block needs FEAT_LPA2; `01` at level 3 is reserved and
 //!   faults);
 //! - AF (bit 10) must be 1 on blocks and pages (otherwise an Access flag fault: the engine must
 //!   set it, hardware AF updates are not assumed);
-//! - AP[2] (bit 7) = 1 makes the page read-only; APTable[1] (bit 62) in a table descriptor
+//! - `AP[2]` (bit 7) = 1 makes the page read-only; `APTable[1]` (bit 62) in a table descriptor
 //!   makes everything below read-only;
 //! - RES0 bits: output-address bits 51:48 (no FEAT_LPA), the low output-address bits of a
 //!   block; the Contiguous hint (bit 52) is rejected too (the engine's leaf sizes never use it).
 //!
-//! AP[1] (unprivileged access) and APTable[0] are not checked: they depend on how the SMMU
+//! `AP[1]` (unprivileged access) and `APTable[0]` are not checked: they depend on how the SMMU
 //! presents the stream's privilege (STE.PRIVCFG).
 
 use super::{Access, Malformed, RefWalker, Step, bad, level_span};

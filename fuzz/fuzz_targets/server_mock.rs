@@ -1,0 +1,10 @@
+//! Streams of requests of two clients with unit failures and heals, on the mock backend; the
+//! isolation invariant is checked through the hardware after every step
+//! (`iommu_test_harness::fuzzing::server_stream`).
+#![no_main]
+
+use iommu_test_harness::mock::MockFixture;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    iommu_test_harness::fuzzing::server_stream::<MockFixture>(data)
+});
