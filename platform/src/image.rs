@@ -307,14 +307,7 @@ where
         defmt::error!("server: {}", e);
         "server refused the configuration"
     })?;
-    let tc = server.table_config();
-    defmt::info!(
-        "server up: tables for {=u32}-bit IOVAs, leaf sizes {=u64:#x}, live block split {=bool}, coherent walk {=bool}",
-        tc.addr_width,
-        tc.leaf_sizes.0,
-        tc.split_live_blocks,
-        tc.coherent
-    );
+    crate::scenario::log_server_up(server.table_config());
     let mut server = server;
     let interrupts = match delivery {
         Delivery::Interrupts(units) => {

@@ -831,3 +831,15 @@ fn step6<T: Transport, E: DmaEngine, S: FaultSignal>(
     defmt::info!("step 6 passed: detached device blocked, domain destroyed");
     Ok(())
 }
+
+/// Logs the page tables the server builds, once it is up (every image and the Microkit server
+/// PD say the same).
+pub fn log_server_up(tc: iommu_hal::pagetable::TableConfig) {
+    defmt::info!(
+        "server up: tables for {=u32}-bit IOVAs, leaf sizes {=u64:#x}, live block split {=bool}, coherent walk {=bool}",
+        tc.addr_width,
+        tc.leaf_sizes.0,
+        tc.split_live_blocks,
+        tc.coherent
+    );
+}

@@ -2056,6 +2056,23 @@ fn undo<F: Fixture>(f: &mut F, d: DomainHandle, req: &Request, reply: &Reply) {
 
 // ---- randomized request streams against a model -------------------------------------------
 
+/// A read-write `MapSg` of `domain` at IOVA page `iova`, of the segments `(first physical page
+/// after base, pages)`.
+fn map_sg_pages(domain: DomainHandle, iova: u64, segs: &[(u64, u64)], base: u64) -> Request {
+    Request::MapSg {
+        domain,
+        iova: iova * PG,
+        perms: RW,
+        segments: segs
+            .iter()
+            .map(|&(p, n)| Segment {
+                phys: base + p * PG,
+                len: n * PG,
+            })
+            .collect(),
+    }
+}
+
 /// One step of a random stream.
 #[derive(Clone, Debug)]
 pub enum Op {
@@ -2310,23 +2327,7 @@ pub fn run_stream_with<F: Fixture>(setup: &Setup, ops: &[(usize, Op)]) {
             }
             Op::MapSg { dom, iova, segs } => {
                 let h = handle(m, *dom);
-                let segments = segs
-                    .iter()
-                    .map(|&(p, n)| Segment {
-                        phys: base + p * PG,
-                        len: n * PG,
-                    })
-                    .collect();
-                let r = call(
-                    &mut f,
-                    client,
-                    &Request::MapSg {
-                        domain: h,
-                        iova: iova * PG,
-                        perms: RW,
-                        segments,
-                    },
-                );
+                let r = call(&mut f, client, &map_sg_pages(h, *iova, segs, base));
                 let total: u64 = segs.iter().map(|s| s.1).sum();
                 let want = if *dom >= m.domains.len() {
                     Err(Error::NoSuchDomain)
@@ -2698,23 +2699,7 @@ pub fn run_fault_stream<F: Fixture>(ops: &[FaultOp]) {
                         };
                         let iova = iova % window;
                         let segs = segs.map(|(p, n)| (p, n.min(32)));
-                        let segments = segs
-                            .iter()
-                            .map(|&(p, n)| Segment {
-                                phys: base + p * PG,
-                                len: n * PG,
-                            })
-                            .collect();
-                        let r = call(
-                            &mut f,
-                            client,
-                            &Request::MapSg {
-                                domain: h,
-                                iova: iova * PG,
-                                perms: RW,
-                                segments,
-                            },
-                        );
+                        let r = call(&mut f, client, &map_sg_pages(h, iova, &segs, base));
                         // (IOVA page, physical page) of every page the request maps.
                         let mut pages = Vec::new();
                         let mut at = iova;

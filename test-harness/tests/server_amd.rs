@@ -14,12 +14,11 @@
 //! its IOTLB invalidations is caught by the model.
 
 use iommu_hal::amd::{AmdBackend, AmdConfig, AmdRegs};
-use iommu_test_harness::inject::{Doorbell, Faulty, Injector, UnitFault};
+use iommu_test_harness::fixtures::{ModelFixture, Vendor};
+use iommu_test_harness::inject::{Doorbell, Faulty, Injector};
 use iommu_test_harness::model::amd::{AmdHandle, AmdModelConfig as ModelCfg};
 use iommu_test_harness::rig::FakeDelay;
-use iommu_test_harness::server_suite::{
-    Faulted, Fixture, POOL_BASE, Recorder, Setup, SuiteServer, config,
-};
+use iommu_test_harness::server_suite::{Faulted, POOL_BASE, Setup};
 use iommu_test_harness::sim::{SharedMem, SimAlloc};
 
 type Be = AmdBackend<Faulty<AmdHandle>, AmdHandle, SharedMem, FakeDelay, 2>;
@@ -34,22 +33,45 @@ fn unit_config() -> AmdConfig {
     }
 }
 
-struct AmdFixture {
-    server: SuiteServer<Be>,
-    units: [AmdHandle; 2],
-    injectors: [Injector; 2],
-    /// A fault was injected at some point: lost invalidations leave stale entries, which the
-    /// suite then judges by what DMA reaches.
-    injected: bool,
-}
+/// AMD-Vi for the generic model fixture: two AMD-Vi models, failures injected at the
+/// Command Buffer Tail Pointer. The violation logs must stay empty (but for the illegal
+/// commands a test injected) and, until a failure is injected, no cached entry may disagree
+/// with memory: lost invalidations leave stale entries, which the suite then judges by what
+/// DMA reaches.
+struct Amd;
 
-impl AmdFixture {
-    /// The models' violation logs are empty (but for the illegal commands a test injected)
-    /// and, until a fault is injected, no cached entry disagreed with memory.
-    fn check_models(&self) {
-        for (u, hw) in self.units.iter().enumerate() {
+impl Vendor for Amd {
+    type Backend = Be;
+    type Unit = AmdHandle;
+
+    fn build(
+        setup: &Setup,
+        mem: &SharedMem,
+        alloc: &mut SimAlloc,
+        injectors: &[Injector; 2],
+    ) -> (Be, [AmdHandle; 2]) {
+        let mut be = Be::new(mem.clone(), FakeDelay::default());
+        let units = [0, 1].map(|u| {
+            let np = setup.caches_not_present & (1 << u) != 0;
+            AmdHandle::new(mem.clone(), ModelCfg::qemu().with_np_cache(np))
+        });
+        for (hw, inj) in units.iter().zip(injectors) {
+            let regs = AmdRegs {
+                mmio: Faulty::new(hw.clone(), Doorbell::AmdCmdTail, mem.clone(), inj.clone()),
+                config: hw.clone(),
+            };
+            be.add_unit(regs, alloc, unit_config())
+                .expect("unit bring-up");
+        }
+        (be, units)
+    }
+    fn translate(unit: &AmdHandle, rid: u32, iova: u64, write: bool) -> Result<u64, Faulted> {
+        unit.translate(rid as u16, iova, write).map_err(|_| Faulted)
+    }
+    fn check(units: &[AmdHandle; 2], injectors: &[Injector; 2], injected: bool) {
+        for (u, hw) in units.iter().enumerate() {
             let v = hw.violations();
-            if self.injectors[u].plan().corrupted == 0 {
+            if injectors[u].plan().corrupted == 0 {
                 assert!(v.is_empty(), "unit {u} violations: {v:?}");
             } else {
                 assert!(
@@ -57,7 +79,7 @@ impl AmdFixture {
                     "unit {u} violations: {v:?}"
                 );
             }
-            if self.injected {
+            if injected {
                 continue;
             }
             let s = hw.stats();
@@ -67,64 +89,7 @@ impl AmdFixture {
     }
 }
 
-#[allow(clippy::type_complexity)]
-fn build_units(setup: &Setup) -> ([AmdHandle; 2], [Injector; 2], Be, SharedMem, SimAlloc) {
-    let mem = SharedMem::new();
-    let mut alloc = SimAlloc::new(mem.clone(), POOL_BASE, setup.pool_frames);
-    let mut be = Be::new(mem.clone(), FakeDelay::default());
-    let units = [0, 1].map(|u| {
-        let np = setup.caches_not_present & (1 << u) != 0;
-        AmdHandle::new(mem.clone(), ModelCfg::qemu().with_np_cache(np))
-    });
-    let injectors = [Injector::default(), Injector::default()];
-    for (hw, inj) in units.iter().zip(&injectors) {
-        let regs = AmdRegs {
-            mmio: Faulty::new(hw.clone(), Doorbell::AmdCmdTail, mem.clone(), inj.clone()),
-            config: hw.clone(),
-        };
-        be.add_unit(regs, &mut alloc, unit_config())
-            .expect("unit bring-up");
-    }
-    (units, injectors, be, mem, alloc)
-}
-
-impl Fixture for AmdFixture {
-    type Backend = Be;
-
-    fn build(setup: &Setup, notify: Recorder) -> Self {
-        let (units, injectors, be, mem, alloc) = build_units(setup);
-        let server = SuiteServer::new(be, mem, alloc, notify, config()).expect("server");
-        let f = AmdFixture {
-            server,
-            units,
-            injectors,
-            injected: false,
-        };
-        f.check_models();
-        f
-    }
-    fn server(&mut self) -> &mut SuiteServer<Be> {
-        &mut self.server
-    }
-    fn server_ref(&self) -> &SuiteServer<Be> {
-        &self.server
-    }
-    fn dma(&mut self, unit: usize, rid: u32, iova: u64, write: bool) -> Result<u64, Faulted> {
-        let r = self.units[unit].translate(rid as u16, iova, write);
-        self.check_models();
-        r.map_err(|_| Faulted)
-    }
-    fn inject(&mut self, unit: usize, fault: UnitFault) -> bool {
-        self.injected = true;
-        self.injectors[unit].inject(fault);
-        true
-    }
-    fn heal(&mut self) {
-        for i in &self.injectors {
-            i.heal();
-        }
-    }
-}
+type AmdFixture = ModelFixture<Amd>;
 
 iommu_test_harness::server_suite_tests!(AmdFixture);
 
@@ -173,7 +138,8 @@ mod amd_only {
     use iommu_protocol::{FaultReason, Perms};
     use iommu_test_harness::inject::UnitFault;
     use iommu_test_harness::server_suite::{
-        A, UNOWNED, attach, create, dma, faults, map, query, unmap,
+        A, Fixture, Recorder, SuiteServer, UNOWNED, attach, config, create, dma, faults, map,
+        query, unmap,
     };
 
     /// A configured device never attached, and a device no client owns: their DMA faults
@@ -265,7 +231,10 @@ mod amd_only {
     impl Fixture for ForgetfulFixture {
         type Backend = Forgetful;
         fn build(setup: &Setup, notify: Recorder) -> Self {
-            let (units, _, be, mem, alloc) = build_units(setup);
+            let mem = SharedMem::new();
+            let mut alloc = SimAlloc::new(mem.clone(), POOL_BASE, setup.pool_frames);
+            let injectors = [Injector::default(), Injector::default()];
+            let (be, units) = Amd::build(setup, &mem, &mut alloc, &injectors);
             let be = Forgetful {
                 inner: be,
                 forget: false,

@@ -24,12 +24,11 @@
 use std::marker::PhantomData;
 
 use iommu_hal::riscv::{RiscvBackend, RiscvConfig};
-use iommu_test_harness::inject::{Doorbell, Faulty, Injector, UnitFault};
+use iommu_test_harness::fixtures::{ModelFixture, Vendor};
+use iommu_test_harness::inject::{Doorbell, Faulty, Injector};
 use iommu_test_harness::model::riscv::{RiscvConfig as ModelCfg, RiscvHandle};
 use iommu_test_harness::rig::FakeDelay;
-use iommu_test_harness::server_suite::{
-    Faulted, Fixture, POOL_BASE, Recorder, Setup, SuiteServer, config,
-};
+use iommu_test_harness::server_suite::{Faulted, Setup, SuiteServer};
 use iommu_test_harness::sim::{SharedMem, SimAlloc};
 
 type Be = RiscvBackend<Faulty<RiscvHandle>, SharedMem, FakeDelay, 2>;
@@ -75,14 +74,40 @@ impl Variant for Minimal {
     }
 }
 
-struct RiscvFixture<V> {
-    server: SuiteServer<Be>,
-    units: [RiscvHandle; 2],
-    injectors: [Injector; 2],
-    /// A fault was injected at some point.
-    injected: bool,
-    _v: PhantomData<V>,
+/// RISC-V for the generic model fixture: two RISC-V IOMMU models configured by `V`, failures
+/// injected at the command queue tail.
+struct Riscv<V>(PhantomData<V>);
+
+impl<V: Variant> Vendor for Riscv<V> {
+    type Backend = Be;
+    type Unit = RiscvHandle;
+
+    fn build(
+        _setup: &Setup,
+        mem: &SharedMem,
+        alloc: &mut SimAlloc,
+        injectors: &[Injector; 2],
+    ) -> (Be, [RiscvHandle; 2]) {
+        let mut be = Be::new(mem.clone(), FakeDelay::default());
+        // `setup.caches_not_present` cannot be expressed: the RISC-V IOMMU never caches
+        // invalid entries (spec chapter 6), and the units say so in their info.
+        let units = [0, 1].map(|_| RiscvHandle::new(mem.clone(), V::model()));
+        for (hw, inj) in units.iter().zip(injectors) {
+            let regs = Faulty::new(hw.clone(), Doorbell::RiscvCqt, mem.clone(), inj.clone());
+            be.add_unit(regs, alloc, V::driver())
+                .expect("unit bring-up");
+        }
+        (be, units)
+    }
+    fn translate(unit: &RiscvHandle, rid: u32, iova: u64, write: bool) -> Result<u64, Faulted> {
+        unit.translate(rid, iova, write).map_err(|_| Faulted)
+    }
+    fn check(units: &[RiscvHandle; 2], _injectors: &[Injector; 2], injected: bool) {
+        check_models(units, injected);
+    }
 }
+
+type RiscvFixture<V> = ModelFixture<Riscv<V>>;
 
 /// Nothing passed untranslated and the models' misuse logs are empty; unless a fault was
 /// injected, no command was illegal and no cached entry disagreed with memory.
@@ -97,56 +122,6 @@ fn check_models(units: &[RiscvHandle], injected: bool) {
         assert_eq!(m.stats.stale_hits, 0, "unit {u}: stale IOTLB hits");
         assert_eq!(m.stats.stale_dc_hits, 0, "unit {u}: stale device contexts");
         assert_eq!(m.stats.cmd_errors, 0, "unit {u}: {:?}", m.cmd_error_log);
-    }
-}
-
-impl<V: Variant> Fixture for RiscvFixture<V> {
-    type Backend = Be;
-
-    fn build(setup: &Setup, notify: Recorder) -> Self {
-        let mem = SharedMem::new();
-        let mut alloc = SimAlloc::new(mem.clone(), POOL_BASE, setup.pool_frames);
-        let mut be = Be::new(mem.clone(), FakeDelay::default());
-        // `setup.caches_not_present` cannot be expressed: the RISC-V IOMMU never caches
-        // invalid entries (spec chapter 6), and the units say so in their info.
-        let units = [0, 1].map(|_| RiscvHandle::new(mem.clone(), V::model()));
-        let injectors = [Injector::default(), Injector::default()];
-        for (hw, inj) in units.iter().zip(&injectors) {
-            let regs = Faulty::new(hw.clone(), Doorbell::RiscvCqt, mem.clone(), inj.clone());
-            be.add_unit(regs, &mut alloc, V::driver())
-                .expect("unit bring-up");
-        }
-        let server = SuiteServer::new(be, mem, alloc, notify, config()).expect("server");
-        let f = RiscvFixture {
-            server,
-            units,
-            injectors,
-            injected: false,
-            _v: PhantomData,
-        };
-        check_models(&f.units, false);
-        f
-    }
-    fn server(&mut self) -> &mut SuiteServer<Be> {
-        &mut self.server
-    }
-    fn server_ref(&self) -> &SuiteServer<Be> {
-        &self.server
-    }
-    fn dma(&mut self, unit: usize, rid: u32, iova: u64, write: bool) -> Result<u64, Faulted> {
-        let r = self.units[unit].translate(rid, iova, write);
-        check_models(&self.units, self.injected);
-        r.map_err(|_| Faulted)
-    }
-    fn inject(&mut self, unit: usize, fault: UnitFault) -> bool {
-        self.injected = true;
-        self.injectors[unit].inject(fault);
-        true
-    }
-    fn heal(&mut self) {
-        for i in &self.injectors {
-            i.heal();
-        }
     }
 }
 

@@ -65,7 +65,7 @@ mod smmu_only {
         A, Faulted, Fixture, Recorder, Setup, attach, create, dma, done, err, map,
     };
 
-    fn cds<V>(f: &SmmuFixture<V>, unit: usize) -> usize {
+    fn cds<V: Variant>(f: &SmmuFixture<V>, unit: usize) -> usize {
         f.server
             .backend()
             .unit(unit)

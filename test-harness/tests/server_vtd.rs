@@ -9,15 +9,15 @@
 use iommu_hal::FrameAlloc;
 use iommu_hal::backend::{Backend, DomainConfig, FaultInterrupt, FaultRecord, UnitIndex, UnitInfo};
 use iommu_hal::pagetable::Gather;
-use iommu_test_harness::fixtures::{MakeVtdBackend, VtdBe as Be, VtdFixture};
+use iommu_test_harness::fixtures::{VtdBe as Be, VtdFixture, Wrap};
 
 /// The VT-d backend with every unit reported as not caching not-present entries, whatever
 /// its CAP.CM says: the server then skips the invalidation after a map (hal itself still
 /// honours caching mode for context entries). Only for showing that the tests notice.
 struct HideCachingMode(Be);
 
-impl MakeVtdBackend for HideCachingMode {
-    fn make(be: Be) -> Self {
+impl Wrap<Be> for HideCachingMode {
+    fn wrap(be: Be) -> Self {
         HideCachingMode(be)
     }
 }

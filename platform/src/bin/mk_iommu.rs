@@ -225,14 +225,7 @@ mod pd {
                     fail_stop("server refused the configuration");
                 }
             };
-        let tc = server.table_config();
-        defmt::info!(
-            "server up: tables for {=u32}-bit IOVAs, leaf sizes {=u64:#x}, live block split {=bool}, coherent walk {=bool}",
-            tc.addr_width,
-            tc.leaf_sizes.0,
-            tc.split_live_blocks,
-            tc.coherent
-        );
+        iommu_platform::scenario::log_server_up(server.table_config());
 
         // 4. edu's BAR0 where the system description put `edu_bar`; memory and bus master on.
         let mut bars = BarAllocator::new(BarWindow {
