@@ -241,3 +241,149 @@ fn every_truncation_of_the_largest_messages_is_bad_message() {
         assert_eq!(decode_request(&bytes[..n]), Err(Error::BadMessage), "{n}");
     }
 }
+
+// The hot messages (`Map`, `Unmap`; `Done`, `Mapped`, `Unmapped`, `Error`) are coded by hand
+// (codec.rs, `hot`); these compare them with postcard itself, byte for byte and verdict for
+// verdict.
+
+fn postcard_encode<T: serde::Serialize>(m: &T, cap: usize) -> Result<Vec<u8>, Error> {
+    let mut buf = vec![0u8; cap];
+    postcard::to_slice(m, &mut buf)
+        .map(|b| b.to_vec())
+        .map_err(|_| Error::BadMessage)
+}
+
+fn postcard_decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
+    if bytes.len() > MAX_MESSAGE {
+        return Err(Error::BadMessage);
+    }
+    match postcard::take_from_bytes::<T>(bytes) {
+        Ok((m, [])) => Ok(m),
+        _ => Err(Error::BadMessage),
+    }
+}
+
+fn hot_request() -> impl Strategy<Value = Request> {
+    request().prop_filter("hot", |r| {
+        matches!(r, Request::Map { .. } | Request::Unmap { .. })
+    })
+}
+
+fn hot_reply() -> impl Strategy<Value = Reply> {
+    reply().prop_filter("hot", |r| {
+        matches!(
+            r,
+            Reply::Done | Reply::Mapped { .. } | Reply::Unmapped { .. } | Reply::Error(_)
+        )
+    })
+}
+
+/// Bytes after a hot tag: random, or a valid message's with one byte changed, cut or extended.
+fn tail() -> impl Strategy<Value = Vec<u8>> {
+    prop_oneof![
+        vec(any::<u8>(), 0..=40),
+        vec(
+            prop_oneof![
+                Just(0x80u8),
+                Just(0xff),
+                Just(0x01),
+                Just(0x7f),
+                Just(0x00),
+                Just(0x0f),
+                Just(0x10),
+                Just(0x03),
+                Just(0x04)
+            ],
+            0..=40
+        ),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    #[test]
+    fn hot_messages_encode_as_postcard(r in hot_request(), p in hot_reply(), cap in 0usize..=60) {
+        let mut buf = vec![0u8; cap];
+        let ours = encode_request(&r, &mut buf).map(|n| buf[..n].to_vec());
+        prop_assert_eq!(ours, postcard_encode(&r, cap));
+        let mut buf = vec![0u8; cap];
+        let ours = encode_reply(&p, &mut buf).map(|n| buf[..n].to_vec());
+        prop_assert_eq!(ours, postcard_encode(&p, cap));
+    }
+
+    #[test]
+    fn hot_messages_decode_as_postcard(
+        rtag in proptest::sample::select(vec![6u8, 9]),
+        ptag in proptest::sample::select(vec![3u8, 4, 5, 8]),
+        t in tail(),
+    ) {
+        let mut bytes = vec![rtag];
+        bytes.extend(&t);
+        prop_assert_eq!(decode_request(&bytes), postcard_decode::<Request>(&bytes));
+        let mut bytes = vec![ptag];
+        bytes.extend(&t);
+        prop_assert_eq!(decode_reply(&bytes), postcard_decode::<Reply>(&bytes));
+    }
+
+    #[test]
+    fn hot_messages_mutated_decode_as_postcard(
+        r in hot_request(),
+        p in hot_reply(),
+        at in any::<prop::sample::Index>(),
+        b in any::<u8>(),
+        extra in vec(any::<u8>(), 0..3),
+    ) {
+        for mut bytes in [encode_req(&r), encode_rep(&p)] {
+            let i = at.index(bytes.len());
+            if i > 0 {
+                bytes[i] = b;
+            }
+            bytes.extend(&extra);
+            prop_assert_eq!(decode_request(&bytes), postcard_decode::<Request>(&bytes));
+            prop_assert_eq!(decode_reply(&bytes), postcard_decode::<Reply>(&bytes));
+        }
+    }
+}
+
+#[test]
+fn hot_messages_at_the_limits_decode_as_postcard() {
+    let cases: &[&[u8]] = &[
+        &[6, 0x8f, 0x80, 0x80, 0x80, 0x0f, 0, 0, 0, 3], // domain u32::MAX, 5 bytes
+        &[6, 0x80, 0x80, 0x80, 0x80, 0x10, 0, 0, 0, 3], // domain: last byte too large
+        &[6, 0x80, 0x80, 0x80, 0x80, 0x80, 0x00, 0, 0, 0, 3], // domain: 6 bytes
+        &[
+            9, 0x80, 0x00, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01, 0,
+        ], // iova u64::MAX, non-minimal domain
+        &[
+            9, 0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02, 0,
+        ], // iova: last byte too large
+        &[
+            5, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01,
+        ],
+        &[8, 0xff, 0xff, 0x03],       // error code 65535 (unknown)
+        &[8, 0xff, 0xff, 0x04],       // error code above u16::MAX
+        &[8, 0x81, 0x00],             // BadMessage, non-minimal
+        &[8, 0x80, 0x80, 0x80, 0x00], // 4 bytes for a u16
+        &[3],
+        &[3, 0],
+        &[6],
+        &[9],
+    ];
+    for bytes in cases {
+        assert_eq!(
+            decode_request(bytes),
+            postcard_decode::<Request>(bytes),
+            "{bytes:02x?}"
+        );
+        assert_eq!(
+            decode_reply(bytes),
+            postcard_decode::<Reply>(bytes),
+            "{bytes:02x?}"
+        );
+    }
+    let mut long = vec![9u8, 0, 0];
+    long.resize(MAX_MESSAGE + 1, 0x80);
+    *long.last_mut().unwrap() = 0;
+    assert_eq!(decode_request(&long), Err(Error::BadMessage));
+}

@@ -802,7 +802,41 @@ criterion_group! {
     targets = bench
 }
 
+/// Runs `iters` iterations of one row for one contender, and nothing else: the loop
+/// `valgrind --tool=callgrind --toggle-collect='*icount_loop*'` counts (see BENCHMARKS.md).
+#[inline(never)]
+fn icount_loop(r: &mut Runner, job: Job, stream: &(Vec<(u64, u64)>, Vec<usize>), iters: u64) {
+    for _ in 0..iters {
+        black_box(r.run(job, stream));
+    }
+}
+
+/// `PT_BENCH_ICOUNT=<row>:<engine|x86_64|multiarch>:<iterations>`: sets the contender up for
+/// the row (0-based, in the matrix's order), warms it up with one iteration, then runs
+/// [`icount_loop`]. Instruction counts are independent of the machine's load.
+fn icount(spec: &str) {
+    let mut it = spec.split(':');
+    let row: usize = it.next().and_then(|s| s.parse().ok()).expect("row");
+    let who = match it.next() {
+        Some("engine") => Who::Engine,
+        Some("x86_64") => Who::X86,
+        Some("multiarch") => Who::Multi,
+        other => panic!("contender {other:?}"),
+    };
+    let iters: u64 = it.next().and_then(|s| s.parse().ok()).expect("iterations");
+    let stream = streaming();
+    let (name, job) = rows().swap_remove(row);
+    let mut r = Runner::new(who, job);
+    r.run(job, &stream);
+    icount_loop(&mut r, job, &stream, iters);
+    println!("{name}: {iters} iterations");
+}
+
 fn main() {
+    if let Ok(spec) = std::env::var("PT_BENCH_ICOUNT") {
+        icount(&spec);
+        return;
+    }
     // `cargo bench` passes `--bench`; `cargo test --benches` does not (criterion then runs
     // each benchmark once as a smoke test, and the matrix is skipped).
     if std::env::args().any(|a| a == "--bench") {

@@ -346,7 +346,68 @@ criterion_group! {
     targets = bench
 }
 
+/// Runs `iters` map + unmap pairs of `len` bytes through the server (encode + handle +
+/// decode) or the engine alone, and nothing else: the loop
+/// `valgrind --tool=callgrind --toggle-collect='*icount_loop*'` counts (see BENCHMARKS.md).
+#[inline(never)]
+fn icount_loop(
+    server: Option<&mut ServerPath>,
+    engine: Option<&mut EnginePath>,
+    len: u64,
+    iters: u64,
+) {
+    match (server, engine) {
+        (Some(s), _) => {
+            for _ in 0..iters {
+                s.map(len);
+                s.unmap(len);
+            }
+        }
+        (None, Some(e)) => {
+            for _ in 0..iters {
+                e.map(len);
+                e.unmap(len);
+            }
+        }
+        (None, None) => {}
+    }
+}
+
+/// `SERVER_BENCH_ICOUNT=<4K|2M>:<server|engine>:<iterations>`: sets the path up, warms it up
+/// with one map + unmap, then runs [`icount_loop`]. Instruction counts are independent of the
+/// machine's load.
+fn icount(spec: &str) {
+    let mut it = spec.split(':');
+    let len = match it.next() {
+        Some("4K") => K4,
+        Some("2M") => M2,
+        other => panic!("size {other:?}"),
+    };
+    let who = it.next().expect("server|engine");
+    let iters: u64 = it.next().and_then(|s| s.parse().ok()).expect("iterations");
+    match who {
+        "server" => {
+            let mut s = ServerPath::new();
+            s.map(len);
+            s.unmap(len);
+            icount_loop(Some(&mut s), None, len, iters);
+        }
+        "engine" => {
+            let mut e = EnginePath::new();
+            e.map(len);
+            e.unmap(len);
+            icount_loop(None, Some(&mut e), len, iters);
+        }
+        other => panic!("path {other:?}"),
+    }
+    println!("{spec}: {iters} map + unmap pairs");
+}
+
 fn main() {
+    if let Ok(spec) = std::env::var("SERVER_BENCH_ICOUNT") {
+        icount(&spec);
+        return;
+    }
     if std::env::args().any(|a| a == "--bench") {
         table();
         if std::env::var_os("SERVER_BENCH_TABLE_ONLY").is_some() {

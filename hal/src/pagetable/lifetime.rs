@@ -373,12 +373,20 @@ impl<F: Format> PageTable<F> {
 /// `iova` (the count of the child table there); returns the new count.
 #[inline(always)]
 pub(super) fn bump<M: PhysMem + ?Sized>(mem: &mut M, holder: Node, iova: u64, delta: i64) -> u64 {
-    let word = holder.shadow_word(iova);
+    bump_at(mem, holder.shadow_word(iova), delta).count()
+}
+
+/// [`bump`] on the shadow word at `word`, returning the whole new word (count and reserve
+/// bit), so that a caller can tell an emptied table already in the reserve without reading
+/// the word again.
+#[inline(always)]
+pub(super) fn bump_at<M: PhysMem + ?Sized>(mem: &mut M, word: PhysAddr, delta: i64) -> Meta {
     let meta = Meta(mem.read_u64(word));
     let count = meta.count().wrapping_add_signed(delta);
     debug_assert!(count <= 512, "live count out of range");
-    mem.write_u64(word, meta.with_count(count).0);
-    count
+    let meta = meta.with_count(count);
+    mem.write_u64(word, meta.0);
+    meta
 }
 
 /// Pre-allocated frames for one call's writing pass. The first few are kept inline; the rest

@@ -7,9 +7,9 @@
 //! and the number of frames the change needs), allocates those frames into a [`FramePool`]
 //! (all or none), then writes (pass 2, which cannot fail).
 
-use super::lifetime::{FramePool, Meta, bump};
+use super::lifetime::{FramePool, Meta, bump, bump_at};
 use super::table::PageTable;
-use super::walk::{ENTRY_BYTES, Node, Slot, Slots, covers, in_one_entry, index, size};
+use super::walk::{ENTRY_BYTES, Node, Slot, Slots, covers, entry_addr, in_one_entry, index, size};
 use super::{Format, Gather, Map, Perms, PtError, Pte, Span};
 use crate::mem::{FrameAlloc, PAGE_SIZE, PhysAddr, PhysMem};
 
@@ -149,38 +149,66 @@ impl<F: Format> PageTable<F> {
         if !(perms.read || perms.write) || !F::supports_perms(perms) {
             return Err(PtError::PermsUnsupported);
         }
-        if let Some(level) = self.one_leaf(iova, len)
-            && (level == 0 || self.leafable(level, phys.wrapping_sub(iova)))
-        {
-            // One leaf into its table on the remembered path: the fast road.
-            let node = self.path.node[usize::from(level)];
-            if cfg!(debug_assertions) {
-                self.path_start(mem, span);
-            }
-            let pa = node.entry(iova);
-            match F::decode(mem.read_u64(pa), level) {
-                Pte::Absent => {
-                    mem.write_u64(pa, F::encode_leaf(phys, perms, level));
-                    self.counters.leaf_writes += 1;
-                    if level < self.top() {
-                        bump(mem, self.path.node[usize::from(level) + 1], iova, 1);
-                    }
-                    if !self.config.coherent {
-                        mem.sync_for_device(pa, ENTRY_BYTES);
-                    }
-                    gather.add_span(iova, span.last, len);
-                    return Ok(());
-                }
-                Pte::Leaf { .. } => return Err(PtError::Overlap),
-                // A table where one leaf fits: the narrow road decides.
-                Pte::Table(_) => {}
-            }
+        // One leaf into its table on the remembered path: the fast road, one copy per leaf
+        // level so that the level's shifts and masks are constants.
+        let road = match len {
+            0x1000 => self.map_leaf::<0, M>(mem, iova, phys, perms, gather),
+            0x20_0000 => self.map_leaf::<1, M>(mem, iova, phys, perms, gather),
+            0x4000_0000 => self.map_leaf::<2, M>(mem, iova, phys, perms, gather),
+            0x80_0000_0000 => self.map_leaf::<3, M>(mem, iova, phys, perms, gather),
+            _ => Road::Wide,
+        };
+        if let Road::Done(r) = road {
+            return r;
         }
         let fill = Fill {
             delta: phys.wrapping_sub(iova),
             perms,
         };
         self.map_slow(mem, alloc, span, fill, gather)
+    }
+
+    /// The fast road of [`Self::map`] (arguments checked): one leaf of level `L` (its size is
+    /// the request's length) into the level-`L` table of the remembered path. `Road::Wide`,
+    /// with nothing changed, when the table is not on the path, the leaf is not allowed there,
+    /// or a table occupies the entry (the narrow road decides then).
+    #[inline(always)]
+    fn map_leaf<const L: u8, M: PhysMem + ?Sized>(
+        &mut self,
+        mem: &mut M,
+        iova: u64,
+        phys: u64,
+        perms: Perms,
+        gather: &mut Gather,
+    ) -> Road<Result<(), PtError>> {
+        if !self.leaf_on_path::<L>(iova) || !(L == 0 || self.leafable(L, phys.wrapping_sub(iova))) {
+            return Road::Wide;
+        }
+        let len = size(L);
+        let node = self.path.node[usize::from(L)];
+        debug_assert_eq!(node.level, L);
+        if cfg!(debug_assertions) {
+            self.path_start(mem, Span::of(iova, len).expect("checked"));
+        }
+        let pa = entry_addr(node.table, iova, L);
+        match F::decode(mem.read_u64(pa), L) {
+            Pte::Absent => {
+                mem.write_u64(pa, F::encode_leaf(phys, perms, L));
+                self.counters.leaf_writes += 1;
+                if L < self.top() {
+                    let holder = self.path.node[usize::from(L) + 1];
+                    bump_at(mem, entry_addr(holder.shadow, iova, L + 1), 1);
+                }
+                if !self.config.coherent {
+                    mem.sync_for_device(pa, ENTRY_BYTES);
+                }
+                gather.add_span(iova, iova + (len - 1), len);
+                Road::Done(Ok(()))
+            }
+            Pte::Leaf { .. } => Road::Done(Err(PtError::Overlap)),
+            // A table where one leaf fits: the narrow road decides.
+            Pte::Table(_) => Road::Wide,
+        }
     }
 
     /// `map` beyond one page of the remembered table: the one-table road, else the general

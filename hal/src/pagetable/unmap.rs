@@ -6,10 +6,10 @@
 //! the general road reads only the two paths to the range's ends (the only entries that can
 //! need a split) to count the frames the splits need.
 
-use super::lifetime::{Emptied, FramePool, bump, key};
+use super::lifetime::{Emptied, FramePool, bump, bump_at, key};
 use super::map::{Changes, Road, Run, Writer};
 use super::table::PageTable;
-use super::walk::{ENTRY_BYTES, Node, Slots, covers, in_one_entry, index, size};
+use super::walk::{ENTRY_BYTES, Node, Slots, covers, entry_addr, in_one_entry, index, size};
 use super::{Format, Gather, PtError, Pte, Span, Unmap};
 use crate::mem::{FrameAlloc, PhysMem};
 
@@ -36,36 +36,65 @@ impl<F: Format> PageTable<F> {
     ) -> Result<u64, PtError> {
         let span = self.check_range(req.iova, req.len)?;
         let iova = span.first;
-        if let Some(level) = self.one_leaf(iova, req.len) {
-            // One leaf of its table on the remembered path: the fast road.
-            let node = self.path.node[usize::from(level)];
-            if cfg!(debug_assertions) {
-                self.path_start(mem, span);
-            }
-            let pa = node.entry(iova);
-            match F::decode(mem.read_u64(pa), level) {
-                Pte::Absent => return Ok(0),
-                Pte::Leaf { .. } => {
-                    mem.write_u64(pa, 0);
-                    self.counters.leaf_writes += 1;
-                    if !self.config.coherent {
-                        mem.sync_for_device(pa, ENTRY_BYTES);
-                    }
-                    gather.add_span(iova, span.last, req.len);
-                    // One entry never covers its table: an empty table enters the reserve.
-                    if level < self.top() {
-                        let parent = self.path.node[usize::from(level) + 1];
-                        if bump(mem, parent, iova, -1) == 0 {
-                            self.keep_empty_below(mem, alloc, parent, iova, gather);
-                        }
-                    }
-                    return Ok(req.len);
-                }
-                // A table's whole span: the general road.
-                Pte::Table(_) => {}
-            }
+        // One leaf of its table on the remembered path: the fast road, one copy per leaf
+        // level so that the level's shifts and masks are constants.
+        let road = match req.len {
+            0x1000 => self.unmap_leaf::<0, M, A>(mem, alloc, iova, gather),
+            0x20_0000 => self.unmap_leaf::<1, M, A>(mem, alloc, iova, gather),
+            0x4000_0000 => self.unmap_leaf::<2, M, A>(mem, alloc, iova, gather),
+            0x80_0000_0000 => self.unmap_leaf::<3, M, A>(mem, alloc, iova, gather),
+            _ => Road::Wide,
+        };
+        if let Road::Done(bytes) = road {
+            return Ok(bytes);
         }
         self.unmap_slow(mem, alloc, span, gather)
+    }
+
+    /// The fast road of [`Self::unmap`] (arguments checked): the range is one entry of level
+    /// `L` in the level-`L` table of the remembered path. `Road::Wide`, with nothing changed,
+    /// when that table is not on the path or the entry is a table.
+    #[inline(always)]
+    fn unmap_leaf<const L: u8, M: PhysMem + ?Sized, A: FrameAlloc + ?Sized>(
+        &mut self,
+        mem: &mut M,
+        alloc: &mut A,
+        iova: u64,
+        gather: &mut Gather,
+    ) -> Road<u64> {
+        if !self.leaf_on_path::<L>(iova) {
+            return Road::Wide;
+        }
+        let len = size(L);
+        let node = self.path.node[usize::from(L)];
+        debug_assert_eq!(node.level, L);
+        if cfg!(debug_assertions) {
+            self.path_start(mem, Span::of(iova, len).expect("checked"));
+        }
+        let pa = entry_addr(node.table, iova, L);
+        match F::decode(mem.read_u64(pa), L) {
+            Pte::Absent => Road::Done(0),
+            Pte::Leaf { .. } => {
+                mem.write_u64(pa, 0);
+                self.counters.leaf_writes += 1;
+                if !self.config.coherent {
+                    mem.sync_for_device(pa, ENTRY_BYTES);
+                }
+                gather.add_span(iova, iova + (len - 1), len);
+                // One entry never covers its table: an empty table enters the reserve
+                // (`keep_empty_below`, without reading again the word just written).
+                if L < self.top() {
+                    let holder = self.path.node[usize::from(L) + 1];
+                    let meta = bump_at(mem, entry_addr(holder.shadow, iova, L + 1), -1);
+                    if meta.count() == 0 && !meta.reserved() {
+                        self.keep_empty(mem, alloc, key(iova, L), gather);
+                    }
+                }
+                Road::Done(len)
+            }
+            // A table's whole span: the general road.
+            Pte::Table(_) => Road::Wide,
+        }
     }
 
     /// Takes back what a request that is failing mapped: unmaps like [`Self::unmap`], but a

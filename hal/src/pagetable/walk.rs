@@ -212,21 +212,14 @@ impl<F: Format> PageTable<F> {
         node
     }
 
-    /// The level whose one entry `len` bytes from `iova` are, when that entry's table is on
-    /// the remembered path (the fast roads of map and unmap); `iova` is 4 KiB aligned.
+    /// Whether one leaf of level `L` at `iova` lies in the table of level `L` on the remembered
+    /// path, and `iova` is aligned to that leaf (the fast roads of map and unmap). `L` is a
+    /// constant so that every shift and mask of the level folds.
     #[inline(always)]
-    pub(super) fn one_leaf(&self, iova: u64, len: u64) -> Option<u8> {
-        let level = match len {
-            0x1000 => 0,
-            0x20_0000 => 1,
-            0x4000_0000 => 2,
-            0x80_0000_0000 => 3,
-            _ => return None,
-        };
+    pub(super) fn leaf_on_path<const L: u8>(&self, iova: u64) -> bool {
         let top = self.top();
-        let in_table =
-            level == top || (level < top && (iova ^ self.path.iova) >> shift(level + 1) == 0);
-        (level >= self.path.depth && in_table && iova & (len - 1) == 0).then_some(level)
+        let in_table = L == top || (L < top && (iova ^ self.path.iova) >> shift(L + 1) == 0);
+        L >= self.path.depth && in_table && iova & (size(L) - 1) == 0
     }
 
     /// Remembers `node` (reached on the way to `iova`) as the lowest table of the path; the

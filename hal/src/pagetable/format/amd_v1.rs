@@ -105,6 +105,7 @@ impl Format for AmdV1 {
         (table & ADDR) | PR | IR | IW | (((level & 7) as u64) << NEXT_LEVEL_SHIFT)
     }
 
+    #[inline(always)]
     fn decode(entry: u64, level: u8) -> Pte {
         if entry & PR == 0 {
             return Pte::Absent;

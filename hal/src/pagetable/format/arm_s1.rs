@@ -116,6 +116,7 @@ impl Format for ArmS1 {
 
     /// Invalid descriptors (bit 0 clear), and block descriptors where the architecture treats
     /// them as invalid (Arm levels 0 and 3), decode as [`Pte::Absent`]: a walk faults on them.
+    #[inline(always)]
     fn decode(entry: u64, level: u8) -> Pte {
         let leaf = |e: u64| Pte::Leaf {
             phys: e & level_mask(level),

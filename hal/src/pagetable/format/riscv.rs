@@ -102,6 +102,7 @@ impl Format for RiscvSv {
         pa_to_ppn(table) | V
     }
 
+    #[inline(always)]
     fn decode(entry: u64, level: u8) -> Pte {
         if entry & V == 0 || entry & (R | W) == W {
             return Pte::Absent;

@@ -88,6 +88,7 @@ impl Format for VtdSl {
 
     /// R = W = 0 is [`Pte::Absent`]. PS = 1 at levels 3 and 4 is a reserved-bit fault for the
     /// hardware (it grants nothing), and the engine never writes it: decoded as `Absent`.
+    #[inline(always)]
     fn decode(entry: u64, level: u8) -> Pte {
         if entry & (R | W) == 0 {
             return Pte::Absent;
