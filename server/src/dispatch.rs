@@ -227,9 +227,11 @@ impl<
     /// quota restored), its queued faults are dropped, and its handle numbering restarts.
     /// An unknown client is ignored.
     ///
-    /// A domain whose invalidation fails here is quarantined: its devices stay blocked, its
-    /// tag and table frames stay reserved for good ([`crate::Stats::quarantined_domains`]),
-    /// and the client's quota is restored regardless.
+    /// A domain whose teardown fails here is quarantined: its devices keep their state, and
+    /// its tag, unit structures, table frames and domain count stay charged to the client
+    /// until the teardown is retried successfully, before each later request of that client
+    /// or once its devices are proven blocked ([`crate::Stats::quarantined_domains`],
+    /// [`crate::Stats::reclaimed_domains`]). Everything else of the client starts afresh.
     pub fn client_exited(&mut self, client: ClientId) {
         if let Some(ci) = self.client_index(client) {
             self.exit(ci);
