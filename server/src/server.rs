@@ -1395,6 +1395,100 @@ mod tests {
         assert_eq!(s.op_create(0), Ok(2), "handles in use are skipped");
     }
 
+    /// A queue longer than one reply is delivered whole, a full reply at a time: no record is
+    /// taken from the queue without going into the reply.
+    #[test]
+    fn faults_longer_than_a_reply_are_all_delivered() {
+        use crate::config::ClientConfig;
+        use iommu_protocol::{MAX_FAULTS_PER_REPLY, Reply, Request};
+        use iommu_test_harness::mock::{MockSpec, VtdMock};
+        use iommu_test_harness::sim::{SharedMem, SimAlloc};
+        let clients = [ClientConfig {
+            id: ClientId(1),
+            devices: &[],
+            regions: &[],
+            max_domains: 1,
+            max_table_frames: 8,
+        }];
+        let mem = SharedMem::new();
+        let alloc = SimAlloc::new(mem.clone(), 0x1_0000_0000, 64);
+        let config = Config {
+            clients: &clients,
+            reserved: &[],
+        };
+        let backend = VtdMock::new(mem.clone(), MockSpec::default());
+        let mut s: Server<'_, VtdMock, SharedMem, SimAlloc, crate::NoNotify, 2, 8, 4, 32> =
+            Server::new(backend, mem, alloc, crate::NoNotify, config).expect("valid");
+        let queued = MAX_FAULTS_PER_REPLY + 6;
+        for i in 0..queued {
+            assert!(s.clients[0].faults.push(QueuedFault {
+                device: 0,
+                iova: (i as u64) << 12,
+                write: false,
+                reason: iommu_hal::backend::FaultReason::NotPresent,
+            }));
+        }
+        let mut iovas = heapless::Vec::<u64, 32>::new();
+        for want in [MAX_FAULTS_PER_REPLY, 6, 0] {
+            let Reply::Faults { records, lost } = s.handle_request(ClientId(1), Request::Faults)
+            else {
+                panic!("not a Faults reply");
+            };
+            assert_eq!((records.len(), lost), (want, 0));
+            iovas.extend(records.iter().map(|r| r.iova));
+        }
+        assert!(
+            iovas
+                .iter()
+                .enumerate()
+                .all(|(i, &v)| v == (i as u64) << 12)
+        );
+    }
+
+    /// Info's page sizes are the sizes both the format and every unit allow: a unit without
+    /// 1 GiB pages takes 1 GiB out, though the VT-d format has the level.
+    #[test]
+    fn info_lists_the_sizes_the_units_allow() {
+        use crate::config::ClientConfig;
+        use iommu_hal::pagetable::LeafSizes;
+        use iommu_protocol::{Reply, Request};
+        use iommu_test_harness::mock::{MockSpec, VtdMock};
+        use iommu_test_harness::sim::{SharedMem, SimAlloc};
+        let clients = [ClientConfig {
+            id: ClientId(1),
+            devices: &[],
+            regions: &[],
+            max_domains: 1,
+            max_table_frames: 8,
+        }];
+        let mem = SharedMem::new();
+        let alloc = SimAlloc::new(mem.clone(), 0x1_0000_0000, 64);
+        let config = Config {
+            clients: &clients,
+            reserved: &[],
+        };
+        let spec = MockSpec {
+            leaf_sizes: LeafSizes(0x20_1000),
+            ..MockSpec::default()
+        };
+        let backend = VtdMock::new(mem.clone(), spec);
+        let mut s: Server<'_, VtdMock, SharedMem, SimAlloc, crate::NoNotify, 2, 8, 4, 4> =
+            Server::new(backend, mem, alloc, crate::NoNotify, config).expect("valid");
+        let Reply::Info(info) = s.handle_request(ClientId(1), Request::Info) else {
+            panic!("not an Info reply");
+        };
+        assert_eq!(info.page_sizes, 0x20_1000);
+    }
+
+    /// Any `FnMut(ClientId)` is a [`Notify`]: the closure is called with the client.
+    #[test]
+    fn closures_notify() {
+        let mut heard = heapless::Vec::<ClientId, 2>::new();
+        let mut n = |c: ClientId| heard.push(c).expect("room");
+        n.notify(ClientId(7));
+        assert_eq!(heard.as_slice(), &[ClientId(7)]);
+    }
+
     /// Tags start at 1 (tag 0 is reserved by some units) and follow the slot.
     #[test]
     fn tags_follow_slots() {
