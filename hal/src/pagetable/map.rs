@@ -243,6 +243,15 @@ impl<F: Format> PageTable<F> {
         gather: &mut Gather,
     ) -> Result<Road<()>, PtError> {
         let mut node = self.path_start(mem, span);
+        // A remembered table that the span covers whole, where one larger leaf is allowed:
+        // start from its parent, so that the loop below sees the table's entry and replaces a
+        // leafless (reserved) table with that leaf (the minimal decomposition).
+        while node.level < self.top()
+            && covers(span, node.level + 1)
+            && self.leafable(node.level + 1, fill.delta)
+        {
+            node = self.path.node[usize::from(node.level) + 1];
+        }
         // `missing` new tables go below `node`'s entry for the span; leaves at level `target`.
         let (missing, target) = loop {
             self.remember(span.first, node);
