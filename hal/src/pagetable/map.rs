@@ -1,7 +1,10 @@
-//! Map: the 4 KiB road (one entry of the remembered table), the one-table road (every leaf
-//! of the range lands in one table), and the general two-pass road.
+//! Map: the one-leaf road (one entry of the remembered table, one copy per leaf level), the
+//! run road (several leaves of one size in one table of the remembered path, the level a
+//! constant), the one-table road (every leaf of the range lands in one table, found by a
+//! descent), and the general two-pass road.
 //!
-//! Atomicity: nothing is written before everything that can fail was checked. The one-table
+//! Atomicity: nothing is written before everything that can fail was checked. The run road
+//! reads every entry it will write before it writes (it allocates nothing). The one-table
 //! road checks the whole range while it descends and allocates its (at most `levels - 1`)
 //! missing tables all or none before it writes. The general road reads first (pass 1: overlap,
 //! and the number of frames the change needs), allocates those frames into a [`FramePool`]
@@ -9,7 +12,9 @@
 
 use super::lifetime::{FramePool, Meta, bump, bump_at};
 use super::table::PageTable;
-use super::walk::{ENTRY_BYTES, Node, Slot, Slots, covers, entry_addr, in_one_entry, index, size};
+use super::walk::{
+    ENTRY_BYTES, Node, Slot, Slots, covers, entry_addr, in_one_entry, index, run_level, size,
+};
 use super::{Format, Gather, Map, Perms, PtError, Pte, Span};
 use crate::mem::{FrameAlloc, PAGE_SIZE, PhysAddr, PhysMem};
 
@@ -211,6 +216,53 @@ impl<F: Format> PageTable<F> {
         }
     }
 
+    /// The run road of [`Self::map`] (arguments checked; tried first by `map_slow`): `span`,
+    /// whose ends and `phys` are multiples of `size(L)` (the largest such level, so the leaves are the minimal
+    /// decomposition), lies in the level-`L` table of the remembered path without covering
+    /// it whole, and every entry it touches is absent: one leaf per entry, the table's count
+    /// raised once. `Road::Wide`, with nothing changed, otherwise (the general roads decide,
+    /// and report an overlap).
+    #[inline(never)]
+    fn map_run<const L: u8, M: PhysMem + ?Sized>(
+        &mut self,
+        mem: &mut M,
+        span: Span,
+        phys: u64,
+        perms: Perms,
+        gather: &mut Gather,
+    ) -> Road<Result<(), PtError>> {
+        if !self.run_on_path::<L>(span) || self.leaf_levels & (1 << L) == 0 {
+            return Road::Wide;
+        }
+        let node = self.path.node[usize::from(L)];
+        debug_assert_eq!(node.level, L);
+        if cfg!(debug_assertions) {
+            self.path_start(mem, span);
+        }
+        let first = entry_addr(node.table, span.first, L);
+        let n = index(span.last, L) - index(span.first, L) + 1;
+        for i in 0..n {
+            let e = mem.read_u64(first + i * ENTRY_BYTES);
+            if !matches!(F::decode(e, L), Pte::Absent) {
+                return Road::Wide;
+            }
+        }
+        for i in 0..n {
+            let e = F::encode_leaf(phys + i * size(L), perms, L);
+            mem.write_u64(first + i * ENTRY_BYTES, e);
+        }
+        self.counters.leaf_writes += n;
+        if L < self.top() {
+            let holder = self.path.node[usize::from(L) + 1];
+            bump_at(mem, entry_addr(holder.shadow, span.first, L + 1), n as i64);
+        }
+        if !self.config.coherent {
+            mem.sync_for_device(first, n * ENTRY_BYTES);
+        }
+        gather.add_span(span.first, span.last, size(L));
+        Road::Done(Ok(()))
+    }
+
     /// `map` beyond one page of the remembered table: the one-table road, else the general
     /// one. Kept out of line so the 4 KiB road stays lean.
     #[inline(never)]
@@ -222,6 +274,18 @@ impl<F: Format> PageTable<F> {
         fill: Fill,
         gather: &mut Gather,
     ) -> Result<(), PtError> {
+        // Several leaves of one size into one table of the path: the run road.
+        let phys = span.first.wrapping_add(fill.delta);
+        let (first, len, perms) = (span.first, span.last - span.first + 1, fill.perms);
+        let road = match run_level(first | phys | len) {
+            0 => self.map_run::<0, M>(mem, span, phys, perms, gather),
+            1 => self.map_run::<1, M>(mem, span, phys, perms, gather),
+            2 => self.map_run::<2, M>(mem, span, phys, perms, gather),
+            _ => self.map_run::<3, M>(mem, span, phys, perms, gather),
+        };
+        if let Road::Done(r) = road {
+            return r;
+        }
         match self.map_narrow(mem, alloc, span, fill, gather)? {
             Road::Done(()) => Ok(()),
             Road::Wide => self.map_general(mem, alloc, span, fill, gather),

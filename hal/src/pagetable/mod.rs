@@ -13,8 +13,8 @@
 //! |---|---|
 //! | `table` | [`PageTable`]: configuration, request checks, query, destroy, inspection |
 //! | `walk` | level arithmetic, the entries a span touches ([`Span`], slots), the remembered path, find_free |
-//! | `map` | map: the one-table road and the general two-pass road |
-//! | `unmap` | unmap: the same two roads |
+//! | `map` | map: the one-leaf, run and one-table roads and the general two-pass road |
+//! | `unmap` | unmap: the same four roads |
 //! | `split` | the frames a split needs and the replacement table it builds |
 //! | `lifetime` | live-entry counts (the shadow tables), the reserve of empty tables, the frame pool |
 //! | [`gather`] | what one call changed, for the invalidation, and the frames freed after it |

@@ -1,4 +1,5 @@
-//! Unmap: the 4 KiB road, the one-table road, and the general two-pass road.
+//! Unmap: the one-leaf road, the run road, the one-table road, and the general two-pass road
+//! (as for map, `map.rs`).
 //!
 //! Cost: every road clears only the entries the range touches and updates the live count of
 //! each table it changed; a table whose count reaches zero is known empty without reading it
@@ -9,7 +10,9 @@
 use super::lifetime::{Emptied, FramePool, bump, bump_at, key};
 use super::map::{Changes, Road, Run, Writer};
 use super::table::PageTable;
-use super::walk::{ENTRY_BYTES, Node, Slots, covers, entry_addr, in_one_entry, index, size};
+use super::walk::{
+    ENTRY_BYTES, Node, Slots, covers, entry_addr, in_one_entry, index, run_level, size,
+};
 use super::{Format, Gather, PtError, Pte, Span, Unmap};
 use crate::mem::{FrameAlloc, PhysMem};
 
@@ -97,6 +100,68 @@ impl<F: Format> PageTable<F> {
         }
     }
 
+    /// The run road of [`Self::unmap`] (arguments checked; tried first by `unmap_slow`): `span`, whose ends are multiples
+    /// of `size(L)`, lies in the level-`L` table of the remembered path without covering it
+    /// whole, and none of the entries it touches is a table: the leaves among them are
+    /// cleared, the table's count lowered once; emptied, the table enters the reserve (it is
+    /// not covered whole). `Road::Wide`, with nothing changed, otherwise.
+    #[inline(never)]
+    fn unmap_run<const L: u8, M: PhysMem + ?Sized, A: FrameAlloc + ?Sized>(
+        &mut self,
+        mem: &mut M,
+        alloc: &mut A,
+        span: Span,
+        gather: &mut Gather,
+    ) -> Road<u64> {
+        if !self.run_on_path::<L>(span) {
+            return Road::Wide;
+        }
+        let node = self.path.node[usize::from(L)];
+        debug_assert_eq!(node.level, L);
+        if cfg!(debug_assertions) {
+            self.path_start(mem, span);
+        }
+        let first = entry_addr(node.table, span.first, L);
+        let n = index(span.last, L) - index(span.first, L) + 1;
+        for i in 0..n {
+            let e = mem.read_u64(first + i * ENTRY_BYTES);
+            if matches!(F::decode(e, L), Pte::Table(_)) {
+                return Road::Wide;
+            }
+        }
+        // The first and last entry cleared (indices from `first`), and how many.
+        let (mut a, mut b, mut cleared) = (0, 0, 0u64);
+        for i in 0..n {
+            let pa = first + i * ENTRY_BYTES;
+            if let Pte::Leaf { .. } = F::decode(mem.read_u64(pa), L) {
+                mem.write_u64(pa, 0);
+                if cleared == 0 {
+                    a = i;
+                }
+                b = i;
+                cleared += 1;
+            }
+        }
+        if cleared == 0 {
+            return Road::Done(0);
+        }
+        self.counters.leaf_writes += cleared;
+        if !self.config.coherent {
+            mem.sync_for_device(first + a * ENTRY_BYTES, (b - a + 1) * ENTRY_BYTES);
+        }
+        let base = span.first & !(size(L) - 1);
+        gather.add_span(base + a * size(L), base + (b + 1) * size(L) - 1, size(L));
+        if L < self.top() {
+            let holder = self.path.node[usize::from(L) + 1];
+            let word = entry_addr(holder.shadow, span.first, L + 1);
+            let meta = bump_at(mem, word, -(cleared as i64));
+            if meta.count() == 0 && !meta.reserved() {
+                self.keep_empty(mem, alloc, key(span.first, L), gather);
+            }
+        }
+        Road::Done(cleared * size(L))
+    }
+
     /// Takes back what a request that is failing mapped: unmaps like [`Self::unmap`], but a
     /// table this leaves empty is unlinked at once (with its parents while they become empty)
     /// unless it was already empty, kept in the reserve, before: so the table, the frames it
@@ -126,6 +191,17 @@ impl<F: Format> PageTable<F> {
         span: Span,
         gather: &mut Gather,
     ) -> Result<u64, PtError> {
+        // Several entries of one size in one table of the path: the run road.
+        let len = span.last - span.first + 1;
+        let road = match run_level(span.first | len) {
+            0 => self.unmap_run::<0, M, A>(mem, alloc, span, gather),
+            1 => self.unmap_run::<1, M, A>(mem, alloc, span, gather),
+            2 => self.unmap_run::<2, M, A>(mem, alloc, span, gather),
+            _ => self.unmap_run::<3, M, A>(mem, alloc, span, gather),
+        };
+        if let Road::Done(bytes) = road {
+            return Ok(bytes);
+        }
         match self.unmap_narrow(mem, alloc, span, gather) {
             Road::Done(bytes) => Ok(bytes),
             Road::Wide => self.unmap_general(mem, alloc, span, gather),

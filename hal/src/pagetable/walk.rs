@@ -49,6 +49,15 @@ pub(super) const fn in_one_entry(span: Span, level: u8) -> bool {
     (span.first ^ span.last) >> shift(level) == 0
 }
 
+/// The level of the leaves a run road uses for a range whose addresses and length have the
+/// bits `bits` (`iova | len`, and `| phys` for a map): the largest level whose size divides
+/// them all, at most 3 (512 GiB).
+#[inline(always)]
+pub(super) const fn run_level(bits: u64) -> u8 {
+    let l = bits.trailing_zeros().saturating_sub(12) / 9;
+    if l > 3 { 3 } else { l as u8 }
+}
+
 /// `v` rounded up to a multiple of the power of two `align`, or `None` on overflow.
 #[inline]
 pub(super) fn align_up(v: u64, align: u64) -> Option<u64> {
@@ -220,6 +229,21 @@ impl<F: Format> PageTable<F> {
         let top = self.top();
         let in_table = L == top || (L < top && (iova ^ self.path.iova) >> shift(L + 1) == 0);
         L >= self.path.depth && in_table && iova & (size(L) - 1) == 0
+    }
+
+    /// Whether `span` (its ends multiples of `size(L)`) lies in the level-`L` table of the
+    /// remembered path without covering all of it (a table covered whole is the general
+    /// road's business: unlinked by an unmap, replaced by a larger leaf by a map); the run
+    /// roads of map and unmap.
+    #[inline(always)]
+    pub(super) fn run_on_path<const L: u8>(&self, span: Span) -> bool {
+        let top = self.top();
+        if L > top || L < self.path.depth {
+            return false;
+        }
+        L == top
+            || (((span.first ^ self.path.iova) | (span.last ^ self.path.iova)) >> shift(L + 1) == 0
+                && span.last - span.first < size(L + 1) - 1)
     }
 
     /// Remembers `node` (reached on the way to `iova`) as the lowest table of the path; the
