@@ -12,6 +12,8 @@
 #           harness's `runner` feature and its unit tests, with a 60 s test timeout: about
 #           half the rebuild per mutant. A first pass: re-check what it misses with `server`
 #           (`--iterate` on the same `--output`).
+#   config  server/src/config.rs against the server's unit tests (where the configuration
+#           checks are tested) and server_mock, with a 60 s test timeout
 #   vtd     hal/src/vtd/*.rs; vtd_backend, server_vtd, ordering
 #   smmuv3  hal/src/smmuv3/*.rs; smmuv3_backend, server_smmuv3, ordering
 #   engine  hal/src/pagetable/**; hal's unit tests and the four page-table conformance suites
@@ -46,6 +48,11 @@ case "$part" in
         timeout=60
         tests=(--test-package iommu-test-harness --
             --no-default-features --test server_mock --test server_props) ;;
+    config)
+        files=(-f 'server/src/config.rs')
+        timeout=60
+        tests=(--test-package iommu-server,iommu-test-harness --
+            --no-default-features --lib --test server_mock) ;;
     vtd)
         files=(-f 'hal/src/vtd/*.rs')
         tests=(--test-package iommu-test-harness --
@@ -60,7 +67,7 @@ case "$part" in
             --lib --test pagetable_vtd --test pagetable_arm --test pagetable_amd
             --test pagetable_riscv) ;;
     *)
-        echo "unknown part '$part' (server, server-quick, vtd, smmuv3, engine)" >&2
+        echo "unknown part '$part' (server, server-quick, config, vtd, smmuv3, engine)" >&2
         exit 2 ;;
 esac
 
