@@ -153,6 +153,9 @@ struct Unit {
     invalidations: u64,
     /// How the unit signals faults, once enabled.
     interrupt: Option<FaultInterrupt>,
+    /// Tags the unit holds per-domain structures for (as an SMMUv3 context descriptor):
+    /// from the first attach with the tag until `release_tag`.
+    tags: BTreeSet<u16>,
 }
 
 /// A mock backend of `spec.units` units walking tables of format `F`, checked by the
@@ -253,6 +256,12 @@ impl<F: Format, W: RefWalker> MockBackend<F, W> {
             .get(&device)
             .copied()
             .unwrap_or(Context::Blocked)
+    }
+
+    /// The tags `unit` holds per-domain structures for (attached once, not yet released by
+    /// `release_tag`), ascending.
+    pub fn tags(&self, unit: UnitIndex) -> Vec<u16> {
+        self.units[unit].tags.iter().copied().collect()
     }
 
     /// Translations the IOTLB of `unit` holds.
@@ -482,6 +491,7 @@ impl<F: Format, W: RefWalker> Backend for MockBackend<F, W> {
         if unit >= self.units.len() || device > 0xffff || domain.tag == 0 {
             return Err(MockError::BadDevice);
         }
+        self.units[unit].tags.insert(domain.tag);
         self.units[unit]
             .context
             .insert(device, Context::Domain(domain));
@@ -532,6 +542,19 @@ impl<F: Format, W: RefWalker> Backend for MockBackend<F, W> {
             u.walk_cache.retain(|&(t, _), _| t != tag);
         }
         r
+    }
+
+    fn release_tag(
+        &mut self,
+        _alloc: &mut dyn FrameAlloc,
+        unit: UnitIndex,
+        tag: u16,
+    ) -> Result<(), MockError> {
+        if unit >= self.units.len() {
+            return Err(MockError::BadDevice);
+        }
+        self.units[unit].tags.remove(&tag);
+        Ok(())
     }
 
     fn invalidate_all(&mut self, unit: UnitIndex, tag: u16) -> Result<(), MockError> {

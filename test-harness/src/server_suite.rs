@@ -897,6 +897,14 @@ pub fn map_errors<F: Fixture>() {
         let want = codes.iter().filter(|c| usize::from(**c) == i).count() as u64;
         assert!(*n >= want, "error code {i} counted {n} < {want}");
     }
+    // The edges are inclusive: the pages right below and right above the reserved window,
+    // and the last page a device can present, are usable (a range is refused only if it
+    // reaches past them).
+    for iova in [MSI.first - PG, MSI.last + 1, last - (PG - 1)] {
+        done(&mut f, A, &map_req(d, iova, 0x1000_0000, PG, RW));
+        assert_eq!(dma(&mut f, A, 0, iova, true), Ok(0x1000_0000), "{iova:#x}");
+        assert_eq!(unmap(&mut f, A, d, iova, PG), PG);
+    }
 }
 
 /// Capability attacks: another client's memory, devices and handles (every u32 near them).

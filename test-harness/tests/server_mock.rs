@@ -53,6 +53,38 @@ mod mock_only {
         assert_eq!(unmap(&mut f, A, d, 0x20_1000, 0x1000), 0x1000);
     }
 
+    /// Destroying a domain releases the per-domain structures of every unit one of its
+    /// devices was attached to, unit 1 as well as unit 0, so that the next domain with the
+    /// same tag starts from nothing there.
+    #[test]
+    fn destroy_releases_the_structures_of_every_unit() {
+        let mut f =
+            MockFixture::with_spec(&Setup::default(), Recorder::default(), MockSpec::default());
+        let d = create(&mut f, A);
+        // A's device 2 is on unit 1; device 0 on unit 0.
+        attach(&mut f, A, d, 2);
+        attach(&mut f, A, d, 0);
+        map(&mut f, A, d, 0x20_0000, 0x1000_0000, 0x1000, Perms::RW);
+        let tags = |f: &MockFixture, u| f.server.backend().tags(u);
+        assert_eq!(tags(&f, 1).len(), 1);
+        assert_eq!(tags(&f, 0), tags(&f, 1));
+        for dev in [2, 0] {
+            let detach = Request::Detach {
+                device: iommu_protocol::DeviceHandle(dev),
+            };
+            assert_eq!(
+                iommu_test_harness::server_suite::call(&mut f, A, &detach),
+                iommu_protocol::Reply::Done
+            );
+        }
+        let destroy = Request::DestroyDomain { domain: d };
+        assert_eq!(
+            iommu_test_harness::server_suite::call(&mut f, A, &destroy),
+            iommu_protocol::Reply::Done
+        );
+        assert!(tags(&f, 0).is_empty() && tags(&f, 1).is_empty());
+    }
+
     /// A unit that overflowed its own fault log: counted; the records it kept are routed.
     #[test]
     fn hardware_fault_overflow_is_counted() {
