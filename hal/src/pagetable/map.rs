@@ -13,7 +13,8 @@
 use super::lifetime::{FramePool, Meta, bump, bump_at};
 use super::table::PageTable;
 use super::walk::{
-    ENTRY_BYTES, Node, Slot, Slots, covers, entry_addr, in_one_entry, index, run_level, size,
+    ENTRY_BYTES, Node, Slot, Slots, covers, entry_addr, in_one_entry, index, leaf_aligned,
+    run_level, size,
 };
 use super::{Format, Gather, Map, Perms, PtError, Pte, Span};
 use crate::mem::{FrameAlloc, PAGE_SIZE, PhysAddr, PhysMem};
@@ -546,6 +547,16 @@ impl<F: Format> PageTable<F> {
         span: Span,
         delta: u64,
     ) -> Result<u64, PtError> {
+        // One leaf per slot (as `Writer::fill_leaves`) into absent entries: nothing to
+        // allocate, nothing overlapped; one tight loop.
+        let level = node.level;
+        if level == 0 || (leaf_aligned(span, level) && self.leafable(level, delta)) {
+            let first = node.entry(span.first);
+            let n = index(span.last, level) - index(span.first, level) + 1;
+            if (0..n).all(|i| mem.read_u64(first + i * ENTRY_BYTES) == 0) {
+                return Ok(0);
+            }
+        }
         let mut total = 0u64;
         for slot in Slots::new(node, span) {
             let n = match F::decode(mem.read_u64(slot.pa), node.level) {
@@ -638,9 +649,15 @@ impl<F: Format, M: PhysMem + ?Sized, A: FrameAlloc + ?Sized> Writer<'_, F, M, A>
     /// `node`. Returns how many entries of `node`'s table became non-absent.
     pub fn fill(&mut self, node: Node, span: Span, fill: Fill, dest: Dest) -> u64 {
         let mut run = Run::default();
-        let mut added = 0;
         let fresh = matches!(dest, Dest::New | Dest::NewUnsynced);
-        for slot in Slots::new(node, span) {
+        // One leaf per slot and nothing there yet: the tight loop; else slot by slot.
+        let leaves = self.fill_leaves(node, span, fill, fresh, &mut run);
+        let mut added = leaves.unwrap_or(0);
+        let slots = match leaves {
+            Some(_) => None,
+            None => Some(Slots::new(node, span)),
+        };
+        for slot in slots.into_iter().flatten() {
             let cur = if fresh {
                 Pte::Absent
             } else {
@@ -720,6 +737,42 @@ impl<F: Format, M: PhysMem + ?Sized, A: FrameAlloc + ?Sized> Writer<'_, F, M, A>
             }
         }
         added
+    }
+
+    /// `fill` of a table where every slot the span touches gets one leaf of the table's level
+    /// (level 0, or the span's ends on that level's boundaries and such a leaf allowed) and
+    /// every entry is absent (zero; a fresh table is not read): the leaves written in one
+    /// tight loop, the changes and the run recorded once. `None`, with nothing written,
+    /// otherwise (the slot-by-slot loop decides).
+    #[inline]
+    fn fill_leaves(
+        &mut self,
+        node: Node,
+        span: Span,
+        fill: Fill,
+        fresh: bool,
+        run: &mut Run,
+    ) -> Option<u64> {
+        let level = node.level;
+        if level > 0 && !(leaf_aligned(span, level) && self.pt.leafable(level, fill.delta)) {
+            return None;
+        }
+        let sz = size(level);
+        let first = node.entry(span.first);
+        let n = index(span.last, level) - index(span.first, level) + 1;
+        if !fresh && !(0..n).all(|i| self.mem.read_u64(first + i * ENTRY_BYTES) == 0) {
+            return None;
+        }
+        let out = span.first.wrapping_add(fill.delta);
+        for i in 0..n {
+            let e = F::encode_leaf(out.wrapping_add(i * sz), fill.perms, level);
+            self.mem.write_u64(first + i * ENTRY_BYTES, e);
+        }
+        self.pt.counters.leaf_writes += n;
+        self.changes.leaf(span, sz);
+        run.note(first);
+        run.note(first + (n - 1) * ENTRY_BYTES);
+        Some(n)
     }
 
     /// The end of a writing pass: unused frames go back (none, when pass 1 was right), the

@@ -11,7 +11,8 @@ use super::lifetime::{Emptied, FramePool, bump, bump_at, key};
 use super::map::{Changes, Road, Run, Writer};
 use super::table::PageTable;
 use super::walk::{
-    ENTRY_BYTES, Node, Slots, covers, entry_addr, in_one_entry, index, run_level, size,
+    ENTRY_BYTES, Node, Slots, covers, entry_addr, in_one_entry, index, leaf_aligned, run_level,
+    size,
 };
 use super::{Format, Gather, PtError, Pte, Span, Unmap};
 use crate::mem::{FrameAlloc, PhysMem};
@@ -411,8 +412,14 @@ impl<F: Format, M: PhysMem + ?Sized, A: FrameAlloc + ?Sized> Writer<'_, F, M, A>
     /// table became absent (the caller updates `node`'s live count).
     pub fn clear(&mut self, node: Node, span: Span) -> u64 {
         let mut run = Run::default();
-        let mut removed = 0;
-        for slot in Slots::new(node, span) {
+        // Only leaves and holes, each entry covered: the tight loop; else slot by slot.
+        let leaves = self.clear_leaves(node, span, &mut run);
+        let mut removed = leaves.unwrap_or(0);
+        let slots = match leaves {
+            Some(_) => None,
+            None => Some(Slots::new(node, span)),
+        };
+        for slot in slots.into_iter().flatten() {
             match F::decode(self.mem.read_u64(slot.pa), node.level) {
                 Pte::Absent => {}
                 Pte::Leaf { .. } if slot.covered() => {
@@ -461,5 +468,53 @@ impl<F: Format, M: PhysMem + ?Sized, A: FrameAlloc + ?Sized> Writer<'_, F, M, A>
             run.sync(self.mem);
         }
         removed
+    }
+
+    /// `clear` of a table where the span's ends lie on the level's entry boundaries (every
+    /// entry covered whole) and no entry it touches is a table: the leaves cleared in one
+    /// tight loop, the changes and the run recorded once. `None`, with nothing written,
+    /// otherwise (the slot-by-slot loop decides: tables below, leaves to split).
+    #[inline]
+    fn clear_leaves(&mut self, node: Node, span: Span, run: &mut Run) -> Option<u64> {
+        let level = node.level;
+        if !leaf_aligned(span, level) {
+            return None;
+        }
+        let sz = size(level);
+        let first = node.entry(span.first);
+        let n = index(span.last, level) - index(span.first, level) + 1;
+        let table = |e: u64| e != 0 && matches!(F::decode(e, level), Pte::Table(_));
+        if level > 0 && (0..n).any(|i| table(self.mem.read_u64(first + i * ENTRY_BYTES))) {
+            return None;
+        }
+        // The first and last entry cleared (indices from `first`), and how many.
+        let (mut a, mut b, mut cleared) = (0, 0, 0u64);
+        for i in 0..n {
+            let pa = first + i * ENTRY_BYTES;
+            let e = self.mem.read_u64(pa);
+            if e != 0 && matches!(F::decode(e, level), Pte::Leaf { .. }) {
+                self.mem.write_u64(pa, 0);
+                if cleared == 0 {
+                    a = i;
+                }
+                b = i;
+                cleared += 1;
+            }
+        }
+        if cleared > 0 {
+            self.pt.counters.leaf_writes += cleared;
+            let at = span.first + a * sz;
+            self.changes.leaf(
+                Span {
+                    first: at,
+                    last: at + ((b - a + 1) * sz - 1),
+                },
+                sz,
+            );
+            self.changes.unmapped += cleared * sz;
+            run.note(first + a * ENTRY_BYTES);
+            run.note(first + b * ENTRY_BYTES);
+        }
+        Some(cleared)
     }
 }

@@ -43,6 +43,14 @@ pub(super) const fn covers(span: Span, level: u8) -> bool {
     span.first & m == 0 && span.last & m == m
 }
 
+/// Whether both ends of `span` lie on `level`'s entry boundaries (every entry it touches it
+/// covers whole; `span` may cross tables).
+#[inline]
+pub(super) const fn leaf_aligned(span: Span, level: u8) -> bool {
+    let m = size(level) - 1;
+    span.first & m == 0 && span.last & m == m
+}
+
 /// Whether `span` lies inside one entry at `level`.
 #[inline]
 pub(super) const fn in_one_entry(span: Span, level: u8) -> bool {
