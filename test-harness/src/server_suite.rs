@@ -764,6 +764,23 @@ pub fn map_errors<F: Fixture>() {
             },
             Error::InvalidArgument,
         ),
+        // Misaligned comes before the usable-range check, whichever of iova and len is off.
+        (
+            Request::Unmap {
+                domain: d,
+                iova: MSI.first + 0x800,
+                len: PG,
+            },
+            Error::Misaligned,
+        ),
+        (
+            Request::Unmap {
+                domain: d,
+                iova: MSI.first,
+                len: 0x800,
+            },
+            Error::Misaligned,
+        ),
         (
             Request::Unmap {
                 domain: d,
