@@ -156,6 +156,8 @@ struct Unit {
     /// Tags the unit holds per-domain structures for (as an SMMUv3 context descriptor):
     /// from the first attach with the tag until `release_tag`.
     tags: BTreeSet<u16>,
+    /// `release_tag` calls that succeeded.
+    releases: u64,
 }
 
 /// A mock backend of `spec.units` units walking tables of format `F`, checked by the
@@ -176,6 +178,10 @@ pub struct MockBackend<F: Format, W: RefWalker> {
     pub log: Vec<Invalidation>,
     /// Malformed entries met by walks (an engine bug; tests assert this stays empty).
     pub malformed: Vec<Malformed>,
+    /// The next `release_tag` on this unit fails (a hardware error; nothing released), once.
+    pub fail_release: Option<UnitIndex>,
+    /// The next `drain_faults` of this unit fails (a hardware error; nothing drained), once.
+    pub fail_drain: Option<UnitIndex>,
     _f: PhantomData<(F, W)>,
 }
 
@@ -190,6 +196,8 @@ impl<F: Format, W: RefWalker> MockBackend<F, W> {
             silent: false,
             log: Vec::new(),
             malformed: Vec::new(),
+            fail_release: None,
+            fail_drain: None,
             _f: PhantomData,
         }
     }
@@ -262,6 +270,11 @@ impl<F: Format, W: RefWalker> MockBackend<F, W> {
     /// `release_tag`), ascending.
     pub fn tags(&self, unit: UnitIndex) -> Vec<u16> {
         self.units[unit].tags.iter().copied().collect()
+    }
+
+    /// `release_tag` calls on `unit` that succeeded so far.
+    pub fn releases(&self, unit: UnitIndex) -> u64 {
+        self.units[unit].releases
     }
 
     /// Translations the IOTLB of `unit` holds.
@@ -553,7 +566,12 @@ impl<F: Format, W: RefWalker> Backend for MockBackend<F, W> {
         if unit >= self.units.len() {
             return Err(MockError::BadDevice);
         }
+        if self.fail_release == Some(unit) {
+            self.fail_release = None;
+            return Err(MockError::Hardware);
+        }
         self.units[unit].tags.remove(&tag);
+        self.units[unit].releases += 1;
         Ok(())
     }
 
@@ -588,6 +606,10 @@ impl<F: Format, W: RefWalker> Backend for MockBackend<F, W> {
     ) -> Result<bool, MockError> {
         if unit >= self.units.len() {
             return Err(MockError::BadDevice);
+        }
+        if self.fail_drain == Some(unit) {
+            self.fail_drain = None;
+            return Err(MockError::Hardware);
         }
         let u = &mut self.units[unit];
         while let Some(f) = u.faults.pop_front() {

@@ -85,6 +85,99 @@ mod mock_only {
         assert!(tags(&f, 0).is_empty() && tags(&f, 1).is_empty());
     }
 
+    /// A teardown whose release fails on the second unit stops there and is retried to the
+    /// end: what completed stays done (no unit invalidated or released twice), the rest is
+    /// done by the retry, and only then do the frames go back.
+    #[test]
+    fn a_failed_release_is_retried_from_where_it_stopped() {
+        use iommu_protocol::{DeviceHandle, Reply};
+        use iommu_test_harness::server_suite::call;
+        let mut f =
+            MockFixture::with_spec(&Setup::default(), Recorder::default(), MockSpec::default());
+        let d = create(&mut f, A);
+        attach(&mut f, A, d, 0);
+        attach(&mut f, A, d, 2);
+        map(&mut f, A, d, 0x20_0000, 0x1000_0000, 0x1000, Perms::RW);
+        for dev in [0, 2] {
+            let detach = Request::Detach {
+                device: DeviceHandle(dev),
+            };
+            assert_eq!(call(&mut f, A, &detach), Reply::Done);
+        }
+        let usage = f.server.usage(A);
+        f.server.backend_mut().fail_release = Some(1);
+        let destroy = Request::DestroyDomain { domain: d };
+        assert_eq!(err(&mut f, A, &destroy), Error::HardwareError);
+        let b = f.server.backend();
+        assert_eq!((b.releases(0), b.releases(1)), (1, 0));
+        assert_eq!(b.tags(0), Vec::<u16>::new());
+        assert_eq!(b.tags(1).len(), 1);
+        assert_eq!(f.server.usage(A), usage, "nothing freed yet");
+        let invalidations = b.total_invalidations();
+        assert_eq!(call(&mut f, A, &destroy), Reply::Done);
+        let b = f.server.backend();
+        assert_eq!(
+            b.total_invalidations(),
+            invalidations,
+            "both units were invalidated by the first attempt"
+        );
+        assert_eq!((b.releases(0), b.releases(1)), (1, 1));
+        assert!(b.tags(1).is_empty());
+        assert_eq!(f.server.usage(A), Some((0, 0)));
+    }
+
+    /// A unit both dirty and stale at teardown (its invalidation was lost while a device was
+    /// attached) is invalidated before the tables go: the next domain with the tag finds
+    /// nothing of this one in the unit's IOTLB.
+    #[test]
+    fn a_dirty_and_stale_unit_is_invalidated_at_teardown() {
+        use iommu_protocol::{DeviceHandle, Reply};
+        use iommu_test_harness::inject::UnitFault;
+        use iommu_test_harness::server_suite::{Fixture, call};
+        let mut f =
+            MockFixture::with_spec(&Setup::default(), Recorder::default(), MockSpec::default());
+        let d = create(&mut f, A);
+        attach(&mut f, A, d, 0);
+        map(&mut f, A, d, 0x20_0000, 0x1000_0000, 0x2000, Perms::RW);
+        assert_eq!(dma(&mut f, A, 0, 0x20_0000, true), Ok(0x1000_0000));
+        assert!(f.server.backend().iotlb_len(0) > 0);
+        // The unmap's invalidation is lost, and so is every submission after it until
+        // healed: unit 0 is stale (and dirty: the device was attached).
+        f.inject(0, UnitFault::Lose { after: 0 });
+        let unmap = Request::Unmap {
+            domain: d,
+            iova: 0x20_0000,
+            len: 0x1000,
+        };
+        assert_eq!(err(&mut f, A, &unmap), Error::HardwareTimeout);
+        f.server.backend_mut().heal();
+        let detach = Request::Detach {
+            device: DeviceHandle(0),
+        };
+        assert_eq!(call(&mut f, A, &detach), Reply::Done);
+        let destroy = Request::DestroyDomain { domain: d };
+        assert_eq!(call(&mut f, A, &destroy), Reply::Done);
+        assert_eq!(f.server.backend().iotlb_len(0), 0, "A's translations left");
+    }
+
+    /// A unit whose fault log cannot be read: counted as a drain error, and the other
+    /// units' records are still routed.
+    #[test]
+    fn a_drain_error_is_counted() {
+        let mut f =
+            MockFixture::with_spec(&Setup::default(), Recorder::default(), MockSpec::default());
+        let d = create(&mut f, A);
+        attach(&mut f, A, d, 0);
+        attach(&mut f, A, d, 2);
+        assert_eq!(dma(&mut f, A, 2, 0x70_0000, true), Err(Faulted));
+        f.server.backend_mut().fail_drain = Some(0);
+        f.server.service_faults();
+        assert_eq!(f.server.stats().drain_errors, 1);
+        assert_eq!(f.server.stats().faults_routed, 1);
+        f.server.service_faults();
+        assert_eq!(f.server.stats().drain_errors, 1);
+    }
+
     /// A unit that overflowed its own fault log: counted; the records it kept are routed.
     #[test]
     fn hardware_fault_overflow_is_counted() {
