@@ -392,6 +392,68 @@ mod tests {
         assert!(!top.contains(u64::MAX - 0xfff, 0x2000));
     }
 
+    /// Every configuration error says what is wrong and, where it has them, which client,
+    /// device or region and which totals (an integrator reads these at start-up).
+    #[test]
+    fn config_errors_say_what_and_where() {
+        use std::string::ToString;
+        let cases: [(ConfigError, &[&str]); 14] = [
+            (ConfigError::TooManyClients, &["CLIENTS"]),
+            (ConfigError::TooManyDevices, &["DEVICES"]),
+            (ConfigError::DuplicateClient { client: 7 }, &["client 7"]),
+            (
+                ConfigError::DeviceOverlap {
+                    client: 3,
+                    device: 5,
+                },
+                &["device 5 of client 3"],
+            ),
+            (
+                ConfigError::NoSuchUnit {
+                    client: 2,
+                    device: 9,
+                },
+                &["device 9 of client 2", "unit"],
+            ),
+            (
+                ConfigError::BadRegion {
+                    client: 4,
+                    region: 6,
+                },
+                &["region 6 of client 4"],
+            ),
+            (ConfigError::UnitCount, &["unit"]),
+            (ConfigError::AddressWidth, &["address width"]),
+            (ConfigError::LeafSizes, &["4 KiB"]),
+            (ConfigError::NoTags, &["tag"]),
+            (ConfigError::Reserved, &["reserved IOVA window"]),
+            (
+                ConfigError::Backend(iommu_hal::backend::ErrorKind::Timeout),
+                &["failed"],
+            ),
+            (
+                ConfigError::DomainQuotas {
+                    total: 11,
+                    slots: 8,
+                },
+                &["11", "only 8 domains"],
+            ),
+            (
+                ConfigError::FrameQuotas {
+                    total: 300,
+                    pool: 256,
+                },
+                &["300", "holds 256"],
+            ),
+        ];
+        for (e, words) in cases {
+            let text = e.to_string();
+            for w in words {
+                assert!(text.contains(w), "{e:?}: {text:?} lacks {w:?}");
+            }
+        }
+    }
+
     #[test]
     fn usable_ranges_subtract_windows() {
         let msi = IovaRange {
