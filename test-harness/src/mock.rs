@@ -47,6 +47,10 @@ pub struct MockSpec {
     pub max_tag: u16,
     /// Fault records a unit holds before it overflows.
     pub fault_slots: usize,
+    /// Frames a unit takes from the attach's allocator for a tag's per-domain structures at
+    /// the tag's first attach on the unit (as an SMMUv3 context-descriptor table), all or
+    /// none, and gives back in `release_tag`. 0 by default.
+    pub attach_frames: u64,
 }
 
 impl Default for MockSpec {
@@ -59,6 +63,7 @@ impl Default for MockSpec {
             split_live_blocks: true,
             max_tag: 255,
             fault_slots: 8,
+            attach_frames: 0,
         }
     }
 }
@@ -72,6 +77,8 @@ pub enum MockError {
     Hardware,
     /// The unit index or device id is out of range.
     BadDevice,
+    /// The allocator had no frame for the unit's per-domain structures.
+    NoFrame,
 }
 
 impl core::fmt::Display for MockError {
@@ -80,6 +87,7 @@ impl core::fmt::Display for MockError {
             MockError::Timeout => "mock unit: injected timeout",
             MockError::Hardware => "mock unit: injected hardware error",
             MockError::BadDevice => "mock unit: unit index or device id out of range",
+            MockError::NoFrame => "mock unit: no frame for the per-domain structures",
         })
     }
 }
@@ -92,6 +100,7 @@ impl BackendError for MockError {
             MockError::Timeout => ErrorKind::Timeout,
             MockError::Hardware => ErrorKind::Hardware,
             MockError::BadDevice => ErrorKind::BadDevice,
+            MockError::NoFrame => ErrorKind::NoFrame,
         }
     }
 }
@@ -158,6 +167,8 @@ struct Unit {
     tags: BTreeSet<u16>,
     /// `release_tag` calls that succeeded.
     releases: u64,
+    /// The frames each tag's per-domain structures hold (`MockSpec::attach_frames`).
+    tag_frames: BTreeMap<u16, Vec<u64>>,
 }
 
 /// A mock backend of `spec.units` units walking tables of format `F`, checked by the
@@ -496,13 +507,28 @@ impl<F: Format, W: RefWalker> Backend for MockBackend<F, W> {
 
     fn attach(
         &mut self,
-        _alloc: &mut dyn FrameAlloc,
+        alloc: &mut dyn FrameAlloc,
         unit: UnitIndex,
         device: u32,
         domain: DomainConfig,
     ) -> Result<(), MockError> {
         if unit >= self.units.len() || device > 0xffff || domain.tag == 0 {
             return Err(MockError::BadDevice);
+        }
+        if !self.units[unit].tags.contains(&domain.tag) && self.spec.attach_frames > 0 {
+            let mut frames = Vec::new();
+            for _ in 0..self.spec.attach_frames {
+                match alloc.alloc_frame() {
+                    Some(pa) => frames.push(pa),
+                    None => {
+                        for pa in frames {
+                            alloc.free_frame(pa);
+                        }
+                        return Err(MockError::NoFrame);
+                    }
+                }
+            }
+            self.units[unit].tag_frames.insert(domain.tag, frames);
         }
         self.units[unit].tags.insert(domain.tag);
         self.units[unit]
@@ -559,7 +585,7 @@ impl<F: Format, W: RefWalker> Backend for MockBackend<F, W> {
 
     fn release_tag(
         &mut self,
-        _alloc: &mut dyn FrameAlloc,
+        alloc: &mut dyn FrameAlloc,
         unit: UnitIndex,
         tag: u16,
     ) -> Result<(), MockError> {
@@ -571,6 +597,9 @@ impl<F: Format, W: RefWalker> Backend for MockBackend<F, W> {
             return Err(MockError::Hardware);
         }
         self.units[unit].tags.remove(&tag);
+        for pa in self.units[unit].tag_frames.remove(&tag).unwrap_or_default() {
+            alloc.free_frame(pa);
+        }
         self.units[unit].releases += 1;
         Ok(())
     }

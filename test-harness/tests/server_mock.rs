@@ -178,6 +178,44 @@ mod mock_only {
         assert_eq!(f.server.stats().drain_errors, 1);
     }
 
+    /// A unit that takes frames for a domain's structures at attach (as SMMUv3's context
+    /// descriptors): a client short of frame quota gets QuotaExceeded, an exhausted pool
+    /// OutOfTableMemory; either way the device stays blocked and every frame is where it was.
+    #[test]
+    fn attach_short_of_frames() {
+        use iommu_protocol::DeviceHandle;
+        use iommu_test_harness::server_suite::{C, C_MAX_FRAMES};
+        let spec = MockSpec {
+            attach_frames: u64::from(C_MAX_FRAMES),
+            ..MockSpec::default()
+        };
+        let mut f = MockFixture::with_spec(&Setup::default(), Recorder::default(), spec);
+        let attach_req = |domain| Request::Attach {
+            domain,
+            device: DeviceHandle(0),
+        };
+        // C's domain holds its root: fewer frames left than the unit wants.
+        let c = create(&mut f, C);
+        let usage = f.server.usage(C);
+        assert_eq!(err(&mut f, C, &attach_req(c)), Error::QuotaExceeded);
+        assert_eq!(f.server.usage(C), usage);
+        assert_eq!(dma(&mut f, C, 0, 0x1000, false), Err(Faulted));
+        // A has the quota, the pool has no frame.
+        let a = create(&mut f, A);
+        let usage = f.server.usage(A);
+        f.server.alloc_mut().fail_in(0);
+        f.server.alloc_mut().fail_after = true;
+        assert_eq!(err(&mut f, A, &attach_req(a)), Error::OutOfTableMemory);
+        f.server.alloc_mut().no_failures();
+        f.server.alloc_mut().fail_after = false;
+        assert_eq!(f.server.usage(A), usage);
+        assert_eq!(dma(&mut f, A, 0, 0x1000, false), Err(Faulted));
+        // With frames, the attach takes them, charged to A.
+        attach(&mut f, A, a, 0);
+        let (_, held) = f.server.usage(A).unwrap();
+        assert_eq!(held, usage.unwrap().1 + u64::from(C_MAX_FRAMES));
+    }
+
     /// A unit that overflowed its own fault log: counted; the records it kept are routed.
     #[test]
     fn hardware_fault_overflow_is_counted() {
