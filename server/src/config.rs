@@ -485,6 +485,27 @@ mod tests {
             last: 0xfff,
         };
         assert!(usable_ranges(0xffff, &[bad]).is_none());
+        // A window beyond the address width changes nothing (no range reaches past `last`),
+        // and one ending at the top leaves the range below it.
+        let high = IovaRange {
+            first: 1 << 40,
+            last: (1 << 41) - 1,
+        };
+        let r = usable_ranges((1 << 39) - 1, &[msi, high]).unwrap();
+        assert_eq!(r.len(), 2);
+        assert_eq!(r[1].last, (1 << 39) - 1);
+        let top = IovaRange {
+            first: 1 << 38,
+            last: (1 << 39) - 1,
+        };
+        let r = usable_ranges((1 << 39) - 1, &[top]).unwrap();
+        assert_eq!(
+            r.as_slice(),
+            &[IovaRange {
+                first: 0,
+                last: (1 << 38) - 1
+            }]
+        );
     }
 
     static DEVS_A: [DeviceGrant; 1] = [DeviceGrant::new(0, 8)];
