@@ -126,6 +126,43 @@ mod mock_only {
         assert_eq!(f.server.usage(A), Some((0, 0)));
     }
 
+    /// The same with unit 1 stale at teardown (an unmap's invalidation there was lost): the
+    /// first attempt invalidates both units, and the retry after the failed release does
+    /// not invalidate again.
+    #[test]
+    fn a_failed_release_after_a_lost_invalidation_is_not_invalidated_twice() {
+        use iommu_protocol::{DeviceHandle, Reply};
+        use iommu_test_harness::inject::UnitFault;
+        use iommu_test_harness::server_suite::{Fixture, call};
+        let mut f =
+            MockFixture::with_spec(&Setup::default(), Recorder::default(), MockSpec::default());
+        let d = create(&mut f, A);
+        attach(&mut f, A, d, 0);
+        attach(&mut f, A, d, 2);
+        map(&mut f, A, d, 0x20_0000, 0x1000_0000, 0x2000, Perms::RW);
+        f.inject(1, UnitFault::Lose { after: 0 });
+        let unmap = Request::Unmap {
+            domain: d,
+            iova: 0x20_0000,
+            len: 0x1000,
+        };
+        assert_eq!(err(&mut f, A, &unmap), Error::HardwareTimeout);
+        f.server.backend_mut().heal();
+        for dev in [0, 2] {
+            let detach = Request::Detach {
+                device: DeviceHandle(dev),
+            };
+            assert_eq!(call(&mut f, A, &detach), Reply::Done);
+        }
+        f.server.backend_mut().fail_release = Some(1);
+        let destroy = Request::DestroyDomain { domain: d };
+        assert_eq!(err(&mut f, A, &destroy), Error::HardwareError);
+        let invalidations = f.server.backend().total_invalidations();
+        assert_eq!(call(&mut f, A, &destroy), Reply::Done);
+        assert_eq!(f.server.backend().total_invalidations(), invalidations);
+        assert_eq!(f.server.usage(A), Some((0, 0)));
+    }
+
     /// A unit both dirty and stale at teardown (its invalidation was lost while a device was
     /// attached) is invalidated before the tables go: the next domain with the tag finds
     /// nothing of this one in the unit's IOTLB.
