@@ -297,10 +297,14 @@ impl<
         if usable_slots == 0 {
             return Err(ConfigError::NoTags);
         }
-        let last_iova = if first.addr_width >= 64 {
+        // Zero-extended IOVAs reach only the lower half of a sign-extended space (hal's
+        // `Format::SIGN_EXTENDED`, e.g. RISC-V Sv48): Info and every range check use the
+        // engine's own last IOVA.
+        let bits = first.addr_width - u32::from(<B::Format as Format>::SIGN_EXTENDED);
+        let last_iova = if bits >= 64 {
             u64::MAX
         } else {
-            (1u64 << first.addr_width) - 1
+            (1u64 << bits) - 1
         };
         let ranges = usable_ranges(last_iova, config.reserved).ok_or(ConfigError::Reserved)?;
         let table_config = TableConfig {

@@ -133,6 +133,7 @@ mod mock_only {
     fn a_failed_release_after_a_lost_invalidation_is_not_invalidated_twice() {
         use iommu_protocol::{DeviceHandle, Reply};
         use iommu_test_harness::inject::UnitFault;
+        use iommu_test_harness::mock::Invalidation;
         use iommu_test_harness::server_suite::{Fixture, call};
         let mut f =
             MockFixture::with_spec(&Setup::default(), Recorder::default(), MockSpec::default());
@@ -156,7 +157,15 @@ mod mock_only {
         }
         f.server.backend_mut().fail_release = Some(1);
         let destroy = Request::DestroyDomain { domain: d };
+        let logged = f.server.backend().log.len();
         assert_eq!(err(&mut f, A, &destroy), Error::HardwareError);
+        // Unit 1 (stale) was invalidated before the releases.
+        assert!(
+            f.server.backend().log[logged..]
+                .iter()
+                .any(|i| matches!(i, Invalidation::All { unit: 1, .. })),
+            "unit 1 not invalidated at teardown"
+        );
         let invalidations = f.server.backend().total_invalidations();
         assert_eq!(call(&mut f, A, &destroy), Reply::Done);
         assert_eq!(f.server.backend().total_invalidations(), invalidations);
