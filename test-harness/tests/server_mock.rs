@@ -53,30 +53,41 @@ mod mock_only {
         assert_eq!(unmap(&mut f, A, d, 0x20_1000, 0x1000), 0x1000);
     }
 
+    /// A fresh mock fixture and A's domain with device 0 (unit 0) and device 2 (unit 1)
+    /// attached and `len` bytes mapped at 2 MiB.
+    fn two_unit_domain(len: u64) -> (MockFixture, iommu_protocol::DomainHandle) {
+        let mut f =
+            MockFixture::with_spec(&Setup::default(), Recorder::default(), MockSpec::default());
+        let d = create(&mut f, A);
+        attach(&mut f, A, d, 0);
+        attach(&mut f, A, d, 2);
+        map(&mut f, A, d, 0x20_0000, 0x1000_0000, len, Perms::RW);
+        (f, d)
+    }
+
+    /// Detaches A's devices 0 and 2, each answered Done.
+    fn detach_both(f: &mut MockFixture) {
+        for dev in [0, 2] {
+            let detach = Request::Detach {
+                device: iommu_protocol::DeviceHandle(dev),
+            };
+            assert_eq!(
+                iommu_test_harness::server_suite::call(f, A, &detach),
+                iommu_protocol::Reply::Done
+            );
+        }
+    }
+
     /// Destroying a domain releases the per-domain structures of every unit one of its
     /// devices was attached to, unit 1 as well as unit 0, so that the next domain with the
     /// same tag starts from nothing there.
     #[test]
     fn destroy_releases_the_structures_of_every_unit() {
-        let mut f =
-            MockFixture::with_spec(&Setup::default(), Recorder::default(), MockSpec::default());
-        let d = create(&mut f, A);
-        // A's device 2 is on unit 1; device 0 on unit 0.
-        attach(&mut f, A, d, 2);
-        attach(&mut f, A, d, 0);
-        map(&mut f, A, d, 0x20_0000, 0x1000_0000, 0x1000, Perms::RW);
+        let (mut f, d) = two_unit_domain(0x1000);
         let tags = |f: &MockFixture, u| f.server.backend().tags(u);
         assert_eq!(tags(&f, 1).len(), 1);
         assert_eq!(tags(&f, 0), tags(&f, 1));
-        for dev in [2, 0] {
-            let detach = Request::Detach {
-                device: iommu_protocol::DeviceHandle(dev),
-            };
-            assert_eq!(
-                iommu_test_harness::server_suite::call(&mut f, A, &detach),
-                iommu_protocol::Reply::Done
-            );
-        }
+        detach_both(&mut f);
         let destroy = Request::DestroyDomain { domain: d };
         assert_eq!(
             iommu_test_harness::server_suite::call(&mut f, A, &destroy),
@@ -90,20 +101,10 @@ mod mock_only {
     /// done by the retry, and only then do the frames go back.
     #[test]
     fn a_failed_release_is_retried_from_where_it_stopped() {
-        use iommu_protocol::{DeviceHandle, Reply};
+        use iommu_protocol::Reply;
         use iommu_test_harness::server_suite::call;
-        let mut f =
-            MockFixture::with_spec(&Setup::default(), Recorder::default(), MockSpec::default());
-        let d = create(&mut f, A);
-        attach(&mut f, A, d, 0);
-        attach(&mut f, A, d, 2);
-        map(&mut f, A, d, 0x20_0000, 0x1000_0000, 0x1000, Perms::RW);
-        for dev in [0, 2] {
-            let detach = Request::Detach {
-                device: DeviceHandle(dev),
-            };
-            assert_eq!(call(&mut f, A, &detach), Reply::Done);
-        }
+        let (mut f, d) = two_unit_domain(0x1000);
+        detach_both(&mut f);
         let usage = f.server.usage(A);
         f.server.backend_mut().fail_release = Some(1);
         let destroy = Request::DestroyDomain { domain: d };
@@ -131,16 +132,11 @@ mod mock_only {
     /// not invalidate again.
     #[test]
     fn a_failed_release_after_a_lost_invalidation_is_not_invalidated_twice() {
-        use iommu_protocol::{DeviceHandle, Reply};
+        use iommu_protocol::Reply;
         use iommu_test_harness::inject::UnitFault;
         use iommu_test_harness::mock::Invalidation;
         use iommu_test_harness::server_suite::{Fixture, call};
-        let mut f =
-            MockFixture::with_spec(&Setup::default(), Recorder::default(), MockSpec::default());
-        let d = create(&mut f, A);
-        attach(&mut f, A, d, 0);
-        attach(&mut f, A, d, 2);
-        map(&mut f, A, d, 0x20_0000, 0x1000_0000, 0x2000, Perms::RW);
+        let (mut f, d) = two_unit_domain(0x2000);
         f.inject(1, UnitFault::Lose { after: 0 });
         let unmap = Request::Unmap {
             domain: d,
@@ -149,12 +145,7 @@ mod mock_only {
         };
         assert_eq!(err(&mut f, A, &unmap), Error::HardwareTimeout);
         f.server.backend_mut().heal();
-        for dev in [0, 2] {
-            let detach = Request::Detach {
-                device: DeviceHandle(dev),
-            };
-            assert_eq!(call(&mut f, A, &detach), Reply::Done);
-        }
+        detach_both(&mut f);
         f.server.backend_mut().fail_release = Some(1);
         let destroy = Request::DestroyDomain { domain: d };
         let logged = f.server.backend().log.len();
@@ -172,11 +163,11 @@ mod mock_only {
         assert_eq!(f.server.usage(A), Some((0, 0)));
     }
 
-    /// A unit both dirty and stale at teardown (its invalidation was lost while a device was
+    /// A unit stale at teardown (an unmap's invalidation was lost while the device was
     /// attached) is invalidated before the tables go: the next domain with the tag finds
     /// nothing of this one in the unit's IOTLB.
     #[test]
-    fn a_dirty_and_stale_unit_is_invalidated_at_teardown() {
+    fn a_stale_unit_is_invalidated_at_teardown() {
         use iommu_protocol::{DeviceHandle, Reply};
         use iommu_test_harness::inject::UnitFault;
         use iommu_test_harness::server_suite::{Fixture, call};

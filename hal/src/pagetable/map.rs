@@ -232,16 +232,12 @@ impl<F: Format> PageTable<F> {
         perms: Perms,
         gather: &mut Gather,
     ) -> Road<Result<(), PtError>> {
-        if !self.run_on_path::<L>(span) || self.leaf_levels & (1 << L) == 0 {
+        if self.leaf_levels & (1 << L) == 0 {
             return Road::Wide;
         }
-        let node = self.path.node[usize::from(L)];
-        debug_assert_eq!(node.level, L);
-        if cfg!(debug_assertions) {
-            self.path_start(mem, span);
-        }
-        let first = entry_addr(node.table, span.first, L);
-        let n = index(span.last, L) - index(span.first, L) + 1;
+        let Some((first, n)) = self.run_entries::<L, M>(mem, span) else {
+            return Road::Wide;
+        };
         for i in 0..n {
             let e = mem.read_u64(first + i * ENTRY_BYTES);
             if !matches!(F::decode(e, L), Pte::Absent) {

@@ -15,7 +15,7 @@ use super::walk::{
     size,
 };
 use super::{Format, Gather, PtError, Pte, Span, Unmap};
-use crate::mem::{FrameAlloc, PhysMem};
+use crate::mem::{FrameAlloc, PhysAddr, PhysMem};
 
 impl<F: Format> PageTable<F> {
     /// Unmaps exactly the pages of the `req.len` bytes from `req.iova`; returns the bytes that
@@ -114,38 +114,18 @@ impl<F: Format> PageTable<F> {
         span: Span,
         gather: &mut Gather,
     ) -> Road<u64> {
-        if !self.run_on_path::<L>(span) {
+        let Some((first, n)) = self.run_entries::<L, M>(mem, span) else {
             return Road::Wide;
-        }
-        let node = self.path.node[usize::from(L)];
-        debug_assert_eq!(node.level, L);
-        if cfg!(debug_assertions) {
-            self.path_start(mem, span);
-        }
-        let first = entry_addr(node.table, span.first, L);
-        let n = index(span.last, L) - index(span.first, L) + 1;
+        };
         for i in 0..n {
             let e = mem.read_u64(first + i * ENTRY_BYTES);
             if matches!(F::decode(e, L), Pte::Table(_)) {
                 return Road::Wide;
             }
         }
-        // The first and last entry cleared (indices from `first`), and how many.
-        let (mut a, mut b, mut cleared) = (0, 0, 0u64);
-        for i in 0..n {
-            let pa = first + i * ENTRY_BYTES;
-            if let Pte::Leaf { .. } = F::decode(mem.read_u64(pa), L) {
-                mem.write_u64(pa, 0);
-                if cleared == 0 {
-                    a = i;
-                }
-                b = i;
-                cleared += 1;
-            }
-        }
-        if cleared == 0 {
+        let Some((a, b, cleared)) = clear_entries::<F, M>(mem, first, n, L) else {
             return Road::Done(0);
-        }
+        };
         self.counters.leaf_writes += cleared;
         if !self.config.coherent {
             mem.sync_for_device(first + a * ENTRY_BYTES, (b - a + 1) * ENTRY_BYTES);
@@ -249,22 +229,11 @@ impl<F: Format> PageTable<F> {
             }
         }
         let (a, b) = (index(span.first, node.level), index(span.last, node.level));
-        // First and last entry cleared, and how many.
-        let (mut lo, mut hi, mut n) = (0, 0, 0u64);
-        for i in a..=b {
-            let pa = node.table + i * ENTRY_BYTES;
-            if let Pte::Leaf { .. } = F::decode(mem.read_u64(pa), node.level) {
-                mem.write_u64(pa, 0);
-                if n == 0 {
-                    lo = i;
-                }
-                hi = i;
-                n += 1;
-            }
-        }
-        if n == 0 {
+        let at = node.table + a * ENTRY_BYTES;
+        let Some((lo, hi, n)) = clear_entries::<F, M>(mem, at, b - a + 1, node.level) else {
             return Road::Done(0);
-        }
+        };
+        let (lo, hi) = (a + lo, a + hi);
         let sz = size(node.level);
         self.counters.leaf_writes += n;
         let first = span.first + (lo - a) * sz;
@@ -487,34 +456,48 @@ impl<F: Format, M: PhysMem + ?Sized, A: FrameAlloc + ?Sized> Writer<'_, F, M, A>
         if level > 0 && (0..n).any(|i| table(self.mem.read_u64(first + i * ENTRY_BYTES))) {
             return None;
         }
-        // The first and last entry cleared (indices from `first`), and how many.
-        let (mut a, mut b, mut cleared) = (0, 0, 0u64);
-        for i in 0..n {
-            let pa = first + i * ENTRY_BYTES;
-            let e = self.mem.read_u64(pa);
-            if e != 0 && matches!(F::decode(e, level), Pte::Leaf { .. }) {
-                self.mem.write_u64(pa, 0);
-                if cleared == 0 {
-                    a = i;
-                }
-                b = i;
-                cleared += 1;
-            }
-        }
-        if cleared > 0 {
-            self.pt.counters.leaf_writes += cleared;
-            let at = span.first + a * sz;
-            self.changes.leaf(
-                Span {
-                    first: at,
-                    last: at + ((b - a + 1) * sz - 1),
-                },
-                sz,
-            );
-            self.changes.unmapped += cleared * sz;
-            run.note(first + a * ENTRY_BYTES);
-            run.note(first + b * ENTRY_BYTES);
-        }
+        let Some((a, b, cleared)) = clear_entries::<F, M>(self.mem, first, n, level) else {
+            return Some(0);
+        };
+        self.pt.counters.leaf_writes += cleared;
+        let at = span.first + a * sz;
+        self.changes.leaf(
+            Span {
+                first: at,
+                last: at + ((b - a + 1) * sz - 1),
+            },
+            sz,
+        );
+        self.changes.unmapped += cleared * sz;
+        run.note(first + a * ENTRY_BYTES);
+        run.note(first + b * ENTRY_BYTES);
         Some(cleared)
     }
+}
+
+/// Clears the leaves among the `n` entries of level `level` from the entry address `first`
+/// (absent entries are left, the caller has made sure none is a table): the indices (from
+/// `first`) of the first and the last entry cleared, and how many; `None` when there was no
+/// leaf. The loop of every road of unmap.
+#[inline(always)]
+fn clear_entries<F: Format, M: PhysMem + ?Sized>(
+    mem: &mut M,
+    first: PhysAddr,
+    n: u64,
+    level: u8,
+) -> Option<(u64, u64, u64)> {
+    let (mut a, mut b, mut cleared) = (0, 0, 0u64);
+    for i in 0..n {
+        let pa = first + i * ENTRY_BYTES;
+        let e = mem.read_u64(pa);
+        if e != 0 && matches!(F::decode(e, level), Pte::Leaf { .. }) {
+            mem.write_u64(pa, 0);
+            if cleared == 0 {
+                a = i;
+            }
+            b = i;
+            cleared += 1;
+        }
+    }
+    (cleared > 0).then_some((a, b, cleared))
 }

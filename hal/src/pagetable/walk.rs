@@ -254,6 +254,28 @@ impl<F: Format> PageTable<F> {
                 && span.last - span.first < size(L + 1) - 1)
     }
 
+    /// The run roads' entries: if `span` (its ends multiples of `size(L)`) lies in the
+    /// level-`L` table of the remembered path without covering it whole
+    /// ([`Self::run_on_path`]), the address of the first entry it touches there and how many
+    /// it touches.
+    #[inline(always)]
+    pub(super) fn run_entries<const L: u8, M: PhysMem + ?Sized>(
+        &self,
+        mem: &M,
+        span: Span,
+    ) -> Option<(PhysAddr, u64)> {
+        if !self.run_on_path::<L>(span) {
+            return None;
+        }
+        let node = self.path.node[usize::from(L)];
+        debug_assert_eq!(node.level, L);
+        if cfg!(debug_assertions) {
+            self.path_start(mem, span);
+        }
+        let first = entry_addr(node.table, span.first, L);
+        Some((first, index(span.last, L) - index(span.first, L) + 1))
+    }
+
     /// Remembers `node` (reached on the way to `iova`) as the lowest table of the path; the
     /// tables above it must already be in `self.path.node`.
     #[inline(always)]
