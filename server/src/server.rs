@@ -1484,6 +1484,62 @@ mod tests {
         assert_eq!(info.page_sizes, 0x20_1000);
     }
 
+    /// A teardown whose release fails on the third unit, after units 0 and 1 released, is
+    /// retried from there: each unit is released exactly once.
+    #[test]
+    fn a_retried_teardown_releases_each_unit_once() {
+        use crate::config::{ClientConfig, DeviceGrant};
+        use iommu_protocol::{DeviceHandle, DomainHandle, Error, Reply, Request};
+        use iommu_test_harness::mock::{MockSpec, VtdMock};
+        use iommu_test_harness::sim::{SharedMem, SimAlloc};
+        let devices = [
+            DeviceGrant::new(0, 1),
+            DeviceGrant::new(1, 1),
+            DeviceGrant::new(2, 1),
+        ];
+        let clients = [ClientConfig {
+            id: ClientId(1),
+            devices: &devices,
+            regions: &[],
+            max_domains: 1,
+            max_table_frames: 8,
+        }];
+        let mem = SharedMem::new();
+        let alloc = SimAlloc::new(mem.clone(), 0x1_0000_0000, 64);
+        let config = Config {
+            clients: &clients,
+            reserved: &[],
+        };
+        let spec = MockSpec {
+            units: 3,
+            ..MockSpec::default()
+        };
+        let backend = VtdMock::new(mem.clone(), spec);
+        let mut s: Server<'_, VtdMock, SharedMem, SimAlloc, crate::NoNotify, 2, 8, 4, 4> =
+            Server::new(backend, mem, alloc, crate::NoNotify, config).expect("valid");
+        let c = ClientId(1);
+        let Reply::DomainCreated { domain } = s.handle_request(c, Request::CreateDomain) else {
+            panic!("no domain");
+        };
+        for dev in 0..3 {
+            let device = DeviceHandle(dev);
+            assert_eq!(
+                s.handle_request(c, Request::Attach { domain, device }),
+                Reply::Done
+            );
+            assert_eq!(s.handle_request(c, Request::Detach { device }), Reply::Done);
+        }
+        s.backend_mut().fail_release = Some(2);
+        let destroy = |d: DomainHandle| Request::DestroyDomain { domain: d };
+        assert_eq!(
+            s.handle_request(c, destroy(domain)),
+            Reply::Error(Error::HardwareError)
+        );
+        assert_eq!(s.handle_request(c, destroy(domain)), Reply::Done);
+        let releases: [u64; 3] = core::array::from_fn(|u| s.backend().releases(u));
+        assert_eq!(releases, [1, 1, 1]);
+    }
+
     /// Any `FnMut(ClientId)` is a [`Notify`]: the closure is called with the client.
     #[test]
     fn closures_notify() {
