@@ -1326,6 +1326,41 @@ fn free_domain<M: PhysMem, A: FrameAlloc, F: Format>(d: Domain<F>, mem: &mut M, 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{ClientConfig, DeviceGrant};
+    use iommu_test_harness::mock::{MockSpec, VtdMock};
+    use iommu_test_harness::sim::{SharedMem, SimAlloc};
+
+    /// The one client (id 1) of the unit tests below: no memory granted.
+    fn client<'a>(
+        devices: &'a [DeviceGrant<'a>],
+        max_domains: u32,
+        frames: u32,
+    ) -> [ClientConfig<'a>; 1] {
+        [ClientConfig {
+            id: ClientId(1),
+            devices,
+            regions: &[],
+            max_domains,
+            max_table_frames: frames,
+        }]
+    }
+
+    /// A server over the VT-d mock of `spec` for `clients`, no reserved window, a frame pool
+    /// of `pool` frames, a fault queue of `FAULTS` records per client.
+    fn mock_server<'a, const FAULTS: usize>(
+        clients: &'a [ClientConfig<'a>],
+        pool: u64,
+        spec: MockSpec,
+    ) -> Server<'a, VtdMock, SharedMem, SimAlloc, crate::NoNotify, 2, 8, 4, FAULTS> {
+        let mem = SharedMem::new();
+        let alloc = SimAlloc::new(mem.clone(), 0x1_0000_0000, pool);
+        let config = Config {
+            clients,
+            reserved: &[],
+        };
+        let backend = VtdMock::new(mem.clone(), spec);
+        Server::new(backend, mem, alloc, crate::NoNotify, config).expect("valid")
+    }
 
     /// Each backend failure kind keeps its own protocol code (a client tells a unit that did
     /// not answer from one that erred, and a full pool from a broken unit).
@@ -1373,25 +1408,8 @@ mod tests {
     /// creation skips 0 and the handles held.
     #[test]
     fn handles_skip_zero_and_those_in_use() {
-        use crate::config::ClientConfig;
-        use iommu_test_harness::mock::{MockSpec, VtdMock};
-        use iommu_test_harness::sim::{SharedMem, SimAlloc};
-        let clients = [ClientConfig {
-            id: ClientId(1),
-            devices: &[],
-            regions: &[],
-            max_domains: 4,
-            max_table_frames: 64,
-        }];
-        let mem = SharedMem::new();
-        let alloc = SimAlloc::new(mem.clone(), 0x1_0000_0000, 512);
-        let config = Config {
-            clients: &clients,
-            reserved: &[],
-        };
-        let backend = VtdMock::new(mem.clone(), MockSpec::default());
-        let mut s: Server<'_, VtdMock, SharedMem, SimAlloc, crate::NoNotify, 2, 8, 4, 4> =
-            Server::new(backend, mem, alloc, crate::NoNotify, config).expect("valid");
+        let clients = client(&[], 4, 64);
+        let mut s = mock_server::<4>(&clients, 512, MockSpec::default());
         s.clients[0].next_handle = u32::MAX;
         assert_eq!(s.op_create(0), Ok(u32::MAX));
         assert_eq!(s.op_create(0), Ok(1), "0 is never a handle");
@@ -1403,26 +1421,9 @@ mod tests {
     /// taken from the queue without going into the reply.
     #[test]
     fn faults_longer_than_a_reply_are_all_delivered() {
-        use crate::config::ClientConfig;
         use iommu_protocol::{MAX_FAULTS_PER_REPLY, Reply, Request};
-        use iommu_test_harness::mock::{MockSpec, VtdMock};
-        use iommu_test_harness::sim::{SharedMem, SimAlloc};
-        let clients = [ClientConfig {
-            id: ClientId(1),
-            devices: &[],
-            regions: &[],
-            max_domains: 1,
-            max_table_frames: 8,
-        }];
-        let mem = SharedMem::new();
-        let alloc = SimAlloc::new(mem.clone(), 0x1_0000_0000, 64);
-        let config = Config {
-            clients: &clients,
-            reserved: &[],
-        };
-        let backend = VtdMock::new(mem.clone(), MockSpec::default());
-        let mut s: Server<'_, VtdMock, SharedMem, SimAlloc, crate::NoNotify, 2, 8, 4, 32> =
-            Server::new(backend, mem, alloc, crate::NoNotify, config).expect("valid");
+        let clients = client(&[], 1, 8);
+        let mut s = mock_server::<32>(&clients, 64, MockSpec::default());
         let queued = MAX_FAULTS_PER_REPLY + 6;
         for i in 0..queued {
             assert!(s.clients[0].faults.push(QueuedFault {
@@ -1453,31 +1454,13 @@ mod tests {
     /// 1 GiB pages takes 1 GiB out, though the VT-d format has the level.
     #[test]
     fn info_lists_the_sizes_the_units_allow() {
-        use crate::config::ClientConfig;
-        use iommu_hal::pagetable::LeafSizes;
         use iommu_protocol::{Reply, Request};
-        use iommu_test_harness::mock::{MockSpec, VtdMock};
-        use iommu_test_harness::sim::{SharedMem, SimAlloc};
-        let clients = [ClientConfig {
-            id: ClientId(1),
-            devices: &[],
-            regions: &[],
-            max_domains: 1,
-            max_table_frames: 8,
-        }];
-        let mem = SharedMem::new();
-        let alloc = SimAlloc::new(mem.clone(), 0x1_0000_0000, 64);
-        let config = Config {
-            clients: &clients,
-            reserved: &[],
-        };
+        let clients = client(&[], 1, 8);
         let spec = MockSpec {
             leaf_sizes: LeafSizes(0x20_1000),
             ..MockSpec::default()
         };
-        let backend = VtdMock::new(mem.clone(), spec);
-        let mut s: Server<'_, VtdMock, SharedMem, SimAlloc, crate::NoNotify, 2, 8, 4, 4> =
-            Server::new(backend, mem, alloc, crate::NoNotify, config).expect("valid");
+        let mut s = mock_server::<4>(&clients, 64, spec);
         let Reply::Info(info) = s.handle_request(ClientId(1), Request::Info) else {
             panic!("not an Info reply");
         };
@@ -1488,35 +1471,18 @@ mod tests {
     /// retried from there: each unit is released exactly once.
     #[test]
     fn a_retried_teardown_releases_each_unit_once() {
-        use crate::config::{ClientConfig, DeviceGrant};
         use iommu_protocol::{DeviceHandle, DomainHandle, Error, Reply, Request};
-        use iommu_test_harness::mock::{MockSpec, VtdMock};
-        use iommu_test_harness::sim::{SharedMem, SimAlloc};
         let devices = [
             DeviceGrant::new(0, 1),
             DeviceGrant::new(1, 1),
             DeviceGrant::new(2, 1),
         ];
-        let clients = [ClientConfig {
-            id: ClientId(1),
-            devices: &devices,
-            regions: &[],
-            max_domains: 1,
-            max_table_frames: 8,
-        }];
-        let mem = SharedMem::new();
-        let alloc = SimAlloc::new(mem.clone(), 0x1_0000_0000, 64);
-        let config = Config {
-            clients: &clients,
-            reserved: &[],
-        };
+        let clients = client(&devices, 1, 8);
         let spec = MockSpec {
             units: 3,
             ..MockSpec::default()
         };
-        let backend = VtdMock::new(mem.clone(), spec);
-        let mut s: Server<'_, VtdMock, SharedMem, SimAlloc, crate::NoNotify, 2, 8, 4, 4> =
-            Server::new(backend, mem, alloc, crate::NoNotify, config).expect("valid");
+        let mut s = mock_server::<4>(&clients, 64, spec);
         let c = ClientId(1);
         let Reply::DomainCreated { domain } = s.handle_request(c, Request::CreateDomain) else {
             panic!("no domain");
