@@ -53,15 +53,25 @@ mod mock_only {
         assert_eq!(unmap(&mut f, A, d, 0x20_1000, 0x1000), 0x1000);
     }
 
-    /// A fresh mock fixture and A's domain with device 0 (unit 0) and device 2 (unit 1)
-    /// attached and `len` bytes mapped at 2 MiB.
-    fn two_unit_domain(len: u64) -> (MockFixture, iommu_protocol::DomainHandle) {
-        let mut f =
-            MockFixture::with_spec(&Setup::default(), Recorder::default(), MockSpec::default());
+    /// A fresh mock fixture with the default spec.
+    fn fixture() -> MockFixture {
+        MockFixture::with_spec(&Setup::default(), Recorder::default(), MockSpec::default())
+    }
+
+    /// A fresh mock fixture and A's domain with A's `devices` attached (device 0 and 1 sit
+    /// on unit 0, device 2 on unit 1) and `len` bytes from `iova` mapped read-write to A's
+    /// memory at 0x1000_0000.
+    fn mapped_domain(
+        devices: &[u32],
+        iova: u64,
+        len: u64,
+    ) -> (MockFixture, iommu_protocol::DomainHandle) {
+        let mut f = fixture();
         let d = create(&mut f, A);
-        attach(&mut f, A, d, 0);
-        attach(&mut f, A, d, 2);
-        map(&mut f, A, d, 0x20_0000, 0x1000_0000, len, Perms::RW);
+        for &dev in devices {
+            attach(&mut f, A, d, dev);
+        }
+        map(&mut f, A, d, iova, 0x1000_0000, len, Perms::RW);
         (f, d)
     }
 
@@ -83,7 +93,7 @@ mod mock_only {
     /// same tag starts from nothing there.
     #[test]
     fn destroy_releases_the_structures_of_every_unit() {
-        let (mut f, d) = two_unit_domain(0x1000);
+        let (mut f, d) = mapped_domain(&[0, 2], 0x20_0000, 0x1000);
         let tags = |f: &MockFixture, u| f.server.backend().tags(u);
         assert_eq!(tags(&f, 1).len(), 1);
         assert_eq!(tags(&f, 0), tags(&f, 1));
@@ -103,7 +113,7 @@ mod mock_only {
     fn a_failed_release_is_retried_from_where_it_stopped() {
         use iommu_protocol::Reply;
         use iommu_test_harness::server_suite::call;
-        let (mut f, d) = two_unit_domain(0x1000);
+        let (mut f, d) = mapped_domain(&[0, 2], 0x20_0000, 0x1000);
         detach_both(&mut f);
         let usage = f.server.usage(A);
         f.server.backend_mut().fail_release = Some(1);
@@ -136,7 +146,7 @@ mod mock_only {
         use iommu_test_harness::inject::UnitFault;
         use iommu_test_harness::mock::Invalidation;
         use iommu_test_harness::server_suite::{Fixture, call};
-        let (mut f, d) = two_unit_domain(0x2000);
+        let (mut f, d) = mapped_domain(&[0, 2], 0x20_0000, 0x2000);
         f.inject(1, UnitFault::Lose { after: 0 });
         let unmap = Request::Unmap {
             domain: d,
@@ -171,11 +181,7 @@ mod mock_only {
         use iommu_protocol::{DeviceHandle, Reply};
         use iommu_test_harness::inject::UnitFault;
         use iommu_test_harness::server_suite::{Fixture, call};
-        let mut f =
-            MockFixture::with_spec(&Setup::default(), Recorder::default(), MockSpec::default());
-        let d = create(&mut f, A);
-        attach(&mut f, A, d, 0);
-        map(&mut f, A, d, 0x20_0000, 0x1000_0000, 0x2000, Perms::RW);
+        let (mut f, d) = mapped_domain(&[0], 0x20_0000, 0x2000);
         assert_eq!(dma(&mut f, A, 0, 0x20_0000, true), Ok(0x1000_0000));
         assert!(f.server.backend().iotlb_len(0) > 0);
         // The unmap's invalidation is lost, and so is every submission after it until
@@ -201,8 +207,7 @@ mod mock_only {
     /// units' records are still routed.
     #[test]
     fn a_drain_error_is_counted() {
-        let mut f =
-            MockFixture::with_spec(&Setup::default(), Recorder::default(), MockSpec::default());
+        let mut f = fixture();
         let d = create(&mut f, A);
         attach(&mut f, A, d, 0);
         attach(&mut f, A, d, 2);
@@ -382,11 +387,7 @@ mod mock_only {
     fn quarantine_outlives_a_failed_block() {
         use iommu_test_harness::inject::UnitFault;
         use iommu_test_harness::server_suite::{B, Fixture, call};
-        let mut f =
-            MockFixture::with_spec(&Setup::default(), Recorder::default(), MockSpec::default());
-        let d = create(&mut f, A);
-        attach(&mut f, A, d, 0);
-        map(&mut f, A, d, 0, 0x1000_0000, 0x1000, Perms::RW);
+        let (mut f, _) = mapped_domain(&[0], 0, 0x1000);
         assert_eq!(dma(&mut f, A, 0, 0, true), Ok(0x1000_0000));
         f.inject(0, UnitFault::Hang);
         f.server.client_exited(A);
@@ -421,12 +422,8 @@ mod mock_only {
     fn a_retried_unit_is_clean_afterwards() {
         use iommu_test_harness::inject::UnitFault;
         use iommu_test_harness::server_suite::Fixture;
-        let mut f =
-            MockFixture::with_spec(&Setup::default(), Recorder::default(), MockSpec::default());
-        let d = create(&mut f, A);
         // Device 2 sits behind unit 1 (the stale bit is not bit 0).
-        attach(&mut f, A, d, 2);
-        map(&mut f, A, d, 0, 0x1000_0000, 2 * 0x1000, Perms::RW);
+        let (mut f, d) = mapped_domain(&[2], 0, 2 * 0x1000);
         f.inject(1, UnitFault::Lose { after: 0 });
         let unmap1 = Request::Unmap {
             domain: d,
@@ -450,11 +447,7 @@ mod mock_only {
     fn detaching_the_last_device_forgets_the_unit() {
         use iommu_protocol::DeviceHandle;
         use iommu_test_harness::server_suite::done;
-        let mut f =
-            MockFixture::with_spec(&Setup::default(), Recorder::default(), MockSpec::default());
-        let d = create(&mut f, A);
-        attach(&mut f, A, d, 2);
-        map(&mut f, A, d, 0, 0x1000_0000, 2 * 0x1000, Perms::RW);
+        let (mut f, d) = mapped_domain(&[2], 0, 2 * 0x1000);
         let on1 = |f: &MockFixture| f.server.backend().invalidations(1);
         let before = on1(&f);
         let detach = Request::Detach {
@@ -476,8 +469,7 @@ mod mock_only {
     /// `Misaligned` or `OutOfRange`, never `NotPermitted`.
     #[test]
     fn argument_errors_come_before_capability_errors() {
-        let mut f =
-            MockFixture::with_spec(&Setup::default(), Recorder::default(), MockSpec::default());
+        let mut f = fixture();
         let d = create(&mut f, A);
         let pg = 0x1000;
         // 0x7000_0000 is granted to nobody.
@@ -506,13 +498,8 @@ mod mock_only {
         use iommu_protocol::DeviceHandle;
         use iommu_test_harness::inject::UnitFault;
         use iommu_test_harness::server_suite::{C, Fixture, done};
-        let mut f =
-            MockFixture::with_spec(&Setup::default(), Recorder::default(), MockSpec::default());
         let x = 0x30_0000;
-        let d = create(&mut f, A);
-        attach(&mut f, A, d, 0);
-        attach(&mut f, A, d, 2);
-        map(&mut f, A, d, x, 0x1000_0000, 2 * 0x1000, Perms::RW);
+        let (mut f, d) = mapped_domain(&[0, 2], x, 2 * 0x1000);
         assert_eq!(dma(&mut f, A, 0, x, true), Ok(0x1000_0000));
         assert_eq!(dma(&mut f, A, 2, x, true), Ok(0x1000_0000));
         assert_eq!(dma(&mut f, A, 2, x + 0x1000, true), Ok(0x1000_1000));
