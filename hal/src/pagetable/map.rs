@@ -13,8 +13,8 @@
 use super::lifetime::{FramePool, Meta, bump, bump_at};
 use super::table::PageTable;
 use super::walk::{
-    ENTRY_BYTES, Node, Slot, Slots, covers, entry_addr, in_one_entry, index, leaf_aligned,
-    run_level, size,
+    ENTRY_BYTES, Node, Slot, Slots, all_zero, covers, entry_addr, in_one_entry, index, run_level,
+    size,
 };
 use super::{Format, Gather, Map, Perms, PtError, Pte, Span};
 use crate::mem::{FrameAlloc, PAGE_SIZE, PhysAddr, PhysMem};
@@ -187,16 +187,13 @@ impl<F: Format> PageTable<F> {
         perms: Perms,
         gather: &mut Gather,
     ) -> Road<Result<(), PtError>> {
-        if !self.leaf_on_path::<L>(iova) || !(L == 0 || self.leafable(L, phys.wrapping_sub(iova))) {
+        let Some(pa) = self.leaf_entry::<L, M>(mem, iova) else {
+            return Road::Wide;
+        };
+        if !(L == 0 || self.leafable(L, phys.wrapping_sub(iova))) {
             return Road::Wide;
         }
         let len = size(L);
-        let node = self.path.node[usize::from(L)];
-        debug_assert_eq!(node.level, L);
-        if cfg!(debug_assertions) {
-            self.path_start(mem, Span::of(iova, len).expect("checked"));
-        }
-        let pa = entry_addr(node.table, iova, L);
         match F::decode(mem.read_u64(pa), L) {
             Pte::Absent => {
                 mem.write_u64(pa, F::encode_leaf(phys, perms, L));
@@ -322,13 +319,9 @@ impl<F: Format> PageTable<F> {
             if !in_one_entry(span, node.level) {
                 // Several whole entries of this table, each one leaf: leaves here, if every
                 // entry is absent (anything else goes the general way).
-                let m = size(node.level) - 1;
-                if span.first & m == 0
-                    && span.last & m == m
-                    && self.leafable(node.level, fill.delta)
-                {
+                if covers(span, node.level) && self.leafable(node.level, fill.delta) {
                     let (a, b) = (index(span.first, node.level), index(span.last, node.level));
-                    if (a..=b).all(|i| mem.read_u64(node.table + i * ENTRY_BYTES) == 0) {
+                    if all_zero(mem, node.table + a * ENTRY_BYTES, b - a + 1) {
                         break (0, node.level);
                     }
                 }
@@ -546,10 +539,10 @@ impl<F: Format> PageTable<F> {
         // One leaf per slot (as `Writer::fill_leaves`) into absent entries: nothing to
         // allocate, nothing overlapped; one tight loop.
         let level = node.level;
-        if level == 0 || (leaf_aligned(span, level) && self.leafable(level, delta)) {
+        if level == 0 || (covers(span, level) && self.leafable(level, delta)) {
             let first = node.entry(span.first);
             let n = index(span.last, level) - index(span.first, level) + 1;
-            if (0..n).all(|i| mem.read_u64(first + i * ENTRY_BYTES) == 0) {
+            if all_zero(mem, first, n) {
                 return Ok(0);
             }
         }
@@ -750,13 +743,13 @@ impl<F: Format, M: PhysMem + ?Sized, A: FrameAlloc + ?Sized> Writer<'_, F, M, A>
         run: &mut Run,
     ) -> Option<u64> {
         let level = node.level;
-        if level > 0 && !(leaf_aligned(span, level) && self.pt.leafable(level, fill.delta)) {
+        if level > 0 && !(covers(span, level) && self.pt.leafable(level, fill.delta)) {
             return None;
         }
         let sz = size(level);
         let first = node.entry(span.first);
         let n = index(span.last, level) - index(span.first, level) + 1;
-        if !fresh && !(0..n).all(|i| self.mem.read_u64(first + i * ENTRY_BYTES) == 0) {
+        if !fresh && !all_zero(&*self.mem, first, n) {
             return None;
         }
         let out = span.first.wrapping_add(fill.delta);

@@ -11,8 +11,7 @@ use super::lifetime::{Emptied, FramePool, bump, bump_at, key};
 use super::map::{Changes, Road, Run, Writer};
 use super::table::PageTable;
 use super::walk::{
-    ENTRY_BYTES, Node, Slots, covers, entry_addr, in_one_entry, index, leaf_aligned, run_level,
-    size,
+    ENTRY_BYTES, Node, Slots, covers, entry_addr, in_one_entry, index, no_table, run_level, size,
 };
 use super::{Format, Gather, PtError, Pte, Span, Unmap};
 use crate::mem::{FrameAlloc, PhysAddr, PhysMem};
@@ -66,16 +65,10 @@ impl<F: Format> PageTable<F> {
         iova: u64,
         gather: &mut Gather,
     ) -> Road<u64> {
-        if !self.leaf_on_path::<L>(iova) {
+        let Some(pa) = self.leaf_entry::<L, M>(mem, iova) else {
             return Road::Wide;
-        }
+        };
         let len = size(L);
-        let node = self.path.node[usize::from(L)];
-        debug_assert_eq!(node.level, L);
-        if cfg!(debug_assertions) {
-            self.path_start(mem, Span::of(iova, len).expect("checked"));
-        }
-        let pa = entry_addr(node.table, iova, L);
         match F::decode(mem.read_u64(pa), L) {
             Pte::Absent => Road::Done(0),
             Pte::Leaf { .. } => {
@@ -117,11 +110,8 @@ impl<F: Format> PageTable<F> {
         let Some((first, n)) = self.run_entries::<L, M>(mem, span) else {
             return Road::Wide;
         };
-        for i in 0..n {
-            let e = mem.read_u64(first + i * ENTRY_BYTES);
-            if matches!(F::decode(e, L), Pte::Table(_)) {
-                return Road::Wide;
-            }
+        if !no_table::<F, M>(mem, first, n, L) {
+            return Road::Wide;
         }
         let Some((a, b, cleared)) = clear_entries::<F, M>(mem, first, n, L) else {
             return Road::Done(0);
@@ -208,14 +198,10 @@ impl<F: Format> PageTable<F> {
             }
             if !in_one_entry(span, node.level) {
                 // Several whole entries of this table: here if none of them is a table.
-                let m = size(node.level) - 1;
-                if span.first & m == 0 && span.last & m == m {
+                if covers(span, node.level) {
                     let (a, b) = (index(span.first, node.level), index(span.last, node.level));
-                    let level = node.level;
-                    if (a..=b).all(|i| {
-                        let e = mem.read_u64(node.table + i * ENTRY_BYTES);
-                        !matches!(F::decode(e, level), Pte::Table(_))
-                    }) {
+                    let at = node.table + a * ENTRY_BYTES;
+                    if no_table::<F, M>(mem, at, b - a + 1, node.level) {
                         break;
                     }
                 }
@@ -446,14 +432,13 @@ impl<F: Format, M: PhysMem + ?Sized, A: FrameAlloc + ?Sized> Writer<'_, F, M, A>
     #[inline]
     fn clear_leaves(&mut self, node: Node, span: Span, run: &mut Run) -> Option<u64> {
         let level = node.level;
-        if !leaf_aligned(span, level) {
+        if !covers(span, level) {
             return None;
         }
         let sz = size(level);
         let first = node.entry(span.first);
         let n = index(span.last, level) - index(span.first, level) + 1;
-        let table = |e: u64| e != 0 && matches!(F::decode(e, level), Pte::Table(_));
-        if level > 0 && (0..n).any(|i| table(self.mem.read_u64(first + i * ENTRY_BYTES))) {
+        if level > 0 && !no_table::<F, M>(&*self.mem, first, n, level) {
             return None;
         }
         let Some((a, b, cleared)) = clear_entries::<F, M>(self.mem, first, n, level) else {

@@ -36,19 +36,35 @@ pub(super) const fn entry_addr(table: PhysAddr, iova: u64, level: u8) -> PhysAdd
     table + index(iova, level) * ENTRY_BYTES
 }
 
-/// Whether `span`, which lies inside one entry at `level`, covers all of that entry.
+/// Whether both ends of `span` lie on `level`'s entry boundaries: every entry at `level` it
+/// touches, it covers whole (for a span inside one entry: whether it covers all of it; the
+/// span may also cross tables).
 #[inline]
 pub(super) const fn covers(span: Span, level: u8) -> bool {
     let m = size(level) - 1;
     span.first & m == 0 && span.last & m == m
 }
 
-/// Whether both ends of `span` lie on `level`'s entry boundaries (every entry it touches it
-/// covers whole; `span` may cross tables).
-#[inline]
-pub(super) const fn leaf_aligned(span: Span, level: u8) -> bool {
-    let m = size(level) - 1;
-    span.first & m == 0 && span.last & m == m
+/// Whether the `n` entries from the entry address `first` are all zero (absent, as the
+/// engine writes them).
+#[inline(always)]
+pub(super) fn all_zero<M: PhysMem + ?Sized>(mem: &M, first: PhysAddr, n: u64) -> bool {
+    (0..n).all(|i| mem.read_u64(first + i * ENTRY_BYTES) == 0)
+}
+
+/// Whether none of the `n` entries of level `level` from the entry address `first` is a
+/// table.
+#[inline(always)]
+pub(super) fn no_table<F: Format, M: PhysMem + ?Sized>(
+    mem: &M,
+    first: PhysAddr,
+    n: u64,
+    level: u8,
+) -> bool {
+    (0..n).all(|i| {
+        let e = mem.read_u64(first + i * ENTRY_BYTES);
+        e == 0 || !matches!(F::decode(e, level), Pte::Table(_))
+    })
 }
 
 /// Whether `span` lies inside one entry at `level`.
@@ -252,6 +268,25 @@ impl<F: Format> PageTable<F> {
         L == top
             || (((span.first ^ self.path.iova) | (span.last ^ self.path.iova)) >> shift(L + 1) == 0
                 && span.last - span.first < size(L + 1) - 1)
+    }
+
+    /// The one-leaf roads' entry: if one leaf of level `L` at `iova` lies in the level-`L`
+    /// table of the remembered path ([`Self::leaf_on_path`]), the address of its entry.
+    #[inline(always)]
+    pub(super) fn leaf_entry<const L: u8, M: PhysMem + ?Sized>(
+        &self,
+        mem: &M,
+        iova: u64,
+    ) -> Option<PhysAddr> {
+        if !self.leaf_on_path::<L>(iova) {
+            return None;
+        }
+        let node = self.path.node[usize::from(L)];
+        debug_assert_eq!(node.level, L);
+        if cfg!(debug_assertions) {
+            self.path_start(mem, Span::of(iova, size(L)).expect("checked"));
+        }
+        Some(entry_addr(node.table, iova, L))
     }
 
     /// The run roads' entries: if `span` (its ends multiples of `size(L)`) lies in the
