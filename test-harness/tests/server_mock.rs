@@ -75,6 +75,25 @@ mod mock_only {
         (f, d)
     }
 
+    /// Unmaps the page at 2 MiB of A's domain `d` while every submission to `unit` is lost:
+    /// HardwareTimeout, the unit stale; then the unit answers again.
+    fn lose_an_unmap_invalidation(
+        f: &mut MockFixture,
+        d: iommu_protocol::DomainHandle,
+        unit: usize,
+    ) {
+        use iommu_test_harness::inject::UnitFault;
+        use iommu_test_harness::server_suite::Fixture;
+        f.inject(unit, UnitFault::Lose { after: 0 });
+        let unmap = Request::Unmap {
+            domain: d,
+            iova: 0x20_0000,
+            len: 0x1000,
+        };
+        assert_eq!(err(f, A, &unmap), Error::HardwareTimeout);
+        f.server.backend_mut().heal();
+    }
+
     /// Detaches A's devices 0 and 2, each answered Done.
     fn detach_both(f: &mut MockFixture) {
         for dev in [0, 2] {
@@ -143,18 +162,10 @@ mod mock_only {
     #[test]
     fn a_failed_release_after_a_lost_invalidation_is_not_invalidated_twice() {
         use iommu_protocol::Reply;
-        use iommu_test_harness::inject::UnitFault;
         use iommu_test_harness::mock::Invalidation;
-        use iommu_test_harness::server_suite::{Fixture, call};
+        use iommu_test_harness::server_suite::call;
         let (mut f, d) = mapped_domain(&[0, 2], 0x20_0000, 0x2000);
-        f.inject(1, UnitFault::Lose { after: 0 });
-        let unmap = Request::Unmap {
-            domain: d,
-            iova: 0x20_0000,
-            len: 0x1000,
-        };
-        assert_eq!(err(&mut f, A, &unmap), Error::HardwareTimeout);
-        f.server.backend_mut().heal();
+        lose_an_unmap_invalidation(&mut f, d, 1);
         detach_both(&mut f);
         f.server.backend_mut().fail_release = Some(1);
         let destroy = Request::DestroyDomain { domain: d };
@@ -179,21 +190,12 @@ mod mock_only {
     #[test]
     fn a_stale_unit_is_invalidated_at_teardown() {
         use iommu_protocol::{DeviceHandle, Reply};
-        use iommu_test_harness::inject::UnitFault;
-        use iommu_test_harness::server_suite::{Fixture, call};
+        use iommu_test_harness::server_suite::call;
         let (mut f, d) = mapped_domain(&[0], 0x20_0000, 0x2000);
         assert_eq!(dma(&mut f, A, 0, 0x20_0000, true), Ok(0x1000_0000));
         assert!(f.server.backend().iotlb_len(0) > 0);
-        // The unmap's invalidation is lost, and so is every submission after it until
-        // healed: unit 0 is stale (and dirty: the device was attached).
-        f.inject(0, UnitFault::Lose { after: 0 });
-        let unmap = Request::Unmap {
-            domain: d,
-            iova: 0x20_0000,
-            len: 0x1000,
-        };
-        assert_eq!(err(&mut f, A, &unmap), Error::HardwareTimeout);
-        f.server.backend_mut().heal();
+        // Unit 0 is stale (and dirty: the device is attached).
+        lose_an_unmap_invalidation(&mut f, d, 0);
         let detach = Request::Detach {
             device: DeviceHandle(0),
         };
