@@ -320,8 +320,8 @@ impl<F: Format> PageTable<F> {
                 // Several whole entries of this table, each one leaf: leaves here, if every
                 // entry is absent (anything else goes the general way).
                 if covers(span, node.level) && self.leafable(node.level, fill.delta) {
-                    let (a, b) = (index(span.first, node.level), index(span.last, node.level));
-                    if all_zero(mem, node.table + a * ENTRY_BYTES, b - a + 1) {
+                    let (first, n) = node.entries(span);
+                    if all_zero(mem, first, n) {
                         break (0, node.level);
                     }
                 }
@@ -540,8 +540,7 @@ impl<F: Format> PageTable<F> {
         // allocate, nothing overlapped; one tight loop.
         let level = node.level;
         if level == 0 || (covers(span, level) && self.leafable(level, delta)) {
-            let first = node.entry(span.first);
-            let n = index(span.last, level) - index(span.first, level) + 1;
+            let (first, n) = node.entries(span);
             if all_zero(mem, first, n) {
                 return Ok(0);
             }
@@ -747,8 +746,7 @@ impl<F: Format, M: PhysMem + ?Sized, A: FrameAlloc + ?Sized> Writer<'_, F, M, A>
             return None;
         }
         let sz = size(level);
-        let first = node.entry(span.first);
-        let n = index(span.last, level) - index(span.first, level) + 1;
+        let (first, n) = node.entries(span);
         if !fresh && !all_zero(&*self.mem, first, n) {
             return None;
         }

@@ -199,9 +199,8 @@ impl<F: Format> PageTable<F> {
             if !in_one_entry(span, node.level) {
                 // Several whole entries of this table: here if none of them is a table.
                 if covers(span, node.level) {
-                    let (a, b) = (index(span.first, node.level), index(span.last, node.level));
-                    let at = node.table + a * ENTRY_BYTES;
-                    if no_table::<F, M>(mem, at, b - a + 1, node.level) {
+                    let (first, n) = node.entries(span);
+                    if no_table::<F, M>(mem, first, n, node.level) {
                         break;
                     }
                 }
@@ -436,8 +435,7 @@ impl<F: Format, M: PhysMem + ?Sized, A: FrameAlloc + ?Sized> Writer<'_, F, M, A>
             return None;
         }
         let sz = size(level);
-        let first = node.entry(span.first);
-        let n = index(span.last, level) - index(span.first, level) + 1;
+        let (first, n) = node.entries(span);
         if level > 0 && !no_table::<F, M>(&*self.mem, first, n, level) {
             return None;
         }

@@ -105,6 +105,13 @@ impl Node {
     pub fn entry(&self, iova: u64) -> PhysAddr {
         entry_addr(self.table, iova, self.level)
     }
+    /// The entries `span` (which lies inside this table's span) touches: the first one's
+    /// address and how many.
+    #[inline(always)]
+    pub fn entries(&self, span: Span) -> (PhysAddr, u64) {
+        let n = index(span.last, self.level) - index(span.first, self.level) + 1;
+        (self.entry(span.first), n)
+    }
     /// The shadow word of the entry translating `iova` (level >= 1 only).
     #[inline(always)]
     pub fn shadow_word(&self, iova: u64) -> PhysAddr {
@@ -307,6 +314,7 @@ impl<F: Format> PageTable<F> {
         if cfg!(debug_assertions) {
             self.path_start(mem, span);
         }
+        // The level as the constant `L` (not `node.entries`'s run-time level): the shifts fold.
         let first = entry_addr(node.table, span.first, L);
         Some((first, index(span.last, L) - index(span.first, L) + 1))
     }
