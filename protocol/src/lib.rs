@@ -11,7 +11,10 @@ mod error;
 mod message;
 mod types;
 
-pub use codec::{decode_reply, decode_request, encode_reply, encode_request};
+pub use codec::{
+    HotRequest, decode_hot_request, decode_reply, decode_request, encode_reply, encode_request,
+    is_hot_request,
+};
 pub use error::{Error, TransportError};
 pub use message::{InfoReply, Reply, Request};
 pub use types::{

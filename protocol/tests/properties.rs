@@ -4,7 +4,8 @@
 use iommu_protocol::{
     DeviceHandle, DomainHandle, DomainKind, Error, FaultReason, FaultRecord, InfoReply, IovaRange,
     Limits, MAX_DOMAIN_KINDS, MAX_FAULTS_PER_REPLY, MAX_IOVA_RANGES, MAX_MESSAGE, MAX_SG_SEGMENTS,
-    Perms, Reply, Request, Segment, decode_reply, decode_request, encode_reply, encode_request,
+    Perms, Reply, Request, Segment, decode_hot_request, decode_reply, decode_request, encode_reply,
+    encode_request, is_hot_request,
 };
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -324,6 +325,29 @@ proptest! {
         let mut bytes = vec![ptag];
         bytes.extend(&t);
         prop_assert_eq!(decode_reply(&bytes), postcard_decode::<Reply>(&bytes));
+    }
+
+    /// The server's fast path (`is_hot_request`, then `decode_hot_request`) answers what
+    /// `decode_request` answers, on hot tags followed by anything and on any bytes at all.
+    #[test]
+    fn the_hot_request_decoder_agrees_with_decode_request(
+        tag in proptest::sample::select(vec![6u8, 9, 0, 7, 10, 0x86]),
+        t in tail(),
+        raw in vec(any::<u8>(), 0..40),
+    ) {
+        let mut bytes = vec![tag];
+        bytes.extend(&t);
+        for b in [&bytes, &raw] {
+            if is_hot_request(b) {
+                prop_assert_eq!(decode_hot_request(b).map(Request::from), decode_request(b));
+            } else {
+                // Only a non-minimal variant index (first byte 0x80 or above) decodes to a
+                // Map or Unmap without passing `is_hot_request`.
+                let hot = matches!(decode_request(b), Ok(Request::Map { .. } | Request::Unmap { .. }));
+                prop_assert!(!hot || b[0] >= 0x80);
+                prop_assert_eq!(decode_hot_request(b), Err(Error::BadMessage));
+            }
+        }
     }
 
     #[test]

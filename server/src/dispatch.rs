@@ -5,9 +5,9 @@ use iommu_hal::backend::{Backend, FaultReason as HalReason};
 use iommu_hal::pagetable::{Format, Perms as HalPerms};
 use iommu_hal::{FrameAlloc, PhysMem};
 use iommu_protocol::{
-    DeviceHandle, DomainHandle, DomainKind, Error, FaultReason, FaultRecord, InfoReply, Limits,
-    MAX_FAULTS_PER_REPLY, MAX_SG_SEGMENTS, PROTOCOL_VERSION, Perms, Reply, Request, decode_request,
-    encode_reply,
+    DeviceHandle, DomainHandle, DomainKind, Error, FaultReason, FaultRecord, HotRequest, InfoReply,
+    Limits, MAX_FAULTS_PER_REPLY, MAX_SG_SEGMENTS, PROTOCOL_VERSION, Perms, Reply, Request,
+    decode_hot_request, decode_request, encode_reply, is_hot_request,
 };
 
 use crate::config::ClientId;
@@ -63,11 +63,49 @@ impl<
     /// hold [`iommu_protocol::MAX_MESSAGE`] bytes; if the reply does not fit, a `BadMessage`
     /// error reply is written instead if that fits, else nothing (0).
     pub fn handle(&mut self, client: ClientId, request: &[u8], reply: &mut [u8]) -> usize {
-        let answer = self.answer(client, || decode_request(request));
+        let answer = if is_hot_request(request) {
+            self.answer_hot(client, request)
+        } else {
+            self.answer(client, || decode_request(request))
+        };
         match encode_reply(&answer, reply) {
             Ok(n) => n,
             Err(_) => encode_reply(&Reply::Error(Error::BadMessage), reply).unwrap_or(0),
         }
+    }
+
+    /// [`Server::answer`] for the map/unmap hot path: the same steps in the same order
+    /// (count, client check, quarantine retries, decode, execute, count an error), on a
+    /// [`HotRequest`] instead of a [`Request`], whose size (that of `MapSg`) costs copies on
+    /// every request. The replies are small variants, built in place.
+    #[inline]
+    fn answer_hot(&mut self, client: ClientId, request: &[u8]) -> Reply {
+        self.stats.requests += 1;
+        let result = match self.client_index(client) {
+            None => Err(Error::NotPermitted),
+            Some(ci) => {
+                self.retry_quarantined(ci);
+                match decode_hot_request(request) {
+                    Err(e) => Err(e),
+                    Ok(HotRequest::Map {
+                        domain,
+                        iova,
+                        phys,
+                        len,
+                        perms,
+                    }) => self
+                        .op_map(ci, domain.0, iova, phys, len, hal_perms(perms))
+                        .map(|()| Reply::Done),
+                    Ok(HotRequest::Unmap { domain, iova, len }) => self
+                        .op_unmap(ci, domain.0, iova, len)
+                        .map(|bytes| Reply::Unmapped { bytes }),
+                }
+            }
+        };
+        result.unwrap_or_else(|e| {
+            self.count_error(e);
+            Reply::Error(e)
+        })
     }
 
     /// Handles one decoded request of the configured client `client`, returning the reply
@@ -95,10 +133,15 @@ impl<
             }
         };
         if let Reply::Error(e) = answer {
-            let i = (e.code() as usize).min(self.stats.errors.len() - 1);
-            self.stats.errors[i] += 1;
+            self.count_error(e);
         }
         answer
+    }
+
+    /// Counts an error reply by its code.
+    fn count_error(&mut self, e: Error) {
+        let i = (e.code() as usize).min(self.stats.errors.len() - 1);
+        self.stats.errors[i] += 1;
     }
 
     fn execute(&mut self, ci: usize, req: Request) -> Result<Reply, Fail> {

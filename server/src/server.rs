@@ -776,10 +776,16 @@ impl<
     /// Retries what client `ci`'s quarantined domains wait for (blocking the devices that may
     /// still reach them, then their teardown); called before each of the client's requests,
     /// so only the client whose unit failed pays for the retries.
+    #[inline]
     pub(crate) fn retry_quarantined(&mut self, ci: usize) {
-        if self.clients[ci].quarantined == 0 {
-            return;
+        if self.clients[ci].quarantined != 0 {
+            self.retry_quarantined_domains(ci);
         }
+    }
+
+    /// [`Server::retry_quarantined`] once the client holds quarantined domains.
+    #[inline(never)]
+    fn retry_quarantined_domains(&mut self, ci: usize) {
         for slot in 0..DOMAINS {
             if !matches!(&self.domains[slot], Slot::Quarantined(d) if d.owner == ci) {
                 continue;
