@@ -22,33 +22,38 @@ use crate::mem::{FrameAlloc, PhysAddr, PhysMem};
 /// `repr(C)` with `start` and `last` apart: they are written by separate 8-byte stores, and a
 /// copy of [`Gather::span`] right after a call must not read them with one 16-byte load (a
 /// load that spans two pending stores cannot be forwarded from them and stalls).
-#[derive(Debug, Default, PartialEq, Eq)]
+///
+/// Nothing changed is the empty span `start > last` (`u64::MAX`, 0), so recording a span is
+/// a `min` and a `max` with no test; leaf sizes are powers of two, so the sizes touched are
+/// one word of bits, its lowest set bit the smallest, its highest the largest.
+#[derive(Debug, PartialEq, Eq)]
 #[repr(C)]
 #[must_use = "a gather must be invalidated and released, or its frames are lost"]
 pub struct Gather {
-    /// First byte changed (valid when `changed`).
+    /// First byte changed; above `last` (`u64::MAX`) when nothing changed.
     start: u64,
-    /// Smallest leaf size touched (0 when none).
-    min_leaf: u64,
-    /// Last byte changed, inclusive (valid when `changed`).
+    /// Every leaf size touched, OR-ed together (0 when none).
+    leaf_sizes: u64,
+    /// Last byte changed, inclusive; below `start` (0) when nothing changed.
     last: u64,
-    /// Largest leaf size touched (0 when none).
-    max_leaf: u64,
-    changed: bool,
     tables_removed: bool,
     free_head: Option<PhysAddr>,
     free_count: u64,
+}
+
+impl Default for Gather {
+    fn default() -> Self {
+        Gather::new()
+    }
 }
 
 impl Gather {
     /// An empty gather.
     pub const fn new() -> Self {
         Gather {
-            start: 0,
+            start: u64::MAX,
+            leaf_sizes: 0,
             last: 0,
-            changed: false,
-            min_leaf: 0,
-            max_leaf: 0,
             tables_removed: false,
             free_head: None,
             free_count: 0,
@@ -58,25 +63,28 @@ impl Gather {
     /// Whether nothing was recorded: no invalidation is needed.
     #[inline]
     pub fn is_empty(&self) -> bool {
-        !self.changed && self.free_head.is_none() && !self.tables_removed
+        self.start > self.last && self.free_head.is_none() && !self.tables_removed
     }
 
     /// The changed IOVA span as `(first, last)`, both inclusive, if any entry changed.
     #[inline]
     pub fn span(&self) -> Option<(u64, u64)> {
-        self.changed.then_some((self.start, self.last))
+        (self.start <= self.last).then_some((self.start, self.last))
     }
 
     /// Smallest leaf size touched, in bytes (0 when no leaf changed).
     #[inline]
     pub fn min_leaf(&self) -> u64 {
-        self.min_leaf
+        self.leaf_sizes & self.leaf_sizes.wrapping_neg()
     }
 
     /// Largest leaf size touched, in bytes (0 when no leaf changed).
     #[inline]
     pub fn max_leaf(&self) -> u64 {
-        self.max_leaf
+        match self.leaf_sizes {
+            0 => 0,
+            sizes => 1 << (63 - sizes.leading_zeros()),
+        }
     }
 
     /// Whether non-leaf entries were removed or replaced, so paging-structure caches (VT-d
@@ -102,23 +110,21 @@ impl Gather {
         self.add_span(iova, iova.saturating_add(len - 1), leaf_size);
     }
 
-    /// Records that leaves of `leaf_size` bytes covering `first..=last` changed (inclusive, so
-    /// the whole 64-bit space can be recorded).
+    /// Records that leaves of `leaf_size` bytes (a power of two; 0 records the span alone)
+    /// covering `first..=last` changed (inclusive, so the whole 64-bit space can be recorded).
     #[inline(always)]
     pub fn add_span(&mut self, first: u64, last: u64, leaf_size: u64) {
         debug_assert!(first <= last);
-        if self.changed {
-            self.start = self.start.min(first);
-            self.last = self.last.max(last);
-        } else {
-            self.start = first;
-            self.last = last;
-            self.changed = true;
-        }
-        if self.min_leaf == 0 || leaf_size < self.min_leaf {
-            self.min_leaf = leaf_size;
-        }
-        self.max_leaf = self.max_leaf.max(leaf_size);
+        debug_assert!(leaf_size == 0 || leaf_size.is_power_of_two());
+        self.start = self.start.min(first);
+        self.last = self.last.max(last);
+        self.leaf_sizes |= leaf_size;
+    }
+
+    /// Records leaf sizes touched within a span already recorded (`sizes`: sizes OR-ed).
+    #[inline(always)]
+    pub(crate) fn add_leaf_sizes(&mut self, sizes: u64) {
+        self.leaf_sizes |= sizes;
     }
 
     /// Records that a non-leaf entry was removed or replaced.
@@ -140,9 +146,9 @@ impl Gather {
     /// Moves everything recorded in `other` into `self` (one invalidation for both).
     pub fn merge<M: PhysMem + ?Sized>(&mut self, mem: &mut M, mut other: Gather) {
         if let Some((first, last)) = other.span() {
-            self.add_span(first, last, other.min_leaf);
-            self.max_leaf = self.max_leaf.max(other.max_leaf);
+            self.add_span(first, last, 0);
         }
+        self.add_leaf_sizes(other.leaf_sizes);
         self.tables_removed |= other.tables_removed;
         while let Some(frame) = other.pop_frame(mem) {
             self.defer_free(mem, frame);
@@ -182,12 +188,10 @@ impl Gather {
             alloc.free_frame(frame);
             n += 1;
         }
-        self.start = 0;
+        self.start = u64::MAX;
         self.last = 0;
-        self.changed = false;
+        self.leaf_sizes = 0;
         self.tables_removed = false;
-        self.min_leaf = 0;
-        self.max_leaf = 0;
         n
     }
 }

@@ -47,11 +47,10 @@ pub(super) enum Dest {
 /// What the writing pass of one call changed, folded into the gather once at the end.
 #[derive(Default)]
 pub(super) struct Changes {
-    /// The changed leaves' span (valid when `min_leaf != 0`).
+    /// The changed leaves' span.
     span: Option<Span>,
-    /// Smallest leaf size changed; 0 when no leaf changed.
-    min_leaf: u64,
-    max_leaf: u64,
+    /// Every leaf size changed, OR-ed together (as in [`Gather`]).
+    leaf_sizes: u64,
     /// Bytes that were mapped and are no longer (unmap).
     pub unmapped: u64,
 }
@@ -66,17 +65,14 @@ impl Changes {
                 last: s.last.max(entry.last),
             },
         });
-        if self.min_leaf == 0 || leaf < self.min_leaf {
-            self.min_leaf = leaf;
-        }
-        self.max_leaf = self.max_leaf.max(leaf);
+        self.leaf_sizes |= leaf;
     }
 
-    /// Records everything in `gather`: one span, the smallest and the largest leaf size.
+    /// Records everything in `gather`: one span and the leaf sizes.
     pub fn into_gather(self, gather: &mut Gather) {
         if let Some(s) = self.span {
-            gather.add_span(s.first, s.last, self.min_leaf);
-            gather.add_span(s.first, s.last, self.max_leaf);
+            gather.add_span(s.first, s.last, 0);
+            gather.add_leaf_sizes(self.leaf_sizes);
         }
     }
 }
