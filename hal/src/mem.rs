@@ -73,6 +73,11 @@ pub trait PhysMem {
 pub trait FrameAlloc {
     /// Returns the physical address of a 4 KiB-aligned frame whose 4096 bytes are all zero,
     /// or `None` when no frame is available (or a quota says no).
+    ///
+    /// Never the frame at physical address 0: the page-table engine uses 0 for "no frame"
+    /// (the end of a [`Gather`](crate::pagetable::Gather)'s chain of frames to free, a table
+    /// without a shadow), so an allocator over memory that starts at 0 (DRAM does on some
+    /// SoCs) must leave that frame out. Debug builds check it.
     fn alloc_frame(&mut self) -> Option<PhysAddr>;
     /// Returns a frame obtained from [`FrameAlloc::alloc_frame`]. Its contents need not be zero.
     fn free_frame(&mut self, pa: PhysAddr);

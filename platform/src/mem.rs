@@ -293,10 +293,13 @@ impl FramePool {
     /// from now on, and backed by the physical range starting at `phys`; `virt` and `phys`
     /// must be 4 KiB aligned.
     pub unsafe fn over_mapped(virt: usize, phys: u64, frames: usize) -> Self {
+        // The frame at physical 0 is never handed out (`FrameAlloc`'s contract): a region
+        // starting there gives up its first frame.
+        let skip = usize::from(phys == 0 && frames > 0);
         FramePool {
-            base: virt,
-            phys_base: phys,
-            frames: frames.min(MAX_POOL_FRAMES),
+            base: virt + skip * PAGE_SIZE as usize,
+            phys_base: phys + (skip as u64) * PAGE_SIZE,
+            frames: (frames - skip).min(MAX_POOL_FRAMES),
             bitmap: [0; MAX_POOL_FRAMES / 64],
             in_use: 0,
             peak: 0,
@@ -520,6 +523,17 @@ mod tests {
         // SAFETY: a leaked buffer used by nothing else.
         let r = unsafe { DmaRegion::with_phys(virt as *mut u8, PHYS, 64) };
         assert_eq!(r.phys(3), PHYS + 3);
+    }
+
+    #[test]
+    fn a_pool_over_memory_at_physical_zero_never_hands_out_frame_zero() {
+        let region: &'static mut [Frame] = Box::leak((0..3).map(|_| Frame::ZERO).collect());
+        let virt = region.as_mut_ptr() as usize;
+        // SAFETY: the leaked frames are used by the pool only.
+        let mut p = unsafe { FramePool::over_mapped(virt, 0, 3) };
+        assert_eq!(p.capacity(), 2);
+        let a: Vec<_> = core::iter::from_fn(|| p.alloc_frame()).collect();
+        assert_eq!(a, [0x1000, 0x2000]);
     }
 
     #[test]

@@ -421,7 +421,10 @@ impl FramePool {
     ) -> bool {
         for _ in 0..n {
             match alloc.alloc_frame() {
-                Some(frame) => self.push(mem, frame),
+                Some(frame) => {
+                    debug_assert_ne!(frame, 0, "FrameAlloc returned frame 0 (see its contract)");
+                    self.push(mem, frame)
+                }
                 None => {
                     self.release(mem, alloc);
                     return false;

@@ -148,6 +148,10 @@ impl<F: Format> PageTable<F> {
             alloc.free_frame(root);
             return Err(PtError::NoFrame);
         };
+        debug_assert!(
+            root != 0 && root_shadow != 0,
+            "FrameAlloc returned frame 0 (see its contract)"
+        );
         // Zero-extended IOVAs reach only the lower half of a sign-extended space.
         let in_bits = config.addr_width - u32::from(F::SIGN_EXTENDED);
         let out_bits = config.phys_width.min(F::OA_BITS);
