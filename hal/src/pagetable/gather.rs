@@ -219,6 +219,17 @@ mod tests {
     use super::*;
     use std::collections::BTreeMap;
 
+    /// Keeps the frames it is given back.
+    struct Frames(std::vec::Vec<PhysAddr>);
+    impl FrameAlloc for Frames {
+        fn alloc_frame(&mut self) -> Option<PhysAddr> {
+            self.0.pop()
+        }
+        fn free_frame(&mut self, pa: PhysAddr) {
+            self.0.push(pa);
+        }
+    }
+
     #[derive(Default)]
     struct Ram(BTreeMap<u64, u64>);
     impl PhysMem for Ram {
@@ -248,6 +259,46 @@ mod tests {
         let mut into = Gather::new();
         into.merge(&mut Ram::default(), b);
         assert_eq!(into.span(), Some((0x1000, u64::MAX)));
+    }
+
+    /// What a gather says it holds: empty only when nothing at all was recorded (a span of
+    /// one byte, a removed table alone and a frame alone each make it non-empty), and the
+    /// smallest and largest of the leaf sizes recorded.
+    #[test]
+    fn a_gather_reports_exactly_what_was_recorded() {
+        let g = Gather::new();
+        assert!(g.is_empty());
+        assert_eq!((g.span(), g.min_leaf(), g.max_leaf()), (None, 0, 0));
+        assert_eq!(Gather::default(), g);
+
+        let mut g = Gather::new();
+        g.add_span(0x5000, 0x5000, 0);
+        assert!(!g.is_empty());
+        assert_eq!(
+            (g.span(), g.min_leaf(), g.max_leaf()),
+            (Some((0x5000, 0x5000)), 0, 0)
+        );
+
+        let mut g = Gather::new();
+        g.note_table_removed();
+        assert!(!g.is_empty());
+        assert_eq!(g.span(), None);
+
+        let mut ram = Ram::default();
+        let mut g = Gather::new();
+        g.defer_free(&mut ram, 0x3000);
+        assert!(!g.is_empty());
+        assert_eq!(g.release(&mut ram, &mut Frames(std::vec::Vec::new())), 1);
+        assert!(g.is_empty());
+
+        let mut g = Gather::new();
+        g.add_range(0x20_0000, 0x20_0000, 0x20_0000);
+        g.add_range(0x1000, 0x1000, 0x1000);
+        g.add_range(0x4000_0000, 0x4000_0000, 0x4000_0000);
+        assert_eq!(g.span(), Some((0x1000, 0x7fff_ffff)));
+        assert_eq!((g.min_leaf(), g.max_leaf()), (0x1000, 0x4000_0000));
+        assert_eq!(g.release(&mut ram, &mut Frames(std::vec::Vec::new())), 0);
+        assert_eq!((g.span(), g.min_leaf(), g.max_leaf()), (None, 0, 0));
     }
 
     #[test]
