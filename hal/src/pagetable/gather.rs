@@ -299,6 +299,13 @@ mod tests {
         assert_eq!((g.min_leaf(), g.max_leaf()), (0x1000, 0x4000_0000));
         assert_eq!(g.release(&mut ram, &mut Frames(std::vec::Vec::new())), 0);
         assert_eq!((g.span(), g.min_leaf(), g.max_leaf()), (None, 0, 0));
+
+        // A merge carries a removed table alone (no span, no frame) too.
+        let mut removed = Gather::new();
+        removed.note_table_removed();
+        let mut into = Gather::new();
+        into.merge(&mut ram, removed);
+        assert!(into.tables_removed() && !into.is_empty());
     }
 
     #[test]
