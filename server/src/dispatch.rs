@@ -63,10 +63,14 @@ impl<
     /// hold [`iommu_protocol::MAX_MESSAGE`] bytes; if the reply does not fit, a `BadMessage`
     /// error reply is written instead if that fits, else nothing (0).
     pub fn handle(&mut self, client: ClientId, request: &[u8], reply: &mut [u8]) -> usize {
+        // `Map` and `Unmap` skip `Request`, sized for `MapSg`, whose copies cost more than
+        // their decoding.
         let answer = if is_hot_request(request) {
-            self.answer_hot(client, request)
+            self.answer(client, |s, ci| {
+                s.execute_hot(ci, decode_hot_request(request)?)
+            })
         } else {
-            self.answer(client, || decode_request(request))
+            self.answer(client, |s, ci| s.execute(ci, decode_request(request)?))
         };
         match encode_reply(&answer, reply) {
             Ok(n) => n,
@@ -74,74 +78,53 @@ impl<
         }
     }
 
-    /// [`Server::answer`] for the map/unmap hot path: the same steps in the same order
-    /// (count, client check, quarantine retries, decode, execute, count an error), on a
-    /// [`HotRequest`] instead of a [`Request`], whose size (that of `MapSg`) costs copies on
-    /// every request. The replies are small variants, built in place.
+    /// Handles one decoded request of the configured client `client`, returning the reply
+    /// (a typed entry point for platforms that decode themselves, and for tests).
+    pub fn handle_request(&mut self, client: ClientId, request: Request) -> Reply {
+        self.answer(client, |s, ci| s.execute(ci, request))
+    }
+
+    /// Counts the request, checks the client, then (only for a configured client) runs `run`,
+    /// which decodes the request and executes it; counts an error reply by its code.
     #[inline]
-    fn answer_hot(&mut self, client: ClientId, request: &[u8]) -> Reply {
+    fn answer(
+        &mut self,
+        client: ClientId,
+        run: impl FnOnce(&mut Self, usize) -> Result<Reply, Error>,
+    ) -> Reply {
         self.stats.requests += 1;
         let result = match self.client_index(client) {
             None => Err(Error::NotPermitted),
             Some(ci) => {
                 self.retry_quarantined(ci);
-                match decode_hot_request(request) {
-                    Err(e) => Err(e),
-                    Ok(HotRequest::Map {
-                        domain,
-                        iova,
-                        phys,
-                        len,
-                        perms,
-                    }) => self
-                        .op_map(ci, domain.0, iova, phys, len, hal_perms(perms))
-                        .map(|()| Reply::Done),
-                    Ok(HotRequest::Unmap { domain, iova, len }) => self
-                        .op_unmap(ci, domain.0, iova, len)
-                        .map(|bytes| Reply::Unmapped { bytes }),
-                }
+                run(self, ci)
             }
         };
         result.unwrap_or_else(|e| {
-            self.count_error(e);
+            let i = (e.code() as usize).min(self.stats.errors.len() - 1);
+            self.stats.errors[i] += 1;
             Reply::Error(e)
         })
     }
 
-    /// Handles one decoded request of the configured client `client`, returning the reply
-    /// (a typed entry point for platforms that decode themselves, and for tests).
-    pub fn handle_request(&mut self, client: ClientId, request: Request) -> Reply {
-        self.answer(client, || Ok(request))
-    }
-
-    /// Counts the request, checks the client, then (only for a configured client) takes the
-    /// request from `request` and executes it; counts an error reply by its code.
-    fn answer(
-        &mut self,
-        client: ClientId,
-        request: impl FnOnce() -> Result<Request, Error>,
-    ) -> Reply {
-        self.stats.requests += 1;
-        let answer = match self.client_index(client) {
-            None => Reply::Error(Error::NotPermitted),
-            Some(ci) => {
-                self.retry_quarantined(ci);
-                match request() {
-                    Err(e) => Reply::Error(e),
-                    Ok(req) => self.execute(ci, req).unwrap_or_else(Reply::Error),
-                }
-            }
-        };
-        if let Reply::Error(e) = answer {
-            self.count_error(e);
+    /// [`Server::execute`] for the map/unmap hot path; the replies are small variants, built
+    /// in place.
+    #[inline]
+    fn execute_hot(&mut self, ci: usize, req: HotRequest) -> Result<Reply, Fail> {
+        match req {
+            HotRequest::Map {
+                domain,
+                iova,
+                phys,
+                len,
+                perms,
+            } => self
+                .op_map(ci, domain.0, iova, phys, len, hal_perms(perms))
+                .map(|()| Reply::Done),
+            HotRequest::Unmap { domain, iova, len } => self
+                .op_unmap(ci, domain.0, iova, len)
+                .map(|bytes| Reply::Unmapped { bytes }),
         }
-        answer
-    }
-
-    /// Counts an error reply by its code.
-    fn count_error(&mut self, e: Error) {
-        let i = (e.code() as usize).min(self.stats.errors.len() - 1);
-        self.stats.errors[i] += 1;
     }
 
     fn execute(&mut self, ci: usize, req: Request) -> Result<Reply, Fail> {
