@@ -188,10 +188,8 @@ impl Gather {
             alloc.free_frame(frame);
             n += 1;
         }
-        self.start = u64::MAX;
-        self.last = 0;
-        self.leaf_sizes = 0;
-        self.tables_removed = false;
+        // Every frame is out: nothing is lost with the record replaced.
+        *self = Gather::new();
         n
     }
 }
