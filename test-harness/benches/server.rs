@@ -135,23 +135,25 @@ impl ServerPath {
         assert_eq!(p.send(&attach), Reply::Done);
         p
     }
-    /// Encode, handle, decode.
+    /// Encodes `req` and has the server handle it; the reply's length in `rep`.
     #[inline(always)]
-    fn send(&mut self, req: &Request) -> Reply {
+    fn exchange(&mut self, req: &Request, rep: &mut [u8; MAX_MESSAGE]) -> usize {
         let mut buf = [0u8; MAX_MESSAGE];
         let n = encode_request(req, &mut buf).unwrap();
+        self.s.handle(A, &buf[..n], rep)
+    }
+    /// Encode, handle, decode (for the set-up, which needs the reply's contents).
+    fn send(&mut self, req: &Request) -> Reply {
         let mut rep = [0u8; MAX_MESSAGE];
-        let m = self.s.handle(A, &buf[..n], &mut rep);
+        let m = self.exchange(req, &mut rep);
         decode_reply(&rep[..m]).unwrap()
     }
     /// Encode, handle, decode, and check the reply where it was decoded (a client tests
     /// the reply; moving a whole `Reply`, sized for `Faults`, would be the bench's cost).
     #[inline(always)]
     fn call(&mut self, req: &Request, expect: &Reply) -> bool {
-        let mut buf = [0u8; MAX_MESSAGE];
-        let n = encode_request(req, &mut buf).unwrap();
         let mut rep = [0u8; MAX_MESSAGE];
-        let m = self.s.handle(A, &buf[..n], &mut rep);
+        let m = self.exchange(req, &mut rep);
         matches!(decode_reply(&rep[..m]), Ok(ref r) if r == expect)
     }
     fn map(&mut self, len: u64) {
@@ -316,14 +318,14 @@ fn table() {
             ));
             s.borrow_mut().unmap(len);
             e.borrow_mut().unmap(len);
-            let (mut sp, mut ep) = (s.borrow_mut(), e.borrow_mut());
+            let (mut server, mut engine) = (s.borrow_mut(), e.borrow_mut());
             let sp = measure_pairs(|| {
-                sp.map(len);
-                sp.unmap(len);
+                server.map(len);
+                server.unmap(len);
             });
             let ep = measure_pairs(|| {
-                ep.map(len);
-                ep.unmap(len);
+                engine.map(len);
+                engine.unmap(len);
             });
             rows.push([(sm, em), (su, eu), (sp, ep)]);
         }
